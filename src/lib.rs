@@ -1,0 +1,7 @@
+//! walhook: Postgres change-data-capture to signed webhooks.
+//!
+//! The flow is source → capture → outbox → delivery → server; each folder is one stage.
+
+pub mod capture;
+pub mod config;
+pub mod source;
