@@ -6,3 +6,4 @@ pub mod capture;
 pub mod config;
 pub mod ephemeral;
 pub mod source;
+pub mod suggest;

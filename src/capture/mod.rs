@@ -1,1 +1,12 @@
-//! capture
+//! The capture side: decoded pgoutput messages become committed transactions of typed row
+//! changes, and row changes become event envelopes.
+
+pub mod change;
+pub mod envelope;
+pub mod reader;
+pub mod relation;
+
+pub use change::{Cell, Operation, RowChange};
+pub use envelope::{Commit, ObjectView};
+pub use reader::{ChangeReader, Item};
+pub use relation::{Relation, RelationCache};

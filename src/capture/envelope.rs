@@ -1,0 +1,244 @@
+//! The event envelope of SPEC §3: one row change seen through one business object,
+//! serialised once into the bytes that are stored and sent.
+
+use serde_json::{Map, Value};
+
+use super::change::{Cell, Operation, RowChange};
+use super::relation::Relation;
+use crate::source::Lsn;
+
+/// The commit a change belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// LSN of the commit record; with the change's position it makes the event id.
+    pub lsn: Lsn,
+    /// Commit time, µs since 2000-01-01 UTC (Postgres' epoch).
+    pub time: i64,
+    /// Source transaction id.
+    pub xid: u32,
+}
+
+/// A business object resolved against a table: which columns are its key and fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectView {
+    /// The object name (`invoice`), or the table name for a table without an object.
+    pub name: String,
+    /// Indexes of the key columns.
+    pub key: Vec<usize>,
+    /// Indexes of the fields, in the order the user listed them.
+    pub fields: Vec<usize>,
+}
+
+/// A configured column that the table does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("object {object}: table {table} has no column {column:?}{hint}")]
+pub struct MissingColumn {
+    /// The object name.
+    pub object: String,
+    /// The table.
+    pub table: String,
+    /// The missing column.
+    pub column: String,
+    /// `; did you mean "x"?` when a column has a close name.
+    pub hint: String,
+}
+
+impl ObjectView {
+    /// Resolves key and field names against the table; `None` means the default (primary
+    /// key, every column).
+    pub fn resolve(
+        name: &str,
+        relation: &Relation,
+        key: Option<&[String]>,
+        fields: Option<&[String]>,
+    ) -> Result<ObjectView, MissingColumn> {
+        let lookup = |names: &[String]| -> Result<Vec<usize>, MissingColumn> {
+            names
+                .iter()
+                .map(|n| {
+                    relation.column_index(n).ok_or_else(|| MissingColumn {
+                        object: name.to_owned(),
+                        table: relation.qualified_name(),
+                        column: n.clone(),
+                        hint: crate::suggest::did_you_mean(
+                            n,
+                            relation.columns.iter().map(|c| c.name.as_str()),
+                        ),
+                    })
+                })
+                .collect()
+        };
+        Ok(ObjectView {
+            name: name.to_owned(),
+            key: match key {
+                Some(k) => lookup(k)?,
+                None => relation.key.clone(),
+            },
+            fields: match fields {
+                Some(f) => lookup(f)?,
+                None => (0..relation.columns.len()).collect(),
+            },
+        })
+    }
+
+    /// The default view of a table that has no configured object.
+    pub fn of_table(relation: &Relation) -> ObjectView {
+        ObjectView {
+            name: relation.name.clone(),
+            key: relation.key.clone(),
+            fields: (0..relation.columns.len()).collect(),
+        }
+    }
+
+    /// The default event type, `<object>.<created|updated|deleted>`.
+    pub fn default_event_type(&self, operation: Operation) -> String {
+        format!("{}.{}", self.name, operation.past_tense())
+    }
+}
+
+/// The event id: the same for every subscription, retry, replay and restart, because it
+/// depends only on where the change sits in the WAL.
+pub fn event_id(commit_lsn: Lsn, position: u32) -> String {
+    format!("evt_{:016X}_{position:04}", commit_lsn.0)
+}
+
+/// Serialises one change as seen through `object` into the SPEC §3 envelope.
+pub fn envelope(change: &RowChange, object: &ObjectView, event_type: &str, commit: Commit) -> Vec<u8> {
+    let relation = &change.relation;
+    let column = |i: usize| relation.columns[i].name.clone();
+    let mut body = Map::new();
+    body.insert("id".into(), event_id(commit.lsn, change.position).into());
+    body.insert("type".into(), event_type.into());
+    body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
+    body.insert("object".into(), object.name.clone().into());
+    body.insert("operation".into(), change.operation.as_str().into());
+
+    let current = change.current();
+    let key: Map<String, Value> = object
+        .key
+        .iter()
+        .filter_map(|&i| current[i].known().map(|v| (column(i), v.clone())))
+        .collect();
+    body.insert("key".into(), key.into());
+
+    let mut unavailable = Vec::new();
+    let values = change.new.as_ref().map(|new| {
+        let mut values = Map::new();
+        for &i in &object.fields {
+            match &new[i] {
+                Cell::Value(v) => {
+                    values.insert(column(i), v.clone());
+                }
+                Cell::Unknown => unavailable.push(Value::from(column(i))),
+            }
+        }
+        values
+    });
+    body.insert("values".into(), values.map_or(Value::Null, Value::Object));
+
+    match change.operation {
+        Operation::Create => {}
+        Operation::Update => {
+            let changed = change.changed_columns();
+            let old = change.old.as_deref().unwrap_or_default();
+            let new = change.new.as_deref().unwrap_or_default();
+            // With the full old row we know exactly what changed; otherwise only the
+            // identity columns (sent when the key changes) are known on both sides.
+            let differs = |i: usize| match &changed {
+                Some(changed) => changed.contains(&i),
+                None => matches!((old.get(i), new.get(i)), (Some(Cell::Value(o)), Some(Cell::Value(n))) if o != n),
+            };
+            let previous: Map<String, Value> = object
+                .fields
+                .iter()
+                .filter(|&&i| differs(i))
+                .filter_map(|&i| old[i].known().map(|v| (column(i), v.clone())))
+                .collect();
+            if changed.is_some() || !previous.is_empty() {
+                body.insert("previous".into(), previous.into());
+            }
+            if changed.is_some() {
+                let names: Vec<Value> = object
+                    .fields
+                    .iter()
+                    .filter(|&&i| differs(i))
+                    .map(|&i| column(i).into())
+                    .collect();
+                body.insert("changed".into(), names.into());
+            }
+        }
+        Operation::Delete => {
+            let old = change.old.as_deref().unwrap_or_default();
+            let previous: Map<String, Value> = object
+                .fields
+                .iter()
+                .filter_map(|&i| old[i].known().map(|v| (column(i), v.clone())))
+                .collect();
+            body.insert("previous".into(), previous.into());
+        }
+    }
+    if !unavailable.is_empty() {
+        body.insert("unavailable".into(), unavailable.into());
+    }
+    let mut source = Map::new();
+    source.insert("table".into(), relation.qualified_name().into());
+    source.insert("lsn".into(), commit.lsn.to_string().into());
+    source.insert("txid".into(), commit.xid.into());
+    body.insert("source".into(), source.into());
+    serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
+}
+
+/// Formats Postgres' commit time (µs since 2000-01-01 UTC) as RFC 3339 with µs, UTC.
+pub fn pg_micros_to_rfc3339(micros: i64) -> String {
+    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+    let secs = micros.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS;
+    let frac = micros.rem_euclid(1_000_000);
+    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60,
+        secs_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_print_as_utc_rfc3339_with_microseconds() {
+        assert_eq!(pg_micros_to_rfc3339(0), "2000-01-01T00:00:00.000000Z");
+        // 2026-11-22T10:15:30.123456Z
+        let unix = 1_795_342_530_i64;
+        let micros = (unix - 946_684_800) * 1_000_000 + 123_456;
+        assert_eq!(pg_micros_to_rfc3339(micros), "2026-11-22T10:15:30.123456Z");
+        assert_eq!(pg_micros_to_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            pg_micros_to_rfc3339(((951_782_400 - 946_684_800) * 1_000_000) as i64),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn event_ids_are_fixed_width_and_dot_free() {
+        let id = event_id(Lsn(0x16B3748), 3);
+        assert_eq!(id, "evt_00000000016B3748_0003");
+        assert!(!id.contains('.'));
+    }
+}

@@ -1,0 +1,295 @@
+//! The change reader: a replication stream in, committed transactions of row changes out.
+//!
+//! pgoutput protocol 1 sends a transaction only after it committed (a rolled-back one never
+//! appears) and lets the server spill large transactions to its own disk, so the reader
+//! holds one change at a time however big the transaction is. Transactions at or below
+//! `skip_through` were already handled before a restart and are passed over: together
+//! with acknowledging only handled commits, that is what makes capture exactly-once.
+
+use std::sync::Arc;
+
+use super::change::RowChange;
+use super::envelope::Commit;
+use super::relation::{Relation, RelationCache, RelationError};
+use crate::source::conninfo::ConnInfo;
+use crate::source::pgoutput::{self, Decoder, Message};
+use crate::source::replication::{
+    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
+};
+use crate::source::{tls, Lsn};
+
+/// What the reader hands on, in WAL order.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A transaction starts; every item up to its `Commit` belongs to it.
+    Begin(Commit),
+    /// One row changed.
+    Change(RowChange),
+    /// Tables were truncated.
+    Truncate(Truncation),
+    /// The transaction committed; `end_lsn` is the position to acknowledge once handled.
+    Commit {
+        /// The commit.
+        commit: Commit,
+        /// WAL position just past the commit record.
+        end_lsn: Lsn,
+    },
+}
+
+/// A TRUNCATE of one or more tables.
+#[derive(Debug, Clone)]
+pub struct Truncation {
+    /// The truncated tables.
+    pub relations: Vec<Arc<Relation>>,
+    /// Position in the transaction, like a row change's.
+    pub position: u32,
+    /// TRUNCATE … CASCADE.
+    pub cascade: bool,
+    /// TRUNCATE … RESTART IDENTITY.
+    pub restart_identity: bool,
+}
+
+/// Why reading changes stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The catalog connection could not be opened.
+    #[error("opening the catalog connection: {0}")]
+    Catalog(#[from] tls::ConnectError),
+    /// A pgoutput message could not be decoded.
+    #[error("decoding WAL at {lsn}: {source}")]
+    Decode {
+        /// Start of the XLogData frame.
+        lsn: Lsn,
+        /// The decoder's complaint.
+        source: pgoutput::DecodeError,
+    },
+    /// A table could not be described.
+    #[error(transparent)]
+    Relation(#[from] RelationError),
+    /// The server sent something valid but out of place.
+    #[error("unexpected pgoutput message at {lsn}: {what}")]
+    Unexpected {
+        /// Start of the XLogData frame.
+        lsn: Lsn,
+        /// What was out of place.
+        what: String,
+    },
+}
+
+impl CaptureError {
+    /// Whether reconnecting may help (network, server restart, busy slot), as opposed to a
+    /// problem that will recur (a missing slot, bad credentials, a decoding bug).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Replication(e) => e.is_transient(),
+            CaptureError::Catalog(_) => true,
+            CaptureError::Relation(RelationError::Catalog { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub struct ReaderOptions {
+    /// The logical replication slot (pgoutput), which must exist.
+    pub slot: String,
+    /// The publication naming the tables to read.
+    pub publication: String,
+    /// Transactions whose commit LSN is at or below this were handled already.
+    pub skip_through: Lsn,
+}
+
+#[derive(Debug)]
+struct OpenTransaction {
+    commit: Commit,
+    next_position: u32,
+    skipped: bool,
+}
+
+/// Reads committed row changes from a slot.
+pub struct ChangeReader {
+    stream: ReplicationStream,
+    decoder: Decoder,
+    relations: RelationCache,
+    catalog: tokio_postgres::Client,
+    skip_through: Lsn,
+    open: Option<OpenTransaction>,
+    server_wal_end: Lsn,
+}
+
+impl ChangeReader {
+    /// Connects (a catalog connection and a replication connection) and starts streaming
+    /// from the slot's confirmed position.
+    pub async fn start(info: &ConnInfo, options: &ReaderOptions) -> Result<Self, CaptureError> {
+        let catalog = tls::connect_sql(info).await?;
+        let connection = ReplicationConnection::connect(info).await?;
+        let publications = quote_ident(&options.publication);
+        let stream = connection
+            .start_replication(
+                &options.slot,
+                Lsn::ZERO,
+                &[
+                    ("proto_version", "1"),
+                    ("publication_names", publications.as_str()),
+                ],
+            )
+            .await?;
+        Ok(ChangeReader {
+            stream,
+            decoder: Decoder::new(),
+            relations: RelationCache::new(),
+            catalog,
+            skip_through: options.skip_through,
+            open: None,
+            server_wal_end: Lsn::ZERO,
+        })
+    }
+
+    /// The next item, or `None` when the server ended the stream. Not cancel-safe while a
+    /// Relation message is being looked up in the catalog; cancel only to stop reading.
+    pub async fn next(&mut self) -> Result<Option<Item>, CaptureError> {
+        loop {
+            let (lsn, data) = match self.stream.next().await? {
+                None => return Ok(None),
+                Some(ReplicationMessage::Keepalive { wal_end, .. }) => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    continue;
+                }
+                Some(ReplicationMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    data,
+                    ..
+                }) => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    (wal_start, data)
+                }
+            };
+            let message = self
+                .decoder
+                .decode(data)
+                .map_err(|source| CaptureError::Decode { lsn, source })?;
+            if let Some(item) = self.handle(lsn, message).await? {
+                return Ok(Some(item));
+            }
+        }
+    }
+
+    async fn handle(&mut self, lsn: Lsn, message: Message) -> Result<Option<Item>, CaptureError> {
+        let unexpected = |what: String| CaptureError::Unexpected { lsn, what };
+        match message {
+            Message::Relation(relation) => {
+                self.relations.learn(relation, &self.catalog).await?;
+                Ok(None)
+            }
+            Message::Begin(begin) => {
+                if self.open.is_some() {
+                    return Err(unexpected("Begin inside an open transaction".into()));
+                }
+                let commit = Commit {
+                    lsn: begin.final_lsn,
+                    time: begin.commit_time,
+                    xid: begin.xid,
+                };
+                let skipped = commit.lsn <= self.skip_through;
+                self.open = Some(OpenTransaction {
+                    commit,
+                    next_position: 0,
+                    skipped,
+                });
+                Ok((!skipped).then_some(Item::Begin(commit)))
+            }
+            Message::Commit(c) => {
+                let open = self
+                    .open
+                    .take()
+                    .ok_or_else(|| unexpected("Commit without Begin".into()))?;
+                Ok((!open.skipped).then_some(Item::Commit {
+                    commit: open.commit,
+                    end_lsn: c.end_lsn,
+                }))
+            }
+            Message::Insert(m) => self.change(lsn, m.relation, |rel, pos| {
+                RowChange::insert(rel, pos, &m.new)
+            }),
+            Message::Update(m) => self.change(lsn, m.relation, |rel, pos| {
+                RowChange::update(rel, pos, m.old.as_ref(), &m.new)
+            }),
+            Message::Delete(m) => self.change(lsn, m.relation, |rel, pos| {
+                RowChange::delete(rel, pos, &m.old)
+            }),
+            Message::Truncate(t) => {
+                let relations = t
+                    .relations
+                    .iter()
+                    .map(|oid| self.relations.get(*oid).cloned())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let Some(position) = self.next_position(lsn, "Truncate")? else {
+                    return Ok(None);
+                };
+                Ok(Some(Item::Truncate(Truncation {
+                    relations,
+                    position,
+                    cascade: t.cascade,
+                    restart_identity: t.restart_identity,
+                })))
+            }
+            // Origins, user types (resolved from the catalog instead) and logical
+            // messages carry nothing walhook turns into events.
+            Message::Origin(_) | Message::Type(_) | Message::Message(_) => Ok(None),
+            Message::StreamStart(_)
+            | Message::StreamStop
+            | Message::StreamCommit(_)
+            | Message::StreamAbort(_) => Err(unexpected(
+                "a streamed-transaction message, but walhook asked for protocol 1".into(),
+            )),
+        }
+    }
+
+    fn change(
+        &mut self,
+        lsn: Lsn,
+        relation: u32,
+        build: impl FnOnce(Arc<Relation>, u32) -> RowChange,
+    ) -> Result<Option<Item>, CaptureError> {
+        let relation = self.relations.get(relation)?.clone();
+        Ok(self
+            .next_position(lsn, "row change")?
+            .map(|position| Item::Change(build(relation, position))))
+    }
+
+    /// The position for the next change of the open transaction, `None` when skipped.
+    fn next_position(&mut self, lsn: Lsn, what: &str) -> Result<Option<u32>, CaptureError> {
+        let open = self.open.as_mut().ok_or_else(|| CaptureError::Unexpected {
+            lsn,
+            what: format!("{what} outside a transaction"),
+        })?;
+        let position = open.next_position;
+        open.next_position += 1;
+        Ok((!open.skipped).then_some(position))
+    }
+
+    /// Records that everything up to `lsn` is handled; the server may recycle that WAL.
+    pub fn acknowledge(&mut self, lsn: Lsn) {
+        self.stream.acknowledge(lsn);
+    }
+
+    /// The furthest WAL position the server has reported.
+    pub fn server_wal_end(&self) -> Lsn {
+        self.server_wal_end
+    }
+
+    /// Sends the final acknowledgement and ends the stream cleanly.
+    pub async fn close(self) -> Result<(), CaptureError> {
+        Ok(self.stream.close().await?)
+    }
+}
+
+/// Quotes an identifier for use inside a replication command option.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
