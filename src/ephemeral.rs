@@ -534,3 +534,18 @@ fn append(path: &Path, text: &str) -> Result<(), EphemeralError> {
             source,
         })
 }
+
+/// A cluster shared by the library's own unit tests, and a superuser URL for a fresh
+/// database in it.
+#[cfg(test)]
+pub(crate) fn unit_test_database() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static CLUSTER: OnceLock<EphemeralPostgres> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let cluster = CLUSTER
+        .get_or_init(|| EphemeralPostgres::start(&Options::default()).expect("start Postgres"));
+    let name = format!("unit_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    cluster.create_database(&name).expect("create database");
+    cluster.url(&name)
+}

@@ -3,6 +3,7 @@
 //! The flow is source → capture → outbox → delivery → server; each folder is one stage.
 
 pub mod capture;
+pub mod commands;
 pub mod config;
 pub mod ephemeral;
 pub mod source;

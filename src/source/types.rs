@@ -514,11 +514,10 @@ mod tests {
     }
 
     /// Checks the builtin table and `resolve` against a live server.
-    /// Run with `WALHOOK_TEST_PG="host=/tmp port=5432 user=postgres" cargo test -- --ignored`.
+    /// Runs against a throw-away cluster.
     #[tokio::test]
-    #[ignore = "needs a Postgres server named by WALHOOK_TEST_PG"]
     async fn against_postgres() {
-        let conninfo = std::env::var("WALHOOK_TEST_PG").expect("WALHOOK_TEST_PG");
+        let conninfo = crate::ephemeral::unit_test_database();
         let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
             .await
             .unwrap();

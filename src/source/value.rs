@@ -827,13 +827,11 @@ mod tests {
     }
 
     /// Feeds real server text output through `text_to_json`, under the session GUCs walhook
-    /// sets. Run with `WALHOOK_TEST_PG="host=/tmp port=5432 user=postgres" cargo test --
-    /// --ignored`.
+    /// sets, on a throw-away cluster.
     #[tokio::test]
-    #[ignore = "needs a Postgres server named by WALHOOK_TEST_PG"]
     async fn against_postgres_text_output() {
         use crate::source::types::builtin_kind;
-        let conninfo = std::env::var("WALHOOK_TEST_PG").expect("WALHOOK_TEST_PG");
+        let conninfo = crate::ephemeral::unit_test_database();
         let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
             .await
             .unwrap();

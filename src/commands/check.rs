@@ -1,0 +1,693 @@
+//! `walhook check`: preflight against the source database, changing nothing.
+//!
+//! One line per finding, each problem with the exact fix. A slot or publication that does
+//! not exist yet is a note ("will be created"), not a problem: `run` creates them.
+
+use std::fmt;
+
+use crate::config::{Config, Operation, TableName};
+use crate::source::conninfo::ConnInfo;
+use crate::source::replication::ReplicationConnection;
+use crate::source::tls;
+use crate::suggest::did_you_mean;
+
+use super::tail::TAIL_PREFIX;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Checked and fine.
+    Ok,
+    /// Worth knowing, nothing to fix.
+    Note,
+    /// Must be fixed before walhook can work as configured.
+    Problem,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Severity.
+    pub level: Level,
+    /// What was found.
+    pub message: String,
+    /// The exact fix (SQL or config), for problems.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok     ",
+            Level::Note => "note   ",
+            Level::Problem => "PROBLEM",
+        };
+        write!(f, "{tag} {}", self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " — fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Findings in the order they were made.
+    pub findings: Vec<Finding>,
+    print: bool,
+}
+
+impl Report {
+    /// How many findings are problems.
+    pub fn problems(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Problem)
+            .count()
+    }
+
+    fn push(&mut self, level: Level, message: impl Into<String>, fix: Option<String>) {
+        let finding = Finding {
+            level,
+            message: message.into(),
+            fix,
+        };
+        if self.print {
+            println!("{finding}");
+        }
+        self.findings.push(finding);
+    }
+
+    fn ok(&mut self, message: impl Into<String>) {
+        self.push(Level::Ok, message, None);
+    }
+
+    fn note(&mut self, message: impl Into<String>) {
+        self.push(Level::Note, message, None);
+    }
+
+    fn problem(&mut self, message: impl Into<String>, fix: impl Into<String>) {
+        self.push(Level::Problem, message, Some(fix.into()));
+    }
+}
+
+/// Runs every check, printing each finding as it is made.
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report {
+        print: true,
+        ..Report::default()
+    };
+    check(config, &mut report).await;
+    let problems = report.problems();
+    println!(
+        "{}",
+        match problems {
+            0 => "check: everything walhook needs is in place".to_owned(),
+            1 => "check: 1 problem".to_owned(),
+            n => format!("check: {n} problems"),
+        }
+    );
+    report
+}
+
+/// Runs every check without printing; for tests and the admin API.
+pub async fn collect(config: &Config) -> Report {
+    let mut report = Report::default();
+    check(config, &mut report).await;
+    report
+}
+
+async fn check(config: &Config, report: &mut Report) {
+    report.ok(format!(
+        "config is valid: {} object(s), {} subscription(s)",
+        config.objects.len(),
+        config.subscriptions.len()
+    ));
+    let info = match ConnInfo::parse(config.source.url.expose()) {
+        Ok(info) => info,
+        Err(e) => {
+            report.problem(format!("source.url: {e}"), "correct source.url");
+            return;
+        }
+    };
+    let target = info.redacted();
+    let client = match tls::connect_sql(&info).await {
+        Ok(client) => client,
+        Err(e) => {
+            report.problem(
+                format!("cannot connect to {target}: {e}"),
+                "check host, port, user and password in source.url (or WALHOOK_SOURCE_URL), \
+                 and that pg_hba.conf lets this client in",
+            );
+            return;
+        }
+    };
+    let sql = Sql(&client);
+    let version = sql.one("SHOW server_version").await.unwrap_or_default();
+    report.ok(format!("source reachable: {target} (PostgreSQL {version})"));
+    let version_num: u32 = sql
+        .one("SHOW server_version_num")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if version_num < 120_000 {
+        report.problem(
+            format!("PostgreSQL {version} is too old"),
+            "walhook needs PostgreSQL 12 or newer",
+        );
+    }
+
+    check_wal_level(&sql, report).await;
+    check_role(&sql, report).await;
+    check_replication_connection(&info, &target, report).await;
+    check_capacity(&sql, config, report).await;
+    check_tables(&sql, config, report).await;
+    check_publication(&sql, config, report).await;
+    check_slot(&sql, config, report).await;
+    check_leftover_tail_slots(&sql, report).await;
+}
+
+/// Small query helpers that turn every value into text, which is all check needs.
+struct Sql<'a>(&'a tokio_postgres::Client);
+
+impl Sql<'_> {
+    async fn rows(&self, query: &str) -> Vec<Vec<Option<String>>> {
+        match self.0.simple_query(query).await {
+            Ok(messages) => messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_owned))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("check query failed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn one(&self, query: &str) -> Option<String> {
+        self.rows(query).await.into_iter().next()?.into_iter().next()?
+    }
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn ident(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !text.starts_with(|c: char| c.is_ascii_digit())
+    {
+        text.to_owned()
+    } else {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    }
+}
+
+fn table_sql(table: &TableName) -> String {
+    format!("{}.{}", ident(&table.schema), ident(&table.name))
+}
+
+async fn check_wal_level(sql: &Sql<'_>, report: &mut Report) {
+    match sql.one("SHOW wal_level").await.as_deref() {
+        Some("logical") => report.ok("wal_level = logical"),
+        Some(other) => report.problem(
+            format!("wal_level is {other}, logical replication needs logical"),
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL \
+             (on a managed service, enable logical replication in its parameter settings)",
+        ),
+        None => report.problem("could not read wal_level", "check the role's privileges"),
+    }
+}
+
+async fn check_role(sql: &Sql<'_>, report: &mut Report) {
+    let rows = sql
+        .rows(
+            "SELECT current_user, rolreplication, rolsuper FROM pg_roles \
+             WHERE rolname = current_user",
+        )
+        .await;
+    let Some(row) = rows.first() else {
+        report.problem("could not read the role's attributes", "check pg_roles access");
+        return;
+    };
+    let role = row[0].clone().unwrap_or_default();
+    let replication = row[1].as_deref() == Some("t");
+    let superuser = row[2].as_deref() == Some("t");
+    if replication || superuser {
+        report.ok(format!(
+            "role {role:?} may replicate{}",
+            if superuser { " (superuser)" } else { "" }
+        ));
+    } else {
+        report.problem(
+            format!("role {role:?} may not start replication"),
+            format!(
+                "ALTER ROLE {} REPLICATION; (on AWS RDS: GRANT rds_replication TO {};)",
+                ident(&role),
+                ident(&role)
+            ),
+        );
+    }
+    let can_create = sql
+        .one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')")
+        .await;
+    if can_create.as_deref() != Some("t") && !superuser {
+        report.problem(
+            format!("role {role:?} may not create the walhook schema and publication"),
+            format!(
+                "GRANT CREATE ON DATABASE {} TO {};",
+                ident(&sql.one("SELECT current_database()").await.unwrap_or_default()),
+                ident(&role)
+            ),
+        );
+    }
+}
+
+async fn check_replication_connection(info: &ConnInfo, target: &str, report: &mut Report) {
+    let result = async {
+        let mut connection = ReplicationConnection::connect(info).await?;
+        connection.identify_system().await
+    }
+    .await;
+    match result {
+        Ok(system) => report.ok(format!(
+            "replication connection works (timeline {}, WAL at {})",
+            system.timeline, system.xlogpos
+        )),
+        Err(e) => report.problem(
+            format!("replication connection to {target} fails: {e}"),
+            "allow it in pg_hba.conf (a line for this database and user; \"replication\" \
+             lines do not apply to logical replication) and grant REPLICATION to the role",
+        ),
+    }
+}
+
+async fn check_capacity(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    let rows = sql
+        .rows(&format!(
+            "SELECT current_setting('max_replication_slots')::int, \
+                    (SELECT count(*) FROM pg_replication_slots), \
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {}), \
+                    current_setting('max_wal_senders')::int, \
+                    (SELECT count(*) FROM pg_stat_replication)",
+            literal(&config.source.slot)
+        ))
+        .await;
+    let Some(row) = rows.first() else { return };
+    let num = |i: usize| -> i64 { row[i].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let (max_slots, used_slots, slot_exists) = (num(0), num(1), row[2].as_deref() == Some("t"));
+    let (max_senders, used_senders) = (num(3), num(4));
+    if slot_exists || used_slots < max_slots {
+        report.ok(format!(
+            "replication slots: {used_slots} of {max_slots} in use"
+        ));
+    } else {
+        report.problem(
+            format!("no free replication slot: {used_slots} of {max_slots} in use"),
+            format!(
+                "ALTER SYSTEM SET max_replication_slots = {}; then restart PostgreSQL \
+                 (or drop an unused slot)",
+                max_slots + 4
+            ),
+        );
+    }
+    if used_senders < max_senders {
+        report.ok(format!(
+            "WAL senders: {used_senders} of {max_senders} in use"
+        ));
+    } else {
+        report.problem(
+            format!("no free WAL sender: {used_senders} of {max_senders} in use"),
+            format!(
+                "ALTER SYSTEM SET max_wal_senders = {}; then restart PostgreSQL",
+                max_senders + 4
+            ),
+        );
+    }
+}
+
+/// What the catalog says about one configured table.
+struct TableFacts {
+    columns: Vec<String>,
+    primary_key: Vec<String>,
+    identity: char,
+}
+
+async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
+    let rows = sql
+        .rows(&format!(
+            "SELECT c.relreplident, \
+                    (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a \
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+                    (SELECT string_agg(a.attname, ',' ORDER BY k.ord) FROM pg_index i \
+                      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                      WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+            literal(&table.schema),
+            literal(&table.name)
+        ))
+        .await;
+    let row = rows.into_iter().next()?;
+    let split = |v: &Option<String>| -> Vec<String> {
+        v.as_deref()
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    Some(TableFacts {
+        identity: row[0].as_deref().and_then(|s| s.chars().next()).unwrap_or('d'),
+        columns: split(&row[1]),
+        primary_key: split(&row[2]),
+    })
+}
+
+async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    let all_tables: Vec<String> = sql
+        .rows(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .await
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    for table in config.tables() {
+        let Some(facts) = table_facts(sql, &table).await else {
+            report.problem(
+                format!(
+                    "table {table} does not exist{}",
+                    did_you_mean(&table.to_string(), all_tables.iter().map(String::as_str))
+                ),
+                "correct the table name in the config, or create the table",
+            );
+            continue;
+        };
+        let needs_full = needs_full_identity(config, &table);
+        check_columns(config, &table, &facts, report);
+        match (facts.identity, facts.primary_key.is_empty()) {
+            ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
+            ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => report.ok(format!(
+                "table {table}: replica identity {} (events carry old values of the key only)",
+                if facts.identity == 'i' { "USING INDEX" } else { "DEFAULT" }
+            )),
+            ('d' | 'i', false) | ('i', true) => report.problem(
+                format!(
+                    "table {table}: {} need old values, but REPLICA IDENTITY {} logs only the key",
+                    needs_full.join(", "),
+                    if facts.identity == 'i' { "USING INDEX" } else { "DEFAULT" }
+                ),
+                format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table_sql(&table)),
+            ),
+            (identity, _) => report.problem(
+                format!(
+                    "table {table} has {}: once it is in a publication, UPDATE and DELETE \
+                     on it fail on the source",
+                    if identity == 'n' {
+                        "REPLICA IDENTITY NOTHING".to_owned()
+                    } else {
+                        "no primary key and REPLICA IDENTITY DEFAULT".to_owned()
+                    }
+                ),
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)",
+                    table_sql(&table)
+                ),
+            ),
+        }
+    }
+}
+
+/// Subscriptions on `table` whose `watch` or `when` needs old values of non-key columns.
+fn needs_full_identity(config: &Config, table: &TableName) -> Vec<String> {
+    config
+        .subscriptions
+        .iter()
+        .filter(|s| &s.object.config.table == table && s.fires_on(Operation::Update))
+        .filter(|s| {
+            s.watch.is_some() || s.when.as_deref().is_some_and(|w| w.contains("previous"))
+        })
+        .map(|s| {
+            format!(
+                "subscriptions.{} ({})",
+                s.name,
+                if s.watch.is_some() { "watch" } else { "when reads previous" }
+            )
+        })
+        .collect()
+}
+
+fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report: &mut Report) {
+    let columns = || facts.columns.iter().map(String::as_str);
+    let mut missing = |place: String, column: &str| {
+        report.problem(
+            format!(
+                "{place}: table {table} has no column {column:?}{}",
+                did_you_mean(column, columns())
+            ),
+            format!("correct {place} in the config"),
+        )
+    };
+    for (name, object) in config.objects.iter().filter(|(_, o)| &o.table == table) {
+        for (what, list) in [("key", &object.key), ("fields", &object.fields)] {
+            for column in list.iter().flatten() {
+                if !facts.columns.contains(column) {
+                    missing(format!("objects.{name}.{what}"), column);
+                }
+            }
+        }
+        if object.key.is_none() && facts.primary_key.is_empty() {
+            report.problem(
+                format!("objects.{name}: table {table} has no primary key to use as the key"),
+                format!("set objects.{name}.key = [\"…\"] to the columns that identify a row"),
+            );
+        }
+    }
+    for subscription in config
+        .subscriptions
+        .iter()
+        .filter(|s| &s.object.config.table == table)
+    {
+        for column in subscription.watch.iter().flatten() {
+            if !facts.columns.contains(column) {
+                missing(format!("subscriptions.{}.watch", subscription.name), column);
+            }
+        }
+        if subscription.object.unnamed {
+            for (what, list) in [
+                ("key", &subscription.object.config.key),
+                ("fields", &subscription.object.config.fields),
+            ] {
+                for column in list.iter().flatten() {
+                    if !facts.columns.contains(column) {
+                        missing(format!("subscriptions.{}.{what}", subscription.name), column);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    let name = &config.source.publication;
+    let rows = sql
+        .rows(&format!(
+            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate \
+             FROM pg_publication WHERE pubname = {}",
+            literal(name)
+        ))
+        .await;
+    let Some(row) = rows.first() else {
+        report.note(format!(
+            "publication {name:?} does not exist yet: will be created for {}",
+            list_tables(&config.tables())
+        ));
+        return;
+    };
+    let flag = |i: usize| row[i].as_deref() == Some("t");
+    let missing_ops: Vec<&str> = [(1, "insert"), (2, "update"), (3, "delete")]
+        .into_iter()
+        .filter(|(i, _)| !flag(*i))
+        .map(|(_, op)| op)
+        .collect();
+    if !missing_ops.is_empty() {
+        report.problem(
+            format!(
+                "publication {name:?} does not publish {}",
+                missing_ops.join(", ")
+            ),
+            format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                ident(name)
+            ),
+        );
+    }
+    if flag(0) {
+        report.ok(format!("publication {name:?} exists (FOR ALL TABLES)"));
+        return;
+    }
+    let published: Vec<TableName> = sql
+        .rows(&format!(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
+            literal(name)
+        ))
+        .await
+        .into_iter()
+        .map(|r| TableName {
+            schema: r[0].clone().unwrap_or_default(),
+            name: r[1].clone().unwrap_or_default(),
+        })
+        .collect();
+    let to_add: Vec<TableName> = config
+        .tables()
+        .into_iter()
+        .filter(|t| !published.contains(t))
+        .collect();
+    if to_add.is_empty() {
+        report.ok(format!("publication {name:?} covers every configured table"));
+    } else {
+        report.note(format!(
+            "publication {name:?} exists; {} will be added to it",
+            list_tables(&to_add)
+        ));
+    }
+}
+
+fn list_tables(tables: &[TableName]) -> String {
+    if tables.is_empty() {
+        return "no tables".into();
+    }
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    let name = &config.source.slot;
+    // to_jsonb keeps this working on versions without wal_status (added in 13).
+    let rows = sql
+        .rows(&format!(
+            "SELECT s.plugin, s.slot_type, s.database, s.active, s.active_pid, \
+                    to_jsonb(s) ->> 'wal_status', \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
+                    current_database(), s.temporary \
+             FROM pg_replication_slots s WHERE s.slot_name = {}",
+            literal(name)
+        ))
+        .await;
+    let Some(row) = rows.first() else {
+        report.note(format!(
+            "replication slot {name:?} does not exist yet: will be created by `walhook run`"
+        ));
+        return;
+    };
+    let text = |i: usize| row[i].clone().unwrap_or_default();
+    if text(1) != "logical" || text(0) != "pgoutput" {
+        report.problem(
+            format!(
+                "replication slot {name:?} exists but is a {} slot with plugin {:?}, not pgoutput",
+                text(1),
+                text(0)
+            ),
+            format!("set source.slot to another name, or drop it: SELECT pg_drop_replication_slot({});", literal(name)),
+        );
+        return;
+    }
+    if text(2) != text(7) {
+        report.problem(
+            format!(
+                "replication slot {name:?} belongs to database {:?}, not {:?}",
+                text(2),
+                text(7)
+            ),
+            "set source.slot to a name of its own for this database",
+        );
+        return;
+    }
+    if text(5) == "lost" {
+        report.problem(
+            format!(
+                "replication slot {name:?} was invalidated (wal_status lost): the WAL it needed is \
+                 gone, so changes since its last position cannot be captured"
+            ),
+            "walhook setup --recreate-slot (starts from now; the changes in between are lost)",
+        );
+        return;
+    }
+    if text(3) == "t" {
+        report.note(format!(
+            "replication slot {name:?} is in use by process {} (another walhook?)",
+            text(4)
+        ));
+    }
+    let retained: u64 = row[6].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit = config.source.max_retained_wal;
+    if retained > limit {
+        report.problem(
+            format!(
+                "replication slot {name:?} retains {} of WAL, more than source.max_retained_wal = {}",
+                human_bytes(retained),
+                human_bytes(limit)
+            ),
+            "start walhook so it catches up, or, if it is gone for good, `walhook teardown` \
+             (a forgotten slot fills the server's disk)",
+        );
+    } else {
+        report.ok(format!(
+            "replication slot {name:?} exists (pgoutput), retaining {} of WAL",
+            human_bytes(retained)
+        ));
+    }
+}
+
+async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
+    let rows = sql
+        .rows(&format!(
+            "SELECT slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name LIKE {} AND NOT active",
+            literal(&format!("{TAIL_PREFIX}%"))
+        ))
+        .await;
+    for row in rows {
+        let slot = row[0].clone().unwrap_or_default();
+        let retained: u64 = row[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+        report.problem(
+            format!(
+                "replication slot {slot:?} was left behind by a `walhook tail` that was killed; \
+                 it retains {} of WAL and will fill the disk",
+                human_bytes(retained)
+            ),
+            format!("SELECT pg_drop_replication_slot({});", literal(&slot)),
+        );
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per CLI command; `main.rs` parses arguments and calls into these.
+
+pub mod check;
+pub mod tail;

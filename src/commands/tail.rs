@@ -1,0 +1,378 @@
+//! `walhook tail`: decoded change events as JSON lines on stdout; the `pg_recvlogical` of
+//! walhook.
+//!
+//! tail writes nothing to the outbox. It reads through a slot of its own that it drops on
+//! exit. That slot is a permanent one rather than a TEMPORARY one, because a temporary slot
+//! dies with its connection: after a Postgres restart tail could only start again from
+//! "now" and would silently lose what was committed in between. If tail is killed with
+//! SIGKILL the slot stays behind; `walhook check` reports such leftovers with the command
+//! that drops them.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::capture::envelope::{envelope, event_id, pg_micros_to_rfc3339};
+use crate::capture::reader::{quote_ident, CaptureError, ReaderOptions, Truncation};
+use crate::capture::{ChangeReader, Commit, Item, ObjectView, Relation};
+use crate::config::{Config, TableName};
+use crate::source::conninfo::ConnInfo;
+use crate::source::replication::ReplicationConnection;
+use crate::source::{tls, Lsn};
+
+/// Prefix of the slots and publications tail creates for itself.
+pub const TAIL_PREFIX: &str = "walhook_tail_";
+
+/// Why tail stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Could not set up the slot or publication.
+    #[error("{0}")]
+    Setup(String),
+    /// Reading changes failed for good.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// stdout failed for a reason other than the reader going away.
+    #[error("writing to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// Streams changes of the configured tables to stdout until a signal or a fatal error.
+pub async fn run(config: &Config) -> Result<(), TailError> {
+    let info = ConnInfo::parse(config.source.url.expose())
+        .map_err(|e| TailError::Setup(format!("source.url: {e}")))?;
+    let catalog = tls::connect_sql(&info)
+        .await
+        .map_err(|e| TailError::Setup(e.to_string()))?;
+    let tables = config.tables();
+    let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let publication = pick_publication(&catalog, config, &tables, &suffix).await?;
+    let slot = format!("{TAIL_PREFIX}{suffix}");
+    let created_slot = create_slot(&info, &slot).await;
+    let result = match created_slot {
+        Ok(()) => stream(config, &info, &slot, &publication.name, &tables).await,
+        Err(e) => Err(e),
+    };
+    cleanup(&catalog, &slot, &publication).await;
+    result
+}
+
+struct Publication {
+    name: String,
+    created: bool,
+}
+
+async fn pick_publication(
+    catalog: &tokio_postgres::Client,
+    config: &Config,
+    tables: &[TableName],
+    suffix: &str,
+) -> Result<Publication, TailError> {
+    let configured = &config.source.publication;
+    let exists = catalog
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[configured])
+        .await
+        .map_err(|e| TailError::Setup(format!("looking up publication {configured:?}: {e}")))?
+        .is_some();
+    if exists {
+        return Ok(Publication {
+            name: configured.clone(),
+            created: false,
+        });
+    }
+    if tables.is_empty() {
+        return Err(TailError::Setup(
+            "the config names no tables (objects or subscriptions) to tail".into(),
+        ));
+    }
+    let name = format!("{TAIL_PREFIX}{suffix}");
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+        .collect();
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR TABLE {}",
+        quote_ident(&name),
+        list.join(", ")
+    );
+    catalog
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| TailError::Setup(format!("creating publication {name}: {}", db_error(&e))))?;
+    Ok(Publication {
+        name,
+        created: true,
+    })
+}
+
+async fn create_slot(info: &ConnInfo, slot: &str) -> Result<(), TailError> {
+    let mut connection = ReplicationConnection::connect(info)
+        .await
+        .map_err(|e| TailError::Setup(e.to_string()))?;
+    connection
+        .create_slot(slot, false)
+        .await
+        .map_err(|e| TailError::Setup(format!("creating replication slot {slot}: {e}")))?;
+    Ok(())
+}
+
+/// Drops what tail created. The walsender may take a moment to release the slot after the
+/// stream closes, hence the retries.
+async fn cleanup(catalog: &tokio_postgres::Client, slot: &str, publication: &Publication) {
+    for attempt in 0..50 {
+        match catalog
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if attempt == 49 => tracing::error!(
+                slot,
+                "could not drop tail's replication slot; drop it by hand or it will retain WAL: \
+                 SELECT pg_drop_replication_slot('{slot}'); ({})",
+                db_error(&e)
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    if publication.created {
+        let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication.name));
+        if let Err(e) = catalog.batch_execute(&sql).await {
+            tracing::warn!(publication = %publication.name, "could not drop tail's publication: {}", db_error(&e));
+        }
+    }
+}
+
+/// Where the output stands, so a reconnect neither repeats nor skips a change.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// Commit LSN of the last transaction printed completely.
+    last_commit: Lsn,
+    /// The transaction being printed when the connection dropped, and how many of its
+    /// changes were printed.
+    partial: Option<(Lsn, u32)>,
+}
+
+enum Stop {
+    Signal,
+    StdoutClosed,
+}
+
+async fn stream(
+    config: &Config,
+    info: &ConnInfo,
+    slot: &str,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), TailError> {
+    let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let mut sigterm = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut progress = Progress::default();
+    let mut views = Views::new(config);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let options = ReaderOptions {
+            slot: slot.to_owned(),
+            publication: publication.to_owned(),
+            skip_through: progress.last_commit,
+        };
+        let outcome = tokio::select! {
+            _ = sigint.recv() => Ok(Stop::Signal),
+            _ = sigterm.recv() => Ok(Stop::Signal),
+            r = read(info, &options, tables, &mut views, &mut progress, &mut backoff) => r,
+        };
+        match outcome {
+            Ok(Stop::Signal) | Ok(Stop::StdoutClosed) => return Ok(()),
+            Err(TailError::Capture(e)) if e.is_transient() => {
+                tracing::warn!("replication connection lost: {e}; reconnecting in {backoff:?}");
+                tokio::select! {
+                    _ = sigint.recv() => return Ok(()),
+                    _ = sigterm.recv() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn read(
+    info: &ConnInfo,
+    options: &ReaderOptions,
+    tables: &[TableName],
+    views: &mut Views<'_>,
+    progress: &mut Progress,
+    backoff: &mut Duration,
+) -> Result<Stop, TailError> {
+    let mut reader = ChangeReader::start(info, options).await?;
+    *backoff = Duration::from_millis(100);
+    tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut commit = None;
+    let mut printed_in_txn = 0u32;
+    let mut skip_in_txn = 0u32;
+    while let Some(item) = reader.next().await? {
+        let line = match item {
+            Item::Begin(c) => {
+                commit = Some(c);
+                printed_in_txn = 0;
+                skip_in_txn = match progress.partial {
+                    Some((lsn, n)) if lsn == c.lsn => n,
+                    _ => 0,
+                };
+                continue;
+            }
+            Item::Commit { commit: c, end_lsn } => {
+                if let Err(e) = out.flush() {
+                    return stdout_error(e);
+                }
+                progress.last_commit = c.lsn;
+                progress.partial = None;
+                reader.acknowledge(end_lsn);
+                continue;
+            }
+            Item::Change(change) => {
+                if !watched(tables, &change.relation) {
+                    continue;
+                }
+                let c = commit.expect("changes come inside a transaction");
+                let view = views.get(&change.relation);
+                let event_type = view.default_event_type(change.operation);
+                envelope(&change, view, &event_type, c)
+            }
+            Item::Truncate(t) => {
+                let c = commit.expect("truncates come inside a transaction");
+                let mut lines = Vec::new();
+                for (i, relation) in t.relations.iter().enumerate() {
+                    if watched(tables, relation) {
+                        let view = views.get(relation);
+                        lines.extend(truncate_line(&t, i, relation, view, c));
+                        lines.push(b'\n');
+                    }
+                }
+                lines.pop();
+                if lines.is_empty() {
+                    continue;
+                }
+                lines
+            }
+        };
+        let c = commit.expect("inside a transaction");
+        printed_in_txn += 1;
+        if printed_in_txn <= skip_in_txn {
+            continue;
+        }
+        if let Err(e) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+            return stdout_error(e);
+        }
+        progress.partial = Some((c.lsn, printed_in_txn));
+    }
+    // The server ended the stream (e.g. it is shutting down): reconnect like any drop.
+    let _ = out.flush();
+    Err(TailError::Capture(CaptureError::Replication(
+        crate::source::replication::ReplicationError::ServerClosed,
+    )))
+}
+
+fn stdout_error(e: std::io::Error) -> Result<Stop, TailError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(Stop::StdoutClosed)
+    } else {
+        Err(TailError::Stdout(e))
+    }
+}
+
+fn watched(tables: &[TableName], relation: &Relation) -> bool {
+    tables
+        .iter()
+        .any(|t| t.schema == relation.schema && t.name == relation.name)
+}
+
+fn truncate_line(
+    t: &Truncation,
+    index: usize,
+    relation: &Relation,
+    view: &ObjectView,
+    commit: Commit,
+) -> Vec<u8> {
+    let mut body = Map::new();
+    body.insert(
+        "id".into(),
+        event_id(commit.lsn, t.position + index as u32).into(),
+    );
+    body.insert("type".into(), format!("{}.truncated", view.name).into());
+    body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
+    body.insert("object".into(), view.name.clone().into());
+    body.insert("operation".into(), "truncate".into());
+    body.insert("cascade".into(), t.cascade.into());
+    body.insert("restart_identity".into(), t.restart_identity.into());
+    let mut source = Map::new();
+    source.insert("table".into(), relation.qualified_name().into());
+    source.insert("lsn".into(), commit.lsn.to_string().into());
+    source.insert("txid".into(), commit.xid.into());
+    body.insert("source".into(), source.into());
+    serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
+}
+
+/// Object views per table, rebuilt when the table's description changes.
+struct Views<'a> {
+    config: &'a Config,
+    cache: HashMap<u32, (Arc<Relation>, ObjectView)>,
+}
+
+impl<'a> Views<'a> {
+    fn new(config: &'a Config) -> Self {
+        Views {
+            config,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, relation: &Arc<Relation>) -> &ObjectView {
+        let fresh = matches!(self.cache.get(&relation.oid), Some((r, _)) if Arc::ptr_eq(r, relation));
+        if !fresh {
+            let view = self.build(relation);
+            self.cache.insert(relation.oid, (relation.clone(), view));
+        }
+        &self.cache[&relation.oid].1
+    }
+
+    fn build(&self, relation: &Relation) -> ObjectView {
+        let object = self
+            .config
+            .objects
+            .iter()
+            .find(|(_, o)| o.table.schema == relation.schema && o.table.name == relation.name);
+        match object {
+            Some((name, o)) => {
+                match ObjectView::resolve(name, relation, o.key.as_deref(), o.fields.as_deref()) {
+                    Ok(view) => view,
+                    Err(e) => {
+                        // tail is a diagnostic tool: show the whole row rather than nothing.
+                        tracing::warn!("{e}; showing every column");
+                        let mut view = ObjectView::of_table(relation);
+                        view.name.clone_from(name);
+                        view
+                    }
+                }
+            }
+            None => ObjectView::of_table(relation),
+        }
+    }
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    }
+}
