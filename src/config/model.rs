@@ -1,0 +1,337 @@
+//! The validated configuration: what the rest of walhook reads.
+//!
+//! Every value here has been checked and every default applied; nothing in this file parses.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::net::AllowedNetwork;
+use super::secret::{Secret, SigningSecret, WebhookUrl};
+
+/// The whole configuration file, validated and with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[source]`: the database whose WAL is read.
+    pub source: SourceConfig,
+    /// `[outbox]`: where events are stored before delivery.
+    pub outbox: OutboxConfig,
+    /// `[http]`: metrics, health and admin API.
+    pub http: HttpConfig,
+    /// `[delivery]`: defaults for every subscription and process-wide limits.
+    pub delivery: DeliveryConfig,
+    /// `[objects.NAME]` in file order.
+    pub objects: IndexMap<String, ObjectConfig>,
+    /// `[[subscriptions]]` in file order.
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Connection URL (may hold a password); `WALHOOK_SOURCE_URL` overrides the file.
+    pub url: Secret,
+    /// Logical replication slot; default `walhook`.
+    pub slot: String,
+    /// Publication walhook manages; default `walhook`.
+    pub publication: String,
+    /// Warn when the slot retains more WAL than this many bytes; default 20 GB.
+    pub max_retained_wal: u64,
+    /// Interval of keep-alive progress on an idle slot; default 30 s.
+    pub heartbeat: Duration,
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Outbox database; `None` means the source database.
+    pub url: Option<Secret>,
+    /// Schema walhook owns; default `walhook`.
+    pub schema: String,
+    /// Delivered/dead rows older than this are removed; default 30 days.
+    pub retention: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen address; default `127.0.0.1:9187`.
+    pub listen: SocketAddr,
+    /// Bearer token for admin API write calls (and all calls off loopback).
+    pub admin_token: Option<Secret>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Whole-request timeout; default 15 s.
+    pub timeout: Duration,
+    /// Delays between attempts; N delays mean N + 1 attempts, then the delivery is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Requests in flight across all subscriptions; default 256.
+    pub max_in_flight: usize,
+    /// Private networks and hosts subscribers may resolve to (SPEC §6).
+    pub allow_networks: Vec<AllowedNetwork>,
+    /// How long shutdown waits for in-flight requests; default 30 s.
+    pub shutdown_timeout: Duration,
+}
+
+/// The default retry schedule of SPEC §2: about three days in nine retries.
+pub const DEFAULT_RETRY_SCHEDULE: [Duration; 9] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3_600),
+    Duration::from_secs(5 * 3_600),
+    Duration::from_secs(10 * 3_600),
+    Duration::from_secs(14 * 3_600),
+    Duration::from_secs(20 * 3_600),
+    Duration::from_secs(24 * 3_600),
+];
+
+/// A business object: a table and how its rows are keyed and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectConfig {
+    /// The table the rows come from.
+    pub table: TableName,
+    /// Key columns; `None` means the table's primary key.
+    pub key: Option<Vec<String>>,
+    /// Columns included in events; `None` means every column.
+    pub fields: Option<Vec<String>>,
+}
+
+/// The object a subscription receives events for, named or made from `table = …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedObject {
+    /// The `[objects.NAME]` name, or for `table = …` the table name as `schema.table`.
+    pub name: String,
+    /// True when the subscription named a table rather than an object.
+    pub unnamed: bool,
+    /// Table, key and fields.
+    pub config: ObjectConfig,
+}
+
+/// One `[[subscriptions]]` entry with `[delivery]` defaults already applied.
+#[derive(Debug, Clone)]
+pub struct SubscriptionConfig {
+    /// Unique name, `[a-z0-9_-]+`.
+    pub name: String,
+    /// The object whose changes this subscription receives.
+    pub object: ResolvedObject,
+    /// Operations that fire; default all three, in create/update/delete order.
+    pub operations: Vec<Operation>,
+    /// An update fires only if one of these fields changed; `None` means any field.
+    pub watch: Option<Vec<String>>,
+    /// Filter expression over `values`, `previous` and `operation` (not yet parsed).
+    pub when: Option<String>,
+    /// Fixed event type; `None` means `<object>.<created|updated|deleted>`.
+    pub event_type: Option<String>,
+    /// Subscriber URL (http or https, with a host); prints as written in the file.
+    pub url: WebhookUrl,
+    /// `POST` (JSON body) or `GET` (ping without body); default `POST`.
+    pub method: Method,
+    /// Signing secrets; several while rotating keys, none to send unsigned.
+    pub secrets: Vec<SigningSecret>,
+    /// Authentication added to every request.
+    pub auth: Option<Auth>,
+    /// Custom headers in file order; values are secret because they often carry keys.
+    pub headers: Vec<(String, Secret)>,
+    /// Batching; `None` sends one event per request.
+    pub batch: Option<BatchConfig>,
+    /// Token bucket; `None` means unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// This subscription's own in-flight cap; `None` means only the global cap applies.
+    pub max_in_flight: Option<usize>,
+    /// Per-key ordering or none; default per key.
+    pub ordering: Ordering,
+    /// Inactive subscriptions receive no events; default true.
+    pub active: bool,
+    /// Request timeout (`[delivery]` value unless overridden).
+    pub timeout: Duration,
+    /// Retry delays (`[delivery]` value unless overridden).
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl SubscriptionConfig {
+    /// Whether changes of kind `operation` can fire this subscription.
+    pub fn fires_on(&self, operation: Operation) -> bool {
+        self.operations.contains(&operation)
+    }
+
+    /// The event type for an event of `operation`: the configured one or the default.
+    pub fn event_type_for(&self, operation: Operation) -> String {
+        match &self.event_type {
+            Some(fixed) => fixed.clone(),
+            None => format!("{}.{}", self.object.name, operation.past_tense()),
+        }
+    }
+}
+
+/// A row change kind, as named in the config and in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// A row was inserted.
+    Create,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+}
+
+impl Operation {
+    /// All operations in their canonical order.
+    pub const ALL: [Operation; 3] = [Operation::Create, Operation::Update, Operation::Delete];
+
+    /// `create`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+
+    /// `created`, `updated` or `deleted`, as used in default event types.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Operation::Create => "created",
+            Operation::Update => "updated",
+            Operation::Delete => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// HTTP method of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// JSON body.
+    Post,
+    /// A ping without body.
+    Get,
+}
+
+/// Delivery ordering of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// Events of one row key arrive in commit order.
+    Key,
+    /// No ordering guarantee.
+    None,
+}
+
+/// Authentication of webhook requests. Credentials are [`Secret`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: Secret,
+    },
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
+    /// A custom header carrying a credential.
+    Header {
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: Secret,
+    },
+}
+
+/// `batch = { max_events, max_wait }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// At most this many events per request; default 100.
+    pub max_events: usize,
+    /// Send a partial batch after waiting this long; default 500 ms.
+    pub max_wait: Duration,
+}
+
+/// `rate_limit = { per_second, burst }`, a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Refill rate in requests per second (may be fractional).
+    pub per_second: f64,
+    /// Bucket size; default `per_second` rounded up.
+    pub burst: u32,
+}
+
+/// A table as `schema.name`; a name without schema is in `public`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema, `public` unless given.
+    pub schema: String,
+    /// Table name within the schema.
+    pub name: String,
+}
+
+impl FromStr for TableName {
+    type Err = String;
+
+    /// Parses `schema.table` or `table`. Names are taken as written (no quoting yet).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid =
+            || format!("invalid table name {text:?}; expected \"schema.table\" or \"table\"");
+        let mut parts = text.split('.');
+        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None) => ("public", name),
+            (Some(schema), Some(name), None) => (schema, name),
+            _ => return Err(invalid()),
+        };
+        let valid_part = |part: &str| !part.is_empty() && !part.chars().any(char::is_whitespace);
+        if !valid_part(schema) || !valid_part(name) {
+            return Err(invalid());
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        let t: TableName = "public.account_invoice".parse().unwrap();
+        assert_eq!(
+            (t.schema.as_str(), t.name.as_str()),
+            ("public", "account_invoice")
+        );
+        assert_eq!(
+            "stock_move".parse::<TableName>().unwrap().to_string(),
+            "public.stock_move"
+        );
+        assert_eq!("erp.x".parse::<TableName>().unwrap().to_string(), "erp.x");
+        for bad in ["a.b.c", "", ".x", "x.", "my table"] {
+            assert_eq!(
+                bad.parse::<TableName>(),
+                Err(format!(
+                    "invalid table name {bad:?}; expected \"schema.table\" or \"table\""
+                ))
+            );
+        }
+    }
+}

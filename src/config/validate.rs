@@ -1,0 +1,385 @@
+//! Turns the raw file into a [`Config`]: checks every value, applies defaults, and collects
+//! every problem with its key path instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::document::{child_index, child_key, Document};
+use super::error::Finding;
+use super::model::{
+    Config, DeliveryConfig, HttpConfig, ObjectConfig, OutboxConfig, SourceConfig, TableName,
+    DEFAULT_RETRY_SCHEDULE,
+};
+use super::net::{check_postgres_url, parse_allowed_network};
+use super::raw::{
+    RawConfig, RawDelivery, RawDuration, RawHttp, RawObject, RawOutbox, RawSize, RawSource,
+};
+use super::secret::{redact_url, Secret};
+use super::subscription::check_subscription;
+use super::units::{parse_duration, parse_size};
+
+/// Builds the validated config, or returns every finding in file order.
+///
+/// `url_override` is `WALHOOK_SOURCE_URL` when set; it replaces `source.url`.
+pub(crate) fn validate(
+    raw: RawConfig,
+    doc: &Document<'_>,
+    url_override: Option<String>,
+) -> Result<Config, Vec<Finding>> {
+    let mut checker = Checker {
+        doc,
+        findings: Vec::new(),
+    };
+    let source = checker.source(raw.source.unwrap_or_default(), url_override);
+    let outbox = checker.outbox(raw.outbox.unwrap_or_default());
+    let http = checker.http(raw.http.unwrap_or_default());
+    let delivery = checker.delivery(raw.delivery.unwrap_or_default());
+    let mut objects = IndexMap::new();
+    for (name, object) in raw.objects.map(|o| o.0).unwrap_or_default() {
+        let config = checker.object(&name, object);
+        objects.insert(name, config);
+    }
+    let mut first_use = HashMap::new();
+    let subscriptions = raw
+        .subscriptions
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, sub)| {
+            check_subscription(&mut checker, i, sub, &objects, &delivery, &mut first_use)
+        })
+        .collect();
+
+    if checker.findings.is_empty() {
+        Ok(Config {
+            source,
+            outbox,
+            http,
+            delivery,
+            objects,
+            subscriptions,
+        })
+    } else {
+        let mut findings = checker.findings;
+        // Stable sort: problems on one line keep the order in which they were found.
+        findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
+        Err(findings)
+    }
+}
+
+/// Collects findings and offers the checks shared by several sections.
+pub(crate) struct Checker<'d, 'a> {
+    pub(crate) doc: &'d Document<'a>,
+    pub(crate) findings: Vec<Finding>,
+}
+
+impl Checker<'_, '_> {
+    /// Records a problem at `path`.
+    pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
+        let finding = self.doc.finding(path, message);
+        self.findings.push(finding);
+    }
+
+    /// A duration value, or `default` when absent (or invalid, after recording why).
+    pub(crate) fn duration(
+        &mut self,
+        raw: Option<&RawDuration>,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
+        let (shown, parsed) = match raw {
+            None => return default,
+            Some(RawDuration::Text(text)) => (format!("{text:?}"), parse_duration(text)),
+            Some(RawDuration::Number(n)) => (n.to_string(), parse_duration(&n.to_string())),
+        };
+        parsed.unwrap_or_else(|reason| {
+            self.error(path, format!("invalid duration {shown}: {reason}"));
+            default
+        })
+    }
+
+    /// A duration that must be greater than zero.
+    pub(crate) fn positive_duration(
+        &mut self,
+        raw: Option<&RawDuration>,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
+        let value = self.duration(raw, path, default);
+        if value.is_zero() && raw.is_some() {
+            self.error(path, "must be greater than 0");
+        }
+        value
+    }
+
+    /// A list of durations such as `retry_schedule`.
+    pub(crate) fn durations(&mut self, raw: &[RawDuration], path: &str) -> Vec<Duration> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, d)| self.duration(Some(d), &child_index(path, i), Duration::ZERO))
+            .collect()
+    }
+
+    /// A count that must be at least 1.
+    pub(crate) fn count(&mut self, value: i64, path: &str) -> usize {
+        if value < 1 {
+            self.error(path, format!("must be at least 1, found {value}"));
+            return 1;
+        }
+        usize::try_from(value).unwrap_or(usize::MAX)
+    }
+
+    /// A user-chosen name (object, subscription): `[a-z0-9_-]+`.
+    pub(crate) fn name(&mut self, name: &str, what: &str, path: &str) {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid {
+            self.error(
+                path,
+                format!(
+                    "invalid {what} name {name:?}; use lower-case letters, digits, _ and - only"
+                ),
+            );
+        }
+    }
+
+    /// A list of column names: not empty when given, no empty or repeated entries.
+    pub(crate) fn columns(
+        &mut self,
+        list: Option<Vec<String>>,
+        path: &str,
+        when_empty: &str,
+    ) -> Option<Vec<String>> {
+        let list = list?;
+        if list.is_empty() {
+            self.error(path, format!("must not be empty; {when_empty}"));
+        }
+        for (i, column) in list.iter().enumerate() {
+            let item = child_index(path, i);
+            if column.is_empty() {
+                self.error(&item, "column name must not be empty");
+            } else if list[..i].contains(column) {
+                self.error(&item, format!("{column:?} is listed twice"));
+            }
+        }
+        Some(list)
+    }
+
+    fn source(&mut self, raw: RawSource, url_override: Option<String>) -> SourceConfig {
+        let url = match (url_override, raw.url) {
+            (Some(url), _) => {
+                if let Err(reason) = check_postgres_url(&url) {
+                    let finding = self.doc.file_finding(
+                        "source.url (from WALHOOK_SOURCE_URL)",
+                        format!("invalid Postgres URL {:?}: {reason}", redact_url(&url)),
+                    );
+                    self.findings.push(finding);
+                }
+                url
+            }
+            (None, Some(url)) => {
+                self.postgres_url(&url, "source.url");
+                url
+            }
+            (None, None) => {
+                self.error(
+                    "source",
+                    "missing key \"url\"; set it here or in the WALHOOK_SOURCE_URL environment variable",
+                );
+                String::new()
+            }
+        };
+        let slot = raw.slot.unwrap_or_else(|| "walhook".to_owned());
+        let slot_ok = !slot.is_empty()
+            && slot.len() <= 63
+            && slot
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !slot_ok {
+            self.error(
+                "source.slot",
+                format!(
+                    "invalid slot name {slot:?}; use lower-case letters, digits and _ (at most 63)"
+                ),
+            );
+        }
+        let publication = raw.publication.unwrap_or_else(|| "walhook".to_owned());
+        self.identifier(&publication, "source.publication");
+        let max_retained_wal = match raw.max_retained_wal {
+            None => 20_000_000_000,
+            Some(size) => self.size(&size, "source.max_retained_wal"),
+        };
+        let heartbeat = self.positive_duration(
+            raw.heartbeat.as_ref(),
+            "source.heartbeat",
+            Duration::from_secs(30),
+        );
+        SourceConfig {
+            url: Secret::new(url),
+            slot,
+            publication,
+            max_retained_wal,
+            heartbeat,
+        }
+    }
+
+    fn outbox(&mut self, raw: RawOutbox) -> OutboxConfig {
+        if let Some(url) = &raw.url {
+            self.postgres_url(url, "outbox.url");
+        }
+        let schema = raw.schema.unwrap_or_else(|| "walhook".to_owned());
+        self.identifier(&schema, "outbox.schema");
+        let retention = self.positive_duration(
+            raw.retention.as_ref(),
+            "outbox.retention",
+            Duration::from_secs(30 * 86_400),
+        );
+        OutboxConfig {
+            url: raw.url.map(Secret::new),
+            schema,
+            retention,
+        }
+    }
+
+    fn http(&mut self, raw: RawHttp) -> HttpConfig {
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 9187));
+        let listen = match raw.listen {
+            None => default_listen,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(
+                    "http.listen",
+                    format!("invalid listen address {text:?}; expected IP:port such as \"127.0.0.1:9187\""),
+                );
+                default_listen
+            }),
+        };
+        if raw.admin_token.as_deref() == Some("") {
+            self.error("http.admin_token", "must not be empty");
+        }
+        HttpConfig {
+            listen,
+            admin_token: raw.admin_token.map(Secret::new),
+        }
+    }
+
+    fn delivery(&mut self, raw: RawDelivery) -> DeliveryConfig {
+        let timeout = self.positive_duration(
+            raw.timeout.as_ref(),
+            "delivery.timeout",
+            Duration::from_secs(15),
+        );
+        let retry_schedule = match &raw.retry_schedule {
+            None => DEFAULT_RETRY_SCHEDULE.to_vec(),
+            Some(list) => self.durations(list, "delivery.retry_schedule"),
+        };
+        let max_in_flight = self.count(raw.max_in_flight.unwrap_or(256), "delivery.max_in_flight");
+        let allow_networks = raw
+            .allow_networks
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| {
+                parse_allowed_network(entry)
+                    .map_err(|reason| {
+                        let path = child_index("delivery.allow_networks", i);
+                        self.error(&path, format!("invalid network {entry:?}: {reason}"));
+                    })
+                    .ok()
+            })
+            .collect();
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout.as_ref(),
+            "delivery.shutdown_timeout",
+            Duration::from_secs(30),
+        );
+        DeliveryConfig {
+            timeout,
+            retry_schedule,
+            max_in_flight,
+            allow_networks,
+            shutdown_timeout,
+        }
+    }
+
+    fn object(&mut self, name: &str, raw: RawObject) -> ObjectConfig {
+        let path = child_key("objects", name);
+        self.name(name, "object", &path);
+        let table = match raw.table {
+            Some(text) => self.table(&text, &child_key(&path, "table")),
+            None => {
+                self.error(&path, "missing key \"table\"");
+                placeholder_table()
+            }
+        };
+        ObjectConfig {
+            table,
+            key: self.columns(
+                raw.key,
+                &child_key(&path, "key"),
+                "leave it out to use the primary key",
+            ),
+            fields: self.columns(
+                raw.fields,
+                &child_key(&path, "fields"),
+                "leave it out to include every column",
+            ),
+        }
+    }
+
+    /// A table name; on error records it and returns a placeholder.
+    pub(crate) fn table(&mut self, text: &str, path: &str) -> TableName {
+        text.parse().unwrap_or_else(|reason: String| {
+            self.error(path, reason);
+            placeholder_table()
+        })
+    }
+
+    fn size(&mut self, raw: &RawSize, path: &str) -> u64 {
+        let (shown, parsed) = match raw {
+            RawSize::Text(text) => (format!("{text:?}"), parse_size(text)),
+            RawSize::Bytes(n) => (
+                n.to_string(),
+                u64::try_from(*n).map_err(|_| "must not be negative".to_owned()),
+            ),
+        };
+        parsed.unwrap_or_else(|reason| {
+            self.error(path, format!("invalid size {shown}: {reason}"));
+            0
+        })
+    }
+
+    /// How a URL at `path` may be shown: as written (variables unexpanded), password hidden.
+    pub(crate) fn display_url(&self, url: &str, path: &str) -> String {
+        redact_url(self.doc.written(path).unwrap_or(url))
+    }
+
+    fn postgres_url(&mut self, url: &str, path: &str) {
+        if let Err(reason) = check_postgres_url(url) {
+            let message = format!(
+                "invalid Postgres URL {:?}: {reason}",
+                self.display_url(url, path)
+            );
+            self.error(path, message);
+        }
+    }
+
+    /// A Postgres identifier walhook creates (schema, publication): 1 to 63 bytes.
+    fn identifier(&mut self, name: &str, path: &str) {
+        if name.is_empty() || name.len() > 63 {
+            self.error(path, "must be 1 to 63 bytes long (a Postgres identifier)");
+        }
+    }
+}
+
+/// Stands in for an invalid table name so checking can go on; never returned to callers.
+pub(crate) fn placeholder_table() -> TableName {
+    TableName {
+        schema: String::new(),
+        name: String::new(),
+    }
+}
