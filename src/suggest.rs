@@ -10,6 +10,8 @@ pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a st
 
 /// The candidate closest to `wrong` by Jaro-Winkler similarity, if any is close (≥ 0.8).
 pub fn closest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // Jaro-Winkler favours shared prefixes, which is how typos usually look; 0.8 accepts
+    // "invoce"/"invoice" and "slto"/"slot" but not unrelated words.
     let wrong_lower = wrong.to_lowercase();
     candidates
         .into_iter()

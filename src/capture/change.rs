@@ -4,52 +4,15 @@
 //! did not carry is [`Cell::Unknown`], never a guess, and `changed` is only computed when
 //! the full old row is known.
 
-use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::Value;
 
 use super::relation::{Identity, Relation};
+pub use crate::config::Operation;
 use crate::source::pgoutput::{Datum, OldTuple, Tuple};
 use crate::source::value::text_to_json;
-
-/// What happened to the row, in the words of SPEC §3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// INSERT.
-    Create,
-    /// UPDATE.
-    Update,
-    /// DELETE.
-    Delete,
-}
-
-impl Operation {
-    /// `create`, `update` or `delete`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Create => "create",
-            Operation::Update => "update",
-            Operation::Delete => "delete",
-        }
-    }
-
-    /// The suffix of default event types: `created`, `updated`, `deleted`.
-    pub fn past_tense(self) -> &'static str {
-        match self {
-            Operation::Create => "created",
-            Operation::Update => "updated",
-            Operation::Delete => "deleted",
-        }
-    }
-}
-
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One column value of a row image.
 #[derive(Debug, Clone, PartialEq)]

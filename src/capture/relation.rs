@@ -143,7 +143,7 @@ impl RelationCache {
             .map(|c| Column {
                 name: c.name.clone(),
                 type_oid: c.type_oid,
-                kind: self.types.kind(c.type_oid),
+                kind: self.types.kind(c.type_oid).clone(),
             })
             .collect();
         let identity = match message.replica_identity {

@@ -451,23 +451,11 @@ fn needs_full_identity(config: &Config, table: &TableName) -> Vec<String> {
 }
 
 fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report: &mut Report) {
-    let columns = || facts.columns.iter().map(String::as_str);
-    let mut missing = |place: String, column: &str| {
-        report.problem(
-            format!(
-                "{place}: table {table} has no column {column:?}{}",
-                did_you_mean(column, columns())
-            ),
-            format!("correct {place} in the config"),
-        )
-    };
+    // (where in the config, the column named there)
+    let mut named: Vec<(String, &String)> = Vec::new();
     for (name, object) in config.objects.iter().filter(|(_, o)| &o.table == table) {
         for (what, list) in [("key", &object.key), ("fields", &object.fields)] {
-            for column in list.iter().flatten() {
-                if !facts.columns.contains(column) {
-                    missing(format!("objects.{name}.{what}"), column);
-                }
-            }
+            named.extend(list.iter().flatten().map(|c| (format!("objects.{name}.{what}"), c)));
         }
         if object.key.is_none() && facts.primary_key.is_empty() {
             report.problem(
@@ -481,22 +469,23 @@ fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report:
         .iter()
         .filter(|s| &s.object.config.table == table)
     {
-        for column in subscription.watch.iter().flatten() {
-            if !facts.columns.contains(column) {
-                missing(format!("subscriptions.{}.watch", subscription.name), column);
-            }
-        }
+        let place = |what: &str| format!("subscriptions.{}.{what}", subscription.name);
+        named.extend(subscription.watch.iter().flatten().map(|c| (place("watch"), c)));
         if subscription.object.unnamed {
-            for (what, list) in [
-                ("key", &subscription.object.config.key),
-                ("fields", &subscription.object.config.fields),
-            ] {
-                for column in list.iter().flatten() {
-                    if !facts.columns.contains(column) {
-                        missing(format!("subscriptions.{}.{what}", subscription.name), column);
-                    }
-                }
-            }
+            let object = &subscription.object.config;
+            named.extend(object.key.iter().flatten().map(|c| (place("key"), c)));
+            named.extend(object.fields.iter().flatten().map(|c| (place("fields"), c)));
+        }
+    }
+    for (place, column) in named {
+        if !facts.columns.contains(column) {
+            report.problem(
+                format!(
+                    "{place}: table {table} has no column {column:?}{}",
+                    did_you_mean(column, facts.columns.iter().map(String::as_str))
+                ),
+                format!("correct {place} in the config"),
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::de::{
 };
 
 use super::document::{child_index, child_key, Kind, Node};
-use super::suggest::closest;
+use crate::suggest::closest;
 
 /// A deserialization error and the key path it belongs to (filled in on the way up).
 #[derive(Debug)]

@@ -21,7 +21,6 @@ mod net;
 mod raw;
 mod secret;
 mod subscription;
-mod suggest;
 mod units;
 mod validate;
 

@@ -14,7 +14,7 @@ use super::model::{
 use super::net::check_webhook_url;
 use super::raw::{OneOrMany, RawAuth, RawBatch, RawRateLimit, RawSubscription};
 use super::secret::{Secret, SigningSecret, WebhookUrl};
-use super::suggest::closest;
+use crate::suggest::closest;
 use super::validate::{placeholder_table, Checker};
 
 /// Validates subscription number `index`. `first_use` maps names seen so far to their path.
