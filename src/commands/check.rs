@@ -648,7 +648,8 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
     let rows = sql
         .rows(&format!(
             "SELECT slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name LIKE {} AND NOT active",
+             FROM pg_replication_slots \
+             WHERE slot_name LIKE {} AND NOT active AND database = current_database()",
             literal(&format!("{TAIL_PREFIX}%"))
         ))
         .await;

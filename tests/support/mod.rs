@@ -26,21 +26,24 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A database of its own for one test.
-pub struct TestDb {
+pub struct TestDb<'a> {
     /// The database name.
     pub name: String,
     /// Superuser URL for it.
     pub url: String,
+    pg: &'a EphemeralPostgres,
 }
 
-impl TestDb {
+impl TestDb<'static> {
     /// Creates a fresh database in the shared cluster and runs `schema` in it.
-    pub fn new(schema: &str) -> TestDb {
-        Self::in_cluster(cluster(), schema)
+    pub fn new(schema: &str) -> TestDb<'static> {
+        TestDb::in_cluster(cluster(), schema)
     }
+}
 
+impl<'a> TestDb<'a> {
     /// Creates a fresh database in the given cluster and runs `schema` in it.
-    pub fn in_cluster(pg: &EphemeralPostgres, schema: &str) -> TestDb {
+    pub fn in_cluster(pg: &'a EphemeralPostgres, schema: &str) -> TestDb<'a> {
         let name = unique("db");
         pg.create_database(&name).expect("create test database");
         if !schema.is_empty() {
@@ -49,11 +52,55 @@ impl TestDb {
         TestDb {
             url: pg.url(&name),
             name,
+            pg,
         }
     }
 
     /// Runs SQL as the superuser and returns psql's unaligned output.
     pub fn sql(&self, sql: &str) -> String {
-        cluster().psql(&self.name, sql).expect("run SQL")
+        self.pg.psql(&self.name, sql).expect("run SQL")
+    }
+}
+
+/// A config file in a temporary directory, deleted on drop.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    /// Path of `walhook.toml`.
+    pub path: std::path::PathBuf,
+}
+
+/// Writes `text` as a walhook config file.
+pub fn config_file(text: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, text).expect("write config");
+    ConfigFile { _dir: dir, path }
+}
+
+/// The walhook binary with `--config` set, ready for more arguments.
+pub fn walhook(config: &ConfigFile) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"));
+    cmd.arg("--config").arg(&config.path);
+    cmd.env_remove("WALHOOK_SOURCE_URL");
+    cmd
+}
+
+/// Output of a finished walhook run: exit code and both streams.
+pub struct Finished {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+/// Runs walhook to completion.
+pub fn run_walhook(config: &ConfigFile, args: &[&str]) -> Finished {
+    let out = walhook(config).args(args).output().expect("run walhook");
+    Finished {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }

@@ -1,0 +1,252 @@
+//! `walhook check`: each problem it claims to detect, found and explained with its fix,
+//! and a clean bill of health for a correct setup.
+
+mod support;
+
+use support::{config_file, run_walhook, unique, Finished, TestDb};
+use walhook::ephemeral::{EphemeralPostgres, Options, SCRAM_USER, TEST_PASSWORD};
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);
+CREATE TABLE res_partner (id int PRIMARY KEY, name text);
+";
+
+/// A config for `url` with one invoice object and the given subscription lines.
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "{publication}"
+
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "partner_id", "state"]
+
+[[subscriptions]]
+name = "partner-sync"
+object = "invoice"
+url = "https://partner.example.com/hooks/invoice"
+{extra}
+"#,
+        slot = unique("slot"),
+        publication = unique("pub"),
+    )
+}
+
+fn check(text: &str) -> Finished {
+    let file = config_file(text);
+    run_walhook(&file, &["check"])
+}
+
+fn problem_lines(out: &Finished) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("PROBLEM"))
+        .collect()
+}
+
+/// Asserts exit code 3 and a problem line containing every one of `parts`.
+fn assert_problem(out: &Finished, parts: &[&str]) {
+    assert_eq!(out.code, 3, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let found = problem_lines(out)
+        .into_iter()
+        .any(|line| parts.iter().all(|p| line.contains(p)));
+    assert!(found, "no problem line with {parts:?} in:\n{}", out.stdout);
+}
+
+#[test]
+fn a_correct_setup_passes_and_says_what_will_be_created() {
+    let db = TestDb::new(ERP);
+    let out = check(&config(&db.url, ""));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(problem_lines(&out).is_empty(), "{}", out.stdout);
+    assert!(out.stdout.contains("wal_level = logical"), "{}", out.stdout);
+    assert!(out.stdout.contains("does not exist yet: will be created"), "{}", out.stdout);
+    assert!(out.stdout.contains("check: everything walhook needs is in place"));
+}
+
+#[test]
+fn wal_level_replica_is_a_problem_with_the_setting_to_change() {
+    let pg = EphemeralPostgres::start(&Options {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Options::default()
+    })
+    .unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let out = check(&config(&db.url, ""));
+    assert_problem(&out, &["wal_level is replica", "ALTER SYSTEM SET wal_level = logical"]);
+}
+
+#[test]
+fn a_role_without_replication_is_told_the_grant() {
+    let db = TestDb::new(ERP);
+    let role = unique("norepl");
+    db.sql(&format!("CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {} TO {role}", db.name));
+    let url = db.url.replace("postgres@", &format!("{role}@"));
+    let out = check(&config(&url, ""));
+    assert_problem(&out, &["may not start replication", &format!("ALTER ROLE {role} REPLICATION;")]);
+}
+
+#[test]
+fn a_misspelled_table_gets_a_suggestion() {
+    let db = TestDb::new("CREATE TABLE account_invoce (id int PRIMARY KEY, number text, partner_id int, state text);");
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &["table public.account_invoice does not exist", "did you mean \"public.account_invoce\"?"],
+    );
+}
+
+#[test]
+fn a_misspelled_column_gets_a_suggestion_naming_the_config_key() {
+    let db = TestDb::new(
+        "CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner text, state text);",
+    );
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &["objects.invoice.fields", "no column \"partner_id\"", "did you mean \"partner\"?"],
+    );
+}
+
+#[test]
+fn watch_under_replica_identity_default_prints_the_alter_table() {
+    let db = TestDb::new(ERP);
+    let out = check(&config(&db.url, r#"watch = ["partner_id"]"#));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync (watch) need old values",
+            "ALTER TABLE public.account_invoice REPLICA IDENTITY FULL;",
+        ],
+    );
+    db.sql("ALTER TABLE account_invoice REPLICA IDENTITY FULL");
+    let out = check(&config(&db.url, r#"watch = ["partner_id"]"#));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_table_without_primary_key_is_flagged_before_it_breaks_updates() {
+    let db = TestDb::new("CREATE TABLE account_invoice (id int, number text, partner_id int, state text);");
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &["no primary key and REPLICA IDENTITY DEFAULT", "UPDATE and DELETE on it fail", "REPLICA IDENTITY FULL"],
+    );
+}
+
+#[test]
+fn an_unreachable_source_is_a_problem_and_hides_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = check(&config(&format!("postgres://walhook:hunter2@127.0.0.1:{port}/erp"), ""));
+    assert_problem(&out, &["cannot connect to", "127.0.0.1"]);
+    assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
+}
+
+#[test]
+fn a_password_login_works_and_the_password_never_shows() {
+    let db = TestDb::new(ERP);
+    db.sql(&format!("GRANT CREATE ON DATABASE {} TO {SCRAM_USER}", db.name));
+    let url = support::cluster().url_as(SCRAM_USER, TEST_PASSWORD, &db.name);
+    let out = check(&config(&url, ""));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains(TEST_PASSWORD) && !out.stderr.contains(TEST_PASSWORD));
+}
+
+#[test]
+fn no_free_replication_slot_is_a_problem() {
+    let pg = EphemeralPostgres::start(&Options {
+        settings: vec![("max_replication_slots".into(), "1".into())],
+        ..Options::default()
+    })
+    .unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    db.sql("SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')");
+    let out = check(&config(&db.url, ""));
+    assert_problem(&out, &["no free replication slot", "max_replication_slots"]);
+}
+
+#[test]
+fn a_slot_retaining_too_much_wal_is_a_problem() {
+    let db = TestDb::new(ERP);
+    let slot = unique("slot");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+    let text = config(&db.url, "").replacen(
+        "slot = \"",
+        &format!("max_retained_wal = \"1KB\"\nslot = \"{slot}\"\n# was: \""),
+        1,
+    );
+    let out = check(&text);
+    assert_problem(&out, &["retains", "more than source.max_retained_wal"]);
+}
+
+#[test]
+fn an_invalidated_slot_is_a_loud_problem() {
+    let pg = EphemeralPostgres::start(&Options {
+        settings: vec![
+            ("max_slot_wal_keep_size".into(), "1MB".into()),
+            ("wal_keep_size".into(), "0".into()),
+            ("max_wal_size".into(), "32MB".into()),
+            ("min_wal_size".into(), "32MB".into()),
+        ],
+        ..Options::default()
+    })
+    .unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let slot = unique("slot");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    for _ in 0..4 {
+        db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+                DELETE FROM res_partner;");
+        db.sql("SELECT pg_switch_wal()");
+    }
+    db.sql("CHECKPOINT");
+    assert_eq!(
+        db.sql(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'")),
+        "lost"
+    );
+    let text = config(&db.url, "").replacen("slot = \"", &format!("slot = \"{slot}\"\n# was: \""), 1);
+    let out = check(&text);
+    assert_problem(&out, &["was invalidated", "walhook setup --recreate-slot"]);
+}
+
+#[test]
+fn a_slot_left_behind_by_a_killed_tail_is_reported_with_the_drop() {
+    let db = TestDb::new(ERP);
+    let slot = unique("walhook_tail_leftover");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    let out = check(&config(&db.url, ""));
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    assert_problem(&out, &["left behind", &format!("SELECT pg_drop_replication_slot('{slot}');")]);
+}
+
+#[test]
+fn a_publication_that_does_not_publish_updates_is_a_problem() {
+    let db = TestDb::new(ERP);
+    let publication = unique("pub");
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE account_invoice WITH (publish = 'insert')"
+    ));
+    let text = config(&db.url, "").replacen(
+        "publication = \"",
+        &format!("publication = \"{publication}\"\n# was: \""),
+        1,
+    );
+    let out = check(&text);
+    assert_problem(&out, &["does not publish update, delete", "ALTER PUBLICATION"]);
+}
+
+#[test]
+fn a_bad_config_exits_2_before_touching_the_database() {
+    let out = check("[source]\nurl = \"postgres://x@127.0.0.1:1/db\"\nslto = \"x\"\n");
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("walhook.toml:3"), "{}", out.stderr);
+    assert!(out.stderr.contains("slto"), "{}", out.stderr);
+}

@@ -1,0 +1,191 @@
+//! `walhook tail`: the pg_recvlogical of walhook. Real process, real signals.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{config_file, unique, walhook, ConfigFile, TestDb};
+use walhook::ephemeral::{EphemeralPostgres, Options};
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);
+CREATE TABLE res_partner (id int PRIMARY KEY, name text);
+";
+
+fn config(db: &TestDb, publication: &str) -> ConfigFile {
+    config_file(&format!(
+        r#"
+[source]
+url = "{url}"
+publication = "{publication}"
+
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "partner_id", "state"]
+"#,
+        url = db.url
+    ))
+}
+
+/// A running `walhook tail` whose stdout lines arrive on a channel.
+struct Tail {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tail {
+    fn start(config: &ConfigFile, db: &TestDb) -> Tail {
+        let mut child = walhook(config)
+            .arg("tail")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start walhook tail");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Changes count from the moment tail's slot exists and streams.
+        wait_for(Duration::from_secs(20), || {
+            db.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walhook_tail_%' AND active AND database = current_database()")
+                == "1"
+        });
+        Tail { child, lines }
+    }
+
+    fn next_event(&self, within: Duration) -> Value {
+        let line = self.lines.recv_timeout(within).expect("a line from tail");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "tail did not exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn wait_for(within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tail_prints_each_change_as_a_json_line_and_leaves_nothing_behind() {
+    let db = TestDb::new(ERP);
+    let config = config(&db, &unique("absent_pub"));
+    let tail = Tail::start(&config, &db);
+
+    db.sql("INSERT INTO res_partner VALUES (1, 'not watched')");
+    db.sql("INSERT INTO account_invoice VALUES (7, 'INV-7', 1, 'draft')");
+    db.sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 7");
+
+    let created = tail.next_event(Duration::from_secs(20));
+    assert_eq!(created["type"], "invoice.created");
+    assert_eq!(created["object"], "invoice");
+    assert_eq!(created["key"], json!({"id": 7}));
+    assert_eq!(
+        created["values"],
+        json!({"number": "INV-7", "partner_id": 1, "state": "draft"})
+    );
+    let updated = tail.next_event(Duration::from_secs(20));
+    assert_eq!(updated["type"], "invoice.updated");
+    assert_eq!(updated["values"]["partner_id"], 2);
+    assert!(tail.lines.recv_timeout(Duration::from_millis(500)).is_err(), "nothing else");
+
+    assert_eq!(tail.terminate(), 0);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walhook_tail_%' AND database = current_database()"),
+        "0",
+        "tail drops its slot"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication"),
+        "0",
+        "tail drops the publication it created"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0",
+        "tail writes nothing else"
+    );
+}
+
+#[test]
+fn tail_uses_the_configured_publication_when_it_exists() {
+    let db = TestDb::new(ERP);
+    let publication = unique("pub");
+    db.sql(&format!("CREATE PUBLICATION {publication} FOR TABLE account_invoice"));
+    let config = config(&db, &publication);
+    let tail = Tail::start(&config, &db);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft')");
+    assert_eq!(tail.next_event(Duration::from_secs(20))["key"], json!({"id": 1}));
+    assert_eq!(tail.terminate(), 0);
+    assert_eq!(
+        db.sql("SELECT string_agg(pubname, ',') FROM pg_publication"),
+        publication,
+        "the user's publication stays, and no other was made"
+    );
+}
+
+#[test]
+fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
+    let pg = EphemeralPostgres::start(&Options::default()).unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let config = config(&db, &unique("pub"));
+    let tail = Tail::start(&config, &db);
+
+    for id in 1..=20 {
+        db.sql(&format!("INSERT INTO account_invoice VALUES ({id}, 'INV', 1, 'draft')"));
+    }
+    // Read some before the restart so that both sides of it are exercised.
+    for _ in 0..5 {
+        tail.next_event(Duration::from_secs(20));
+    }
+    pg.restart().unwrap();
+    for id in 21..=40 {
+        db.sql(&format!(
+            "BEGIN; INSERT INTO account_invoice VALUES ({id}, 'INV', 1, 'draft'); \
+             UPDATE account_invoice SET state = 'posted' WHERE id = {id}; COMMIT;"
+        ));
+    }
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    // 15 left from before the restart, then 20 transactions of two changes each.
+    while seen.len() < 15 + 40 {
+        let event = tail.next_event(Duration::from_secs(60));
+        seen.push((
+            event["id"].as_str().unwrap().to_owned(),
+            event["key"]["id"].as_i64().unwrap(),
+        ));
+    }
+    assert!(tail.lines.recv_timeout(Duration::from_secs(1)).is_err(), "no repeats");
+    let mut ids: Vec<&String> = seen.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len(), "every event id exactly once");
+    let keys: Vec<i64> = seen.iter().map(|(_, k)| *k).collect();
+    let mut expected: Vec<i64> = (6..=20).collect();
+    expected.extend((21..=40).flat_map(|k| [k, k]));
+    assert_eq!(keys, expected, "nothing lost, in commit order");
+    assert_eq!(tail.terminate(), 0);
+}
