@@ -773,6 +773,7 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Conn
             }
         }
     }
+    // `targets()` is never empty (conninfo falls back to a default host), so `last` is set.
     Err(last.unwrap_or_else(|| ConnectError::TlsSetup(TlsError::NoSystemRoots)))
 }
 
