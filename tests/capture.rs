@@ -13,10 +13,12 @@ use walhook::capture::{ChangeReader, Commit, Item, ObjectView};
 use walhook::source::conninfo::ConnInfo;
 
 /// A reader on a fresh slot and publication for `tables`, created before any change.
-async fn reader_for(db: &TestDb, tables: &str) -> ChangeReader {
+async fn reader_for(db: &TestDb<'_>, tables: &str) -> ChangeReader {
     let slot = unique("slot");
     let publication = unique("pub");
-    db.sql(&format!("CREATE PUBLICATION {publication} FOR TABLE {tables}"));
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE {tables}"
+    ));
     db.sql(&format!(
         "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
     ));
@@ -153,7 +155,10 @@ async fn under_replica_identity_full_updates_carry_previous_and_changed() {
         event["values"],
         json!({"id": 1, "partner_id": 11, "state": "posted", "amount": "100.00"})
     );
-    assert_eq!(event["previous"], json!({"partner_id": 10, "state": "draft"}));
+    assert_eq!(
+        event["previous"],
+        json!({"partner_id": 10, "state": "draft"})
+    );
     assert_eq!(event["changed"], json!(["partner_id", "state"]));
 
     db.sql("DELETE FROM invoice WHERE id = 2");
@@ -253,7 +258,12 @@ async fn a_transaction_across_three_tables_keeps_its_order_and_a_rollback_emits_
     let events = next_events(&mut reader).await;
     let seen: Vec<(String, Value)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().to_owned(), e["key"]["id"].clone()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["key"]["id"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         seen,
@@ -266,8 +276,14 @@ async fn a_transaction_across_three_tables_keeps_its_order_and_a_rollback_emits_
     );
     let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     let lsn = events[0]["source"]["lsn"].as_str().unwrap();
-    assert!(events.iter().all(|e| e["source"]["lsn"] == lsn), "one commit");
-    assert!(ids[0].ends_with("_0000") && ids[3].ends_with("_0003"), "{ids:?}");
+    assert!(
+        events.iter().all(|e| e["source"]["lsn"] == lsn),
+        "one commit"
+    );
+    assert!(
+        ids[0].ends_with("_0000") && ids[3].ends_with("_0003"),
+        "{ids:?}"
+    );
 }
 
 #[tokio::test]

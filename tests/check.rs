@@ -49,7 +49,11 @@ fn problem_lines(out: &Finished) -> Vec<&str> {
 
 /// Asserts exit code 3 and a problem line containing every one of `parts`.
 fn assert_problem(out: &Finished, parts: &[&str]) {
-    assert_eq!(out.code, 3, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 3,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
     let found = problem_lines(out)
         .into_iter()
         .any(|line| parts.iter().all(|p| line.contains(p)));
@@ -63,8 +67,14 @@ fn a_correct_setup_passes_and_says_what_will_be_created() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(problem_lines(&out).is_empty(), "{}", out.stdout);
     assert!(out.stdout.contains("wal_level = logical"), "{}", out.stdout);
-    assert!(out.stdout.contains("does not exist yet: will be created"), "{}", out.stdout);
-    assert!(out.stdout.contains("check: everything walhook needs is in place"));
+    assert!(
+        out.stdout.contains("does not exist yet: will be created"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains("check: everything walhook needs is in place"));
 }
 
 #[test]
@@ -76,17 +86,32 @@ fn wal_level_replica_is_a_problem_with_the_setting_to_change() {
     .unwrap();
     let db = TestDb::in_cluster(&pg, ERP);
     let out = check(&config(&db.url, ""));
-    assert_problem(&out, &["wal_level is replica", "ALTER SYSTEM SET wal_level = logical"]);
+    assert_problem(
+        &out,
+        &[
+            "wal_level is replica",
+            "ALTER SYSTEM SET wal_level = logical",
+        ],
+    );
 }
 
 #[test]
 fn a_role_without_replication_is_told_the_grant() {
     let db = TestDb::new(ERP);
     let role = unique("norepl");
-    db.sql(&format!("CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {} TO {role}", db.name));
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {} TO {role}",
+        db.name
+    ));
     let url = db.url.replace("postgres@", &format!("{role}@"));
     let out = check(&config(&url, ""));
-    assert_problem(&out, &["may not start replication", &format!("ALTER ROLE {role} REPLICATION;")]);
+    assert_problem(
+        &out,
+        &[
+            "may not start replication",
+            &format!("ALTER ROLE {role} REPLICATION;"),
+        ],
+    );
 }
 
 #[test]
@@ -95,7 +120,10 @@ fn a_misspelled_table_gets_a_suggestion() {
     let out = check(&config(&db.url, ""));
     assert_problem(
         &out,
-        &["table public.account_invoice does not exist", "did you mean \"public.account_invoce\"?"],
+        &[
+            "table public.account_invoice does not exist",
+            "did you mean \"public.account_invoce\"?",
+        ],
     );
 }
 
@@ -107,7 +135,11 @@ fn a_misspelled_column_gets_a_suggestion_naming_the_config_key() {
     let out = check(&config(&db.url, ""));
     assert_problem(
         &out,
-        &["objects.invoice.fields", "no column \"partner_id\"", "did you mean \"partner\"?"],
+        &[
+            "objects.invoice.fields",
+            "no column \"partner_id\"",
+            "did you mean \"partner\"?",
+        ],
     );
 }
 
@@ -129,11 +161,17 @@ fn watch_under_replica_identity_default_prints_the_alter_table() {
 
 #[test]
 fn a_table_without_primary_key_is_flagged_before_it_breaks_updates() {
-    let db = TestDb::new("CREATE TABLE account_invoice (id int, number text, partner_id int, state text);");
+    let db = TestDb::new(
+        "CREATE TABLE account_invoice (id int, number text, partner_id int, state text);",
+    );
     let out = check(&config(&db.url, ""));
     assert_problem(
         &out,
-        &["no primary key and REPLICA IDENTITY DEFAULT", "UPDATE and DELETE on it fail", "REPLICA IDENTITY FULL"],
+        &[
+            "no primary key and REPLICA IDENTITY DEFAULT",
+            "UPDATE and DELETE on it fail",
+            "REPLICA IDENTITY FULL",
+        ],
     );
 }
 
@@ -144,7 +182,10 @@ fn an_unreachable_source_is_a_problem_and_hides_the_password() {
         .local_addr()
         .unwrap()
         .port();
-    let out = check(&config(&format!("postgres://walhook:hunter2@127.0.0.1:{port}/erp"), ""));
+    let out = check(&config(
+        &format!("postgres://walhook:hunter2@127.0.0.1:{port}/erp"),
+        "",
+    ));
     assert_problem(&out, &["cannot connect to", "127.0.0.1"]);
     assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
 }
@@ -152,7 +193,10 @@ fn an_unreachable_source_is_a_problem_and_hides_the_password() {
 #[test]
 fn a_password_login_works_and_the_password_never_shows() {
     let db = TestDb::new(ERP);
-    db.sql(&format!("GRANT CREATE ON DATABASE {} TO {SCRAM_USER}", db.name));
+    db.sql(&format!(
+        "GRANT CREATE ON DATABASE {} TO {SCRAM_USER}",
+        db.name
+    ));
     let url = support::cluster().url_as(SCRAM_USER, TEST_PASSWORD, &db.name);
     let out = check(&config(&url, ""));
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -176,7 +220,9 @@ fn no_free_replication_slot_is_a_problem() {
 fn a_slot_retaining_too_much_wal_is_a_problem() {
     let db = TestDb::new(ERP);
     let slot = unique("slot");
-    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
     db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
     let text = config(&db.url, "").replacen(
         "slot = \"",
@@ -201,18 +247,25 @@ fn an_invalidated_slot_is_a_loud_problem() {
     .unwrap();
     let db = TestDb::in_cluster(&pg, ERP);
     let slot = unique("slot");
-    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
     for _ in 0..4 {
-        db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
-                DELETE FROM res_partner;");
+        db.sql(
+            "INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+                DELETE FROM res_partner;",
+        );
         db.sql("SELECT pg_switch_wal()");
     }
     db.sql("CHECKPOINT");
     assert_eq!(
-        db.sql(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'")),
+        db.sql(&format!(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
         "lost"
     );
-    let text = config(&db.url, "").replacen("slot = \"", &format!("slot = \"{slot}\"\n# was: \""), 1);
+    let text =
+        config(&db.url, "").replacen("slot = \"", &format!("slot = \"{slot}\"\n# was: \""), 1);
     let out = check(&text);
     assert_problem(&out, &["was invalidated", "walhook setup --recreate-slot"]);
 }
@@ -221,10 +274,18 @@ fn an_invalidated_slot_is_a_loud_problem() {
 fn a_slot_left_behind_by_a_killed_tail_is_reported_with_the_drop() {
     let db = TestDb::new(ERP);
     let slot = unique("walhook_tail_leftover");
-    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
     let out = check(&config(&db.url, ""));
     db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
-    assert_problem(&out, &["left behind", &format!("SELECT pg_drop_replication_slot('{slot}');")]);
+    assert_problem(
+        &out,
+        &[
+            "left behind",
+            &format!("SELECT pg_drop_replication_slot('{slot}');"),
+        ],
+    );
 }
 
 #[test]
@@ -240,7 +301,10 @@ fn a_publication_that_does_not_publish_updates_is_a_problem() {
         1,
     );
     let out = check(&text);
-    assert_problem(&out, &["does not publish update, delete", "ALTER PUBLICATION"]);
+    assert_problem(
+        &out,
+        &["does not publish update, delete", "ALTER PUBLICATION"],
+    );
 }
 
 #[test]

@@ -109,7 +109,7 @@ async fn sql_one(url: &str, sql: &str) -> String {
         .expect("one row")
 }
 
-fn slot_state(db: &TestDb, slot: &str) -> String {
+fn slot_state(db: &TestDb<'_>, slot: &str) -> String {
     db.sql(&format!(
         "SELECT active::text || ' ' || coalesce(confirmed_flush_lsn::text, '') \
          FROM pg_replication_slots WHERE slot_name = '{slot}'"

@@ -16,7 +16,7 @@ CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, s
 CREATE TABLE res_partner (id int PRIMARY KEY, name text);
 ";
 
-fn config(db: &TestDb, publication: &str) -> ConfigFile {
+fn config(db: &TestDb<'_>, publication: &str) -> ConfigFile {
     config_file(&format!(
         r#"
 [source]
@@ -38,7 +38,7 @@ struct Tail {
 }
 
 impl Tail {
-    fn start(config: &ConfigFile, db: &TestDb) -> Tail {
+    fn start(config: &ConfigFile, db: &TestDb<'_>) -> Tail {
         let mut child = walhook(config)
             .arg("tail")
             .stdout(Stdio::piped())
@@ -70,13 +70,19 @@ impl Tail {
     /// SIGTERM, then the exit code.
     fn terminate(mut self) -> i32 {
         let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "tail did not exit within 15 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "tail did not exit within 15 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -85,7 +91,10 @@ impl Tail {
 fn wait_for(within: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ready() {
-        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -111,7 +120,10 @@ fn tail_prints_each_change_as_a_json_line_and_leaves_nothing_behind() {
     let updated = tail.next_event(Duration::from_secs(20));
     assert_eq!(updated["type"], "invoice.updated");
     assert_eq!(updated["values"]["partner_id"], 2);
-    assert!(tail.lines.recv_timeout(Duration::from_millis(500)).is_err(), "nothing else");
+    assert!(
+        tail.lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing else"
+    );
 
     assert_eq!(tail.terminate(), 0);
     assert_eq!(
@@ -135,11 +147,16 @@ fn tail_prints_each_change_as_a_json_line_and_leaves_nothing_behind() {
 fn tail_uses_the_configured_publication_when_it_exists() {
     let db = TestDb::new(ERP);
     let publication = unique("pub");
-    db.sql(&format!("CREATE PUBLICATION {publication} FOR TABLE account_invoice"));
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE account_invoice"
+    ));
     let config = config(&db, &publication);
     let tail = Tail::start(&config, &db);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft')");
-    assert_eq!(tail.next_event(Duration::from_secs(20))["key"], json!({"id": 1}));
+    assert_eq!(
+        tail.next_event(Duration::from_secs(20))["key"],
+        json!({"id": 1})
+    );
     assert_eq!(tail.terminate(), 0);
     assert_eq!(
         db.sql("SELECT string_agg(pubname, ',') FROM pg_publication"),
@@ -156,7 +173,9 @@ fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
     let tail = Tail::start(&config, &db);
 
     for id in 1..=20 {
-        db.sql(&format!("INSERT INTO account_invoice VALUES ({id}, 'INV', 1, 'draft')"));
+        db.sql(&format!(
+            "INSERT INTO account_invoice VALUES ({id}, 'INV', 1, 'draft')"
+        ));
     }
     // Read some before the restart so that both sides of it are exercised.
     for _ in 0..5 {
@@ -178,7 +197,10 @@ fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
             event["key"]["id"].as_i64().unwrap(),
         ));
     }
-    assert!(tail.lines.recv_timeout(Duration::from_secs(1)).is_err(), "no repeats");
+    assert!(
+        tail.lines.recv_timeout(Duration::from_secs(1)).is_err(),
+        "no repeats"
+    );
     let mut ids: Vec<&String> = seen.iter().map(|(id, _)| id).collect();
     ids.sort();
     ids.dedup();

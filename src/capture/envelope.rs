@@ -103,7 +103,12 @@ pub fn event_id(commit_lsn: Lsn, position: u32) -> String {
 }
 
 /// Serialises one change as seen through `object` into the SPEC §3 envelope.
-pub fn envelope(change: &RowChange, object: &ObjectView, event_type: &str, commit: Commit) -> Vec<u8> {
+pub fn envelope(
+    change: &RowChange,
+    object: &ObjectView,
+    event_type: &str,
+    commit: Commit,
+) -> Vec<u8> {
     let relation = &change.relation;
     let column = |i: usize| relation.columns[i].name.clone();
     let mut body = Map::new();
@@ -146,7 +151,9 @@ pub fn envelope(change: &RowChange, object: &ObjectView, event_type: &str, commi
             // identity columns (sent when the key changes) are known on both sides.
             let differs = |i: usize| match &changed {
                 Some(changed) => changed.contains(&i),
-                None => matches!((old.get(i), new.get(i)), (Some(Cell::Value(o)), Some(Cell::Value(n))) if o != n),
+                None => {
+                    matches!((old.get(i), new.get(i)), (Some(Cell::Value(o)), Some(Cell::Value(n))) if o != n)
+                }
             };
             let previous: Map<String, Value> = object
                 .fields
@@ -230,7 +237,7 @@ mod tests {
         assert_eq!(pg_micros_to_rfc3339(micros), "2026-11-22T10:15:30.123456Z");
         assert_eq!(pg_micros_to_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
         assert_eq!(
-            pg_micros_to_rfc3339(((951_782_400 - 946_684_800) * 1_000_000) as i64),
+            pg_micros_to_rfc3339((951_782_400_i64 - 946_684_800) * 1_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
     }

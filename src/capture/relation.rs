@@ -149,9 +149,7 @@ impl RelationCache {
         let identity = match message.replica_identity {
             pgoutput::ReplicaIdentity::Full => Identity::Full,
             pgoutput::ReplicaIdentity::Nothing => Identity::Nothing,
-            pgoutput::ReplicaIdentity::Default | pgoutput::ReplicaIdentity::Index => {
-                Identity::Key
-            }
+            pgoutput::ReplicaIdentity::Default | pgoutput::ReplicaIdentity::Index => Identity::Key,
         };
         let identity_columns: Vec<usize> = (0..message.columns.len())
             .filter(|&i| message.columns[i].is_key)

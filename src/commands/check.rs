@@ -193,7 +193,12 @@ impl Sql<'_> {
     }
 
     async fn one(&self, query: &str) -> Option<String> {
-        self.rows(query).await.into_iter().next()?.into_iter().next()?
+        self.rows(query)
+            .await
+            .into_iter()
+            .next()?
+            .into_iter()
+            .next()?
     }
 }
 
@@ -238,7 +243,10 @@ async fn check_role(sql: &Sql<'_>, report: &mut Report) {
         )
         .await;
     let Some(row) = rows.first() else {
-        report.problem("could not read the role's attributes", "check pg_roles access");
+        report.problem(
+            "could not read the role's attributes",
+            "check pg_roles access",
+        );
         return;
     };
     let role = row[0].clone().unwrap_or_default();
@@ -267,7 +275,11 @@ async fn check_role(sql: &Sql<'_>, report: &mut Report) {
             format!("role {role:?} may not create the walhook schema and publication"),
             format!(
                 "GRANT CREATE ON DATABASE {} TO {};",
-                ident(&sql.one("SELECT current_database()").await.unwrap_or_default()),
+                ident(
+                    &sql.one("SELECT current_database()")
+                        .await
+                        .unwrap_or_default()
+                ),
                 ident(&role)
             ),
         );
@@ -367,7 +379,10 @@ async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
             .unwrap_or_default()
     };
     Some(TableFacts {
-        identity: row[0].as_deref().and_then(|s| s.chars().next()).unwrap_or('d'),
+        identity: row[0]
+            .as_deref()
+            .and_then(|s| s.chars().next())
+            .unwrap_or('d'),
         columns: split(&row[1]),
         primary_key: split(&row[2]),
     })
@@ -402,16 +417,22 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
             ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => report.ok(format!(
                 "table {table}: replica identity {} (events carry old values of the key only)",
-                if facts.identity == 'i' { "USING INDEX" } else { "DEFAULT" }
+                if facts.identity == 'i' {
+                    "USING INDEX"
+                } else {
+                    "DEFAULT"
+                }
             )),
-            ('d' | 'i', false) | ('i', true) => report.problem(
-                format!(
+            ('d' | 'i', false) | ('i', true) => {
+                report.problem(
+                    format!(
                     "table {table}: {} need old values, but REPLICA IDENTITY {} logs only the key",
                     needs_full.join(", "),
                     if facts.identity == 'i' { "USING INDEX" } else { "DEFAULT" }
                 ),
-                format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table_sql(&table)),
-            ),
+                    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table_sql(&table)),
+                )
+            }
             (identity, _) => report.problem(
                 format!(
                     "table {table} has {}: once it is in a publication, UPDATE and DELETE \
@@ -437,14 +458,16 @@ fn needs_full_identity(config: &Config, table: &TableName) -> Vec<String> {
         .subscriptions
         .iter()
         .filter(|s| &s.object.config.table == table && s.fires_on(Operation::Update))
-        .filter(|s| {
-            s.watch.is_some() || s.when.as_deref().is_some_and(|w| w.contains("previous"))
-        })
+        .filter(|s| s.watch.is_some() || s.when.as_deref().is_some_and(|w| w.contains("previous")))
         .map(|s| {
             format!(
                 "subscriptions.{} ({})",
                 s.name,
-                if s.watch.is_some() { "watch" } else { "when reads previous" }
+                if s.watch.is_some() {
+                    "watch"
+                } else {
+                    "when reads previous"
+                }
             )
         })
         .collect()
@@ -455,7 +478,11 @@ fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report:
     let mut named: Vec<(String, &String)> = Vec::new();
     for (name, object) in config.objects.iter().filter(|(_, o)| &o.table == table) {
         for (what, list) in [("key", &object.key), ("fields", &object.fields)] {
-            named.extend(list.iter().flatten().map(|c| (format!("objects.{name}.{what}"), c)));
+            named.extend(
+                list.iter()
+                    .flatten()
+                    .map(|c| (format!("objects.{name}.{what}"), c)),
+            );
         }
         if object.key.is_none() && facts.primary_key.is_empty() {
             report.problem(
@@ -470,7 +497,13 @@ fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report:
         .filter(|s| &s.object.config.table == table)
     {
         let place = |what: &str| format!("subscriptions.{}.{what}", subscription.name);
-        named.extend(subscription.watch.iter().flatten().map(|c| (place("watch"), c)));
+        named.extend(
+            subscription
+                .watch
+                .iter()
+                .flatten()
+                .map(|c| (place("watch"), c)),
+        );
         if subscription.object.unnamed {
             let object = &subscription.object.config;
             named.extend(object.key.iter().flatten().map(|c| (place("key"), c)));
@@ -546,7 +579,9 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
         .filter(|t| !published.contains(t))
         .collect();
     if to_add.is_empty() {
-        report.ok(format!("publication {name:?} covers every configured table"));
+        report.ok(format!(
+            "publication {name:?} covers every configured table"
+        ));
     } else {
         report.note(format!(
             "publication {name:?} exists; {} will be added to it",
@@ -593,7 +628,10 @@ async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
                 text(1),
                 text(0)
             ),
-            format!("set source.slot to another name, or drop it: SELECT pg_drop_replication_slot({});", literal(name)),
+            format!(
+                "set source.slot to another name, or drop it: SELECT pg_drop_replication_slot({});",
+                literal(name)
+            ),
         );
         return;
     }

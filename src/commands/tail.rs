@@ -35,10 +35,16 @@ pub enum TailError {
     Setup(String),
     /// Reading changes failed for good.
     #[error(transparent)]
-    Capture(#[from] CaptureError),
+    Capture(Box<CaptureError>),
     /// stdout failed for a reason other than the reader going away.
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
+}
+
+impl From<CaptureError> for TailError {
+    fn from(e: CaptureError) -> Self {
+        TailError::Capture(Box::new(e))
+    }
 }
 
 /// Streams changes of the configured tables to stdout until a signal or a fatal error.
@@ -57,7 +63,8 @@ pub async fn run(config: &Config) -> Result<(), TailError> {
         Ok(()) => stream(config, &info, &slot, &publication.name, &tables).await,
         Err(e) => Err(e),
     };
-    cleanup(&catalog, &slot, &publication).await;
+    drop(catalog);
+    cleanup(&info, &slot, &publication).await;
     result
 }
 
@@ -74,7 +81,10 @@ async fn pick_publication(
 ) -> Result<Publication, TailError> {
     let configured = &config.source.publication;
     let exists = catalog
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[configured])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[configured],
+        )
         .await
         .map_err(|e| TailError::Setup(format!("looking up publication {configured:?}: {e}")))?
         .is_some();
@@ -120,34 +130,55 @@ async fn create_slot(info: &ConnInfo, slot: &str) -> Result<(), TailError> {
     Ok(())
 }
 
-/// Drops what tail created. The walsender may take a moment to release the slot after the
-/// stream closes, hence the retries.
-async fn cleanup(catalog: &tokio_postgres::Client, slot: &str, publication: &Publication) {
-    for attempt in 0..50 {
-        match catalog
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-        {
-            Ok(_) => break,
-            Err(e) if attempt == 49 => tracing::error!(
-                slot,
-                "could not drop tail's replication slot; drop it by hand or it will retain WAL: \
-                 SELECT pg_drop_replication_slot('{slot}'); ({})",
-                db_error(&e)
-            ),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+/// Drops what tail created. The catalog connection from the start may have died with a
+/// server restart, and the walsender may hold the slot a moment after the stream closed, so
+/// this uses a fresh connection and retries for a while.
+async fn cleanup(info: &ConnInfo, slot: &str, publication: &Publication) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match drop_created(info, slot, publication).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("cleanup not done yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    slot,
+                    "could not drop tail's replication slot ({e}); drop it by hand or it will \
+                     retain WAL and fill the disk: SELECT pg_drop_replication_slot('{slot}');"
+                );
+                return;
+            }
         }
     }
+}
+
+async fn drop_created(
+    info: &ConnInfo,
+    slot: &str,
+    publication: &Publication,
+) -> Result<(), String> {
+    let catalog = tls::connect_sql(info).await.map_err(|e| e.to_string())?;
+    catalog
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| db_error(&e))?;
     if publication.created {
-        let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication.name));
-        if let Err(e) = catalog.batch_execute(&sql).await {
-            tracing::warn!(publication = %publication.name, "could not drop tail's publication: {}", db_error(&e));
-        }
+        let sql = format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&publication.name)
+        );
+        catalog
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| db_error(&e))?;
     }
+    Ok(())
 }
 
 /// Where the output stands, so a reconnect neither repeats nor skips a change.
@@ -163,6 +194,8 @@ struct Progress {
 enum Stop {
     Signal,
     StdoutClosed,
+    /// The server ended the stream, e.g. while shutting down: reconnect like after a drop.
+    ServerEnded,
 }
 
 async fn stream(
@@ -190,6 +223,16 @@ async fn stream(
         };
         match outcome {
             Ok(Stop::Signal) | Ok(Stop::StdoutClosed) => return Ok(()),
+            Ok(Stop::ServerEnded) => {
+                tracing::warn!(
+                    "the server ended the replication stream; reconnecting in {backoff:?}"
+                );
+                tokio::select! {
+                    _ = sigint.recv() => return Ok(()),
+                    _ = sigterm.recv() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
             Err(TailError::Capture(e)) if e.is_transient() => {
                 tracing::warn!("replication connection lost: {e}; reconnecting in {backoff:?}");
                 tokio::select! {
@@ -276,11 +319,7 @@ async fn read(
         }
         progress.partial = Some((c.lsn, printed_in_txn));
     }
-    // The server ended the stream (e.g. it is shutting down): reconnect like any drop.
-    let _ = out.flush();
-    Err(TailError::Capture(CaptureError::Replication(
-        crate::source::replication::ReplicationError::ServerClosed,
-    )))
+    Ok(Stop::ServerEnded)
 }
 
 fn stdout_error(e: std::io::Error) -> Result<Stop, TailError> {
@@ -338,7 +377,8 @@ impl<'a> Views<'a> {
     }
 
     fn get(&mut self, relation: &Arc<Relation>) -> &ObjectView {
-        let fresh = matches!(self.cache.get(&relation.oid), Some((r, _)) if Arc::ptr_eq(r, relation));
+        let fresh =
+            matches!(self.cache.get(&relation.oid), Some((r, _)) if Arc::ptr_eq(r, relation));
         if !fresh {
             let view = self.build(relation);
             self.cache.insert(relation.oid, (relation.clone(), view));

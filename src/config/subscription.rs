@@ -14,8 +14,8 @@ use super::model::{
 use super::net::check_webhook_url;
 use super::raw::{OneOrMany, RawAuth, RawBatch, RawRateLimit, RawSubscription};
 use super::secret::{Secret, SigningSecret, WebhookUrl};
-use crate::suggest::closest;
 use super::validate::{placeholder_table, Checker};
+use crate::suggest::closest;
 
 /// Validates subscription number `index`. `first_use` maps names seen so far to their path.
 pub(crate) fn check_subscription(

@@ -105,6 +105,26 @@ impl ReplicationError {
         }
     }
 
+    /// Whether reconnecting later may succeed: the network, a restarting server, a slot
+    /// another process holds right now. Bad credentials, a missing slot or a protocol
+    /// violation will not fix themselves.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicationError::Connect { .. }
+            | ReplicationError::Timeout { .. }
+            | ReplicationError::Io { .. } => true,
+            ReplicationError::Server { code, .. } => {
+                // 55006 slot in use, 57P0x server shutting down or starting up, 53300 too
+                // many connections, class 08 connection exceptions.
+                matches!(
+                    code.as_str(),
+                    "55006" | "57P01" | "57P02" | "57P03" | "53300"
+                ) || code.starts_with("08")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether TLS failed because the server certificate did not verify.
     pub fn is_certificate_error(&self) -> bool {
         matches!(self, ReplicationError::Tls { source, .. } if source.is_certificate_error())

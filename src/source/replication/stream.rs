@@ -63,6 +63,8 @@ pub struct ReplicationStream {
     server_done: bool,
     /// We sent CopyDone.
     client_done: bool,
+    /// The server ended the whole command (CommandComplete) and is gone.
+    ended: bool,
 }
 
 impl std::fmt::Debug for ReplicationStream {
@@ -85,6 +87,7 @@ impl ReplicationStream {
             ready: None,
             server_done: false,
             client_done: false,
+            ended: false,
         }
     }
 
@@ -176,6 +179,9 @@ impl ReplicationStream {
 
     async fn finish(&mut self) -> Result<(), ReplicationError> {
         const CONTEXT: &str = "closing the replication stream";
+        if self.ended {
+            return Ok(());
+        }
         self.queue_status(false);
         if !self.client_done {
             frontend::copy_done(self.wire.out());
@@ -212,6 +218,14 @@ impl ReplicationStream {
             Frame::Message(Message::CopyData(body)) => body.into_bytes(),
             Frame::Message(Message::CopyDone) => {
                 self.server_done = true;
+                return Ok(None);
+            }
+            // A walsender that is shutting down (fast shutdown, once it has sent everything)
+            // ends the copy with CommandComplete alone and exits: no CopyDone, no
+            // ReadyForQuery, so there is nothing left to close politely.
+            Frame::Message(Message::CommandComplete(_)) => {
+                self.server_done = true;
+                self.ended = true;
                 return Ok(None);
             }
             Frame::Message(Message::NoticeResponse(n)) => {
