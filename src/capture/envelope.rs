@@ -111,12 +111,13 @@ pub fn envelope(
 ) -> Vec<u8> {
     let relation = &change.relation;
     let column = |i: usize| relation.columns[i].name.clone();
-    let mut body = Map::new();
-    body.insert("id".into(), event_id(commit.lsn, change.position).into());
-    body.insert("type".into(), event_type.into());
-    body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
-    body.insert("object".into(), object.name.clone().into());
-    body.insert("operation".into(), change.operation.as_str().into());
+    let mut body = header(
+        event_id(commit.lsn, change.position),
+        event_type,
+        object,
+        change.operation.as_str(),
+        commit,
+    );
 
     let current = change.current();
     let key: Map<String, Value> = object
@@ -187,6 +188,51 @@ pub fn envelope(
     if !unavailable.is_empty() {
         body.insert("unavailable".into(), unavailable.into());
     }
+    finish(body, relation, commit)
+}
+
+/// Serialises a TRUNCATE of one table (`<object>.truncated`, operation `truncate`). A
+/// TRUNCATE of several tables is one event per table, each with its own position.
+pub fn truncate_envelope(
+    relation: &Relation,
+    object: &ObjectView,
+    position: u32,
+    cascade: bool,
+    restart_identity: bool,
+    commit: Commit,
+) -> Vec<u8> {
+    let event_type = format!("{}.truncated", object.name);
+    let mut body = header(
+        event_id(commit.lsn, position),
+        &event_type,
+        object,
+        "truncate",
+        commit,
+    );
+    body.insert("cascade".into(), cascade.into());
+    body.insert("restart_identity".into(), restart_identity.into());
+    finish(body, relation, commit)
+}
+
+/// The fields every envelope starts with, in SPEC §3 order.
+fn header(
+    id: String,
+    event_type: &str,
+    object: &ObjectView,
+    operation: &str,
+    commit: Commit,
+) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("id".into(), id.into());
+    body.insert("type".into(), event_type.into());
+    body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
+    body.insert("object".into(), object.name.clone().into());
+    body.insert("operation".into(), operation.into());
+    body
+}
+
+/// Appends `source` and serialises.
+fn finish(mut body: Map<String, Value>, relation: &Relation, commit: Commit) -> Vec<u8> {
     let mut source = Map::new();
     source.insert("table".into(), relation.qualified_name().into());
     source.insert("lsn".into(), commit.lsn.to_string().into());

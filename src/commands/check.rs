@@ -55,7 +55,6 @@ impl fmt::Display for Finding {
 pub struct Report {
     /// Findings in the order they were made.
     pub findings: Vec<Finding>,
-    print: bool,
 }
 
 impl Report {
@@ -73,9 +72,7 @@ impl Report {
             message: message.into(),
             fix,
         };
-        if self.print {
-            println!("{finding}");
-        }
+        println!("{finding}");
         self.findings.push(finding);
     }
 
@@ -94,10 +91,7 @@ impl Report {
 
 /// Runs every check, printing each finding as it is made.
 pub async fn run(config: &Config) -> Report {
-    let mut report = Report {
-        print: true,
-        ..Report::default()
-    };
+    let mut report = Report::default();
     check(config, &mut report).await;
     let problems = report.problems();
     println!(
@@ -108,13 +102,6 @@ pub async fn run(config: &Config) -> Report {
             n => format!("check: {n} problems"),
         }
     );
-    report
-}
-
-/// Runs every check without printing; for tests and the admin API.
-pub async fn collect(config: &Config) -> Report {
-    let mut report = Report::default();
-    check(config, &mut report).await;
     report
 }
 

@@ -13,12 +13,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::capture::envelope::{envelope, event_id, pg_micros_to_rfc3339};
-use crate::capture::reader::{quote_ident, CaptureError, ReaderOptions, Truncation};
-use crate::capture::{ChangeReader, Commit, Item, ObjectView, Relation};
+use crate::capture::envelope::{envelope, truncate_envelope};
+use crate::capture::reader::{quote_ident, CaptureError, ReaderOptions};
+use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
@@ -227,23 +226,18 @@ async fn stream(
                 tracing::warn!(
                     "the server ended the replication stream; reconnecting in {backoff:?}"
                 );
-                tokio::select! {
-                    _ = sigint.recv() => return Ok(()),
-                    _ = sigterm.recv() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
             }
             Err(TailError::Capture(e)) if e.is_transient() => {
                 tracing::warn!("replication connection lost: {e}; reconnecting in {backoff:?}");
-                tokio::select! {
-                    _ = sigint.recv() => return Ok(()),
-                    _ = sigterm.recv() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -298,7 +292,14 @@ async fn read(
                 for (i, relation) in t.relations.iter().enumerate() {
                     if watched(tables, relation) {
                         let view = views.get(relation);
-                        lines.extend(truncate_line(&t, i, relation, view, c));
+                        lines.extend(truncate_envelope(
+                            relation,
+                            view,
+                            t.position + i as u32,
+                            t.cascade,
+                            t.restart_identity,
+                            c,
+                        ));
                         lines.push(b'\n');
                     }
                 }
@@ -334,32 +335,6 @@ fn watched(tables: &[TableName], relation: &Relation) -> bool {
     tables
         .iter()
         .any(|t| t.schema == relation.schema && t.name == relation.name)
-}
-
-fn truncate_line(
-    t: &Truncation,
-    index: usize,
-    relation: &Relation,
-    view: &ObjectView,
-    commit: Commit,
-) -> Vec<u8> {
-    let mut body = Map::new();
-    body.insert(
-        "id".into(),
-        event_id(commit.lsn, t.position + index as u32).into(),
-    );
-    body.insert("type".into(), format!("{}.truncated", view.name).into());
-    body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
-    body.insert("object".into(), view.name.clone().into());
-    body.insert("operation".into(), "truncate".into());
-    body.insert("cascade".into(), t.cascade.into());
-    body.insert("restart_identity".into(), t.restart_identity.into());
-    let mut source = Map::new();
-    source.insert("table".into(), relation.qualified_name().into());
-    source.insert("lsn".into(), commit.lsn.to_string().into());
-    source.insert("txid".into(), commit.xid.into());
-    body.insert("source".into(), source.into());
-    serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
 }
 
 /// Object views per table, rebuilt when the table's description changes.
