@@ -6,5 +6,6 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod ephemeral;
+pub mod outbox;
 pub mod source;
 pub mod suggest;

@@ -1,0 +1,74 @@
+-- The durable outbox. Applied with search_path set to the configured schema (default
+-- `walhook`), inside one transaction, by `walhook run` and `walhook setup`.
+
+-- The last source commit whose events are in the outbox, per slot. It commits in the same
+-- transaction as those events: this row is what makes capture exactly-once.
+CREATE TABLE checkpoint (
+    slot        text PRIMARY KEY,
+    commit_lsn  pg_lsn NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One envelope: the exact bytes sent on every attempt (bytea, never jsonb, which would
+-- reorder keys). Subscriptions that see a change through the same object and event type
+-- share one row; `event_id` is shared by every subscription that receives the change.
+CREATE TABLE event (
+    seq          bigint PRIMARY KEY,
+    event_id     text NOT NULL,
+    event_type   text NOT NULL,
+    object       text NOT NULL,
+    key          text NOT NULL,        -- the row key as minified JSON: the ordering key
+    body         bytea NOT NULL,
+    commit_lsn   pg_lsn NOT NULL,
+    committed_at timestamptz NOT NULL, -- source commit time, for end-to-end latency
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE SEQUENCE event_seq OWNED BY event.seq;
+CREATE INDEX event_event_id ON event (event_id);
+
+-- One event for one subscription. No foreign key to event: the writer inserts both in one
+-- transaction, and retention drops old rows of both without per-row checks.
+CREATE TABLE delivery (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription     text NOT NULL,
+    event_seq        bigint NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    leased_until     timestamptz,
+    last_status_code integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+CREATE INDEX delivery_pending ON delivery (subscription, next_attempt_at)
+    WHERE status = 'pending';
+
+-- One HTTP attempt. `walhook test` requests have no delivery.
+CREATE TABLE attempt (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id      bigint,
+    subscription     text NOT NULL,
+    attempt          integer NOT NULL,
+    trigger          text NOT NULL CHECK (trigger IN ('scheduled', 'replay', 'test')),
+    started_at       timestamptz NOT NULL,
+    duration_ms      integer,
+    status_code      integer,
+    error            text,
+    response_excerpt text
+);
+CREATE INDEX attempt_delivery ON attempt (delivery_id);
+
+-- What users read (SPEC §5).
+CREATE VIEW deliveries AS
+SELECT d.id, d.subscription, e.event_id, e.event_type, e.object, e.key::jsonb AS key,
+       d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error,
+       d.created_at, d.delivered_at
+FROM delivery d
+JOIN event e ON e.seq = d.event_seq;
+
+CREATE VIEW attempts AS
+SELECT delivery_id, attempt, trigger, started_at, duration_ms, status_code, error,
+       response_excerpt
+FROM attempt;

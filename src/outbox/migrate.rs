@@ -1,0 +1,1 @@
+//! Applies the numbered migrations in `sql/` (owner: setup work).

@@ -1,0 +1,1 @@
+//! Writes events, deliveries and the checkpoint in one transaction.
