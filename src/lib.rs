@@ -4,8 +4,11 @@
 
 pub mod capture;
 pub mod commands;
+
 pub mod config;
+pub mod daemon;
 pub mod ephemeral;
 pub mod outbox;
+pub mod pg;
 pub mod source;
 pub mod suggest;

@@ -33,6 +33,12 @@ enum Command {
     Check,
     /// Print decoded change events as JSON lines, from a slot of its own; writes nothing.
     Tail,
+    /// The daemon: capture matching changes into the outbox, exactly once.
+    Run {
+        /// Don't apply migrations or create the publication and slot.
+        #[arg(long)]
+        no_setup: bool,
+    },
 }
 
 /// Exit codes of SPEC §1.
@@ -63,6 +69,19 @@ fn main() -> ExitCode {
                 report if report.problems() == 0 => ExitCode::SUCCESS,
                 _ => ExitCode::from(exit::PREFLIGHT),
             },
+            Command::Run { no_setup } => {
+                let options = walhook::daemon::RunOptions {
+                    config_path: path.clone(),
+                    no_setup,
+                };
+                match walhook::daemon::run(config, options).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            }
             Command::Tail => match commands::tail::run(&config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

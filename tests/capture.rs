@@ -38,6 +38,7 @@ async fn next_transaction(reader: &mut ChangeReader) -> (Commit, Vec<Item>) {
         loop {
             match reader.next().await.unwrap().expect("stream open") {
                 Item::Begin(_) => items.clear(),
+                Item::Keepalive { .. } => {}
                 Item::Commit { commit, .. } => return (commit, items),
                 item => items.push(item),
             }

@@ -34,6 +34,13 @@ pub enum Item {
         /// WAL position just past the commit record.
         end_lsn: Lsn,
     },
+    /// The server has sent everything up to `wal_end`. Outside a transaction, with every
+    /// earlier commit handled, that position may be acknowledged: this is what keeps the
+    /// slot of an idle table from pinning WAL.
+    Keepalive {
+        /// The server's WAL position.
+        wal_end: Lsn,
+    },
 }
 
 /// A TRUNCATE of one or more tables.
@@ -119,6 +126,9 @@ pub struct ChangeReader {
     skip_through: Lsn,
     open: Option<OpenTransaction>,
     server_wal_end: Lsn,
+    /// A Relation message whose catalog lookup has not finished; kept so that a cancelled
+    /// `next` resumes it instead of losing it.
+    unlearned: Option<pgoutput::Relation>,
 }
 
 impl ChangeReader {
@@ -127,7 +137,8 @@ impl ChangeReader {
     pub async fn start(info: &ConnInfo, options: &ReaderOptions) -> Result<Self, CaptureError> {
         let catalog = tls::connect_sql(info).await?;
         let connection = ReplicationConnection::connect(info).await?;
-        let publications = quote_ident(&options.publication);
+        // Inside the option value the names are a list, each double-quoted.
+        let publications = format!("\"{}\"", options.publication.replace('"', "\"\""));
         let stream = connection
             .start_replication(
                 &options.slot,
@@ -146,17 +157,28 @@ impl ChangeReader {
             skip_through: options.skip_through,
             open: None,
             server_wal_end: Lsn::ZERO,
+            unlearned: None,
         })
     }
 
-    /// The next item, or `None` when the server ended the stream. Not cancel-safe while a
-    /// Relation message is being looked up in the catalog; cancel only to stop reading.
+    /// The next item, or `None` when the server ended the stream. Cancel-safe: a dropped
+    /// call loses nothing, so callers may poll it with a timeout or `now_or_never`.
     pub async fn next(&mut self) -> Result<Option<Item>, CaptureError> {
         loop {
+            if let Some(relation) = &self.unlearned {
+                // Cloned so that the message survives a cancellation during the lookup.
+                self.relations
+                    .learn(relation.clone(), &self.catalog)
+                    .await?;
+                self.unlearned = None;
+            }
             let (lsn, data) = match self.stream.next().await? {
                 None => return Ok(None),
                 Some(ReplicationMessage::Keepalive { wal_end, .. }) => {
                     self.server_wal_end = self.server_wal_end.max(wal_end);
+                    if self.open.is_none() {
+                        return Ok(Some(Item::Keepalive { wal_end }));
+                    }
                     continue;
                 }
                 Some(ReplicationMessage::XLogData {
@@ -173,17 +195,18 @@ impl ChangeReader {
                 .decoder
                 .decode(data)
                 .map_err(|source| CaptureError::Decode { lsn, source })?;
-            if let Some(item) = self.handle(lsn, message).await? {
+            if let Some(item) = self.handle(lsn, message)? {
                 return Ok(Some(item));
             }
         }
     }
 
-    async fn handle(&mut self, lsn: Lsn, message: Message) -> Result<Option<Item>, CaptureError> {
+    fn handle(&mut self, lsn: Lsn, message: Message) -> Result<Option<Item>, CaptureError> {
         let unexpected = |what: String| CaptureError::Unexpected { lsn, what };
         match message {
             Message::Relation(relation) => {
-                self.relations.learn(relation, &self.catalog).await?;
+                // Looked up at the top of `next`, where a cancellation can resume it.
+                self.unlearned = Some(relation);
                 Ok(None)
             }
             Message::Begin(begin) => {
@@ -287,9 +310,4 @@ impl ChangeReader {
     pub async fn close(self) -> Result<(), CaptureError> {
         Ok(self.stream.close().await?)
     }
-}
-
-/// Quotes an identifier for use inside a replication command option.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -9,6 +9,7 @@ use crate::config::{Config, Operation, TableName};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
 use crate::source::tls;
+use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::suggest::did_you_mean;
 
 use super::tail::TAIL_PREFIX;
@@ -189,27 +190,6 @@ impl Sql<'_> {
     }
 }
 
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-fn ident(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !text.starts_with(|c: char| c.is_ascii_digit())
-    {
-        text.to_owned()
-    } else {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    }
-}
-
-fn table_sql(table: &TableName) -> String {
-    format!("{}.{}", ident(&table.schema), ident(&table.name))
-}
-
 async fn check_wal_level(sql: &Sql<'_>, report: &mut Report) {
     match sql.one("SHOW wal_level").await.as_deref() {
         Some("logical") => report.ok("wal_level = logical"),
@@ -249,8 +229,8 @@ async fn check_role(sql: &Sql<'_>, report: &mut Report) {
             format!("role {role:?} may not start replication"),
             format!(
                 "ALTER ROLE {} REPLICATION; (on AWS RDS: GRANT rds_replication TO {};)",
-                ident(&role),
-                ident(&role)
+                quote_ident(&role),
+                quote_ident(&role)
             ),
         );
     }
@@ -262,12 +242,12 @@ async fn check_role(sql: &Sql<'_>, report: &mut Report) {
             format!("role {role:?} may not create the walhook schema and publication"),
             format!(
                 "GRANT CREATE ON DATABASE {} TO {};",
-                ident(
+                quote_ident(
                     &sql.one("SELECT current_database()")
                         .await
                         .unwrap_or_default()
                 ),
-                ident(&role)
+                quote_ident(&role)
             ),
         );
     }
@@ -300,7 +280,7 @@ async fn check_capacity(sql: &Sql<'_>, config: &Config, report: &mut Report) {
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {}), \
                     current_setting('max_wal_senders')::int, \
                     (SELECT count(*) FROM pg_stat_replication)",
-            literal(&config.source.slot)
+            quote_literal(&config.source.slot)
         ))
         .await;
     let Some(row) = rows.first() else { return };
@@ -355,8 +335,8 @@ async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
                       WHERE i.indrelid = c.oid AND i.indisprimary) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
-            literal(&table.schema),
-            literal(&table.name)
+            quote_literal(&table.schema),
+            quote_literal(&table.name)
         ))
         .await;
     let row = rows.into_iter().next()?;
@@ -417,7 +397,7 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
                     needs_full.join(", "),
                     if facts.identity == 'i' { "USING INDEX" } else { "DEFAULT" }
                 ),
-                    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table_sql(&table)),
+                    format!("ALTER TABLE {} REPLICA IDENTITY FULL;", quote_table(&table)),
                 )
             }
             (identity, _) => report.problem(
@@ -432,7 +412,7 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
                 ),
                 format!(
                     "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)",
-                    table_sql(&table)
+                    quote_table(&table)
                 ),
             ),
         }
@@ -516,7 +496,7 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
         .rows(&format!(
             "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate \
              FROM pg_publication WHERE pubname = {}",
-            literal(name)
+            quote_literal(name)
         ))
         .await;
     let Some(row) = rows.first() else {
@@ -540,7 +520,7 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
             ),
             format!(
                 "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
-                ident(name)
+                quote_ident(name)
             ),
         );
     }
@@ -551,7 +531,7 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
     let published: Vec<TableName> = sql
         .rows(&format!(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
-            literal(name)
+            quote_literal(name)
         ))
         .await
         .into_iter()
@@ -598,7 +578,7 @@ async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
                     current_database(), s.temporary \
              FROM pg_replication_slots s WHERE s.slot_name = {}",
-            literal(name)
+            quote_literal(name)
         ))
         .await;
     let Some(row) = rows.first() else {
@@ -617,7 +597,7 @@ async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             ),
             format!(
                 "set source.slot to another name, or drop it: SELECT pg_drop_replication_slot({});",
-                literal(name)
+                quote_literal(name)
             ),
         );
         return;
@@ -675,7 +655,7 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
             "SELECT slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
              FROM pg_replication_slots \
              WHERE slot_name LIKE {} AND NOT active AND database = current_database()",
-            literal(&format!("{TAIL_PREFIX}%"))
+            quote_literal(&format!("{TAIL_PREFIX}%"))
         ))
         .await;
     for row in rows {
@@ -687,7 +667,7 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
                  it retains {} of WAL and will fill the disk",
                 human_bytes(retained)
             ),
-            format!("SELECT pg_drop_replication_slot({});", literal(&slot)),
+            format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot)),
         );
     }
 }

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::capture::envelope::{envelope, truncate_envelope};
-use crate::capture::reader::{quote_ident, CaptureError, ReaderOptions};
+use crate::capture::reader::{CaptureError, ReaderOptions};
+use crate::pg::{quote_ident, quote_table};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
 use crate::source::conninfo::ConnInfo;
@@ -101,7 +102,7 @@ async fn pick_publication(
     let name = format!("{TAIL_PREFIX}{suffix}");
     let list: Vec<String> = tables
         .iter()
-        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+        .map(quote_table)
         .collect();
     let sql = format!(
         "CREATE PUBLICATION {} FOR TABLE {}",
@@ -268,6 +269,7 @@ async fn read(
                 };
                 continue;
             }
+            Item::Keepalive { .. } => continue,
             Item::Commit { commit: c, end_lsn } => {
                 if let Err(e) = out.flush() {
                     return stdout_error(e);

@@ -1,1 +1,315 @@
-//! Writes events, deliveries and the checkpoint in one transaction.
+//! The outbox writer: events, their deliveries and the capture checkpoint, in one
+//! transaction.
+//!
+//! Capture is exactly-once because the checkpoint (the last source commit LSN) commits
+//! atomically with the rows of that commit, and the slot is acknowledged only afterwards:
+//! after a crash, the source resends from the slot's position and every transaction at or
+//! below the checkpoint is skipped. Rows are buffered up to a bound and then written into an
+//! open transaction ("spilled"), so a transaction of a million rows streams through with
+//! flat memory and still commits as one.
+
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use crate::capture::matcher::RoutedEvent;
+use crate::capture::Commit;
+use crate::pg::{quote_ident, quote_literal};
+use crate::source::Lsn;
+
+/// Rows buffered in memory before they are written into the open transaction.
+pub const SPILL_ROWS: usize = 2_000;
+
+/// An outbox write that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox ({schema}): {what}: {source}")]
+pub struct OutboxError {
+    /// The outbox schema.
+    pub schema: String,
+    /// What was being written.
+    pub what: &'static str,
+    /// The database error.
+    pub source: tokio_postgres::Error,
+}
+
+/// What one outbox commit wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Event rows.
+    pub events: u64,
+    /// Delivery rows.
+    pub deliveries: u64,
+}
+
+/// A freshly committed delivery, handed to the dispatcher without re-reading the table.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `delivery.id`.
+    pub id: i64,
+    /// The subscription.
+    pub subscription: Arc<str>,
+    /// `event.seq` of its envelope.
+    pub event_seq: i64,
+}
+
+#[derive(Default)]
+struct Buffer {
+    event_ids: Vec<String>,
+    event_types: Vec<String>,
+    objects: Vec<String>,
+    keys: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+    commit_lsns: Vec<String>,
+    commit_times: Vec<i64>,
+    /// For each event, the subscriptions that receive it.
+    subscriptions: Vec<Vec<Arc<str>>>,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.event_ids.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Buffer::default();
+    }
+}
+
+struct Statements {
+    allocate: Statement,
+    events: Statement,
+    deliveries: Statement,
+    checkpoint: Statement,
+    read_checkpoint: Statement,
+}
+
+/// Writes captured events into the outbox.
+pub struct OutboxWriter {
+    client: tokio_postgres::Client,
+    schema: String,
+    slot: String,
+    statements: Statements,
+    buffer: Buffer,
+    in_transaction: bool,
+    written: Written,
+}
+
+impl OutboxWriter {
+    /// Prepares the writer's statements on `client` (a connection of its own: the writer
+    /// opens and commits transactions on it).
+    pub async fn new(
+        client: tokio_postgres::Client,
+        schema: &str,
+        slot: &str,
+    ) -> Result<Self, OutboxError> {
+        let s = quote_ident(schema);
+        let err = |what| {
+            let schema = schema.to_owned();
+            move |source| OutboxError {
+                schema,
+                what,
+                source,
+            }
+        };
+        let statements = Statements {
+            allocate: client
+                .prepare(&format!(
+                    "SELECT nextval({}) FROM generate_series(1, $1::int8)",
+                    quote_literal(&format!("{s}.event_seq"))
+                ))
+                .await
+                .map_err(err("preparing the sequence query"))?,
+            events: client
+                .prepare(&format!(
+                    "INSERT INTO {s}.event \
+                       (seq, event_id, event_type, object, key, body, commit_lsn, committed_at) \
+                     SELECT seq, event_id, event_type, object, key, body, lsn::pg_lsn, \
+                            timestamptz '2000-01-01 00:00:00+00' + micros * interval '1 microsecond' \
+                     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                 $6::bytea[], $7::text[], $8::int8[]) \
+                          AS t(seq, event_id, event_type, object, key, body, lsn, micros)"
+                ))
+                .await
+                .map_err(err("preparing the event insert"))?,
+            deliveries: client
+                .prepare(&format!(
+                    "INSERT INTO {s}.delivery (subscription, event_seq) \
+                     SELECT * FROM unnest($1::text[], $2::int8[]) RETURNING id"
+                ))
+                .await
+                .map_err(err("preparing the delivery insert"))?,
+            checkpoint: client
+                .prepare(&format!(
+                    "INSERT INTO {s}.checkpoint (slot, commit_lsn) VALUES ($1, $2::text::pg_lsn) \
+                     ON CONFLICT (slot) DO UPDATE \
+                     SET commit_lsn = excluded.commit_lsn, updated_at = now()"
+                ))
+                .await
+                .map_err(err("preparing the checkpoint update"))?,
+            read_checkpoint: client
+                .prepare(&format!(
+                    "SELECT commit_lsn::text FROM {s}.checkpoint WHERE slot = $1"
+                ))
+                .await
+                .map_err(err("preparing the checkpoint query"))?,
+        };
+        Ok(OutboxWriter {
+            client,
+            schema: schema.to_owned(),
+            slot: slot.to_owned(),
+            statements,
+            buffer: Buffer::default(),
+            in_transaction: false,
+            written: Written::default(),
+        })
+    }
+
+    /// The last source commit whose events are in the outbox, if walhook ever wrote one.
+    pub async fn checkpoint(&self) -> Result<Option<Lsn>, OutboxError> {
+        let row = self
+            .client
+            .query_opt(&self.statements.read_checkpoint, &[&self.slot])
+            .await
+            .map_err(|source| self.error("reading the checkpoint", source))?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    /// Buffers one routed event of the given commit.
+    pub fn add(&mut self, event: RoutedEvent, commit: Commit) {
+        let b = &mut self.buffer;
+        b.event_ids.push(event.event_id);
+        b.event_types.push(event.event_type);
+        b.objects.push(event.object);
+        b.keys.push(event.key);
+        b.bodies.push(event.body);
+        b.commit_lsns.push(commit.lsn.to_string());
+        b.commit_times.push(commit.time);
+        b.subscriptions.push(event.subscriptions);
+    }
+
+    /// Events buffered in memory, not yet written.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether anything is written or buffered but not committed.
+    pub fn has_uncommitted(&self) -> bool {
+        self.in_transaction || self.buffer.len() > 0
+    }
+
+    /// Writes the buffer into the open transaction (opening one if needed), without
+    /// committing; the deliveries written are returned for the dispatcher.
+    pub async fn spill(&mut self) -> Result<Vec<NewDelivery>, OutboxError> {
+        if self.buffer.len() == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|source| self.error("beginning a transaction", source))?;
+            self.in_transaction = true;
+        }
+        let b = std::mem::take(&mut self.buffer);
+        let n = b.len() as i64;
+        let seqs: Vec<i64> = self
+            .client
+            .query(&self.statements.allocate, &[&n])
+            .await
+            .map_err(|source| self.error("allocating event numbers", source))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &seqs,
+            &b.event_ids,
+            &b.event_types,
+            &b.objects,
+            &b.keys,
+            &b.bodies,
+            &b.commit_lsns,
+            &b.commit_times,
+        ];
+        self.client
+            .execute(&self.statements.events, &params)
+            .await
+            .map_err(|source| self.error("inserting events", source))?;
+        let mut subscriptions: Vec<&str> = Vec::new();
+        let mut delivery_seqs: Vec<i64> = Vec::new();
+        let mut owners: Vec<Arc<str>> = Vec::new();
+        for (seq, subs) in seqs.iter().zip(&b.subscriptions) {
+            for sub in subs {
+                subscriptions.push(sub);
+                delivery_seqs.push(*seq);
+                owners.push(sub.clone());
+            }
+        }
+        let ids: Vec<i64> = self
+            .client
+            .query(&self.statements.deliveries, &[&subscriptions, &delivery_seqs])
+            .await
+            .map_err(|source| self.error("inserting deliveries", source))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.written.events += seqs.len() as u64;
+        self.written.deliveries += ids.len() as u64;
+        Ok(ids
+            .into_iter()
+            .zip(owners.into_iter().zip(delivery_seqs))
+            .map(|(id, (subscription, event_seq))| NewDelivery {
+                id,
+                subscription,
+                event_seq,
+            })
+            .collect())
+    }
+
+    /// Writes what is buffered and the checkpoint `through` (a source commit LSN), and
+    /// commits. Returns what this outbox transaction wrote and its new deliveries.
+    pub async fn commit(&mut self, through: Lsn) -> Result<(Written, Vec<NewDelivery>), OutboxError> {
+        let deliveries = self.spill().await?;
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|source| self.error("beginning a transaction", source))?;
+            self.in_transaction = true;
+        }
+        let lsn = through.to_string();
+        self.client
+            .execute(&self.statements.checkpoint, &[&self.slot, &lsn])
+            .await
+            .map_err(|source| self.error("updating the checkpoint", source))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|source| self.error("committing", source))?;
+        self.in_transaction = false;
+        Ok((std::mem::take(&mut self.written), deliveries))
+    }
+
+    /// Abandons what is buffered and rolls back the open transaction; the source will send
+    /// those transactions again.
+    pub async fn rollback(&mut self) -> Result<(), OutboxError> {
+        self.buffer.clear();
+        self.written = Written::default();
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|source| self.error("rolling back", source))?;
+        }
+        Ok(())
+    }
+
+    fn error(&self, what: &'static str, source: tokio_postgres::Error) -> OutboxError {
+        OutboxError {
+            schema: self.schema.clone(),
+            what,
+            source,
+        }
+    }
+}

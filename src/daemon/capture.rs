@@ -1,0 +1,271 @@
+//! One capture session: a replication connection feeding the outbox until it ends.
+//!
+//! Group commit: after a source commit, the session keeps taking items that are already
+//! waiting (polling the reader without blocking) and commits the outbox when nothing more
+//! is ready or the group is large. Under load many small source transactions share one
+//! outbox transaction; when idle each commits at once, so latency stays low.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, watch};
+
+use super::startup::{self, StartupError};
+use crate::capture::matcher::{Matcher, MatcherError};
+use crate::capture::reader::{CaptureError, ReaderOptions};
+use crate::capture::{ChangeReader, Commit, Item};
+use crate::config::Config;
+use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
+use crate::source::conninfo::ConnInfo;
+use crate::source::{tls, Lsn};
+
+/// Source transactions that may share one outbox transaction.
+const GROUP_TRANSACTIONS: usize = 1_000;
+
+/// How a session ended without an error.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// SIGTERM or SIGINT: the daemon stops.
+    Signal,
+    /// The server ended the stream (it is shutting down): reconnect.
+    ServerEnded,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Reading from the slot failed.
+    #[error(transparent)]
+    Capture(Box<CaptureError>),
+    /// Writing the outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A connection could not be opened.
+    #[error(transparent)]
+    Connect(#[from] tls::ConnectError),
+}
+
+impl SessionError {
+    /// Whether a new session may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Capture(e) => e.is_transient(),
+            // A lost outbox connection or a serialisation failure: try again. A constraint
+            // violation or missing table will repeat, but retrying is harmless and the log
+            // says what is wrong.
+            SessionError::Outbox(_) => true,
+            SessionError::Connect(_) => true,
+        }
+    }
+}
+
+impl From<CaptureError> for SessionError {
+    fn from(e: CaptureError) -> Self {
+        SessionError::Capture(Box::new(e))
+    }
+}
+
+/// Where a session connects.
+pub(super) struct Session<'a> {
+    pub(super) source: &'a ConnInfo,
+    pub(super) outbox: &'a ConnInfo,
+}
+
+/// A source commit handled in memory (its events written or buffered) but not yet
+/// committed to the outbox.
+#[derive(Clone, Copy)]
+struct Handled {
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+}
+
+impl Session<'_> {
+    /// Runs until a signal, the end of the stream, or an error.
+    pub(super) async fn run(
+        self,
+        matcher: &mut Matcher,
+        config: &mut Config,
+        reloads: &mut mpsc::Receiver<Config>,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> Result<Ended, SessionError> {
+        let outbox_client = tls::connect_sql(self.outbox).await?;
+        let mut writer =
+            OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
+        let checkpoint = writer.checkpoint().await?.unwrap_or(Lsn::ZERO);
+        let catalog = tls::connect_sql(self.source).await?;
+        let options = ReaderOptions {
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+            skip_through: checkpoint,
+        };
+        let mut reader = ChangeReader::start(self.source, &options).await?;
+        *backoff = Duration::from_millis(200);
+        tracing::info!(slot = %options.slot, checkpoint = %checkpoint, "capturing");
+
+        let mut open: Option<Commit> = None;
+        let mut handled: Option<Handled> = None;
+        let mut group = 0usize;
+        let mut waiting: Option<Item> = None;
+        let mut staged: Option<(Config, Matcher)> = None;
+        loop {
+            let item = match waiting.take() {
+                Some(item) => item,
+                None => {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => {
+                            return stop(writer, reader, open, handled).await;
+                        }
+                        Some(new) = reloads.recv() => {
+                            match validate(&new, &catalog).await {
+                                Ok(new_matcher) => staged = Some((new, new_matcher)),
+                                Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
+                            }
+                            if open.is_none() {
+                                apply(&mut staged, matcher, config);
+                            }
+                            continue;
+                        }
+                        next = reader.next() => match next? {
+                            Some(item) => item,
+                            None => {
+                                writer.rollback().await?;
+                                return Ok(Ended::ServerEnded);
+                            }
+                        },
+                    }
+                }
+            };
+            match item {
+                Item::Begin(commit) => open = Some(commit),
+                Item::Change(change) => {
+                    let commit = open.expect("changes arrive inside a transaction");
+                    if !matcher.watches(&change.relation.schema, &change.relation.name) {
+                        continue;
+                    }
+                    let (events, problems) = matcher.route(&change, commit);
+                    for problem in problems {
+                        tracing::error!(
+                            subscription = %problem.subscription,
+                            table = %problem.table,
+                            key = %problem.key,
+                            "no event: {}",
+                            problem.message
+                        );
+                    }
+                    for event in events {
+                        writer.add(event, commit);
+                    }
+                    if writer.buffered() >= SPILL_ROWS {
+                        writer.spill().await?;
+                    }
+                }
+                Item::Truncate(t) => {
+                    let tables: Vec<String> =
+                        t.relations.iter().map(|r| r.qualified_name()).collect();
+                    tracing::info!(tables = ?tables, "TRUNCATE: walhook emits row-level events only");
+                }
+                Item::Commit { commit, end_lsn } => {
+                    open = None;
+                    handled = Some(Handled {
+                        commit_lsn: commit.lsn,
+                        end_lsn,
+                    });
+                    group += 1;
+                    apply(&mut staged, matcher, config);
+                    // Take what is already waiting instead of committing now, unless the
+                    // group is big enough.
+                    if group < GROUP_TRANSACTIONS && writer.buffered() < SPILL_ROWS {
+                        if let Some(next) = reader.next().now_or_never() {
+                            match next? {
+                                Some(item) => {
+                                    waiting = Some(item);
+                                    continue;
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                    flush(&mut writer, &mut reader, &mut handled).await?;
+                    group = 0;
+                }
+                Item::Keepalive { wal_end } => {
+                    // Everything before wal_end has been sent and handled: nothing is open
+                    // or uncommitted, so the slot may move on (idle tables don't pin WAL).
+                    if handled.is_none() && !writer.has_uncommitted() {
+                        reader.acknowledge(wal_end);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Commits the outbox through the last handled source commit, then acknowledges the slot.
+async fn flush(
+    writer: &mut OutboxWriter,
+    reader: &mut ChangeReader,
+    handled: &mut Option<Handled>,
+) -> Result<(), SessionError> {
+    let Some(h) = handled.take() else {
+        return Ok(());
+    };
+    if writer.has_uncommitted() {
+        let (written, _deliveries) = writer.commit(h.commit_lsn).await?;
+        tracing::debug!(
+            events = written.events,
+            deliveries = written.deliveries,
+            through = %h.commit_lsn,
+            "outbox commit"
+        );
+    }
+    // A group without events needs no outbox write: skipping it on restart is harmless,
+    // because the slot itself will not send it again once acknowledged.
+    reader.acknowledge(h.end_lsn);
+    Ok(())
+}
+
+/// Graceful stop: commit what is complete, abandon a source transaction in progress (the
+/// slot sends it again), release the slot.
+async fn stop(
+    mut writer: OutboxWriter,
+    mut reader: ChangeReader,
+    open: Option<Commit>,
+    mut handled: Option<Handled>,
+) -> Result<Ended, SessionError> {
+    if open.is_some() {
+        writer.rollback().await?;
+    } else {
+        flush(&mut writer, &mut reader, &mut handled).await?;
+    }
+    reader.close().await?;
+    Ok(Ended::Signal)
+}
+
+async fn validate(config: &Config, catalog: &tokio_postgres::Client) -> Result<Matcher, ReloadError> {
+    let matcher = Matcher::new(config)?;
+    startup::check_replica_identity(config, catalog).await?;
+    startup::sync_publication(config, catalog).await?;
+    Ok(matcher)
+}
+
+fn apply(staged: &mut Option<(Config, Matcher)>, matcher: &mut Matcher, config: &mut Config) {
+    if let Some((new_config, new_matcher)) = staged.take() {
+        *matcher = new_matcher;
+        *config = new_config;
+        tracing::info!(
+            subscriptions = config.subscriptions.len(),
+            "config reloaded; applies from the next transaction"
+        );
+    }
+}
+
+/// Why an edited config was not applied.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Matcher(#[from] MatcherError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+}

@@ -1,0 +1,108 @@
+//! `walhook run`: the daemon. Prepares the database (migrations, publication, slot), then
+//! runs capture sessions (replication → matcher → outbox) until a signal, reconnecting
+//! with backoff when the connection drops, and applies config edits without a restart.
+
+mod capture;
+mod reload;
+mod startup;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::capture::matcher::{Matcher, MatcherError};
+use crate::config::Config;
+use crate::source::conninfo::ConnInfo;
+
+pub use startup::StartupError;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Preparing the database or validating the config against it failed.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// A `when` expression does not compile.
+    #[error(transparent)]
+    Matcher(#[from] MatcherError),
+    /// A capture session failed in a way reconnecting cannot fix.
+    #[error(transparent)]
+    Session(#[from] capture::SessionError),
+}
+
+impl DaemonError {
+    /// Exit code per SPEC §1: 2 for a config the database cannot serve, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Matcher(_) => 2,
+            DaemonError::Startup(e) if e.is_config_problem() => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Options of `walhook run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The config file, watched for edits.
+    pub config_path: PathBuf,
+    /// Skip migrations, publication sync and slot creation (`--no-setup`).
+    pub no_setup: bool,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (Ok) or an unrecoverable error.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
+    let mut matcher = Matcher::new(&config)?;
+    let source = ConnInfo::parse(config.source.url.expose()).map_err(StartupError::from)?;
+    let outbox = match &config.outbox.url {
+        Some(url) => ConnInfo::parse(url.expose()).map_err(StartupError::from)?,
+        None => source.clone(),
+    };
+    startup::prepare(&config, &source, &outbox, !options.no_setup).await?;
+
+    let mut shutdown = spawn_signal_watch();
+    let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
+    let _watcher = reload::spawn(options.config_path.clone(), config.clone(), reload_tx);
+
+    let mut config = config;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let session = capture::Session {
+            source: &source,
+            outbox: &outbox,
+        };
+        let outcome = session
+            .run(&mut matcher, &mut config, &mut reloads, &mut shutdown, &mut backoff)
+            .await;
+        match outcome {
+            Ok(capture::Ended::Signal) => return Ok(()),
+            Ok(capture::Ended::ServerEnded) => {
+                tracing::warn!("the server ended the replication stream; reconnecting in {backoff:?}")
+            }
+            Err(e) if e.is_transient() => tracing::warn!("{e}; reconnecting in {backoff:?}"),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// A channel that turns true on the first SIGTERM or SIGINT.
+fn spawn_signal_watch() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let mut sigterm = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
