@@ -4,7 +4,6 @@
 
 pub mod capture;
 pub mod commands;
-
 pub mod config;
 pub mod daemon;
 pub mod ephemeral;
