@@ -104,3 +104,81 @@ pub fn run_walhook(config: &ConfigFile, args: &[&str]) -> Finished {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A `walhook run` process; killed with SIGKILL on drop if still running.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Where its stderr (the log) goes, for failure messages.
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts `walhook run` with this config.
+    pub fn start(config: &ConfigFile) -> Daemon {
+        let log = config
+            .path
+            .with_file_name(format!("walhook-{}.log", unique("run")));
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let child = walhook(config)
+            .arg("run")
+            .env("WALHOOK_LOG", "walhook=debug,info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start walhook run");
+        Daemon { child, log }
+    }
+
+    /// Sends a signal (`"KILL"`, `"TERM"`, `"HUP"`).
+    pub fn signal(&self, name: &str) {
+        std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+    }
+
+    /// Waits for the process to exit, up to `within`; its exit code (None if killed).
+    pub fn wait(&mut self, within: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "walhook did not exit within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready` every 50 ms until it holds, failing after `within` with `what`.
+pub fn wait_until(within: std::time::Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

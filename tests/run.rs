@@ -1,0 +1,412 @@
+//! `walhook run`: matching changes land in the outbox exactly once, through crashes,
+//! restarts and config edits. Real daemon process, real signals, real Postgres.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+use support::{config_file, run_walhook, unique, wait_until, ConfigFile, Daemon, TestDb};
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text,
+                              amount numeric);
+ALTER TABLE account_invoice REPLICA IDENTITY FULL;
+CREATE TABLE res_partner (id int PRIMARY KEY, name text);
+CREATE TABLE stock_move (id bigint PRIMARY KEY, qty int);
+";
+
+/// `[source]` for `db` with a slot and publication of this test's own.
+fn source(db: &TestDb<'_>) -> String {
+    format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n",
+        db.url,
+        unique("slot"),
+        unique("pub")
+    )
+}
+
+fn subscription(name: &str, object: &str, extra: &str) -> String {
+    format!(
+        "\n[[subscriptions]]\nname = \"{name}\"\nobject = \"{object}\"\n\
+         url = \"https://hooks.example.com/{name}\"\n{extra}\n"
+    )
+}
+
+const INVOICE: &str = "
+[objects.invoice]
+table = \"public.account_invoice\"
+fields = [\"number\", \"partner_id\", \"state\", \"amount\"]
+";
+
+/// Starts the daemon and waits until its slot streams.
+fn start(db: &TestDb<'_>, config: &ConfigFile) -> Daemon {
+    let mut daemon = Daemon::start(config);
+    wait_until(Duration::from_secs(30), "the daemon streams from its slot", || {
+        assert!(daemon.running(), "walhook exited early; log:\n{}", daemon.log_text());
+        db.sql(
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
+             ON r.pid = s.active_pid WHERE s.database = current_database()",
+        ) == "1"
+    });
+    daemon
+}
+
+/// The events each subscription received, as (subscription, body) in delivery order.
+fn outbox(db: &TestDb<'_>) -> Vec<(String, Value)> {
+    let rows = db.sql(
+        "SELECT d.subscription || ' ' || convert_from(e.body, 'UTF8') \
+         FROM walhook.delivery d JOIN walhook.event e ON e.seq = d.event_seq ORDER BY d.id",
+    );
+    rows.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (sub, body) = l.split_once(' ').unwrap();
+            (sub.to_owned(), serde_json::from_str(body).unwrap())
+        })
+        .collect()
+}
+
+/// Waits until the outbox holds `n` deliveries, and returns them.
+fn wait_for_deliveries(db: &TestDb<'_>, daemon: &Daemon, n: usize) -> Vec<(String, Value)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = outbox(db);
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} deliveries, have {}: {rows:?}\nlog:\n{}",
+            rows.len(),
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Makes a change that every config here routes (a marker), so that once it is in the
+/// outbox everything committed before it has been captured too.
+fn settle(db: &TestDb<'_>, daemon: &Daemon, marker_sub: &str) -> Vec<(String, Value)> {
+    let marker = rand::thread_rng().gen_range(1_000_000..2_000_000);
+    db.sql(&format!(
+        "INSERT INTO account_invoice VALUES ({marker}, 'MARKER', 0, 'marker', 0)"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = outbox(db);
+        if rows
+            .iter()
+            .any(|(s, b)| s == marker_sub && b["key"]["id"] == marker)
+        {
+            return rows
+                .into_iter()
+                .filter(|(_, b)| b["values"]["state"] != "marker")
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "marker not captured; log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send_nothing() {
+    let db = TestDb::new(ERP);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    let config = config_file(&format!(
+        "{}{INVOICE}{}{}",
+        source(&db),
+        subscription("partner-sync", "invoice", "operations = [\"update\"]\nwatch = [\"partner_id\"]"),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start(&db, &config);
+    db.sql("UPDATE account_invoice SET amount = 120 WHERE id = 1");
+    db.sql("UPDATE account_invoice SET partner_id = 11 WHERE id = 1");
+    let rows = settle(&db, &daemon, "all");
+    let partner: Vec<&Value> = rows
+        .iter()
+        .filter(|(s, _)| s == "partner-sync")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(partner.len(), 1, "only the partner change fires: {rows:?}");
+    assert_eq!(partner[0]["type"], "invoice.updated");
+    assert_eq!(partner[0]["previous"], json!({"partner_id": 10}));
+    assert_eq!(partner[0]["changed"], json!(["partner_id"]));
+    assert_eq!(partner[0]["values"]["partner_id"], 11);
+    let all = rows.iter().filter(|(s, _)| s == "all").count();
+    assert_eq!(all, 2, "a subscription without watch fires on any field change");
+}
+
+#[test]
+fn operations_when_fields_and_event_type_each_shape_what_is_captured() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}
+[objects.invoice_state]
+table = \"public.account_invoice\"
+fields = [\"state\"]
+{}{}{}{}",
+        source(&db),
+        subscription("created-only", "invoice", "operations = [\"create\"]"),
+        subscription("posted", "invoice", "when = \"values.state == 'posted'\""),
+        subscription("state", "invoice_state", "event_type = \"invoice.state-changed\""),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start(&db, &config);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
+    db.sql("UPDATE account_invoice SET amount = 5 WHERE id = 1");
+    db.sql("DELETE FROM account_invoice WHERE id = 1");
+    let rows = settle(&db, &daemon, "all");
+    let of = |name: &str| -> Vec<&Value> {
+        rows.iter().filter(|(s, _)| s == name).map(|(_, b)| b).collect()
+    };
+
+    let created = of("created-only");
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["operation"], "create");
+
+    let posted = of("posted");
+    assert_eq!(posted.len(), 2, "the update to posted and the amount change while posted");
+    assert!(posted.iter().all(|b| b["values"]["state"] == "posted"));
+
+    let state = of("state");
+    let kinds: Vec<&str> = state.iter().map(|b| b["operation"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["create", "update", "delete"], "the amount change is not a state change");
+    assert!(state.iter().all(|b| b["type"] == "invoice.state-changed"));
+    assert_eq!(state[0]["values"], json!({"state": "draft"}), "fields limit values");
+
+    assert_eq!(of("all").len(), 4);
+}
+
+#[test]
+fn two_subscriptions_with_their_own_fields_get_their_own_deliveries_and_share_the_event_id() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}
+[objects.invoice_state]
+table = \"public.account_invoice\"
+fields = [\"state\"]
+{}{}",
+        source(&db),
+        subscription("all", "invoice", ""),
+        subscription("state", "invoice_state", ""),
+    ));
+    let daemon = start(&db, &config);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    let rows = settle(&db, &daemon, "all");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let all = &rows.iter().find(|(s, _)| s == "all").unwrap().1;
+    let state = &rows.iter().find(|(s, _)| s == "state").unwrap().1;
+    assert_eq!(all["id"], state["id"]);
+    assert_eq!(all["values"].as_object().unwrap().len(), 4);
+    assert_eq!(state["values"], json!({"state": "draft"}));
+    assert_eq!(
+        db.sql("SELECT count(DISTINCT event_seq) FROM walhook.delivery"),
+        "4",
+        "different bytes, different event rows (2 changes incl. the marker × 2 subscriptions)"
+    );
+}
+
+#[test]
+fn a_single_transaction_of_200000_rows_is_captured_completely() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}
+[objects.stock]
+table = \"public.stock_move\"
+{}{INVOICE}{}",
+        source(&db),
+        subscription("stock", "stock", ""),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start(&db, &config);
+    db.sql("INSERT INTO stock_move SELECT g, 1 FROM generate_series(1, 200000) g");
+    wait_until(Duration::from_secs(120), "200,000 events in the outbox", || {
+        db.sql("SELECT count(*) FROM walhook.delivery WHERE subscription = 'stock'") == "200000"
+    });
+    assert_eq!(
+        db.sql("SELECT count(DISTINCT event_id) FROM walhook.event"),
+        "200000"
+    );
+    drop(daemon);
+}
+
+#[test]
+fn exactly_once_into_the_outbox_through_repeated_sigkills() {
+    let db = TestDb::new(
+        "CREATE TABLE stock_move (id bigint PRIMARY KEY, qty int);
+         CREATE PROCEDURE workload() LANGUAGE plpgsql AS $$
+         BEGIN
+           FOR b IN 0..249 LOOP
+             FOR i IN 1..100 LOOP
+               INSERT INTO stock_move VALUES (b * 200 + i, 1);
+               COMMIT;
+             END LOOP;
+             INSERT INTO stock_move SELECT b * 200 + 100 + g, 100 FROM generate_series(1, 100) g;
+             COMMIT;
+           END LOOP;
+         END $$;",
+    );
+    let config = config_file(&format!(
+        "{}\n[objects.stock]\ntable = \"public.stock_move\"\n{}",
+        source(&db),
+        subscription("stock", "stock", ""),
+    ));
+    let mut daemon = start(&db, &config);
+    let url = db.name.clone();
+    let workload = std::thread::spawn(move || {
+        support::cluster().psql(&url, "CALL workload()").unwrap();
+    });
+    let mut rng = rand::thread_rng();
+    let mut kills = 0;
+    while kills < 5 || !workload.is_finished() {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..1200)));
+        daemon.signal("KILL");
+        daemon.wait(Duration::from_secs(10));
+        kills += 1;
+        daemon = Daemon::start(&config);
+    }
+    workload.join().unwrap();
+    wait_until(Duration::from_secs(120), "all 50,000 events captured", || {
+        db.sql("SELECT count(*) FROM walhook.event") == "50000"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT key) \
+             FROM walhook.event"
+        ),
+        "50000 50000 50000",
+        "every change exactly once, after {kills} kills; log of the last run:\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) FROM stock_move m WHERE NOT EXISTS \
+             (SELECT 1 FROM walhook.event e WHERE e.key = format('{\"id\":%s}', m.id))"
+        ),
+        "0",
+        "no row without its event"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery"), "50000");
+}
+
+#[test]
+fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
+    let db = TestDb::new(ERP);
+    let base = format!("{}{INVOICE}{}", source(&db), subscription("all", "invoice", ""));
+    let config = config_file(&base);
+    let daemon = start(&db, &config);
+
+    // Adding a subscription and a new object on another table.
+    let edited = format!(
+        "{base}\n[objects.partner]\ntable = \"public.res_partner\"\n{}{}",
+        subscription("partners", "partner", ""),
+        subscription("late", "invoice", ""),
+    );
+    std::fs::write(&config.path, &edited).unwrap();
+    wait_until(Duration::from_secs(20), "res_partner joins the publication", || {
+        db.sql("SELECT count(*) FROM pg_publication_tables WHERE tablename = 'res_partner'") == "1"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    db.sql("INSERT INTO res_partner VALUES (1, 'ACME')");
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
+    let rows = settle(&db, &daemon, "all");
+    let subs: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(subs.contains(&"partners"), "{subs:?}\n{}", daemon.log_text());
+    assert!(subs.contains(&"late"), "{subs:?}");
+
+    // A broken edit: the running config keeps working.
+    std::fs::write(&config.path, format!("{edited}\n[[subscriptions]]\nname = \"bad\"\n")).unwrap();
+    wait_until(Duration::from_secs(10), "the broken edit is logged", || {
+        daemon.log_text().contains("config reload rejected")
+    });
+    db.sql("INSERT INTO res_partner VALUES (2, 'Globex')");
+    let rows = settle(&db, &daemon, "all");
+    let partners = rows.iter().filter(|(s, _)| s == "partners").count();
+    assert_eq!(partners, 2, "the old config still routes");
+}
+
+#[test]
+fn a_watch_the_replica_identity_cannot_serve_is_refused_at_start_with_the_fix() {
+    let db = TestDb::new(ERP);
+    db.sql("ALTER TABLE account_invoice REPLICA IDENTITY DEFAULT");
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("partner-sync", "invoice", "watch = [\"partner_id\"]"),
+    ));
+    let out = run_walhook(&config, &["run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ALTER TABLE public.account_invoice REPLICA IDENTITY FULL"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_slot_dropped_behind_walhooks_back_is_a_loud_error_not_a_silent_restart() {
+    let db = TestDb::new(ERP);
+    let text = format!("{}{INVOICE}{}", source(&db), subscription("all", "invoice", ""));
+    let config = config_file(&text);
+    let mut daemon = start(&db, &config);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
+    let slot = text.split('"').nth(3).unwrap().to_owned();
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    let out = run_walhook(&config, &["run"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("setup --recreate-slot"), "{}", out.stderr);
+    assert_eq!(
+        db.sql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")),
+        "0",
+        "no silent new slot"
+    );
+}
+
+#[test]
+fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", ""),
+    ));
+    let mut first = start(&db, &config);
+    let mut second = Daemon::start(&config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(second.running(), "log:\n{}", second.log_text());
+    first.signal("KILL");
+    first.wait(Duration::from_secs(10));
+    db.sql("INSERT INTO account_invoice VALUES (5, 'INV-5', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &second, 1);
+    assert_eq!(rows[0].1["key"], json!({"id": 5}));
+}
+
+#[test]
+fn sigterm_exits_zero_and_keeps_the_checkpoint() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", ""),
+    ));
+    let mut daemon = start(&db, &config);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
+    wait_for_deliveries(&db, &daemon, 1);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
+    let restarted = start(&db, &config);
+    db.sql("INSERT INTO account_invoice VALUES (2, 'INV-2', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &restarted, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(outbox(&db).len(), 2, "nothing captured twice: {rows:?}");
+}
