@@ -3,8 +3,10 @@
 
 pub mod change;
 pub mod envelope;
+pub mod matcher;
 pub mod reader;
 pub mod relation;
+pub mod when;
 
 pub use change::{Cell, Operation, RowChange};
 pub use envelope::{Commit, ObjectView};

@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-use crate::config::{Config, Operation, TableName};
+use crate::capture::matcher::needs_old_values;
+use crate::config::{Config, TableName};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
 use crate::source::tls;
@@ -378,7 +379,11 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             );
             continue;
         };
-        let needs_full = needs_full_identity(config, &table);
+        let needs_full: Vec<String> = needs_old_values(config)
+            .into_iter()
+            .filter(|(t, _, _)| *t == table)
+            .map(|(_, subscription, why)| format!("subscriptions.{subscription} ({why})"))
+            .collect();
         check_columns(config, &table, &facts, report);
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
@@ -417,27 +422,6 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             ),
         }
     }
-}
-
-/// Subscriptions on `table` whose `watch` or `when` needs old values of non-key columns.
-fn needs_full_identity(config: &Config, table: &TableName) -> Vec<String> {
-    config
-        .subscriptions
-        .iter()
-        .filter(|s| &s.object.config.table == table && s.fires_on(Operation::Update))
-        .filter(|s| s.watch.is_some() || s.when.as_deref().is_some_and(|w| w.contains("previous")))
-        .map(|s| {
-            format!(
-                "subscriptions.{} ({})",
-                s.name,
-                if s.watch.is_some() {
-                    "watch"
-                } else {
-                    "when reads previous"
-                }
-            )
-        })
-        .collect()
 }
 
 fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report: &mut Report) {

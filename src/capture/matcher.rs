@@ -1,0 +1,1186 @@
+//! Subscription matching (SPEC §3): one change of one row of a watched table that matches
+//! a subscription becomes one event for that subscription.
+//!
+//! A change is routed through the subscriptions of its table in config order: operation,
+//! then `watch` (updates only), then `when`. Every subscription that sees the change through
+//! the same object and event type gets the same envelope bytes, serialised once.
+//!
+//! Invariant: walhook never guesses. A subscription that cannot be evaluated for a change
+//! (its `watch` or `when` needs old values the WAL did not carry, a configured column is
+//! missing, its `when` fails) does not fire and is reported as a [`RouteProblem`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::change::{Cell, Operation, RowChange};
+use super::envelope::{envelope, event_id, Commit, ObjectView};
+use super::relation::Relation;
+use super::when::{self, When};
+use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName};
+use crate::suggest::did_you_mean;
+
+/// One envelope for one change, shared by every subscription that routes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedEvent {
+    /// The event id, the same for every subscription that receives this change.
+    pub event_id: String,
+    /// The event type (`invoice.updated`, or the subscription's own).
+    pub event_type: String,
+    /// The object name the change was seen through.
+    pub object: String,
+    /// The envelope's `key` map as minified JSON, e.g. `{"id":123}`.
+    pub key: String,
+    /// The envelope bytes.
+    pub body: Vec<u8>,
+    /// Names of the subscriptions that receive it, in config order.
+    pub subscriptions: Vec<Arc<str>>,
+}
+
+/// A subscription that could not be evaluated for a change (bad `when` at runtime, missing
+/// column, `watch` without old values). It did not fire; the caller logs and counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteProblem {
+    /// The subscription.
+    pub subscription: Arc<str>,
+    /// The table, `schema.table`.
+    pub table: String,
+    /// The row's key as minified JSON, like [`RoutedEvent::key`].
+    pub key: String,
+    /// What went wrong, with the fix where there is one.
+    pub message: String,
+}
+
+impl fmt::Display for RouteProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "subscriptions.{}: change of {} key {}: {}",
+            self.subscription, self.table, self.key, self.message
+        )
+    }
+}
+
+/// Subscriptions whose `when` cannot be compiled, one line each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct MatcherError {
+    /// `subscriptions.NAME.when: …`, one per bad expression.
+    pub problems: Vec<String>,
+}
+
+/// Routes row changes to the active subscriptions of their table.
+#[derive(Debug)]
+pub struct Matcher {
+    /// schema → table → routes; two levels so a lookup by `&str` allocates nothing.
+    tables: HashMap<String, HashMap<String, Table>>,
+}
+
+/// The active subscriptions of one table.
+#[derive(Debug, Default)]
+struct Table {
+    /// Distinct objects the subscriptions see this table through.
+    objects: Vec<ObjectSpec>,
+    /// In config order, so events and problems come out in config order.
+    subscriptions: Vec<Subscription>,
+    /// Names resolved to column indexes for the Relation last seen.
+    resolved: Option<Resolved>,
+}
+
+/// An object as configured: subscriptions that share one get one envelope.
+#[derive(Debug, PartialEq, Eq)]
+struct ObjectSpec {
+    name: String,
+    key: Option<Vec<String>>,
+    fields: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    name: Arc<str>,
+    /// Index into [`Table::objects`].
+    object: usize,
+    /// Indexed by [`op_index`].
+    operations: [bool; 3],
+    watch: Option<Vec<String>>,
+    when: Option<When>,
+    /// Indexed by [`op_index`], computed once instead of per change.
+    event_types: [String; 3],
+}
+
+/// Column indexes for one version of the table, rebuilt when pgoutput describes it again.
+#[derive(Debug)]
+struct Resolved {
+    /// Held (not just compared) so its address cannot be reused by another Relation.
+    relation: Arc<Relation>,
+    /// Per object: the view, or the missing-column message.
+    views: Vec<Result<ObjectView, String>>,
+    /// Per subscription: the watched column indexes, or why a column its `watch` or `when`
+    /// names is missing.
+    watches: Vec<Result<Option<Vec<usize>>, String>>,
+}
+
+impl Matcher {
+    /// Compiles every `when` (of inactive subscriptions too: the config is wrong either way)
+    /// and indexes the active subscriptions by table.
+    pub fn new(config: &Config) -> Result<Matcher, MatcherError> {
+        let mut problems = Vec::new();
+        let mut tables: HashMap<String, HashMap<String, Table>> = HashMap::new();
+        for sub in &config.subscriptions {
+            let when = match compile_when(sub) {
+                Ok(when) => when,
+                Err(mut errors) => {
+                    problems.append(&mut errors);
+                    continue;
+                }
+            };
+            if !sub.active {
+                continue;
+            }
+            let table = &sub.object.config.table;
+            let table = tables
+                .entry(table.schema.clone())
+                .or_default()
+                .entry(table.name.clone())
+                .or_default();
+            let object = table.object_index(&sub.object);
+            table.subscriptions.push(Subscription {
+                name: Arc::from(sub.name.as_str()),
+                object,
+                operations: Operation::ALL.map(|op| sub.fires_on(op)),
+                watch: sub.watch.clone(),
+                when,
+                event_types: Operation::ALL.map(|op| sub.event_type_for(op)),
+            });
+        }
+        if problems.is_empty() {
+            Ok(Matcher { tables })
+        } else {
+            Err(MatcherError { problems })
+        }
+    }
+
+    /// Whether any active subscription watches this table (lets the caller skip work).
+    pub fn watches(&self, schema: &str, table: &str) -> bool {
+        self.tables
+            .get(schema)
+            .is_some_and(|tables| tables.contains_key(table))
+    }
+
+    /// Routes one change: the events it becomes (possibly none) and any problems.
+    pub fn route(
+        &mut self,
+        change: &RowChange,
+        commit: Commit,
+    ) -> (Vec<RoutedEvent>, Vec<RouteProblem>) {
+        let relation = &change.relation;
+        let Some(table) = self
+            .tables
+            .get_mut(relation.schema.as_str())
+            .and_then(|tables| tables.get_mut(relation.name.as_str()))
+        else {
+            return (Vec::new(), Vec::new());
+        };
+        table.refresh(relation);
+        let table = &*table;
+        let resolved = table.resolved.as_ref().expect("refreshed above");
+
+        let operation = change.operation;
+        let op = op_index(operation);
+        let mut events: Vec<RoutedEvent> = Vec::new();
+        // Parallel to `events`: the object index each one was built for.
+        let mut event_objects: Vec<usize> = Vec::new();
+        let mut problems = Vec::new();
+        // Per object, built on the first `when` that needs it: one per change at most.
+        let mut scopes: Vec<Option<minijinja::Value>> = Vec::new();
+
+        for (index, sub) in table.subscriptions.iter().enumerate() {
+            if !sub.operations[op] {
+                continue;
+            }
+            let view = &resolved.views[sub.object];
+            let mut problem = |message: String| {
+                let key = match view {
+                    Ok(view) => key_json(change, &view.key),
+                    Err(_) => key_json(change, &relation.key),
+                };
+                problems.push(RouteProblem {
+                    subscription: sub.name.clone(),
+                    table: relation.qualified_name(),
+                    key,
+                    message,
+                });
+            };
+            let view = match view {
+                Ok(view) => view,
+                Err(message) => {
+                    problem(message.clone());
+                    continue;
+                }
+            };
+            let watch = match &resolved.watches[index] {
+                Ok(watch) => watch,
+                Err(message) => {
+                    problem(message.clone());
+                    continue;
+                }
+            };
+
+            if operation == Operation::Update {
+                let fires = match watch {
+                    Some(columns) => match watched_column_changed(change, columns) {
+                        Some(fires) => fires,
+                        None => {
+                            problem(format!(
+                                "watch {:?} cannot be evaluated: {}",
+                                sub.watch.as_deref().unwrap_or_default(),
+                                old_values_unknown(relation)
+                            ));
+                            continue;
+                        }
+                    },
+                    // Without the old row nothing says what changed, and SPEC §3 says a
+                    // subscription without watch then fires on every update.
+                    None => field_changed(change, &view.fields).unwrap_or(true),
+                };
+                if !fires {
+                    continue;
+                }
+            }
+
+            if let Some(when) = &sub.when {
+                if when.reads_previous()
+                    && operation != Operation::Create
+                    && !change.old_row_known()
+                {
+                    problem(format!(
+                        "when reads previous, which cannot be known: {}",
+                        old_values_unknown(relation)
+                    ));
+                    continue;
+                }
+                if scopes.is_empty() {
+                    scopes.resize(table.objects.len(), None);
+                }
+                let scope = scopes[sub.object].get_or_insert_with(|| when::scope(change, view));
+                match when.eval(scope) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        problem(format!("when: {error}"));
+                        continue;
+                    }
+                }
+            }
+
+            let event_type = &sub.event_types[op];
+            if let Some((event, _)) = events
+                .iter_mut()
+                .zip(&event_objects)
+                .find(|(event, &object)| object == sub.object && event.event_type == *event_type)
+            {
+                event.subscriptions.push(sub.name.clone());
+                continue;
+            }
+            // The id is the change's, and the key the object's: computed once, then copied.
+            let id = match events.first() {
+                Some(event) => event.event_id.clone(),
+                None => event_id(commit.lsn, change.position),
+            };
+            let key = match events
+                .iter()
+                .zip(&event_objects)
+                .find(|(_, &object)| object == sub.object)
+            {
+                Some((event, _)) => event.key.clone(),
+                None => key_json(change, &view.key),
+            };
+            events.push(RoutedEvent {
+                event_id: id,
+                event_type: event_type.clone(),
+                object: view.name.clone(),
+                key,
+                body: envelope(change, view, event_type, commit),
+                subscriptions: vec![sub.name.clone()],
+            });
+            event_objects.push(sub.object);
+        }
+        (events, problems)
+    }
+}
+
+impl Table {
+    /// The index of `object` in `objects`, adding it if new. Unnamed objects (`table = …`)
+    /// are shared by name like named ones.
+    fn object_index(&mut self, object: &ResolvedObject) -> usize {
+        let spec = ObjectSpec {
+            name: object.name.clone(),
+            key: object.config.key.clone(),
+            fields: object.config.fields.clone(),
+        };
+        match self.objects.iter().position(|o| *o == spec) {
+            Some(index) => index,
+            None => {
+                self.objects.push(spec);
+                self.objects.len() - 1
+            }
+        }
+    }
+
+    /// Resolves names against `relation` unless that very Relation was resolved last.
+    fn refresh(&mut self, relation: &Arc<Relation>) {
+        if self
+            .resolved
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.relation, relation))
+        {
+            return;
+        }
+        let views = self
+            .objects
+            .iter()
+            .map(|o| {
+                ObjectView::resolve(&o.name, relation, o.key.as_deref(), o.fields.as_deref())
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        let watches = self
+            .subscriptions
+            .iter()
+            .map(|sub| {
+                // With default fields (every column) a `when` may name any column, so only
+                // now, with the table in hand, can a misspelt one be caught.
+                if self.objects[sub.object].fields.is_none() {
+                    if let Some(when) = &sub.when {
+                        for (variable, field) in when.fields_read() {
+                            if relation.column_index(field).is_none() {
+                                return Err(format!(
+                                    "when reads {variable}.{field}, but table {relation} has \
+                                     no column {field:?}{}",
+                                    did_you_mean(field, column_names(relation))
+                                ));
+                            }
+                        }
+                    }
+                }
+                sub.watch
+                    .as_ref()
+                    .map(|watch| {
+                        watch
+                            .iter()
+                            .map(|column| {
+                                relation.column_index(column).ok_or_else(|| {
+                                    format!(
+                                        "watch: table {relation} has no column {column:?}{}",
+                                        did_you_mean(column, column_names(relation))
+                                    )
+                                })
+                            })
+                            .collect::<Result<Vec<usize>, String>>()
+                    })
+                    .transpose()
+            })
+            .collect();
+        self.resolved = Some(Resolved {
+            relation: relation.clone(),
+            views,
+            watches,
+        });
+    }
+}
+
+/// Compiles a subscription's `when`, and checks the fields it reads against the object's
+/// fields when those are listed (a misspelt field would be undefined and never match).
+fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
+    let Some(text) = &sub.when else {
+        return Ok(None);
+    };
+    let at = format!("subscriptions.{}.when", sub.name);
+    let when = When::compile(text).map_err(|e| vec![format!("{at}: {e}")])?;
+    if let Some(fields) = &sub.object.config.fields {
+        let errors: Vec<String> = when
+            .fields_read()
+            .iter()
+            .filter(|(_, field)| !fields.contains(field))
+            .map(|(variable, field)| {
+                format!(
+                    "{at}: reads {variable}.{field}, but {field:?} is not a field of object \
+                     {:?}{}",
+                    sub.object.name,
+                    did_you_mean(field, fields.iter().map(String::as_str))
+                )
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
+    Ok(Some(when))
+}
+
+/// Subscriptions whose `watch` or `when` needs old values of non-key columns on an update
+/// (or, for a `when` reading `previous`, on a delete), with the reason: `"watch"` or
+/// `"when reads previous"`. Inactive subscriptions need nothing and are left out.
+pub fn needs_old_values(config: &Config) -> Vec<(TableName, String, &'static str)> {
+    let mut needs = Vec::new();
+    for sub in config.subscriptions.iter().filter(|s| s.active) {
+        let table = &sub.object.config.table;
+        if sub.watch.is_some() && sub.fires_on(Operation::Update) {
+            needs.push((table.clone(), sub.name.clone(), "watch"));
+        }
+        if let Some(text) = &sub.when {
+            // An expression that does not compile is reported elsewhere; reading the text
+            // errs on the side of asking for old values.
+            let reads_previous = When::compile(text)
+                .map_or_else(|_| text.contains("previous"), |w| w.reads_previous());
+            if reads_previous
+                && (sub.fires_on(Operation::Update) || sub.fires_on(Operation::Delete))
+            {
+                needs.push((table.clone(), sub.name.clone(), "when reads previous"));
+            }
+        }
+    }
+    needs
+}
+
+fn op_index(operation: Operation) -> usize {
+    match operation {
+        Operation::Create => 0,
+        Operation::Update => 1,
+        Operation::Delete => 2,
+    }
+}
+
+fn column_names(relation: &Relation) -> impl Iterator<Item = &str> {
+    relation.columns.iter().map(|c| c.name.as_str())
+}
+
+fn old_values_unknown(relation: &Relation) -> String {
+    format!(
+        "the WAL does not carry the old values of non-key columns of table {relation} (its \
+         REPLICA IDENTITY is not FULL); fix: ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+        quote_ident(&relation.schema),
+        quote_ident(&relation.name)
+    )
+}
+
+/// An SQL identifier, quoted only when Postgres would otherwise fold or reject it, so the
+/// fix can be pasted as it is.
+fn quote_ident(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Whether a watched column changed: `Some(true)` as soon as one known value differs,
+/// `Some(false)` when all are known and equal, `None` when that cannot be told.
+fn watched_column_changed(change: &RowChange, columns: &[usize]) -> Option<bool> {
+    let (old, new) = (change.old.as_deref()?, change.new.as_deref()?);
+    let mut unknown = false;
+    for &i in columns {
+        match (&old[i], &new[i]) {
+            (Cell::Value(o), Cell::Value(n)) if o != n => return Some(true),
+            (Cell::Value(_), Cell::Value(_)) => {}
+            _ => unknown = true,
+        }
+    }
+    (!unknown).then_some(false)
+}
+
+/// Whether any of `fields` changed, when the full old row is known; like
+/// [`RowChange::changed_columns`] but without building the list.
+fn field_changed(change: &RowChange, fields: &[usize]) -> Option<bool> {
+    if !change.old_row_known() {
+        return None;
+    }
+    let (old, new) = (change.old.as_deref()?, change.new.as_deref()?);
+    Some(fields.iter().any(|&i| match (&old[i], &new[i]) {
+        (Cell::Value(o), Cell::Value(n)) => o != n,
+        _ => false,
+    }))
+}
+
+/// The key map as the envelope writes it, minified: known key values of the current row.
+fn key_json(change: &RowChange, key: &[usize]) -> String {
+    let current = change.current();
+    let map: Map<String, Value> = key
+        .iter()
+        .filter_map(|&i| {
+            current[i]
+                .known()
+                .map(|v| (change.relation.columns[i].name.clone(), v.clone()))
+        })
+        .collect();
+    Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::capture::relation::{Column, Identity};
+    use crate::source::pgoutput::{Datum, OldTuple, Tuple};
+    use crate::source::types::TypeKind;
+    use crate::source::Lsn;
+
+    const COMMIT: Commit = Commit {
+        lsn: Lsn(0x16B_3748),
+        time: 0,
+        xid: 771,
+    };
+
+    /// The invoice table of an ERP: `write_date` is a column the invoice object leaves out.
+    const COLUMNS: [(&str, TypeKind); 6] = [
+        ("id", TypeKind::Integer),
+        ("number", TypeKind::Text),
+        ("partner_id", TypeKind::Integer),
+        ("state", TypeKind::Text),
+        ("amount_total", TypeKind::Numeric),
+        ("write_date", TypeKind::Text),
+    ];
+
+    /// One invoice row; `changes` override the defaults by column name.
+    fn row(changes: &[(&str, &str)]) -> Tuple {
+        let defaults = [
+            "123",
+            "INV-42",
+            "1",
+            "posted",
+            "120.00",
+            "2026-11-22 10:00:00",
+        ];
+        Tuple(
+            COLUMNS
+                .iter()
+                .zip(defaults)
+                .map(|((name, _), default)| {
+                    let text = changes
+                        .iter()
+                        .find(|(column, _)| column == name)
+                        .map_or(default, |(_, value)| value);
+                    Datum::Text(Bytes::copy_from_slice(text.as_bytes()))
+                })
+                .collect(),
+        )
+    }
+
+    /// `public.account_invoice` as pgoutput describes it under REPLICA IDENTITY FULL or
+    /// DEFAULT; `without` leaves columns out (the table before or after some DDL).
+    fn invoice_table(identity: Identity, without: &[&str]) -> Arc<Relation> {
+        let columns: Vec<Column> = COLUMNS
+            .iter()
+            .filter(|(name, _)| !without.contains(name))
+            .map(|(name, kind)| Column {
+                name: (*name).to_owned(),
+                type_oid: 0,
+                kind: kind.clone(),
+            })
+            .collect();
+        let identity_columns = match identity {
+            Identity::Full => (0..columns.len()).collect(),
+            _ => vec![0],
+        };
+        Arc::new(Relation {
+            oid: 16_384,
+            schema: "public".into(),
+            name: "account_invoice".into(),
+            columns,
+            key: vec![0],
+            identity,
+            identity_columns,
+        })
+    }
+
+    fn full() -> Arc<Relation> {
+        invoice_table(Identity::Full, &[])
+    }
+
+    fn default_identity() -> Arc<Relation> {
+        invoice_table(Identity::Key, &[])
+    }
+
+    fn created(table: &Arc<Relation>, new: Tuple) -> RowChange {
+        RowChange::insert(table.clone(), 3, &new)
+    }
+
+    /// An update as pgoutput sends it: the whole old row under FULL, none under DEFAULT
+    /// (the key did not change).
+    fn updated(table: &Arc<Relation>, old: Tuple, new: Tuple) -> RowChange {
+        let old = (table.identity == Identity::Full).then_some(OldTuple::Full(old));
+        RowChange::update(table.clone(), 3, old.as_ref(), &new)
+    }
+
+    /// A delete as pgoutput sends it: the whole old row under FULL, the key under DEFAULT.
+    fn deleted(table: &Arc<Relation>, old: Tuple) -> RowChange {
+        let old = if table.identity == Identity::Full {
+            OldTuple::Full(old)
+        } else {
+            let key_only = old
+                .0
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| if i == 0 { d } else { Datum::Null })
+                .collect();
+            OldTuple::Key(Tuple(key_only))
+        };
+        RowChange::delete(table.clone(), 3, &old)
+    }
+
+    const OBJECTS: &str = r#"
+[source]
+url = "postgres://walhook@localhost/erp"
+
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "partner_id", "state", "amount_total"]
+
+[objects.invoice_state]
+table = "public.account_invoice"
+fields = ["state"]
+"#;
+
+    fn config(subscriptions: &str) -> Config {
+        let text = format!("{OBJECTS}{subscriptions}");
+        match Config::parse(&text, "walhook.toml", &|_| None) {
+            Ok(config) => config,
+            Err(e) => panic!("test config is invalid: {e}\n{text}"),
+        }
+    }
+
+    /// A `[[subscriptions]]` entry named `name` with `lines` added.
+    fn subscription(name: &str, lines: &str) -> String {
+        format!(
+            "\n[[subscriptions]]\nname = \"{name}\"\nurl = \"https://hooks.example.com/{name}\"\n{lines}\n"
+        )
+    }
+
+    fn matcher(subscriptions: &str) -> Matcher {
+        Matcher::new(&config(subscriptions)).expect("every when compiles")
+    }
+
+    fn body(event: &RoutedEvent) -> serde_json::Value {
+        serde_json::from_slice(&event.body).expect("the body is JSON")
+    }
+
+    fn names(event: &RoutedEvent) -> Vec<&str> {
+        event.subscriptions.iter().map(|s| &**s).collect()
+    }
+
+    /// Routes a change that must produce no problems.
+    fn route(matcher: &mut Matcher, change: &RowChange) -> Vec<RoutedEvent> {
+        let (events, problems) = matcher.route(change, COMMIT);
+        assert!(problems.is_empty(), "unexpected problems: {problems:?}");
+        events
+    }
+
+    #[test]
+    fn a_subscription_fires_only_on_the_operations_it_names() {
+        let mut m = matcher(
+            &[
+                subscription(
+                    "new-invoices",
+                    "object = \"invoice\"\noperations = [\"create\"]",
+                ),
+                subscription("edits", "object = \"invoice\"\noperations = [\"update\"]"),
+            ]
+            .concat(),
+        );
+        let table = full();
+        let events = route(&mut m, &created(&table, row(&[])));
+        assert_eq!(events.len(), 1);
+        assert_eq!(names(&events[0]), ["new-invoices"]);
+        assert_eq!(events[0].event_type, "invoice.created");
+        assert_eq!(events[0].object, "invoice");
+        assert_eq!(events[0].event_id, "evt_00000000016B3748_0003");
+        assert_eq!(events[0].key, r#"{"id":123}"#);
+
+        assert!(route(&mut m, &deleted(&table, row(&[]))).is_empty());
+    }
+
+    #[test]
+    fn updating_a_watched_column_fires_with_previous_and_changed() {
+        let mut m = matcher(&subscription(
+            "partner-sync",
+            "object = \"invoice\"\nwatch = [\"partner_id\", \"state\"]",
+        ));
+        let change = updated(&full(), row(&[]), row(&[("partner_id", "2")]));
+        let events = route(&mut m, &change);
+        assert_eq!(events.len(), 1);
+        assert_eq!(names(&events[0]), ["partner-sync"]);
+        let body = body(&events[0]);
+        assert_eq!(body["type"], "invoice.updated");
+        assert_eq!(body["previous"], json!({"partner_id": 1}));
+        assert_eq!(body["changed"], json!(["partner_id"]));
+        assert_eq!(body["values"]["partner_id"], 2);
+    }
+
+    #[test]
+    fn updating_only_unwatched_columns_fires_nothing() {
+        let mut m = matcher(&subscription(
+            "partner-sync",
+            "object = \"invoice\"\nwatch = [\"partner_id\"]",
+        ));
+        let change = updated(&full(), row(&[]), row(&[("amount_total", "99.00")]));
+        assert!(route(&mut m, &change).is_empty());
+    }
+
+    #[test]
+    fn a_watch_on_a_table_without_old_values_is_reported_not_guessed() {
+        let mut m = matcher(&subscription(
+            "partner-sync",
+            "object = \"invoice\"\nwatch = [\"partner_id\"]",
+        ));
+        let change = updated(&default_identity(), row(&[]), row(&[("partner_id", "2")]));
+        let (events, problems) = m.route(&change, COMMIT);
+        assert!(events.is_empty());
+        assert_eq!(problems.len(), 1);
+        let problem = &problems[0];
+        assert_eq!(&*problem.subscription, "partner-sync");
+        assert_eq!(problem.table, "public.account_invoice");
+        assert_eq!(problem.key, r#"{"id":123}"#);
+        assert!(
+            problem
+                .message
+                .starts_with("watch [\"partner_id\"] cannot be evaluated")
+                && problem
+                    .message
+                    .ends_with("ALTER TABLE public.account_invoice REPLICA IDENTITY FULL"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_watch_on_the_key_can_be_told_without_old_values_when_the_key_changes() {
+        // Under DEFAULT a changed key is in the WAL, so this watch needs no guess.
+        let mut m = matcher(&subscription(
+            "renumbered",
+            "table = \"public.account_invoice\"\nwatch = [\"id\"]",
+        ));
+        let table = default_identity();
+        let old = OldTuple::Key(Tuple(vec![
+            Datum::Text(Bytes::from_static(b"123")),
+            Datum::Null,
+            Datum::Null,
+            Datum::Null,
+            Datum::Null,
+            Datum::Null,
+        ]));
+        let change = RowChange::update(table, 3, Some(&old), &row(&[("id", "124")]));
+        let events = route(&mut m, &change);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].object, "public.account_invoice");
+        assert_eq!(body(&events[0])["previous"], json!({"id": 123}));
+    }
+
+    #[test]
+    fn without_old_values_a_subscription_without_watch_fires_on_every_update() {
+        let mut m = matcher(&subscription("all-edits", "object = \"invoice\""));
+        // Nothing the invoice shows changed, but under DEFAULT walhook cannot know that.
+        let change = updated(
+            &default_identity(),
+            row(&[]),
+            row(&[("write_date", "2026-11-23 08:00:00")]),
+        );
+        let events = route(&mut m, &change);
+        assert_eq!(events.len(), 1);
+        let body = body(&events[0]);
+        assert_eq!(body.get("previous"), None);
+        assert_eq!(body.get("changed"), None);
+    }
+
+    #[test]
+    fn an_update_of_columns_outside_the_fields_fires_nothing() {
+        let mut m = matcher(&subscription("all-edits", "object = \"invoice\""));
+        let table = full();
+        let touched = updated(
+            &table,
+            row(&[]),
+            row(&[("write_date", "2026-11-23 08:00:00")]),
+        );
+        assert!(route(&mut m, &touched).is_empty());
+        let untouched = updated(&table, row(&[]), row(&[]));
+        assert!(route(&mut m, &untouched).is_empty());
+        let posted = updated(&table, row(&[("state", "draft")]), row(&[]));
+        assert_eq!(route(&mut m, &posted).len(), 1);
+    }
+
+    #[test]
+    fn when_filters_on_the_new_values() {
+        let mut m = matcher(&subscription(
+            "posted-only",
+            "object = \"invoice\"\nwhen = \"values.state != 'draft'\"",
+        ));
+        let table = full();
+        assert!(route(&mut m, &created(&table, row(&[("state", "draft")]))).is_empty());
+        assert_eq!(route(&mut m, &created(&table, row(&[]))).len(), 1);
+    }
+
+    #[test]
+    fn when_can_ask_whether_a_field_changed() {
+        let mut m = matcher(&subscription(
+            "partner-moves",
+            "object = \"invoice\"\nwhen = \"previous.partner_id is defined\"",
+        ));
+        let table = full();
+        let moved = updated(&table, row(&[]), row(&[("partner_id", "2")]));
+        assert_eq!(route(&mut m, &moved).len(), 1);
+        let paid = updated(&table, row(&[]), row(&[("state", "paid")]));
+        assert!(route(&mut m, &paid).is_empty());
+        // A create has no previous: the filter is simply false, not an error.
+        assert!(route(&mut m, &created(&table, row(&[]))).is_empty());
+    }
+
+    #[test]
+    fn when_can_single_out_deletes() {
+        let mut m = matcher(&subscription(
+            "removals",
+            "object = \"invoice\"\nwhen = \"operation == 'delete'\"",
+        ));
+        let table = full();
+        assert!(route(&mut m, &created(&table, row(&[]))).is_empty());
+        let events = route(&mut m, &deleted(&table, row(&[])));
+        assert_eq!(events.len(), 1);
+        let body = body(&events[0]);
+        assert_eq!(body["type"], "invoice.deleted");
+        assert_eq!(body["values"], serde_json::Value::Null);
+        assert_eq!(body["previous"]["state"], "posted");
+    }
+
+    #[test]
+    fn a_when_syntax_error_is_refused_at_start_naming_every_bad_subscription() {
+        let config = config(
+            &[
+                subscription(
+                    "partner-sync",
+                    "object = \"invoice\"\nwhen = \"values.state ==\"",
+                ),
+                subscription(
+                    "fine",
+                    "object = \"invoice\"\nwhen = \"values.state == 'x'\"",
+                ),
+                subscription(
+                    "paused",
+                    "object = \"invoice\"\nactive = false\nwhen = \"value.state == 'x'\"",
+                ),
+            ]
+            .concat(),
+        );
+        let error = Matcher::new(&config).unwrap_err();
+        assert_eq!(
+            error.problems,
+            [
+                "subscriptions.partner-sync.when: syntax error: unexpected end of input, \
+                 expected expression",
+                "subscriptions.paused.when: \"value\" is not a variable an expression can read \
+                 (values, previous, operation); did you mean \"values\"?",
+            ]
+        );
+        assert_eq!(error.to_string(), error.problems.join("\n"));
+    }
+
+    #[test]
+    fn a_when_naming_a_field_the_object_does_not_show_is_refused_at_start() {
+        let config = config(&subscription(
+            "typo",
+            "object = \"invoice\"\nwhen = \"values.stat != 'draft'\"",
+        ));
+        let error = Matcher::new(&config).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "subscriptions.typo.when: reads values.stat, but \"stat\" is not a field of object \
+             \"invoice\"; did you mean \"state\"?"
+        );
+    }
+
+    #[test]
+    fn a_when_that_fails_at_runtime_is_reported_and_does_not_fire() {
+        let mut m = matcher(
+            &[
+                subscription(
+                    "broken",
+                    "object = \"invoice\"\nwhen = \"values.number + 1 > 0\"",
+                ),
+                subscription("fine", "object = \"invoice\""),
+            ]
+            .concat(),
+        );
+        let (events, problems) = m.route(&created(&full(), row(&[])), COMMIT);
+        assert_eq!(events.len(), 1);
+        assert_eq!(names(&events[0]), ["fine"]);
+        assert_eq!(
+            problems,
+            [RouteProblem {
+                subscription: "broken".into(),
+                table: "public.account_invoice".into(),
+                key: r#"{"id":123}"#.into(),
+                message: "when: invalid operation: tried to use + operator on unsupported \
+                          types string and number"
+                    .into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn when_reading_previous_on_a_table_without_old_values_is_reported() {
+        let mut m = matcher(&subscription(
+            "partner-moves",
+            "object = \"invoice\"\nwhen = \"previous.partner_id is defined\"",
+        ));
+        let table = default_identity();
+        let (events, problems) = m.route(
+            &updated(&table, row(&[]), row(&[("partner_id", "2")])),
+            COMMIT,
+        );
+        assert!(events.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].message.starts_with("when reads previous"),
+            "{}",
+            problems[0]
+        );
+        // A create has no previous under any identity: nothing to report.
+        assert!(route(&mut m, &created(&table, row(&[]))).is_empty());
+    }
+
+    #[test]
+    fn values_carry_only_the_objects_fields() {
+        let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
+        let events = route(&mut m, &created(&full(), row(&[])));
+        assert_eq!(
+            body(&events[0])["values"],
+            json!({"number": "INV-42", "partner_id": 1, "state": "posted", "amount_total": "120.00"})
+        );
+    }
+
+    #[test]
+    fn a_custom_event_type_names_the_event() {
+        let mut m = matcher(&subscription(
+            "partner-sync",
+            "object = \"invoice\"\nevent_type = \"invoice.partner-changed\"",
+        ));
+        let events = route(&mut m, &created(&full(), row(&[])));
+        assert_eq!(events[0].event_type, "invoice.partner-changed");
+        assert_eq!(body(&events[0])["type"], "invoice.partner-changed");
+    }
+
+    #[test]
+    fn two_objects_on_one_table_get_two_events_with_one_id() {
+        let mut m = matcher(
+            &[
+                subscription("accounting", "object = \"invoice\""),
+                subscription("status-board", "object = \"invoice_state\""),
+            ]
+            .concat(),
+        );
+        let change = updated(&full(), row(&[]), row(&[("state", "paid")]));
+        let events = route(&mut m, &change);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event_id, events[1].event_id);
+        assert_eq!(
+            (events[0].object.as_str(), events[1].object.as_str()),
+            ("invoice", "invoice_state")
+        );
+        assert_eq!(body(&events[1])["values"], json!({"state": "paid"}));
+        assert_eq!(events[0].key, events[1].key);
+    }
+
+    #[test]
+    fn two_subscriptions_of_one_object_share_one_event() {
+        let mut m = matcher(
+            &[
+                subscription("accounting", "object = \"invoice\""),
+                subscription("partner-sync", "object = \"invoice\""),
+                subscription(
+                    "renamed",
+                    "object = \"invoice\"\nevent_type = \"invoice.touched\"",
+                ),
+            ]
+            .concat(),
+        );
+        let events = route(&mut m, &created(&full(), row(&[])));
+        assert_eq!(
+            events.len(),
+            2,
+            "a different event type is a different body"
+        );
+        assert_eq!(names(&events[0]), ["accounting", "partner-sync"]);
+        assert_eq!(names(&events[1]), ["renamed"]);
+        assert_eq!(events[0].event_id, events[1].event_id);
+    }
+
+    #[test]
+    fn an_inactive_subscription_never_fires() {
+        let mut m = matcher(&subscription(
+            "paused",
+            "object = \"invoice\"\nactive = false",
+        ));
+        assert!(!m.watches("public", "account_invoice"));
+        assert!(route(&mut m, &created(&full(), row(&[]))).is_empty());
+    }
+
+    #[test]
+    fn a_table_no_subscription_watches_routes_nothing() {
+        let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
+        assert!(m.watches("public", "account_invoice"));
+        assert!(!m.watches("public", "res_partner"));
+        assert!(!m.watches("erp", "account_invoice"));
+        let mut partner = (*full()).clone();
+        partner.name = "res_partner".into();
+        let change = created(&Arc::new(partner), row(&[]));
+        assert_eq!(m.route(&change, COMMIT), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_configured_column_the_table_lacks_is_reported_until_the_table_has_it() {
+        let mut m = matcher(
+            &[
+                subscription("accounting", "object = \"invoice\""),
+                subscription("status-board", "object = \"invoice_state\""),
+            ]
+            .concat(),
+        );
+        let before = invoice_table(Identity::Full, &["amount_total"]);
+        let mut new = row(&[]);
+        new.0.remove(4);
+        let (events, problems) = m.route(&created(&before, new), COMMIT);
+        // The other object on the table does not suffer for it.
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].object, "invoice_state");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(&*problems[0].subscription, "accounting");
+        assert_eq!(
+            problems[0].message,
+            "object invoice: table public.account_invoice has no column \"amount_total\""
+        );
+
+        // ALTER TABLE … ADD COLUMN: pgoutput describes the table again.
+        let after = full();
+        assert_eq!(route(&mut m, &created(&after, row(&[]))).len(), 2);
+    }
+
+    #[test]
+    fn a_watched_or_filtered_column_the_table_lacks_is_reported() {
+        let mut m = matcher(
+            &[
+                subscription(
+                    "watcher",
+                    "table = \"public.account_invoice\"\nwatch = [\"partner\"]",
+                ),
+                subscription(
+                    "filter",
+                    "table = \"public.account_invoice\"\nwhen = \"values.stat == 'x'\"",
+                ),
+            ]
+            .concat(),
+        );
+        let change = updated(&full(), row(&[]), row(&[("partner_id", "2")]));
+        let (events, problems) = m.route(&change, COMMIT);
+        assert!(events.is_empty());
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "watch: table public.account_invoice has no column \"partner\"; did you mean \
+                 \"partner_id\"?",
+                "when reads values.stat, but table public.account_invoice has no column \
+                 \"stat\"; did you mean \"state\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_fix_for_missing_old_values_can_be_pasted_as_it_is() {
+        let mut mixed_case = (*default_identity()).clone();
+        mixed_case.schema = "ERP".into();
+        mixed_case.name = "Invoice".into();
+        assert!(old_values_unknown(&mixed_case)
+            .ends_with("fix: ALTER TABLE \"ERP\".\"Invoice\" REPLICA IDENTITY FULL"));
+        assert_eq!(quote_ident("account_invoice"), "account_invoice");
+        assert_eq!(quote_ident("2fa"), "\"2fa\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn the_key_is_the_envelopes_key_as_minified_json() {
+        let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
+        let events = route(&mut m, &created(&full(), row(&[("id", "7")])));
+        assert_eq!(events[0].key, r#"{"id":7}"#);
+        assert_eq!(events[0].key, body(&events[0])["key"].to_string());
+    }
+
+    #[test]
+    fn a_filter_sees_exactly_the_values_and_previous_the_event_carries() {
+        let (full, default) = (full(), default_identity());
+        let changes = [
+            created(&full, row(&[])),
+            updated(&full, row(&[]), row(&[("partner_id", "2")])),
+            updated(&full, row(&[]), row(&[("write_date", "x")])),
+            updated(&default, row(&[]), row(&[("partner_id", "2")])),
+            deleted(&full, row(&[])),
+            deleted(&default, row(&[])),
+        ];
+        for change in changes {
+            let view = ObjectView::resolve(
+                "invoice",
+                &change.relation,
+                None,
+                Some(&["id".into(), "partner_id".into(), "state".into()]),
+            )
+            .unwrap();
+            let event: serde_json::Value =
+                serde_json::from_slice(&envelope(&change, &view, "t", COMMIT)).unwrap();
+            let scope = serde_json::to_value(when::scope(&change, &view)).unwrap();
+            for part in ["values", "previous"] {
+                assert_eq!(
+                    scope.get(part),
+                    event.get(part),
+                    "{part} of {:?} under {:?}",
+                    change.operation,
+                    change.relation.identity
+                );
+            }
+            assert_eq!(scope["operation"], event["operation"]);
+        }
+    }
+
+    #[test]
+    fn old_values_are_needed_by_watch_and_by_when_reading_previous() {
+        let config = config(
+            &[
+                subscription("partner-sync", "object = \"invoice\"\nwatch = [\"state\"]"),
+                subscription(
+                    "moves",
+                    "object = \"invoice\"\nwhen = \"previous.state == 'draft'\"",
+                ),
+                subscription("posted", "object = \"invoice\"\nwhen = \"values.state == 'posted'\""),
+                subscription(
+                    "created-only",
+                    "object = \"invoice\"\noperations = [\"create\"]\nwhen = \"previous is defined\"",
+                ),
+                subscription(
+                    "paused",
+                    "object = \"invoice\"\nwatch = [\"state\"]\nactive = false",
+                ),
+            ]
+            .concat(),
+        );
+        let table: TableName = "public.account_invoice".parse().unwrap();
+        assert_eq!(
+            needs_old_values(&config),
+            [
+                (table.clone(), "partner-sync".to_owned(), "watch"),
+                (table, "moves".to_owned(), "when reads previous"),
+            ]
+        );
+    }
+}
