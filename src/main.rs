@@ -39,6 +39,30 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Create (or bring up to date) the walhook schema, publication and replication slot.
+    ///
+    /// Safe to run again: what is in place is reported as such. The replication slot makes
+    /// the source keep WAL until walhook reads it, so a slot nobody reads any more fills the
+    /// source server's disk: when you stop using walhook, run `walhook teardown`.
+    Setup {
+        /// Also run ALTER TABLE … REPLICA IDENTITY FULL on the configured tables whose
+        /// subscriptions need old values (watch, or a `when` reading previous), and no others.
+        #[arg(long)]
+        replica_identity: bool,
+        /// Drop the replication slot (also a lost one) and create it anew, moving the
+        /// checkpoint to it. Changes between the old position and now are NOT captured.
+        #[arg(long)]
+        recreate_slot: bool,
+    },
+    /// Drop the walhook replication slot, publication and schema (with the outbox).
+    ///
+    /// A forgotten replication slot makes the source keep WAL forever and fills the ERP
+    /// server's disk; teardown drops it. Refuses while deliveries are pending, unless --force.
+    Teardown {
+        /// Drop everything even though deliveries are still pending (they are lost).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Exit codes of SPEC §1.
@@ -89,8 +113,32 @@ fn main() -> ExitCode {
                     ExitCode::from(exit::RUNTIME)
                 }
             },
+            Command::Setup {
+                replica_identity,
+                recreate_slot,
+            } => {
+                let options = commands::setup::SetupOptions {
+                    replica_identity,
+                    recreate_slot,
+                };
+                runtime_result("setup", commands::setup::setup(&config, &options).await)
+            }
+            Command::Teardown { force } => {
+                runtime_result("teardown", commands::setup::teardown(&config, force).await)
+            }
         }
     })
+}
+
+/// Exit 0, or print the error (plainly: it ends a command's own output) and exit 1.
+fn runtime_result<E: std::fmt::Display>(command: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walhook {command}: {e}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
 }
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {

@@ -50,12 +50,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotes_only_what_needs_quoting() {
-        assert_eq!(quote_ident("account_invoice"), "account_invoice");
-        assert_eq!(quote_ident("order"), "\"order\"");
+    fn identifiers_are_quoted_only_when_needed() {
+        assert_eq!(quote_ident("walhook"), "walhook");
+        assert_eq!(quote_ident("account_invoice2"), "account_invoice2");
+        assert_eq!(quote_ident("_x"), "_x");
         assert_eq!(quote_ident("Invoice"), "\"Invoice\"");
+        assert_eq!(quote_ident("my table"), "\"my table\"");
+        assert_eq!(quote_ident("2fa"), "\"2fa\"");
+        assert_eq!(quote_ident("user"), "\"user\"");
+        assert_eq!(quote_ident("order"), "\"order\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("1st"), "\"1st\"");
+        assert_eq!(quote_ident(""), "\"\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+        let table: TableName = "erp.Order".parse().unwrap();
+        assert_eq!(quote_table(&table), "erp.\"Order\"");
     }
 }

@@ -20,6 +20,7 @@ use super::envelope::{envelope, event_id, Commit, ObjectView};
 use super::relation::Relation;
 use super::when::{self, When};
 use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName};
+use crate::pg::quote_ident;
 use crate::suggest::did_you_mean;
 
 /// One envelope for one change, shared by every subscription that routes to it.
@@ -464,20 +465,6 @@ fn old_values_unknown(relation: &Relation) -> String {
         quote_ident(&relation.schema),
         quote_ident(&relation.name)
     )
-}
-
-/// An SQL identifier, quoted only when Postgres would otherwise fold or reject it, so the
-/// fix can be pasted as it is.
-fn quote_ident(name: &str) -> String {
-    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 /// Whether a watched column changed: `Some(true)` as soon as one known value differs,
@@ -1105,9 +1092,6 @@ fields = ["state"]
         mixed_case.name = "Invoice".into();
         assert!(old_values_unknown(&mixed_case)
             .ends_with("fix: ALTER TABLE \"ERP\".\"Invoice\" REPLICA IDENTITY FULL"));
-        assert_eq!(quote_ident("account_invoice"), "account_invoice");
-        assert_eq!(quote_ident("2fa"), "\"2fa\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! One module per CLI command; `main.rs` parses arguments and calls into these.
 
 pub mod check;
+pub mod setup;
 pub mod tail;

@@ -8,6 +8,7 @@ use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
 use crate::source::conninfo::{ConnInfo, ConnInfoError};
 use crate::source::publication::{self, PublicationChange};
+use crate::commands::setup::ensure_slot;
 use crate::source::slot::{self, SlotState};
 use crate::source::tls::{self, ConnectError};
 use crate::source::SetupError;
@@ -27,41 +28,11 @@ pub enum StartupError {
     /// Publication or slot management failed.
     #[error(transparent)]
     Setup(#[from] SetupError),
-    /// The slot is gone although walhook captured from it before.
-    #[error(
-        "replication slot {slot:?} does not exist, but walhook captured through it up to {checkpoint}: \
-         it was dropped behind walhook's back and the changes since then cannot be recovered. \
-         Run `walhook setup --recreate-slot` to start again from now (those changes stay lost)"
-    )]
-    SlotDropped {
-        /// The slot.
-        slot: String,
-        /// The last checkpoint.
-        checkpoint: String,
-    },
-    /// The slot was invalidated (its WAL was removed).
-    #[error(
-        "replication slot {slot:?} was invalidated (wal_status lost): the WAL it needed was \
-         removed, so the changes since its last position cannot be captured. Run \
-         `walhook setup --recreate-slot` to start again from now (those changes stay lost)"
-    )]
-    SlotLost {
-        /// The slot.
-        slot: String,
-    },
     /// `--no-setup` and the slot does not exist.
     #[error("replication slot {slot:?} does not exist; run `walhook setup` (or `run` without --no-setup)")]
     SlotMissing {
         /// The slot.
         slot: String,
-    },
-    /// The slot exists but is not a pgoutput slot of this database.
-    #[error("replication slot {slot:?} is not walhook's: {detail}; set source.slot to another name")]
-    SlotForeign {
-        /// The slot.
-        slot: String,
-        /// What it is instead.
-        detail: String,
     },
     /// Subscriptions need old values that the replica identity does not log.
     #[error(
@@ -94,72 +65,22 @@ pub(super) async fn prepare(
     let catalog = tls::connect_sql(source).await?;
     let outbox_client = tls::connect_sql(outbox).await?;
     if setup {
-        let report = migrate(&outbox_client, &config.outbox.schema).await?;
-        tracing::info!(schema = %config.outbox.schema, "outbox schema: {report}");
+        for line in migrate(&outbox_client, &config.outbox.schema).await?.lines() {
+            tracing::info!("{line}");
+        }
         sync_publication(config, &catalog).await?;
     }
     check_replica_identity(config, &catalog).await?;
 
     let slot = &config.source.slot;
-    match slot::slot_state(&catalog, slot).await? {
-        SlotState::Ready { active_pid, .. } => {
-            if let Some(pid) = active_pid {
-                tracing::warn!(slot, pid, "the slot is in use by another process (another walhook?); waiting for it");
-            }
+    if setup {
+        for line in ensure_slot(source, &catalog, &outbox_client, &config.outbox.schema, slot).await? {
+            tracing::info!("{line}");
         }
-        SlotState::Lost => return Err(StartupError::SlotLost { slot: slot.clone() }),
-        SlotState::WrongKind {
-            plugin,
-            slot_type,
-            database,
-        } => {
-            return Err(StartupError::SlotForeign {
-                slot: slot.clone(),
-                detail: format!("a {slot_type} slot with plugin {plugin:?} in database {database:?}"),
-            })
-        }
-        SlotState::Missing => {
-            let checkpoint = read_checkpoint(&outbox_client, &config.outbox.schema, slot).await;
-            if let Some(checkpoint) = checkpoint {
-                return Err(StartupError::SlotDropped {
-                    slot: slot.clone(),
-                    checkpoint,
-                });
-            }
-            if !setup {
-                return Err(StartupError::SlotMissing { slot: slot.clone() });
-            }
-            let at = slot::create_slot(source, slot).await?;
-            // Recorded at once, so that a slot dropped before the first event is noticed.
-            outbox_client
-                .execute(
-                    &format!(
-                        "INSERT INTO {}.checkpoint (slot, commit_lsn) VALUES ($1, $2::text::pg_lsn) \
-                         ON CONFLICT (slot) DO NOTHING",
-                        crate::pg::quote_ident(&config.outbox.schema)
-                    ),
-                    &[slot, &at.to_string()],
-                )
-                .await?;
-            tracing::info!(slot, at = %at, "created replication slot");
-        }
+    } else if slot::slot_state(&catalog, slot).await? == SlotState::Missing {
+        return Err(StartupError::SlotMissing { slot: slot.clone() });
     }
     Ok(())
-}
-
-async fn read_checkpoint(client: &tokio_postgres::Client, schema: &str, slot: &str) -> Option<String> {
-    client
-        .query_opt(
-            &format!(
-                "SELECT commit_lsn::text FROM {}.checkpoint WHERE slot = $1",
-                crate::pg::quote_ident(schema)
-            ),
-            &[&slot],
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|row| row.get(0))
 }
 
 /// Makes the publication hold exactly the configured tables, logging what changed.
@@ -173,7 +94,9 @@ pub(super) async fn sync_publication(
         &config.tables(),
     )
     .await?;
-    tracing::info!(publication = %config.source.publication, "{change}");
+    for line in change.lines() {
+        tracing::info!("{line}");
+    }
     Ok(change)
 }
 

@@ -3,13 +3,19 @@
 //! `replication` moves bytes over a replication connection and knows nothing of row changes;
 //! `pgoutput` decodes those bytes into typed messages and does no I/O; `value` turns column
 //! text into JSON per the type mapping of SPEC §3, with `types` saying which type is which.
+//! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
+//! `setup` holding what they share (errors, quoting).
 
 pub mod conninfo;
 pub mod lsn;
 pub mod pgoutput;
+pub mod publication;
 pub mod replication;
+pub mod setup;
+pub mod slot;
 pub mod tls;
 pub mod types;
 pub mod value;
 
 pub use lsn::Lsn;
+pub use setup::SetupError;
