@@ -41,15 +41,20 @@ fields = [\"number\", \"partner_id\", \"state\", \"amount\"]
 ";
 
 /// Starts the daemon and waits until its slot streams.
-fn start(db: &TestDb<'_>, config: &ConfigFile) -> Daemon {
+fn start(config: &ConfigFile) -> Daemon {
     let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(30), "the daemon streams from its slot", || {
-        assert!(daemon.running(), "walhook exited early; log:\n{}", daemon.log_text());
-        db.sql(
-            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
-             ON r.pid = s.active_pid WHERE s.database = current_database()",
-        ) == "1"
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon streams from its slot",
+        || {
+            assert!(
+                daemon.running(),
+                "walhook exited early; log:\n{}",
+                daemon.log_text()
+            );
+            daemon.log_text().contains("capturing")
+        },
+    );
     daemon
 }
 
@@ -121,10 +126,14 @@ fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send
     let config = config_file(&format!(
         "{}{INVOICE}{}{}",
         source(&db),
-        subscription("partner-sync", "invoice", "operations = [\"update\"]\nwatch = [\"partner_id\"]"),
+        subscription(
+            "partner-sync",
+            "invoice",
+            "operations = [\"update\"]\nwatch = [\"partner_id\"]"
+        ),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&db, &config);
+    let daemon = start(&config);
     db.sql("UPDATE account_invoice SET amount = 120 WHERE id = 1");
     db.sql("UPDATE account_invoice SET partner_id = 11 WHERE id = 1");
     let rows = settle(&db, &daemon, "all");
@@ -139,7 +148,10 @@ fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send
     assert_eq!(partner[0]["changed"], json!(["partner_id"]));
     assert_eq!(partner[0]["values"]["partner_id"], 11);
     let all = rows.iter().filter(|(s, _)| s == "all").count();
-    assert_eq!(all, 2, "a subscription without watch fires on any field change");
+    assert_eq!(
+        all, 2,
+        "a subscription without watch fires on any field change"
+    );
 }
 
 #[test]
@@ -154,17 +166,24 @@ fields = [\"state\"]
         source(&db),
         subscription("created-only", "invoice", "operations = [\"create\"]"),
         subscription("posted", "invoice", "when = \"values.state == 'posted'\""),
-        subscription("state", "invoice_state", "event_type = \"invoice.state-changed\""),
+        subscription(
+            "state",
+            "invoice_state",
+            "event_type = \"invoice.state-changed\""
+        ),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&db, &config);
+    let daemon = start(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     db.sql("UPDATE account_invoice SET amount = 5 WHERE id = 1");
     db.sql("DELETE FROM account_invoice WHERE id = 1");
     let rows = settle(&db, &daemon, "all");
     let of = |name: &str| -> Vec<&Value> {
-        rows.iter().filter(|(s, _)| s == name).map(|(_, b)| b).collect()
+        rows.iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, b)| b)
+            .collect()
     };
 
     let created = of("created-only");
@@ -172,14 +191,29 @@ fields = [\"state\"]
     assert_eq!(created[0]["operation"], "create");
 
     let posted = of("posted");
-    assert_eq!(posted.len(), 2, "the update to posted and the amount change while posted");
+    assert_eq!(
+        posted.len(),
+        2,
+        "the update to posted and the amount change while posted"
+    );
     assert!(posted.iter().all(|b| b["values"]["state"] == "posted"));
 
     let state = of("state");
-    let kinds: Vec<&str> = state.iter().map(|b| b["operation"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["create", "update", "delete"], "the amount change is not a state change");
+    let kinds: Vec<&str> = state
+        .iter()
+        .map(|b| b["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["create", "update", "delete"],
+        "the amount change is not a state change"
+    );
     assert!(state.iter().all(|b| b["type"] == "invoice.state-changed"));
-    assert_eq!(state[0]["values"], json!({"state": "draft"}), "fields limit values");
+    assert_eq!(
+        state[0]["values"],
+        json!({"state": "draft"}),
+        "fields limit values"
+    );
 
     assert_eq!(of("all").len(), 4);
 }
@@ -197,7 +231,7 @@ fields = [\"state\"]
         subscription("all", "invoice", ""),
         subscription("state", "invoice_state", ""),
     ));
-    let daemon = start(&db, &config);
+    let daemon = start(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     let rows = settle(&db, &daemon, "all");
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -225,11 +259,13 @@ table = \"public.stock_move\"
         subscription("stock", "stock", ""),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&db, &config);
+    let daemon = start(&config);
     db.sql("INSERT INTO stock_move SELECT g, 1 FROM generate_series(1, 200000) g");
-    wait_until(Duration::from_secs(120), "200,000 events in the outbox", || {
-        db.sql("SELECT count(*) FROM walhook.delivery WHERE subscription = 'stock'") == "200000"
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "200,000 events in the outbox",
+        || db.sql("SELECT count(*) FROM walhook.delivery WHERE subscription = 'stock'") == "200000",
+    );
     assert_eq!(
         db.sql("SELECT count(DISTINCT event_id) FROM walhook.event"),
         "200000"
@@ -258,7 +294,7 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
         source(&db),
         subscription("stock", "stock", ""),
     ));
-    let mut daemon = start(&db, &config);
+    let mut daemon = start(&config);
     let url = db.name.clone();
     let workload = std::thread::spawn(move || {
         support::cluster().psql(&url, "CALL workload()").unwrap();
@@ -273,9 +309,18 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
         daemon = Daemon::start(&config);
     }
     workload.join().unwrap();
-    wait_until(Duration::from_secs(120), "all 50,000 events captured", || {
-        db.sql("SELECT count(*) FROM walhook.event") == "50000"
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while db.sql("SELECT count(*) FROM walhook.event") != "50000" {
+        let log = daemon.log_text();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all 50,000 events captured after {kills} kills: {} rows, {} distinct; log:\n{}",
+            db.sql("SELECT count(*) FROM walhook.event"),
+            db.sql("SELECT count(DISTINCT key) FROM walhook.event"),
+            &log[log.len().saturating_sub(3000)..]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         db.sql(
@@ -300,9 +345,13 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
 #[test]
 fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
     let db = TestDb::new(ERP);
-    let base = format!("{}{INVOICE}{}", source(&db), subscription("all", "invoice", ""));
+    let base = format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", "")
+    );
     let config = config_file(&base);
-    let daemon = start(&db, &config);
+    let daemon = start(&config);
 
     // Adding a subscription and a new object on another table.
     let edited = format!(
@@ -311,19 +360,32 @@ fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
         subscription("late", "invoice", ""),
     );
     std::fs::write(&config.path, &edited).unwrap();
-    wait_until(Duration::from_secs(20), "res_partner joins the publication", || {
-        db.sql("SELECT count(*) FROM pg_publication_tables WHERE tablename = 'res_partner'") == "1"
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "res_partner joins the publication",
+        || {
+            db.sql("SELECT count(*) FROM pg_publication_tables WHERE tablename = 'res_partner'")
+                == "1"
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     db.sql("INSERT INTO res_partner VALUES (1, 'ACME')");
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
     let rows = settle(&db, &daemon, "all");
     let subs: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
-    assert!(subs.contains(&"partners"), "{subs:?}\n{}", daemon.log_text());
+    assert!(
+        subs.contains(&"partners"),
+        "{subs:?}\n{}",
+        daemon.log_text()
+    );
     assert!(subs.contains(&"late"), "{subs:?}");
 
     // A broken edit: the running config keeps working.
-    std::fs::write(&config.path, format!("{edited}\n[[subscriptions]]\nname = \"bad\"\n")).unwrap();
+    std::fs::write(
+        &config.path,
+        format!("{edited}\n[[subscriptions]]\nname = \"bad\"\n"),
+    )
+    .unwrap();
     wait_until(Duration::from_secs(10), "the broken edit is logged", || {
         daemon.log_text().contains("config reload rejected")
     });
@@ -355,18 +417,28 @@ fn a_watch_the_replica_identity_cannot_serve_is_refused_at_start_with_the_fix() 
 #[test]
 fn a_slot_dropped_behind_walhooks_back_is_a_loud_error_not_a_silent_restart() {
     let db = TestDb::new(ERP);
-    let text = format!("{}{INVOICE}{}", source(&db), subscription("all", "invoice", ""));
+    let text = format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", "")
+    );
     let config = config_file(&text);
-    let mut daemon = start(&db, &config);
+    let mut daemon = start(&config);
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
     let slot = text.split('"').nth(3).unwrap().to_owned();
     db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
     let out = run_walhook(&config, &["run"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("setup --recreate-slot"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("setup --recreate-slot"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
-        db.sql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")),
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
         "0",
         "no silent new slot"
     );
@@ -380,7 +452,7 @@ fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() 
         source(&db),
         subscription("all", "invoice", ""),
     ));
-    let mut first = start(&db, &config);
+    let mut first = start(&config);
     let mut second = Daemon::start(&config);
     std::thread::sleep(Duration::from_secs(3));
     assert!(second.running(), "log:\n{}", second.log_text());
@@ -399,12 +471,12 @@ fn sigterm_exits_zero_and_keeps_the_checkpoint() {
         source(&db),
         subscription("all", "invoice", ""),
     ));
-    let mut daemon = start(&db, &config);
+    let mut daemon = start(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
     wait_for_deliveries(&db, &daemon, 1);
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
-    let restarted = start(&db, &config);
+    let restarted = start(&config);
     db.sql("INSERT INTO account_invoice VALUES (2, 'INV-2', 1, 'draft', 1)");
     let rows = wait_for_deliveries(&db, &restarted, 2);
     std::thread::sleep(Duration::from_millis(500));

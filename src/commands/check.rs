@@ -7,10 +7,10 @@ use std::fmt;
 
 use crate::capture::matcher::needs_old_values;
 use crate::config::{Config, TableName};
+use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
 use crate::source::tls;
-use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::suggest::did_you_mean;
 
 use super::tail::TAIL_PREFIX;

@@ -17,9 +17,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::capture::envelope::{envelope, truncate_envelope};
 use crate::capture::reader::{CaptureError, ReaderOptions};
-use crate::pg::{quote_ident, quote_table};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
+use crate::pg::{quote_ident, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
 use crate::source::{tls, Lsn};
@@ -100,10 +100,7 @@ async fn pick_publication(
         ));
     }
     let name = format!("{TAIL_PREFIX}{suffix}");
-    let list: Vec<String> = tables
-        .iter()
-        .map(quote_table)
-        .collect();
+    let list: Vec<String> = tables.iter().map(quote_table).collect();
     let sql = format!(
         "CREATE PUBLICATION {} FOR TABLE {}",
         quote_ident(&name),

@@ -106,35 +106,50 @@ impl Session<'_> {
         let mut open: Option<Commit> = None;
         let mut handled: Option<Handled> = None;
         let mut group = 0usize;
-        let mut waiting: Option<Item> = None;
         let mut staged: Option<(Config, Matcher)> = None;
         loop {
-            let item = match waiting.take() {
-                Some(item) => item,
-                None => {
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => {
-                            return stop(writer, reader, open, handled).await;
+            let item = if handled.is_some() && open.is_none() {
+                // Commits are handled but not yet in the outbox: keep taking what is
+                // already waiting, and commit the group as soon as nothing is. Never in
+                // the middle of a source transaction: its rows so far would be committed
+                // under the previous checkpoint, and repeated after a crash.
+                match reader.next().now_or_never() {
+                    Some(next) => match next? {
+                        Some(item) => item,
+                        None => {
+                            flush(&mut writer, &mut reader, &mut handled).await?;
+                            return Ok(Ended::ServerEnded);
                         }
-                        Some(new) = reloads.recv() => {
-                            match validate(&new, &catalog).await {
-                                Ok(new_matcher) => staged = Some((new, new_matcher)),
-                                Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
-                            }
-                            if open.is_none() {
-                                apply(&mut staged, matcher, config);
-                            }
-                            continue;
-                        }
-                        next = reader.next() => match next? {
-                            Some(item) => item,
-                            None => {
-                                writer.rollback().await?;
-                                return Ok(Ended::ServerEnded);
-                            }
-                        },
+                    },
+                    None => {
+                        flush(&mut writer, &mut reader, &mut handled).await?;
+                        group = 0;
+                        continue;
                     }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        return stop(writer, reader, open, handled).await;
+                    }
+                    Some(new) = reloads.recv() => {
+                        match validate(&new, &catalog).await {
+                            Ok(new_matcher) => staged = Some((new, new_matcher)),
+                            Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
+                        }
+                        if open.is_none() {
+                            apply(&mut staged, matcher, config);
+                        }
+                        continue;
+                    }
+                    next = reader.next() => match next? {
+                        Some(item) => item,
+                        None => {
+                            writer.rollback().await?;
+                            return Ok(Ended::ServerEnded);
+                        }
+                    },
                 }
             };
             match item {
@@ -174,21 +189,10 @@ impl Session<'_> {
                     });
                     group += 1;
                     apply(&mut staged, matcher, config);
-                    // Take what is already waiting instead of committing now, unless the
-                    // group is big enough.
-                    if group < GROUP_TRANSACTIONS && writer.buffered() < SPILL_ROWS {
-                        if let Some(next) = reader.next().now_or_never() {
-                            match next? {
-                                Some(item) => {
-                                    waiting = Some(item);
-                                    continue;
-                                }
-                                None => {}
-                            }
-                        }
+                    if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
+                        flush(&mut writer, &mut reader, &mut handled).await?;
+                        group = 0;
                     }
-                    flush(&mut writer, &mut reader, &mut handled).await?;
-                    group = 0;
                 }
                 Item::Keepalive { wal_end } => {
                     // Everything before wal_end has been sent and handled: nothing is open
@@ -243,7 +247,10 @@ async fn stop(
     Ok(Ended::Signal)
 }
 
-async fn validate(config: &Config, catalog: &tokio_postgres::Client) -> Result<Matcher, ReloadError> {
+async fn validate(
+    config: &Config,
+    catalog: &tokio_postgres::Client,
+) -> Result<Matcher, ReloadError> {
     let matcher = Matcher::new(config)?;
     startup::check_replica_identity(config, catalog).await?;
     startup::sync_publication(config, catalog).await?;

@@ -54,15 +54,18 @@ pub struct RunOptions {
 
 /// Runs the daemon until SIGTERM/SIGINT (Ok) or an unrecoverable error.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
+    let mut shutdown = spawn_signal_watch();
     let mut matcher = Matcher::new(&config)?;
     let source = ConnInfo::parse(config.source.url.expose()).map_err(StartupError::from)?;
     let outbox = match &config.outbox.url {
         Some(url) => ConnInfo::parse(url.expose()).map_err(StartupError::from)?,
         None => source.clone(),
     };
-    startup::prepare(&config, &source, &outbox, !options.no_setup).await?;
+    tokio::select! {
+        prepared = startup::prepare(&config, &source, &outbox, !options.no_setup) => prepared?,
+        _ = shutdown.changed() => return Ok(()),
+    }
 
-    let mut shutdown = spawn_signal_watch();
     let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
     let _watcher = reload::spawn(options.config_path.clone(), config.clone(), reload_tx);
 
@@ -74,12 +77,20 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
             outbox: &outbox,
         };
         let outcome = session
-            .run(&mut matcher, &mut config, &mut reloads, &mut shutdown, &mut backoff)
+            .run(
+                &mut matcher,
+                &mut config,
+                &mut reloads,
+                &mut shutdown,
+                &mut backoff,
+            )
             .await;
         match outcome {
             Ok(capture::Ended::Signal) => return Ok(()),
             Ok(capture::Ended::ServerEnded) => {
-                tracing::warn!("the server ended the replication stream; reconnecting in {backoff:?}")
+                tracing::warn!(
+                    "the server ended the replication stream; reconnecting in {backoff:?}"
+                )
             }
             Err(e) if e.is_transient() => tracing::warn!("{e}; reconnecting in {backoff:?}"),
             Err(e) => return Err(e.into()),

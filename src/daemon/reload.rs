@@ -93,7 +93,8 @@ fn keep_connection_settings(running: &Config, new: &mut Config) {
         || new.source.slot != running.source.slot
         || new.source.publication != running.source.publication
         || new.outbox.schema != running.outbox.schema
-        || new.outbox.url.as_ref().map(|u| u.expose()) != running.outbox.url.as_ref().map(|u| u.expose());
+        || new.outbox.url.as_ref().map(|u| u.expose())
+            != running.outbox.url.as_ref().map(|u| u.expose());
     if differs {
         tracing::warn!(
             "[source] url/slot/publication and [outbox] url/schema take effect only after a restart"

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use crate::capture::matcher::needs_old_values;
+use crate::commands::setup::ensure_slot;
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
 use crate::source::conninfo::{ConnInfo, ConnInfoError};
 use crate::source::publication::{self, PublicationChange};
-use crate::commands::setup::ensure_slot;
 use crate::source::slot::{self, SlotState};
 use crate::source::tls::{self, ConnectError};
 use crate::source::SetupError;
@@ -51,7 +51,10 @@ pub enum StartupError {
 impl StartupError {
     /// Whether this is the config asking for something the database cannot give (exit 2).
     pub fn is_config_problem(&self) -> bool {
-        matches!(self, StartupError::ReplicaIdentity { .. } | StartupError::ConnInfo(_))
+        matches!(
+            self,
+            StartupError::ReplicaIdentity { .. } | StartupError::ConnInfo(_)
+        )
     }
 }
 
@@ -65,7 +68,10 @@ pub(super) async fn prepare(
     let catalog = tls::connect_sql(source).await?;
     let outbox_client = tls::connect_sql(outbox).await?;
     if setup {
-        for line in migrate(&outbox_client, &config.outbox.schema).await?.lines() {
+        for line in migrate(&outbox_client, &config.outbox.schema)
+            .await?
+            .lines()
+        {
             tracing::info!("{line}");
         }
         sync_publication(config, &catalog).await?;
@@ -74,7 +80,15 @@ pub(super) async fn prepare(
 
     let slot = &config.source.slot;
     if setup {
-        for line in ensure_slot(source, &catalog, &outbox_client, &config.outbox.schema, slot).await? {
+        for line in ensure_slot(
+            source,
+            &catalog,
+            &outbox_client,
+            &config.outbox.schema,
+            slot,
+        )
+        .await?
+        {
             tracing::info!("{line}");
         }
     } else if slot::slot_state(&catalog, slot).await? == SlotState::Missing {
@@ -88,12 +102,9 @@ pub(super) async fn sync_publication(
     config: &Config,
     catalog: &tokio_postgres::Client,
 ) -> Result<PublicationChange, StartupError> {
-    let change = publication::sync_publication(
-        catalog,
-        &config.source.publication,
-        &config.tables(),
-    )
-    .await?;
+    let change =
+        publication::sync_publication(catalog, &config.source.publication, &config.tables())
+            .await?;
     for line in change.lines() {
         tracing::info!("{line}");
     }

@@ -247,7 +247,10 @@ impl OutboxWriter {
         }
         let ids: Vec<i64> = self
             .client
-            .query(&self.statements.deliveries, &[&subscriptions, &delivery_seqs])
+            .query(
+                &self.statements.deliveries,
+                &[&subscriptions, &delivery_seqs],
+            )
             .await
             .map_err(|source| self.error("inserting deliveries", source))?
             .iter()
@@ -268,7 +271,10 @@ impl OutboxWriter {
 
     /// Writes what is buffered and the checkpoint `through` (a source commit LSN), and
     /// commits. Returns what this outbox transaction wrote and its new deliveries.
-    pub async fn commit(&mut self, through: Lsn) -> Result<(Written, Vec<NewDelivery>), OutboxError> {
+    pub async fn commit(
+        &mut self,
+        through: Lsn,
+    ) -> Result<(Written, Vec<NewDelivery>), OutboxError> {
         let deliveries = self.spill().await?;
         if !self.in_transaction {
             self.client

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::pg::quote_literal;
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
-use crate::pg::quote_literal;
 use crate::source::setup::SetupError;
 use crate::source::Lsn;
 
