@@ -482,3 +482,81 @@ fn sigterm_exits_zero_and_keeps_the_checkpoint() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(outbox(&db).len(), 2, "nothing captured twice: {rows:?}");
 }
+
+#[test]
+fn an_idle_slot_keeps_advancing_while_other_tables_write_wal() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", ""),
+    ));
+    let _daemon = start(&config);
+    // res_partner is not watched: its WAL must not stay pinned by walhook's slot.
+    db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    let written = db.sql("SELECT pg_current_wal_lsn()");
+    wait_until(
+        Duration::from_secs(40),
+        "the slot confirms past the unrelated writes",
+        || {
+            db.sql(&format!(
+                "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots \
+             WHERE database = current_database()"
+            )) == "t"
+        },
+    );
+}
+
+#[test]
+fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_deliveries() {
+    let db = TestDb::new(ERP);
+    let first = format!(
+        "{}{INVOICE}{}{}",
+        source(&db),
+        subscription("all", "invoice", ""),
+        subscription("leaving", "invoice", ""),
+    );
+    // The config path is a link into another directory: editing the target is invisible
+    // to the file watch, so only SIGHUP can make walhook see it.
+    let real = config_file(&first);
+    let link = config_file("");
+    std::fs::remove_file(&link.path).unwrap();
+    std::os::unix::fs::symlink(&real.path, &link.path).unwrap();
+    let daemon = start(&link);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
+    settle(&db, &daemon, "all");
+
+    let second = format!(
+        "{}{INVOICE}{}",
+        source_of(&first),
+        subscription("all", "invoice", "")
+    );
+    std::fs::write(&real.path, second).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload is logged", || {
+        daemon.log_text().contains("config reloaded")
+    });
+    db.sql("INSERT INTO account_invoice VALUES (2, 'INV-2', 1, 'draft', 1)");
+    let rows = settle(&db, &daemon, "all");
+    let leaving: Vec<&Value> = rows
+        .iter()
+        .filter(|(s, _)| s == "leaving")
+        .map(|(_, b)| &b["key"]["id"])
+        .collect();
+    assert_eq!(
+        leaving,
+        [&json!(1)],
+        "no new events, and the old one stays: {rows:?}"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.delivery WHERE subscription = 'leaving' AND status = 'pending'"),
+        "2",
+        "the invoice and the marker from before the edit stay pending for replay"
+    );
+}
+
+/// The `[source]` section of a config written by [`source`], to keep slot and publication.
+fn source_of(config: &str) -> String {
+    config.lines().take(4).collect::<Vec<_>>().join("\n") + "\n"
+}
