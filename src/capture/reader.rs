@@ -125,7 +125,6 @@ pub struct ChangeReader {
     catalog: tokio_postgres::Client,
     skip_through: Lsn,
     open: Option<OpenTransaction>,
-    server_wal_end: Lsn,
     /// A Relation message whose catalog lookup has not finished; kept so that a cancelled
     /// `next` resumes it instead of losing it.
     unlearned: Option<pgoutput::Relation>,
@@ -156,7 +155,6 @@ impl ChangeReader {
             catalog,
             skip_through: options.skip_through,
             open: None,
-            server_wal_end: Lsn::ZERO,
             unlearned: None,
         })
     }
@@ -175,21 +173,14 @@ impl ChangeReader {
             let (lsn, data) = match self.stream.next().await? {
                 None => return Ok(None),
                 Some(ReplicationMessage::Keepalive { wal_end, .. }) => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
                     if self.open.is_none() {
                         return Ok(Some(Item::Keepalive { wal_end }));
                     }
                     continue;
                 }
                 Some(ReplicationMessage::XLogData {
-                    wal_start,
-                    wal_end,
-                    data,
-                    ..
-                }) => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
-                    (wal_start, data)
-                }
+                    wal_start, data, ..
+                }) => (wal_start, data),
             };
             let message = self
                 .decoder
@@ -299,11 +290,6 @@ impl ChangeReader {
     /// Records that everything up to `lsn` is handled; the server may recycle that WAL.
     pub fn acknowledge(&mut self, lsn: Lsn) {
         self.stream.acknowledge(lsn);
-    }
-
-    /// The furthest WAL position the server has reported.
-    pub fn server_wal_end(&self) -> Lsn {
-        self.server_wal_end
     }
 
     /// Sends the final acknowledgement and ends the stream cleanly.
