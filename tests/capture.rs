@@ -288,6 +288,22 @@ async fn a_transaction_across_three_tables_keeps_its_order_and_a_rollback_emits_
 }
 
 #[tokio::test]
+async fn a_truncate_of_two_tables_takes_a_position_each() {
+    let db =
+        TestDb::new("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);");
+    let mut reader = reader_for(&db, "t, u").await;
+    db.sql("BEGIN; TRUNCATE t, u; INSERT INTO t VALUES (1); COMMIT;");
+    let (_, items) = next_transaction(&mut reader).await;
+    match items.as_slice() {
+        [Item::Truncate(t), Item::Change(c)] => {
+            assert_eq!(t.relations.len(), 2);
+            assert_eq!((t.position, c.position), (0, 2));
+        }
+        other => panic!("expected a truncate then an insert, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn truncate_is_reported() {
     let db = TestDb::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
     let mut reader = reader_for(&db, "t").await;

@@ -48,7 +48,7 @@ pub enum Item {
 pub struct Truncation {
     /// The truncated tables.
     pub relations: Vec<Arc<Relation>>,
-    /// Position in the transaction, like a row change's.
+    /// Position in the transaction of the first table; table `i` has `position + i`.
     pub position: u32,
     /// TRUNCATE … CASCADE.
     pub cascade: bool,
@@ -242,7 +242,10 @@ impl ChangeReader {
                     .iter()
                     .map(|oid| self.relations.get(*oid).cloned())
                     .collect::<Result<Vec<_>, _>>()?;
-                let Some(position) = self.next_position(lsn, "Truncate")? else {
+                // One position per table: each truncated table is an event of its own.
+                let Some(position) =
+                    self.next_positions(lsn, "Truncate", relations.len() as u32)?
+                else {
                     return Ok(None);
                 };
                 Ok(Some(Item::Truncate(Truncation {
@@ -272,18 +275,24 @@ impl ChangeReader {
     ) -> Result<Option<Item>, CaptureError> {
         let relation = self.relations.get(relation)?.clone();
         Ok(self
-            .next_position(lsn, "row change")?
+            .next_positions(lsn, "row change", 1)?
             .map(|position| Item::Change(build(relation, position))))
     }
 
-    /// The position for the next change of the open transaction, `None` when skipped.
-    fn next_position(&mut self, lsn: Lsn, what: &str) -> Result<Option<u32>, CaptureError> {
+    /// Reserves `count` positions in the open transaction and returns the first, `None`
+    /// when the transaction is skipped.
+    fn next_positions(
+        &mut self,
+        lsn: Lsn,
+        what: &str,
+        count: u32,
+    ) -> Result<Option<u32>, CaptureError> {
         let open = self.open.as_mut().ok_or_else(|| CaptureError::Unexpected {
             lsn,
             what: format!("{what} outside a transaction"),
         })?;
         let position = open.next_position;
-        open.next_position += 1;
+        open.next_position += count;
         Ok((!open.skipped).then_some(position))
     }
 
