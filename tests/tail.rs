@@ -211,3 +211,21 @@ fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
     assert_eq!(keys, expected, "nothing lost, in commit order");
     assert_eq!(tail.terminate(), 0);
 }
+
+#[test]
+fn tail_refuses_to_publish_a_table_whose_updates_would_then_fail() {
+    let db = TestDb::new(
+        "CREATE TABLE account_invoice (id int, number text, partner_id int, state text);",
+    );
+    let config = config(&db, &unique("absent_pub"));
+    let out = support::run_walhook(&config, &["tail"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("UPDATE and"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM pg_publication"), "0");
+    db.sql("UPDATE account_invoice SET state = 'x'");
+}

@@ -93,7 +93,10 @@ impl CaptureError {
         match self {
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Catalog(_) => true,
-            CaptureError::Relation(RelationError::Catalog { .. }) => true,
+            // The catalog connection dropped while a table or its types were looked up.
+            CaptureError::Relation(RelationError::Catalog { .. } | RelationError::Types { .. }) => {
+                true
+            }
             _ => false,
         }
     }

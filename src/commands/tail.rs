@@ -21,6 +21,7 @@ use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
 use crate::pg::{quote_ident, quote_table};
 use crate::source::conninfo::ConnInfo;
+use crate::source::publication;
 use crate::source::replication::ReplicationConnection;
 use crate::source::{tls, Lsn};
 
@@ -49,6 +50,12 @@ impl From<CaptureError> for TailError {
 
 /// Streams changes of the configured tables to stdout until a signal or a fatal error.
 pub async fn run(config: &Config) -> Result<(), TailError> {
+    // Installed before anything is created, so that Ctrl-C during setup still cleans up
+    // instead of killing the process and leaving a publication or slot behind.
+    let mut signals = Signals {
+        interrupt: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+        terminate: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+    };
     let info = ConnInfo::parse(config.source.url.expose())
         .map_err(|e| TailError::Setup(format!("source.url: {e}")))?;
     let catalog = tls::connect_sql(&info)
@@ -58,14 +65,45 @@ pub async fn run(config: &Config) -> Result<(), TailError> {
     let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
     let publication = pick_publication(&catalog, config, &tables, &suffix).await?;
     let slot = format!("{TAIL_PREFIX}{suffix}");
-    let created_slot = create_slot(&info, &slot).await;
+    // Creating a slot waits for every open transaction on the server; let Ctrl-C end
+    // that wait too.
+    let created_slot = tokio::select! {
+        created = create_slot(&info, &slot) => created.map(|()| true),
+        () = signals.recv() => Ok(false),
+    };
     let result = match created_slot {
-        Ok(()) => stream(config, &info, &slot, &publication.name, &tables).await,
+        Ok(true) => {
+            stream(
+                config,
+                &info,
+                &slot,
+                &publication.name,
+                &tables,
+                &mut signals,
+            )
+            .await
+        }
+        Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
     drop(catalog);
     cleanup(&info, &slot, &publication).await;
     result
+}
+
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Waits for SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 struct Publication {
@@ -98,6 +136,13 @@ async fn pick_publication(
         return Err(TailError::Setup(
             "the config names no tables (objects or subscriptions) to tail".into(),
         ));
+    }
+    // A table without replica identity in a publication makes UPDATE and DELETE on it
+    // fail in the business application: never do that, not even for a minute of tail.
+    for table in tables {
+        publication::check_publishable(catalog, "(tail's own)", table)
+            .await
+            .map_err(|e| TailError::Setup(e.to_string()))?;
     }
     let name = format!("{TAIL_PREFIX}{suffix}");
     let list: Vec<String> = tables.iter().map(quote_table).collect();
@@ -201,9 +246,8 @@ async fn stream(
     slot: &str,
     publication: &str,
     tables: &[TableName],
+    signals: &mut Signals,
 ) -> Result<(), TailError> {
-    let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    let mut sigterm = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut progress = Progress::default();
     let mut views = Views::new(config);
     let mut backoff = Duration::from_millis(100);
@@ -214,8 +258,7 @@ async fn stream(
             skip_through: progress.last_commit,
         };
         let outcome = tokio::select! {
-            _ = sigint.recv() => Ok(Stop::Signal),
-            _ = sigterm.recv() => Ok(Stop::Signal),
+            () = signals.recv() => Ok(Stop::Signal),
             r = read(info, &options, tables, &mut views, &mut progress, &mut backoff) => r,
         };
         match outcome {
@@ -231,8 +274,7 @@ async fn stream(
             Err(e) => return Err(e),
         }
         tokio::select! {
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            () = signals.recv() => return Ok(()),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -266,7 +308,13 @@ async fn read(
                 };
                 continue;
             }
-            Item::Keepalive { .. } => continue,
+            Item::Keepalive { wal_end } => {
+                // Nothing half-printed: the slot may move on while the tables are idle.
+                if progress.partial.is_none() {
+                    reader.acknowledge(wal_end);
+                }
+                continue;
+            }
             Item::Commit { commit: c, end_lsn } => {
                 if let Err(e) = out.flush() {
                     return stdout_error(e);

@@ -85,6 +85,7 @@ impl Session<'_> {
         self,
         matcher: &mut Matcher,
         config: &mut Config,
+        staged: &mut Option<(Config, Matcher)>,
         reloads: &mut mpsc::Receiver<Config>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
@@ -106,7 +107,8 @@ impl Session<'_> {
         let mut open: Option<Commit> = None;
         let mut handled: Option<Handled> = None;
         let mut group = 0usize;
-        let mut staged: Option<(Config, Matcher)> = None;
+        // An edit staged during a transaction the previous session never finished.
+        apply(staged, matcher, config);
         loop {
             let item = if handled.is_some() && open.is_none() {
                 // Commits are handled but not yet in the outbox: keep taking what is
@@ -135,11 +137,11 @@ impl Session<'_> {
                     }
                     Some(new) = reloads.recv() => {
                         match validate(&new, &catalog).await {
-                            Ok(new_matcher) => staged = Some((new, new_matcher)),
+                            Ok(new_matcher) => *staged = Some((new, new_matcher)),
                             Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
                         }
                         if open.is_none() {
-                            apply(&mut staged, matcher, config);
+                            apply(staged, matcher, config);
                         }
                         continue;
                     }
@@ -188,7 +190,7 @@ impl Session<'_> {
                         end_lsn,
                     });
                     group += 1;
-                    apply(&mut staged, matcher, config);
+                    apply(staged, matcher, config);
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
                         flush(&mut writer, &mut reader, &mut handled).await?;
                         group = 0;
@@ -216,7 +218,7 @@ async fn flush(
         return Ok(());
     };
     if writer.has_uncommitted() {
-        let (written, _deliveries) = writer.commit(h.commit_lsn).await?;
+        let written = writer.commit(h.commit_lsn).await?;
         tracing::debug!(
             events = written.events,
             deliveries = written.deliveries,

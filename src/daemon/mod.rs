@@ -70,6 +70,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let _watcher = reload::spawn(options.config_path.clone(), config.clone(), reload_tx);
 
     let mut config = config;
+    // A valid edit that arrived mid-transaction waits here for the transaction boundary,
+    // across reconnects.
+    let mut staged = None;
     let mut backoff = Duration::from_millis(200);
     loop {
         let session = capture::Session {
@@ -80,6 +83,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
             .run(
                 &mut matcher,
                 &mut config,
+                &mut staged,
                 &mut reloads,
                 &mut shutdown,
                 &mut backoff,

@@ -42,17 +42,6 @@ pub struct Written {
     pub deliveries: u64,
 }
 
-/// A freshly committed delivery, handed to the dispatcher without re-reading the table.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    /// `delivery.id`.
-    pub id: i64,
-    /// The subscription.
-    pub subscription: Arc<str>,
-    /// `event.seq` of its envelope.
-    pub event_seq: i64,
-}
-
 #[derive(Default)]
 struct Buffer {
     event_ids: Vec<String>,
@@ -112,6 +101,13 @@ impl OutboxWriter {
                 source,
             }
         };
+        // The slot is acknowledged right after COMMIT returns, so COMMIT must mean "on disk":
+        // with the server's synchronous_commit = off (common on busy ERP databases) a crash
+        // could lose outbox rows the slot has already moved past.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(err("setting synchronous_commit"))?;
         let statements = Statements {
             allocate: client
                 .prepare(&format!(
@@ -135,7 +131,7 @@ impl OutboxWriter {
             deliveries: client
                 .prepare(&format!(
                     "INSERT INTO {s}.delivery (subscription, event_seq) \
-                     SELECT * FROM unnest($1::text[], $2::int8[]) RETURNING id"
+                     SELECT * FROM unnest($1::text[], $2::int8[])"
                 ))
                 .await
                 .map_err(err("preparing the delivery insert"))?,
@@ -199,10 +195,10 @@ impl OutboxWriter {
     }
 
     /// Writes the buffer into the open transaction (opening one if needed), without
-    /// committing; the deliveries written are returned for the dispatcher.
-    pub async fn spill(&mut self) -> Result<Vec<NewDelivery>, OutboxError> {
+    /// committing.
+    pub async fn spill(&mut self) -> Result<(), OutboxError> {
         if self.buffer.len() == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if !self.in_transaction {
             self.client
@@ -237,45 +233,29 @@ impl OutboxWriter {
             .map_err(|source| self.error("inserting events", source))?;
         let mut subscriptions: Vec<&str> = Vec::new();
         let mut delivery_seqs: Vec<i64> = Vec::new();
-        let mut owners: Vec<Arc<str>> = Vec::new();
         for (seq, subs) in seqs.iter().zip(&b.subscriptions) {
             for sub in subs {
                 subscriptions.push(sub);
                 delivery_seqs.push(*seq);
-                owners.push(sub.clone());
             }
         }
-        let ids: Vec<i64> = self
+        let deliveries = self
             .client
-            .query(
+            .execute(
                 &self.statements.deliveries,
                 &[&subscriptions, &delivery_seqs],
             )
             .await
-            .map_err(|source| self.error("inserting deliveries", source))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(|source| self.error("inserting deliveries", source))?;
         self.written.events += seqs.len() as u64;
-        self.written.deliveries += ids.len() as u64;
-        Ok(ids
-            .into_iter()
-            .zip(owners.into_iter().zip(delivery_seqs))
-            .map(|(id, (subscription, event_seq))| NewDelivery {
-                id,
-                subscription,
-                event_seq,
-            })
-            .collect())
+        self.written.deliveries += deliveries;
+        Ok(())
     }
 
     /// Writes what is buffered and the checkpoint `through` (a source commit LSN), and
-    /// commits. Returns what this outbox transaction wrote and its new deliveries.
-    pub async fn commit(
-        &mut self,
-        through: Lsn,
-    ) -> Result<(Written, Vec<NewDelivery>), OutboxError> {
-        let deliveries = self.spill().await?;
+    /// commits. Returns what this outbox transaction wrote.
+    pub async fn commit(&mut self, through: Lsn) -> Result<Written, OutboxError> {
+        self.spill().await?;
         if !self.in_transaction {
             self.client
                 .batch_execute("BEGIN")
@@ -293,7 +273,7 @@ impl OutboxWriter {
             .await
             .map_err(|source| self.error("committing", source))?;
         self.in_transaction = false;
-        Ok((std::mem::take(&mut self.written), deliveries))
+        Ok(std::mem::take(&mut self.written))
     }
 
     /// Abandons what is buffered and rolls back the open transaction; the source will send

@@ -435,10 +435,12 @@ fn extract_from_url(s: &str, extra: &mut Extra) -> Result<String, ConnInfoError>
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(ConnInfoError::new(format!(
-                "URL parameter {:?} has no '=value'",
-                percent_decode(pair)?
-            )));
+            // Not echoed: a stray '&' inside an unencoded password lands here.
+            return Err(ConnInfoError::new(
+                "a URL parameter has no '=value' (percent-encode '&' and '=' inside values, \
+                 e.g. in a password)"
+                    .to_owned(),
+            ));
         };
         if !extra.take(&percent_decode(key)?, &percent_decode(value)?)? {
             kept.push(pair);
@@ -502,9 +504,12 @@ fn split_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::new(format!(
-                "missing '=' after {key:?} (expected key=value pairs or a postgres:// URL)"
-            )));
+            // Not echoed: an unquoted password with a space lands here.
+            return Err(ConnInfoError::new(
+                "a word without '=' (expected key=value pairs or a postgres:// URL; quote values \
+                 with spaces, e.g. password='a b')"
+                    .to_owned(),
+            ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -769,7 +774,10 @@ mod tests {
         assert!(e("host=h sslmode=verify").contains("invalid sslmode \"verify\""));
         assert!(e("host=h sslmode=allow").contains("not supported"));
         assert!(e("host=h nosuchkey=1").contains("nosuchkey"));
-        assert!(e("host=h user").contains("missing '='"));
+        assert!(e("host=h user").contains("a word without '='"));
+        // A password with a space, unquoted: the error must not show any of it.
+        assert!(!e("host=h password=correct horse").contains("horse"));
+        assert!(!e("postgres://u@h/db?password=p4ss&w0rd").contains("w0rd"));
         assert!(e("host=h sslcert=/c.pem").contains("sslkey"));
         assert!(e("host=h sslrootcert=system sslmode=require").contains("verify-full"));
     }

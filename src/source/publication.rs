@@ -351,7 +351,7 @@ fn privilege_fix(error: &tokio_postgres::Error, sql: &str) -> String {
 
 /// Refuses a table that does not exist, or whose UPDATEs and DELETEs Postgres would reject
 /// once it is in a publication (it has nothing to identify the old row by).
-async fn check_publishable(
+pub async fn check_publishable(
     client: &Client,
     publication: &str,
     table: &TableName,
