@@ -235,35 +235,13 @@ fn a_slot_retaining_too_much_wal_is_a_problem() {
 
 #[test]
 fn an_invalidated_slot_is_a_loud_problem() {
-    let pg = EphemeralPostgres::start(&Options {
-        settings: vec![
-            ("max_slot_wal_keep_size".into(), "1MB".into()),
-            ("wal_keep_size".into(), "0".into()),
-            ("max_wal_size".into(), "32MB".into()),
-            ("min_wal_size".into(), "32MB".into()),
-        ],
-        ..Options::default()
-    })
-    .unwrap();
+    let pg = support::small_wal_cluster();
     let db = TestDb::in_cluster(&pg, ERP);
     let slot = unique("slot");
     db.sql(&format!(
         "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
     ));
-    for _ in 0..4 {
-        db.sql(
-            "INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
-                DELETE FROM res_partner;",
-        );
-        db.sql("SELECT pg_switch_wal()");
-    }
-    db.sql("CHECKPOINT");
-    assert_eq!(
-        db.sql(&format!(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        )),
-        "lost"
-    );
+    support::lose_slot(&db, &slot, "res_partner");
     let text =
         config(&db.url, "").replacen("slot = \"", &format!("slot = \"{slot}\"\n# was: \""), 1);
     let out = check(&text);

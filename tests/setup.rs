@@ -5,7 +5,7 @@ mod support;
 
 use support::{config_file, run_walhook, unique, ConfigFile, Finished, TestDb};
 use walhook::config::TableName;
-use walhook::ephemeral::{EphemeralPostgres, Options};
+
 use walhook::outbox::migrate::{latest_version, migrate, MIGRATIONS};
 use walhook::source::conninfo::ConnInfo;
 use walhook::source::publication::sync_publication;
@@ -877,16 +877,7 @@ fn a_slot_dropped_behind_walhooks_back_is_not_silently_recreated() {
 
 #[test]
 fn a_lost_slot_fails_setup_until_recreated_and_the_checkpoint_moves() {
-    let pg = EphemeralPostgres::start(&Options {
-        settings: vec![
-            ("max_slot_wal_keep_size".into(), "1MB".into()),
-            ("wal_keep_size".into(), "0".into()),
-            ("max_wal_size".into(), "32MB".into()),
-            ("min_wal_size".into(), "32MB".into()),
-        ],
-        ..Options::default()
-    })
-    .unwrap();
+    let pg = support::small_wal_cluster();
     let db = TestDb::in_cluster(&pg, ERP);
     let names = Names::new();
     let slot = &names.slot;
@@ -899,20 +890,7 @@ fn a_lost_slot_fails_setup_until_recreated_and_the_checkpoint_moves() {
     };
     let before = checkpoint();
 
-    for _ in 0..4 {
-        db.sql(
-            "INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
-             DELETE FROM res_partner;",
-        );
-        db.sql("SELECT pg_switch_wal()");
-    }
-    db.sql("CHECKPOINT");
-    assert_eq!(
-        db.sql(&format!(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        )),
-        "lost"
-    );
+    support::lose_slot(&db, slot, "res_partner");
 
     let out = walhook_fails(&file, &["setup"]);
     assert!(out.stderr.contains("was invalidated"), "{}", out.stderr);

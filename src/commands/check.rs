@@ -6,7 +6,8 @@
 use std::fmt;
 
 use crate::capture::matcher::needs_old_values;
-use crate::config::{Config, TableName};
+
+use crate::config::{format_size, table_list, Config, TableName};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
@@ -486,7 +487,7 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
     let Some(row) = rows.first() else {
         report.note(format!(
             "publication {name:?} does not exist yet: will be created for {}",
-            list_tables(&config.tables())
+            table_list(&config.tables())
         ));
         return;
     };
@@ -536,20 +537,9 @@ async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) 
     } else {
         report.note(format!(
             "publication {name:?} exists; {} will be added to it",
-            list_tables(&to_add)
+            table_list(&to_add)
         ));
     }
-}
-
-fn list_tables(tables: &[TableName]) -> String {
-    if tables.is_empty() {
-        return "no tables".into();
-    }
-    tables
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
@@ -619,8 +609,8 @@ async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
         report.problem(
             format!(
                 "replication slot {name:?} retains {} of WAL, more than source.max_retained_wal = {}",
-                human_bytes(retained),
-                human_bytes(limit)
+                format_size(retained),
+                format_size(limit)
             ),
             "start walhook so it catches up, or, if it is gone for good, `walhook teardown` \
              (a forgotten slot fills the server's disk)",
@@ -628,7 +618,7 @@ async fn check_slot(sql: &Sql<'_>, config: &Config, report: &mut Report) {
     } else {
         report.ok(format!(
             "replication slot {name:?} exists (pgoutput), retaining {} of WAL",
-            human_bytes(retained)
+            format_size(retained)
         ));
     }
 }
@@ -649,24 +639,9 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
             format!(
                 "replication slot {slot:?} was left behind by a `walhook tail` that was killed; \
                  it retains {} of WAL and will fill the disk",
-                human_bytes(retained)
+                format_size(retained)
             ),
             format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot)),
         );
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -9,7 +9,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::capture::matcher::needs_old_values;
-use crate::config::{Config, TableName};
+
+use crate::config::{format_size, Config, TableName};
 use crate::outbox::migrate::{migrate, MIGRATIONS};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
@@ -142,7 +143,7 @@ pub async fn ensure_slot(
         } => Ok(vec![format!(
             "slot {slot:?} already in place (pgoutput, confirmed up to {confirmed_flush}, \
              retaining {} of WAL){}",
-            human_bytes(retained_bytes),
+            format_size(retained_bytes),
             active_pid
                 .map(|pid| format!("; in use by process {pid} (a running walhook?)"))
                 .unwrap_or_default()
@@ -533,21 +534,6 @@ fn own_relations() -> Vec<String> {
         }
     }
     names
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

@@ -31,13 +31,13 @@ use std::path::Path;
 
 pub use error::{ConfigError, Finding};
 pub use model::{
-    Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method, ObjectConfig, Operation,
-    Ordering, OutboxConfig, RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig, TableName,
-    DEFAULT_RETRY_SCHEDULE,
+    table_list, Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method, ObjectConfig,
+    Operation, Ordering, OutboxConfig, RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig,
+    TableName, DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};
-pub use units::{parse_duration, parse_size};
+pub use units::{format_size, parse_duration, parse_size};
 
 use document::Document;
 use raw::RawConfig;

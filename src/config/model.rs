@@ -303,6 +303,18 @@ impl FromStr for TableName {
     }
 }
 
+/// `a.x, b.y`, or `no tables`, for messages.
+pub fn table_list(tables: &[TableName]) -> String {
+    if tables.is_empty() {
+        return "no tables".into();
+    }
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)

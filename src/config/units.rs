@@ -162,6 +162,23 @@ fn first_word(text: &str) -> &str {
     text.split_whitespace().next().unwrap_or(text)
 }
 
+/// A byte count for people: `512 B`, `1.5 MB` (powers of 1024, like Postgres' own
+/// `pg_size_pretty`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

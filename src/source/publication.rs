@@ -9,7 +9,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::config::TableName;
+use crate::config::{table_list, TableName};
 use crate::pg::{quote_ident, quote_table};
 use crate::source::setup::{advisory_key, SetupError};
 
@@ -62,7 +62,7 @@ impl PublicationChange {
         if self.created {
             lines.push(format!(
                 "created publication {name:?} for {}",
-                list(&self.tables)
+                table_list(&self.tables)
             ));
         } else {
             lines.extend(
@@ -95,22 +95,11 @@ impl PublicationChange {
         } else if self.is_unchanged() {
             lines.push(format!(
                 "publication {name:?} already publishes exactly the configured tables ({})",
-                list(&self.tables)
+                table_list(&self.tables)
             ));
         }
         lines
     }
-}
-
-fn list(tables: &[TableName]) -> String {
-    if tables.is_empty() {
-        return "no tables".into();
-    }
-    tables
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Makes publication `name` publish exactly `tables` (and every operation): creates it if

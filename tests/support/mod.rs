@@ -182,3 +182,36 @@ pub fn wait_until(within: std::time::Duration, what: &str, mut ready: impl FnMut
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A private cluster that keeps so little WAL for slots that [`lose_slot`] can invalidate one.
+pub fn small_wal_cluster() -> EphemeralPostgres {
+    EphemeralPostgres::start(&Options {
+        settings: vec![
+            ("max_slot_wal_keep_size".into(), "1MB".into()),
+            ("wal_keep_size".into(), "0".into()),
+            ("max_wal_size".into(), "32MB".into()),
+            ("min_wal_size".into(), "32MB".into()),
+        ],
+        ..Options::default()
+    })
+    .expect("start a small-WAL cluster")
+}
+
+/// Writes WAL past the slot's limit until Postgres invalidates it (wal_status `lost`).
+/// `scratch` is a table `(id int primary key, name text)` the test may fill and empty.
+pub fn lose_slot(db: &TestDb<'_>, slot: &str, scratch: &str) {
+    for _ in 0..4 {
+        db.sql(&format!(
+            "INSERT INTO {scratch} SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+             DELETE FROM {scratch};"
+        ));
+        db.sql("SELECT pg_switch_wal()");
+    }
+    db.sql("CHECKPOINT");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
+        "lost"
+    );
+}
