@@ -160,6 +160,53 @@ fn watch_under_replica_identity_default_prints_the_alter_table() {
 }
 
 #[test]
+fn an_object_keyed_outside_the_replica_identity_is_told_deletes_cannot_name_the_row() {
+    // Invoices are keyed on their number, but under REPLICA IDENTITY DEFAULT a delete
+    // carries only the primary key id: the event could not say which invoice is gone.
+    let db = TestDb::new(ERP);
+    let keyed_on_number = |extra: &str| {
+        config(&db.url, extra).replacen("fields = [", "key = [\"number\"]\nfields = [", 1)
+    };
+    let out = check(&keyed_on_number(""));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync fire on delete",
+            "objects.invoice.key: number",
+            "REPLICA IDENTITY DEFAULT logs only id of a deleted row",
+            "ALTER TABLE public.account_invoice REPLICA IDENTITY FULL;",
+        ],
+    );
+
+    // A subscription that never sees deletes does not need the key of a deleted row.
+    let out = check(&keyed_on_number(r#"operations = ["create", "update"]"#));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // Making the key the replica identity is the other fix.
+    db.sql(
+        "ALTER TABLE account_invoice ALTER number SET NOT NULL; \
+         CREATE UNIQUE INDEX account_invoice_number ON account_invoice (number); \
+         ALTER TABLE account_invoice REPLICA IDENTITY USING INDEX account_invoice_number",
+    );
+    let out = check(&keyed_on_number(""));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // Now the primary key is the one a delete does not carry.
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "the primary key: id",
+            "REPLICA IDENTITY USING INDEX logs only number of a deleted row",
+        ],
+    );
+
+    db.sql("ALTER TABLE account_invoice REPLICA IDENTITY FULL");
+    let out = check(&keyed_on_number(""));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
 fn a_table_without_primary_key_is_flagged_before_it_breaks_updates() {
     let db = TestDb::new(
         "CREATE TABLE account_invoice (id int, number text, partner_id int, state text);",

@@ -6,8 +6,9 @@
 //! the same object and event type gets the same envelope bytes, serialised once.
 //!
 //! Invariant: walhook never guesses. A subscription that cannot be evaluated for a change
-//! (its `watch` or `when` needs old values the WAL did not carry, a configured column is
-//! missing, its `when` fails) does not fire and is reported as a [`RouteProblem`].
+//! (its `watch` or `when` needs old values the WAL did not carry, its `when` reads a value
+//! the WAL did not carry, the object's key was not carried, a configured column is missing,
+//! its `when` fails) does not fire and is reported as a [`RouteProblem`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
 use super::envelope::{envelope, event_id, Commit, ObjectView};
-use super::relation::Relation;
+use super::relation::{Identity, Relation};
 use super::when::{self, When};
 use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName};
 use crate::pg::quote_ident;
@@ -41,7 +42,8 @@ pub struct RoutedEvent {
 }
 
 /// A subscription that could not be evaluated for a change (bad `when` at runtime, missing
-/// column, `watch` without old values). It did not fire; the caller logs and counts it.
+/// column, `watch` without old values, `when` reading a value the WAL did not carry, a key
+/// the WAL did not carry). It did not fire; the caller logs and counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteProblem {
     /// The subscription.
@@ -118,9 +120,17 @@ struct Resolved {
     relation: Arc<Relation>,
     /// Per object: the view, or the missing-column message.
     views: Vec<Result<ObjectView, String>>,
-    /// Per subscription: the watched column indexes, or why a column its `watch` or `when`
-    /// names is missing.
-    watches: Vec<Result<Option<Vec<usize>>, String>>,
+    /// Per subscription: the columns its `watch` and `when` name, or why one is missing.
+    columns: Vec<Result<SubscriptionColumns, String>>,
+}
+
+/// The columns one subscription names, as indexes into the Relation's columns.
+#[derive(Debug)]
+struct SubscriptionColumns {
+    /// The watched columns.
+    watch: Option<Vec<usize>>,
+    /// The `values.X` and `previous.X` its `when` reads, as (variable, column).
+    when_reads: Vec<(&'static str, usize)>,
 }
 
 impl Matcher {
@@ -204,8 +214,8 @@ impl Matcher {
             let view = &resolved.views[sub.object];
             let mut problem = |message: String| {
                 let key = match view {
-                    Ok(view) => key_json(change, &view.key),
-                    Err(_) => key_json(change, &relation.key),
+                    Ok(view) => problem_key(change, &view.key),
+                    Err(_) => problem_key(change, &relation.key),
                 };
                 problems.push(RouteProblem {
                     subscription: sub.name.clone(),
@@ -221,8 +231,8 @@ impl Matcher {
                     continue;
                 }
             };
-            let watch = match &resolved.watches[index] {
-                Ok(watch) => watch,
+            let columns = match &resolved.columns[index] {
+                Ok(columns) => columns,
                 Err(message) => {
                     problem(message.clone());
                     continue;
@@ -230,8 +240,8 @@ impl Matcher {
             };
 
             if operation == Operation::Update {
-                let fires = match watch {
-                    Some(columns) => match watched_column_changed(change, columns) {
+                let fires = match &columns.watch {
+                    Some(watched) => match watched_column_changed(change, watched) {
                         Some(fires) => fires,
                         None => {
                             problem(format!(
@@ -262,6 +272,12 @@ impl Matcher {
                     ));
                     continue;
                 }
+                // Left out of the scope, an unknown value would be undefined, and
+                // `undefined != ''` is true: the filter would decide on a value no one knows.
+                if let Some(message) = when_reads_unknown(change, view, when, &columns.when_reads) {
+                    problem(message);
+                    continue;
+                }
                 if scopes.is_empty() {
                     scopes.resize(table.objects.len(), None);
                 }
@@ -274,6 +290,18 @@ impl Matcher {
                         continue;
                     }
                 }
+            }
+
+            // Without its key the event could not say which row it is about, and per-key
+            // ordering would lump rows together.
+            let current = change.current();
+            if view
+                .key
+                .iter()
+                .any(|&i| matches!(current[i], Cell::Unknown))
+            {
+                problem(key_not_carried(change, view));
+                continue;
             }
 
             let event_type = &sub.event_types[op];
@@ -347,26 +375,32 @@ impl Table {
                     .map_err(|e| e.to_string())
             })
             .collect();
-        let watches = self
+        let columns = self
             .subscriptions
             .iter()
             .map(|sub| {
                 // With default fields (every column) a `when` may name any column, so only
-                // now, with the table in hand, can a misspelt one be caught.
-                if self.objects[sub.object].fields.is_none() {
-                    if let Some(when) = &sub.when {
-                        for (variable, field) in when.fields_read() {
-                            if relation.column_index(field).is_none() {
-                                return Err(format!(
+                // now, with the table in hand, can a misspelt one be caught. (A field listed
+                // in the object but missing from the table is reported with the object.)
+                let when_reads = sub
+                    .when
+                    .iter()
+                    .flat_map(|when| when.fields_read())
+                    .map(|(variable, field)| {
+                        relation
+                            .column_index(field)
+                            .map(|i| (*variable, i))
+                            .ok_or_else(|| {
+                                format!(
                                     "when reads {variable}.{field}, but table {relation} has \
                                      no column {field:?}{}",
                                     did_you_mean(field, column_names(relation))
-                                ));
-                            }
-                        }
-                    }
-                }
-                sub.watch
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                let watch = sub
+                    .watch
                     .as_ref()
                     .map(|watch| {
                         watch
@@ -381,13 +415,14 @@ impl Table {
                             })
                             .collect::<Result<Vec<usize>, String>>()
                     })
-                    .transpose()
+                    .transpose()?;
+                Ok(SubscriptionColumns { watch, when_reads })
             })
             .collect();
         self.resolved = Some(Resolved {
             relation: relation.clone(),
             views,
-            watches,
+            columns,
         });
     }
 }
@@ -461,10 +496,131 @@ fn column_names(relation: &Relation) -> impl Iterator<Item = &str> {
 fn old_values_unknown(relation: &Relation) -> String {
     format!(
         "the WAL does not carry the old values of non-key columns of table {relation} (its \
-         REPLICA IDENTITY is not FULL); fix: ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+         REPLICA IDENTITY is not FULL); fix: ALTER TABLE {} REPLICA IDENTITY FULL",
+        quote_table_of(relation)
+    )
+}
+
+/// Why a `when` cannot be evaluated for this change because it reads a value the WAL did
+/// not carry, if it does. Allocates only when it finds one.
+fn when_reads_unknown(
+    change: &RowChange,
+    view: &ObjectView,
+    when: &When,
+    reads: &[(&'static str, usize)],
+) -> Option<String> {
+    // `values` is none for a delete and `previous` undefined for a create: reading them
+    // then is well defined, whatever the WAL carried.
+    let cells = |variable: &str| match variable {
+        "values" => change.new.as_deref(),
+        _ if change.operation == Operation::Create => None,
+        _ => change.old.as_deref(),
+    };
+    let unknown = |cells: &[Cell], i: usize| matches!(cells.get(i), Some(Cell::Unknown));
+    let name = |i: usize| &change.relation.columns[i].name;
+    for &(variable, i) in reads {
+        if cells(variable).is_some_and(|cells| unknown(cells, i)) {
+            return Some(format!(
+                "when reads {variable}.{}, which the WAL did not carry for this change {}",
+                name(i),
+                value_not_carried(&change.relation)
+            ));
+        }
+    }
+    for variable in ["values", "previous"] {
+        let Some(cells) = cells(variable).filter(|_| when.reads_whole(variable)) else {
+            continue;
+        };
+        if let Some(&i) = view.fields.iter().find(|&&i| unknown(cells, i)) {
+            return Some(format!(
+                "when reads {variable} by subscript or as a whole, and the WAL did not carry \
+                 {variable}.{} for this change {}",
+                name(i),
+                value_not_carried(&change.relation)
+            ));
+        }
+    }
+    None
+}
+
+/// `(why the WAL left a value out); fix: …` for a value of a new row that is unknown.
+fn value_not_carried(relation: &Relation) -> String {
+    let identity = match relation.identity {
+        Identity::Key => "DEFAULT or USING INDEX",
+        Identity::Nothing => "NOTHING",
+        // FULL logs the whole old row, so an unchanged TOASTed value is filled from it.
+        Identity::Full => return "(the row Postgres sent lacks it)".to_owned(),
+    };
+    format!(
+        "(an unchanged TOASTed value, which REPLICA IDENTITY {identity} does not log); fix: \
+         ALTER TABLE {} REPLICA IDENTITY FULL",
+        quote_table_of(relation)
+    )
+}
+
+/// Why an event could not be made: the WAL did not carry the object's key for this change.
+fn key_not_carried(change: &RowChange, view: &ObjectView) -> String {
+    let relation = &change.relation;
+    let current = change.current();
+    let names = |columns: &mut dyn Iterator<Item = &usize>| {
+        columns
+            .map(|&i| format!("{:?}", relation.columns[i].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let missing = names(
+        &mut view
+            .key
+            .iter()
+            .filter(|&&i| matches!(current[i], Cell::Unknown)),
+    );
+    let why = match (relation.identity, change.operation) {
+        (Identity::Key, Operation::Delete) => format!(
+            "REPLICA IDENTITY DEFAULT or USING INDEX logs only the replica identity ({}) of \
+             a deleted row",
+            names(&mut relation.identity_columns.iter())
+        ),
+        (Identity::Key, _) => "an unchanged TOASTed value, which REPLICA IDENTITY DEFAULT or \
+                               USING INDEX does not log"
+            .to_owned(),
+        (Identity::Nothing, _) => "REPLICA IDENTITY NOTHING logs no old values".to_owned(),
+        (Identity::Full, _) => "the row Postgres sent lacks it".to_owned(),
+    };
+    format!(
+        "the WAL did not carry key {missing} of object {} for this {} ({why}), so the event \
+         could not say which row it is about; fix: ALTER TABLE {} REPLICA IDENTITY FULL, or \
+         make the key the replica identity",
+        view.name,
+        change.operation.as_str(),
+        quote_table_of(relation)
+    )
+}
+
+fn quote_table_of(relation: &Relation) -> String {
+    format!(
+        "{}.{}",
         quote_ident(&relation.schema),
         quote_ident(&relation.name)
     )
+}
+
+/// The key a problem is logged under: the object's key when the WAL carried it, else the
+/// table's key, else its replica identity columns (not under FULL: that is the whole row).
+fn problem_key(change: &RowChange, key: &[usize]) -> String {
+    let relation = &change.relation;
+    let current = change.current();
+    let known = |columns: &[usize]| {
+        !columns.is_empty() && columns.iter().all(|&i| current[i].known().is_some())
+    };
+    let identity: &[usize] = match relation.identity {
+        Identity::Full => &[],
+        _ => &relation.identity_columns,
+    };
+    let columns = [key, &relation.key, identity]
+        .into_iter()
+        .find(|columns| known(columns))
+        .unwrap_or(key);
+    key_json(change, columns)
 }
 
 /// Whether a watched column changed: `Some(true)` as soon as one known value differs,
@@ -526,14 +682,16 @@ mod tests {
         xid: 771,
     };
 
-    /// The invoice table of an ERP: `write_date` is a column the invoice object leaves out.
-    const COLUMNS: [(&str, TypeKind); 6] = [
+    /// The invoice table of an ERP: `write_date` is a column the invoice object leaves out;
+    /// `notes` can be long enough to be TOASTed.
+    const COLUMNS: [(&str, TypeKind); 7] = [
         ("id", TypeKind::Integer),
         ("number", TypeKind::Text),
         ("partner_id", TypeKind::Integer),
         ("state", TypeKind::Text),
         ("amount_total", TypeKind::Numeric),
         ("write_date", TypeKind::Text),
+        ("notes", TypeKind::Text),
     ];
 
     /// One invoice row; `changes` override the defaults by column name.
@@ -545,6 +703,7 @@ mod tests {
             "posted",
             "120.00",
             "2026-11-22 10:00:00",
+            "Deliver to the loading dock",
         ];
         Tuple(
             COLUMNS
@@ -559,6 +718,16 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// `row` as pgoutput sends it when `column` holds a TOASTed value the change left alone.
+    fn toast_unchanged(mut row: Tuple, column: &str) -> Tuple {
+        let i = COLUMNS
+            .iter()
+            .position(|(name, _)| *name == column)
+            .unwrap();
+        row.0[i] = Datum::UnchangedToast;
+        row
     }
 
     /// `public.account_invoice` as pgoutput describes it under REPLICA IDENTITY FULL or
@@ -634,6 +803,15 @@ fields = ["number", "partner_id", "state", "amount_total"]
 [objects.invoice_state]
 table = "public.account_invoice"
 fields = ["state"]
+
+[objects.invoice_with_notes]
+table = "public.account_invoice"
+fields = ["number", "state", "notes"]
+
+[objects.invoice_by_number]
+table = "public.account_invoice"
+key = ["number"]
+fields = ["number", "state"]
 "#;
 
     fn config(subscriptions: &str) -> Config {
@@ -937,6 +1115,138 @@ fields = ["state"]
         );
         // A create has no previous under any identity: nothing to report.
         assert!(route(&mut m, &created(&table, row(&[]))).is_empty());
+    }
+
+    #[test]
+    fn a_when_reading_a_toasted_value_the_wal_did_not_carry_does_not_fire_and_says_why() {
+        // The clerk edits the state of an invoice whose long notes stay as they were: under
+        // REPLICA IDENTITY DEFAULT the WAL carries no notes at all. "Has notes" cannot be
+        // answered, so the subscription must not fire as if it could.
+        let mut m = matcher(
+            &[
+                subscription(
+                    "annotated",
+                    "object = \"invoice_with_notes\"\nwhen = \"values.notes != ''\"",
+                ),
+                subscription(
+                    "paid",
+                    "object = \"invoice_with_notes\"\nwhen = \"values.state == 'paid'\"",
+                ),
+            ]
+            .concat(),
+        );
+        let paid = toast_unchanged(row(&[("state", "paid")]), "notes");
+        let (events, problems) = m.route(&updated(&default_identity(), row(&[]), paid), COMMIT);
+        // A filter that does not read the notes is answered as usual.
+        assert_eq!(events.len(), 1);
+        assert_eq!(names(&events[0]), ["paid"]);
+        assert_eq!(
+            problems,
+            [RouteProblem {
+                subscription: "annotated".into(),
+                table: "public.account_invoice".into(),
+                key: r#"{"id":123}"#.into(),
+                message: "when reads values.notes, which the WAL did not carry for this change \
+                          (an unchanged TOASTed value, which REPLICA IDENTITY DEFAULT or USING \
+                          INDEX does not log); fix: ALTER TABLE public.account_invoice REPLICA \
+                          IDENTITY FULL"
+                    .into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn under_replica_identity_full_an_unchanged_toasted_value_is_known_and_filtered_on() {
+        let mut m = matcher(&subscription(
+            "annotated",
+            "object = \"invoice_with_notes\"\nwhen = \"values.notes != ''\"",
+        ));
+        let paid = toast_unchanged(row(&[("state", "paid")]), "notes");
+        let events = route(&mut m, &updated(&full(), row(&[]), paid));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            body(&events[0])["values"]["notes"],
+            "Deliver to the loading dock"
+        );
+        let cleared = toast_unchanged(row(&[("state", "paid")]), "notes");
+        let without_notes = row(&[("notes", "")]);
+        assert!(route(&mut m, &updated(&full(), without_notes, cleared)).is_empty());
+    }
+
+    #[test]
+    fn a_when_reading_values_by_subscript_does_not_fire_on_an_unknown_value() {
+        // `values['notes']` names no field minijinja can point to before it runs, so any
+        // value the WAL did not carry could be the one it reads.
+        let mut m = matcher(&subscription(
+            "annotated",
+            "object = \"invoice_with_notes\"\nwhen = \"values['notes'] != ''\"",
+        ));
+        let table = default_identity();
+        let paid = toast_unchanged(row(&[("state", "paid")]), "notes");
+        let (events, problems) = m.route(&updated(&table, row(&[]), paid), COMMIT);
+        assert!(events.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].message.starts_with(
+                "when reads values by subscript or as a whole, and the WAL did not carry \
+                 values.notes for this change (an unchanged TOASTed value"
+            ),
+            "{}",
+            problems[0]
+        );
+        // When every value is there, the subscript is answered as usual.
+        let with_notes = row(&[("state", "paid")]);
+        assert_eq!(
+            route(&mut m, &updated(&table, row(&[]), with_notes)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_delete_whose_key_the_wal_did_not_carry_fires_nothing_and_says_why() {
+        // The invoice object is keyed on its number, but under REPLICA IDENTITY DEFAULT a
+        // delete carries only the primary key: an event with `key: {}` would not say which
+        // invoice is gone.
+        let mut m = matcher(
+            &[
+                subscription("by-number", "object = \"invoice_by_number\""),
+                subscription("by-id", "object = \"invoice\""),
+            ]
+            .concat(),
+        );
+        let (events, problems) = m.route(&deleted(&default_identity(), row(&[])), COMMIT);
+        // The object keyed on the identity still gets its event.
+        assert_eq!(events.len(), 1);
+        assert_eq!(names(&events[0]), ["by-id"]);
+        assert_eq!(events[0].key, r#"{"id":123}"#);
+        assert_eq!(
+            problems,
+            [RouteProblem {
+                subscription: "by-number".into(),
+                table: "public.account_invoice".into(),
+                // Logged under what the WAL did carry, so the row can still be found.
+                key: r#"{"id":123}"#.into(),
+                message: "the WAL did not carry key \"number\" of object invoice_by_number for \
+                          this delete (REPLICA IDENTITY DEFAULT or USING INDEX logs only the \
+                          replica identity (\"id\") of a deleted row), so the event could not \
+                          say which row it is about; fix: ALTER TABLE public.account_invoice \
+                          REPLICA IDENTITY FULL, or make the key the replica identity"
+                    .into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_key_outside_the_replica_identity_is_known_on_create_and_update_and_under_full() {
+        let mut m = matcher(&subscription("by-number", "object = \"invoice_by_number\""));
+        let table = default_identity();
+        let events = route(&mut m, &created(&table, row(&[])));
+        assert_eq!(events[0].key, r#"{"number":"INV-42"}"#);
+        let paid = updated(&table, row(&[]), row(&[("state", "paid")]));
+        assert_eq!(route(&mut m, &paid)[0].key, r#"{"number":"INV-42"}"#);
+        let events = route(&mut m, &deleted(&full(), row(&[])));
+        assert_eq!(events[0].key, r#"{"number":"INV-42"}"#);
+        assert_eq!(body(&events[0])["key"], json!({"number": "INV-42"}));
     }
 
     #[test]

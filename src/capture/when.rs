@@ -35,6 +35,8 @@ pub struct When {
     expression: Expression<'static, 'static>,
     reads_previous: bool,
     fields_read: Vec<(&'static str, String)>,
+    /// `values` / `previous` read other than as `.field` (`values['notes']`, `values|length`).
+    reads_whole: [bool; 2],
 }
 
 impl std::fmt::Debug for When {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for When {
         f.debug_struct("When")
             .field("reads_previous", &self.reads_previous)
             .field("fields_read", &self.fields_read)
+            .field("reads_whole", &self.reads_whole)
             .finish_non_exhaustive()
     }
 }
@@ -88,8 +91,11 @@ impl When {
                 hint,
             });
         }
-        let mut fields_read: Vec<(&'static str, String)> = expression
-            .undeclared_variables(true)
+        let paths = expression.undeclared_variables(true);
+        // minijinja names a lookup it can follow (`values.notes`) by its path and any other
+        // use (`values['notes']`, `values|length`, `values is none`) by the bare variable.
+        let reads_whole = ["values", "previous"].map(|variable| paths.contains(variable));
+        let mut fields_read: Vec<(&'static str, String)> = paths
             .into_iter()
             .filter_map(|path| {
                 let mut parts = path.splitn(3, '.');
@@ -107,6 +113,7 @@ impl When {
             expression,
             reads_previous,
             fields_read,
+            reads_whole,
         })
     }
 
@@ -119,6 +126,17 @@ impl When {
     /// (variable, field), sorted; lookups by subscript (`values[name]`) are not seen.
     pub fn fields_read(&self) -> &[(&'static str, String)] {
         &self.fields_read
+    }
+
+    /// Whether the expression reads `variable` (`"values"` or `"previous"`) other than
+    /// through `.field` lookups: by subscript, through a filter or test, or as a whole.
+    /// Which fields such a read depends on cannot be told before it runs.
+    pub fn reads_whole(&self, variable: &str) -> bool {
+        match variable {
+            "values" => self.reads_whole[0],
+            "previous" => self.reads_whole[1],
+            _ => false,
+        }
     }
 
     /// Evaluates against a [`scope`]; truthy fires. An error is described for the log.
@@ -312,6 +330,23 @@ mod tests {
         // A column whose name merely contains "previous" does not count.
         let when = When::compile("values.previous_state == 'draft'").unwrap();
         assert!(!when.reads_previous());
+    }
+
+    #[test]
+    fn reading_values_other_than_by_field_is_known_at_compile_time() {
+        // `values['notes']` depends on a field no one can name before it runs.
+        for source in [
+            "values['notes'] != ''",
+            "values|length > 2",
+            "values is none",
+        ] {
+            let when = When::compile(source).unwrap();
+            assert!(when.reads_whole("values"), "{source}");
+            assert!(!when.reads_whole("previous"), "{source}");
+        }
+        let when = When::compile("values.notes != '' and previous is defined").unwrap();
+        assert!(!when.reads_whole("values"));
+        assert!(when.reads_whole("previous"));
     }
 
     #[test]

@@ -6,8 +6,7 @@
 use std::fmt;
 
 use crate::capture::matcher::needs_old_values;
-
-use crate::config::{format_size, table_list, Config, TableName};
+use crate::config::{format_size, table_list, Config, Operation, TableName};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
@@ -322,7 +321,20 @@ async fn check_capacity(sql: &Sql<'_>, config: &Config, report: &mut Report) {
 struct TableFacts {
     columns: Vec<String>,
     primary_key: Vec<String>,
+    /// Columns of the index named by REPLICA IDENTITY USING INDEX, if any.
+    identity_index: Vec<String>,
     identity: char,
+}
+
+impl TableFacts {
+    /// The columns a deleted row's old tuple carries under DEFAULT or USING INDEX.
+    fn identity_columns(&self) -> &[String] {
+        match self.identity {
+            'd' => &self.primary_key,
+            'i' => &self.identity_index,
+            _ => &[],
+        }
+    }
 }
 
 async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
@@ -334,7 +346,11 @@ async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
                     (SELECT string_agg(a.attname, ',' ORDER BY k.ord) FROM pg_index i \
                       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                      WHERE i.indrelid = c.oid AND i.indisprimary) \
+                      WHERE i.indrelid = c.oid AND i.indisprimary), \
+                    (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_index i \
+                      JOIN pg_attribute a \
+                        ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                      WHERE i.indrelid = c.oid AND i.indisreplident) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
             quote_literal(&table.schema),
@@ -354,6 +370,7 @@ async fn table_facts(sql: &Sql<'_>, table: &TableName) -> Option<TableFacts> {
             .unwrap_or('d'),
         columns: split(&row[1]),
         primary_key: split(&row[2]),
+        identity_index: split(&row[3]),
     })
 }
 
@@ -386,6 +403,7 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             .map(|(_, subscription, why)| format!("subscriptions.{subscription} ({why})"))
             .collect();
         check_columns(config, &table, &facts, report);
+        check_delete_keys(config, &table, &facts, report);
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
             ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => report.ok(format!(
@@ -472,6 +490,67 @@ fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report:
                 format!("correct {place} in the config"),
             );
         }
+    }
+}
+
+/// Under DEFAULT or USING INDEX a delete carries only the replica identity columns: an
+/// object keyed on anything else would get delete events that cannot say which row is gone,
+/// so walhook sends none and `check` says so first.
+fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, report: &mut Report) {
+    let identity = facts.identity_columns();
+    if identity.is_empty() {
+        // FULL carries every column; NOTHING, or DEFAULT without a primary key, is
+        // reported by check_tables already.
+        return;
+    }
+    // (where the key comes from, its columns, subscriptions that fire on delete)
+    let mut objects: Vec<(String, &[String], Vec<String>)> = Vec::new();
+    for subscription in config
+        .subscriptions
+        .iter()
+        .filter(|s| s.active && &s.object.config.table == table && s.fires_on(Operation::Delete))
+    {
+        let object = &subscription.object;
+        let (place, key) = match &object.config.key {
+            Some(key) if object.unnamed => (
+                format!("subscriptions.{}.key", subscription.name),
+                key.as_slice(),
+            ),
+            Some(key) => (format!("objects.{}.key", object.name), key.as_slice()),
+            None => ("the primary key".to_owned(), facts.primary_key.as_slice()),
+        };
+        if key.is_empty() || key.iter().all(|c| identity.contains(c)) {
+            continue;
+        }
+        let name = format!("subscriptions.{}", subscription.name);
+        match objects
+            .iter_mut()
+            .find(|(p, k, _)| *p == place && *k == key)
+        {
+            Some((_, _, subscriptions)) => subscriptions.push(name),
+            None => objects.push((place, key, vec![name])),
+        }
+    }
+    let identity_name = if facts.identity == 'i' {
+        "USING INDEX"
+    } else {
+        "DEFAULT"
+    };
+    for (place, key, subscriptions) in objects {
+        report.problem(
+            format!(
+                "table {table}: {} fire on delete, but the key ({place}: {}) is not the \
+                 replica identity; REPLICA IDENTITY {identity_name} logs only {} of a deleted \
+                 row, so walhook could not say which row was deleted and sends no event",
+                subscriptions.join(", "),
+                key.join(", "),
+                identity.join(", "),
+            ),
+            format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL; (or make the key the replica identity)",
+                quote_table(table)
+            ),
+        );
     }
 }
 
