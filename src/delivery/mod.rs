@@ -1,0 +1,5 @@
+//! Webhook delivery: how an event becomes a signed request, and what a response means for the
+//! delivery.
+
+pub mod policy;
+pub mod signing;

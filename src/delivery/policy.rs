@@ -1,0 +1,642 @@
+//! What a subscriber's response means for a delivery (SPEC §4 status policy), and when the
+//! next attempt is due.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+
+/// The longest wait a `Retry-After` can impose: a receiver asking for a day would otherwise
+/// hold the subscription back far beyond what the retry schedule intends.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3_600);
+
+/// Retry delays vary by ±20 % so that deliveries failed together don't retry together.
+const JITTER: f64 = 0.2;
+
+/// What one attempt's result means for its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx: the delivery is done.
+    Delivered,
+    /// Any other failure: try again on the schedule (or the delivery is dead when it is
+    /// exhausted, see [`next_attempt`]). For a 3xx the caller records the `Location`.
+    Retry {
+        /// What `Retry-After` asked for (429 and 503 only), at most [`MAX_RETRY_AFTER`].
+        after: Option<Duration>,
+        /// 429 or 503: the receiver is overloaded, so the whole subscription slows down,
+        /// not only this event.
+        slow_down: bool,
+    },
+    /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay.
+    Gone,
+}
+
+/// Classifies an attempt by its HTTP status; `None` is a network error or timeout.
+///
+/// `retry_after` is the raw `Retry-After` header, honoured for 429 and 503 only.
+pub fn classify(status: Option<u16>, retry_after: Option<&str>, now: SystemTime) -> Outcome {
+    match status {
+        Some(200..=299) => Outcome::Delivered,
+        Some(410) => Outcome::Gone,
+        Some(429 | 503) => Outcome::Retry {
+            after: retry_after.and_then(|value| parse_retry_after(value, now)),
+            slow_down: true,
+        },
+        // Network errors, timeouts, redirects (never followed), 408, 409, 425, 5xx and every
+        // other 4xx: a human usually fixes a 4xx within the retry window, so none is final.
+        _ => Outcome::Retry {
+            after: None,
+            slow_down: false,
+        },
+    }
+}
+
+/// Parses a `Retry-After` value — delta-seconds or an HTTP-date — into a wait from `now`,
+/// capped at [`MAX_RETRY_AFTER`]. A date in the past means no wait; anything unparseable
+/// is `None`, so the schedule alone decides.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than fit in a u64 still means "a long time": cap rather than ignore.
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+    }
+    let now_seconds = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+    });
+    let date = parse_http_date(value, now_seconds)?;
+    let wait = match u64::try_from(date) {
+        Ok(seconds) => (UNIX_EPOCH + Duration::from_secs(seconds))
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+        // Before 1970: long past.
+        Err(_) => Duration::ZERO,
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// The wait before the next attempt, given `attempts_made` so far, or `None` when the
+/// schedule is exhausted and the delivery is dead.
+///
+/// A schedule of N delays allows N + 1 attempts: the first at once (`attempts_made == 0`
+/// gives zero), then after attempt k the delay `schedule[k - 1]` with ±20 % jitter. A
+/// `retry_after` (capped at [`MAX_RETRY_AFTER`]) wins when it is longer, but never adds an
+/// attempt to an exhausted schedule.
+///
+/// Only real HTTP attempts count: waiting for the subscription's rate limit, its in-flight
+/// cap or an open circuit breaker never consumes an attempt — the dispatcher holds such a
+/// delivery back without raising `attempts_made`.
+pub fn next_attempt(
+    schedule: &[Duration],
+    attempts_made: u32,
+    retry_after: Option<Duration>,
+    rng: &mut impl Rng,
+) -> Option<Duration> {
+    let Some(index) = attempts_made.checked_sub(1) else {
+        return Some(Duration::ZERO);
+    };
+    let delay = *schedule.get(usize::try_from(index).ok()?)?;
+    let jittered = jitter(delay, rng);
+    Some(match retry_after {
+        Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
+        None => jittered,
+    })
+}
+
+/// `delay` scaled by a random factor in [0.8, 1.2].
+fn jitter(delay: Duration, rng: &mut impl Rng) -> Duration {
+    let factor = rng.gen_range(1.0 - JITTER..=1.0 + JITTER);
+    // try_: a schedule entry near Duration::MAX must not panic when scaled up.
+    Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// Unix seconds of an HTTP-date (RFC 7231 §7.1.1.1): the IMF-fixdate every sender must
+/// use, or one of the obsolete RFC 850 and asctime forms recipients must still accept.
+/// `now` (unix seconds) resolves the two-digit years of RFC 850.
+fn parse_http_date(text: &str, now: i64) -> Option<i64> {
+    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
+    // RFC 850 years have two digits; they are resolved once the whole date is known.
+    let (year, two_digit_year, month, day, time) = match parts.as_slice() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        [weekday, day, month, year, time, "GMT"]
+            if weekday
+                .strip_suffix(',')
+                .is_some_and(|name| SHORT_WEEKDAYS.contains(&name)) =>
+        {
+            let (month, day) = (month_number(month)?, digits(day, 2)?);
+            (digits(year, 4)?, false, month, day, *time)
+        }
+        // Sunday, 06-Nov-94 08:49:37 GMT
+        [weekday, date, time, "GMT"]
+            if weekday
+                .strip_suffix(',')
+                .is_some_and(|name| LONG_WEEKDAYS.contains(&name)) =>
+        {
+            let mut fields = date.split('-');
+            let (Some(day), Some(month), Some(year), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return None;
+            };
+            let (month, day) = (month_number(month)?, digits(day, 2)?);
+            (digits(year, 2)?, true, month, day, *time)
+        }
+        // Sun Nov  6 08:49:37 1994
+        [weekday, month, day, time, year] if SHORT_WEEKDAYS.contains(weekday) => {
+            let day = digits(day, 1).or_else(|| digits(day, 2))?;
+            (digits(year, 4)?, false, month_number(month)?, day, *time)
+        }
+        _ => return None,
+    };
+    let mut clock = time.split(':');
+    let (Some(hour), Some(minute), Some(second), None) =
+        (clock.next(), clock.next(), clock.next(), clock.next())
+    else {
+        return None;
+    };
+    let (hour, minute, second) = (digits(hour, 2)?, digits(minute, 2)?, digits(second, 2)?);
+    // 60 allows a leap second, which the format can express.
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let seconds_of_day = hour * 3_600 + minute * 60 + second;
+    let year = if two_digit_year {
+        rfc850_year(year, month, day, seconds_of_day, now)
+    } else {
+        year
+    };
+    if !(1..=days_in_month(year, month)).contains(&day) {
+        return None;
+    }
+    Some(unix_seconds(year, month, day, seconds_of_day))
+}
+
+/// RFC 7231: a two-digit year that would put the date more than 50 years in the future
+/// means the most recent past year with those last two digits; so the year is the one
+/// with those digits in the century that ends 50 years from `now`.
+fn rfc850_year(two_digits: i64, month: i64, day: i64, seconds_of_day: i64, now: i64) -> i64 {
+    let (now_year, now_month, now_day) = civil_from_days(now.div_euclid(86_400));
+    let limit = unix_seconds(now_year + 50, now_month, now_day, now.rem_euclid(86_400));
+    let at = |year| unix_seconds(year, month, day, seconds_of_day);
+    let mut year = now_year - now_year.rem_euclid(100) + two_digits;
+    if at(year) > limit {
+        year -= 100;
+    } else if at(year + 100) <= limit {
+        year += 100;
+    }
+    year
+}
+
+const SHORT_WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const LONG_WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Exactly `len` ASCII digits as a number.
+fn digits(text: &str, len: usize) -> Option<i64> {
+    if text.len() != len || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// 1 for `Jan` … 12 for `Dec` (case-sensitive, as the grammar is).
+fn month_number(name: &str) -> Option<i64> {
+    MONTHS
+        .iter()
+        .position(|month| *month == name)
+        .and_then(|index| i64::try_from(index + 1).ok())
+}
+
+/// Unix seconds of a UTC date and time of day.
+fn unix_seconds(year: i64, month: i64, day: i64, seconds_of_day: i64) -> i64 {
+    days_from_civil(year, month, day) * 86_400 + seconds_of_day
+}
+
+fn is_leap_year(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let shifted_month = (month + 9) % 12; // March is 0, so the leap day ends the year
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Hinnant's
+/// `civil_from_days`, the inverse of [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153; // March is 0
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::config::DEFAULT_RETRY_SCHEDULE;
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`, the RFC's example date.
+    const RFC_EXAMPLE: i64 = 784_111_777;
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    /// A fixed "now": 2026-03-01 12:00:00 UTC.
+    fn now() -> SystemTime {
+        at(1_772_366_400)
+    }
+
+    fn retry(after: Option<Duration>, slow_down: bool) -> Outcome {
+        Outcome::Retry { after, slow_down }
+    }
+
+    const ON_SCHEDULE: Outcome = Outcome::Retry {
+        after: None,
+        slow_down: false,
+    };
+
+    #[test]
+    fn calendar_conversions_round_trip() {
+        for days in [-719_468, -1, 0, 59, 10_956, 19_782, 20_513, 2_932_896] {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(
+                days_from_civil(year, month, day),
+                days,
+                "{year}-{month}-{day}"
+            );
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn the_fixed_now_is_the_date_it_claims() {
+        assert_eq!(
+            parse_http_date("Sun, 01 Mar 2026 12:00:00 GMT", 0),
+            Some(1_772_366_400)
+        );
+    }
+
+    #[test]
+    fn a_2xx_response_delivers_the_event() {
+        for status in [200, 201, 202, 204, 299] {
+            assert_eq!(
+                classify(Some(status), None, now()),
+                Outcome::Delivered,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirect_is_not_followed_but_retried_on_schedule() {
+        // The caller records the Location header; for the policy a 3xx is a plain failure,
+        // and a Retry-After on it is not one of the two statuses that honour it.
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(
+                classify(Some(status), Some("60"), now()),
+                ON_SCHEDULE,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_errors_are_retried_because_a_human_usually_fixes_them_in_time() {
+        for status in [400, 401, 403, 404, 405, 413, 415, 422, 451, 499] {
+            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+        }
+    }
+
+    #[test]
+    fn request_timeout_conflict_and_too_early_are_retried() {
+        for status in [408, 409, 425] {
+            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+        }
+    }
+
+    #[test]
+    fn gone_deactivates_the_subscription() {
+        assert_eq!(classify(Some(410), None, now()), Outcome::Gone);
+        assert_eq!(classify(Some(410), Some("60"), now()), Outcome::Gone);
+    }
+
+    #[test]
+    fn too_many_requests_waits_the_seconds_asked_and_slows_the_subscription() {
+        assert_eq!(
+            classify(Some(429), Some("120"), now()),
+            retry(Some(Duration::from_secs(120)), true)
+        );
+        assert_eq!(
+            classify(Some(429), Some(" 0 "), now()),
+            retry(Some(Duration::ZERO), true)
+        );
+    }
+
+    #[test]
+    fn too_many_requests_waits_until_the_date_asked() {
+        assert_eq!(
+            classify(Some(429), Some("Sun, 01 Mar 2026 12:30:00 GMT"), now()),
+            retry(Some(Duration::from_secs(30 * 60)), true)
+        );
+    }
+
+    #[test]
+    fn too_many_requests_without_retry_after_still_slows_the_subscription() {
+        assert_eq!(classify(Some(429), None, now()), retry(None, true));
+    }
+
+    #[test]
+    fn server_errors_are_retried_on_schedule() {
+        for status in [500, 501, 502, 504, 599] {
+            assert_eq!(
+                classify(Some(status), Some("60"), now()),
+                ON_SCHEDULE,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_unavailable_honours_retry_after_and_slows_the_subscription() {
+        assert_eq!(
+            classify(Some(503), Some("300"), now()),
+            retry(Some(Duration::from_secs(300)), true)
+        );
+        assert_eq!(classify(Some(503), None, now()), retry(None, true));
+    }
+
+    #[test]
+    fn a_network_error_or_timeout_is_retried_on_schedule() {
+        assert_eq!(classify(None, None, now()), ON_SCHEDULE);
+        assert_eq!(classify(None, Some("60"), now()), ON_SCHEDULE);
+    }
+
+    #[test]
+    fn unusual_statuses_are_failures_too() {
+        for status in [0, 100, 199, 600, 999] {
+            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_six_hours() {
+        for value in [
+            "21601",
+            "86400",
+            "99999999999999999999999",
+            "Tue, 03 Mar 2026 12:00:00 GMT",
+        ] {
+            assert_eq!(
+                classify(Some(429), Some(value), now()),
+                retry(Some(MAX_RETRY_AFTER), true),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after("21600", now()),
+            Some(Duration::from_secs(21_600))
+        );
+    }
+
+    #[test]
+    fn a_retry_after_date_in_the_past_means_try_now() {
+        for value in [
+            "Sun, 01 Mar 2026 11:59:59 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(
+                classify(Some(503), Some(value), now()),
+                retry(Some(Duration::ZERO), true),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_garbage_retry_after_is_ignored_and_the_schedule_decides() {
+        for value in [
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "+60",
+            "60s",
+            "Sun, 01 Mar 2026 12:30:00 PST",
+            "Sun, 01 Mar 2026 12:30:00",
+            "Sun, 31 Feb 2026 12:30:00 GMT",
+            "Sun, 01 Mar 2026 24:00:00 GMT",
+            "Sun, 1 Mar 2026 12:30:00 GMT",
+            "Sun, 01 mar 2026 12:30:00 GMT",
+            "Sunday, 01 Mar 2026 12:30:00 GMT",
+            "Sun 01 Mar 2026 12:30:00 GMT",
+            "2026-03-01T12:30:00Z",
+        ] {
+            assert_eq!(
+                classify(Some(429), Some(value), now()),
+                retry(None, true),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_dates_parse_in_all_three_rfc_7231_formats() {
+        let now = 1_772_366_400;
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun Nov 06 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(text, now), Some(RFC_EXAMPLE), "{text}");
+        }
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(
+            parse_http_date("Thu, 29 Feb 2024 23:59:59 GMT", now),
+            Some(1_709_251_199)
+        );
+        assert_eq!(parse_http_date("Mon, 29 Feb 2100 00:00:00 GMT", now), None);
+    }
+
+    #[test]
+    fn a_two_digit_year_more_than_fifty_years_ahead_is_in_the_past() {
+        let now = 1_772_366_400; // 2026
+        let year_of = |text: &str| {
+            let seconds = parse_http_date(text, now).unwrap();
+            civil_from_days(seconds.div_euclid(86_400)).0
+        };
+        assert_eq!(year_of("Friday, 01-Mar-30 00:00:00 GMT"), 2030);
+        // Exactly 50 years ahead is not "more than" 50 years; a second later is.
+        assert_eq!(year_of("Sunday, 01-Mar-76 12:00:00 GMT"), 2076);
+        assert_eq!(year_of("Sunday, 01-Mar-76 12:00:01 GMT"), 1976);
+        assert_eq!(year_of("Tuesday, 01-Mar-77 00:00:00 GMT"), 1977);
+        assert_eq!(year_of("Wednesday, 01-Mar-00 00:00:00 GMT"), 2000);
+    }
+
+    #[test]
+    fn the_first_attempt_goes_at_once() {
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(
+            next_attempt(&DEFAULT_RETRY_SCHEDULE, 0, None, &mut rng),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(next_attempt(&[], 0, None, &mut rng), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_schedule_of_n_delays_allows_n_plus_one_attempts_then_the_delivery_is_dead() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let schedule = [
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ];
+        let mut attempts = 0;
+        while next_attempt(&schedule, attempts, None, &mut rng).is_some() {
+            attempts += 1;
+        }
+        assert_eq!(attempts, 4);
+
+        let mut attempts = 0;
+        while next_attempt(&DEFAULT_RETRY_SCHEDULE, attempts, None, &mut rng).is_some() {
+            attempts += 1;
+        }
+        assert_eq!(attempts, 10);
+
+        // An empty schedule: one attempt, then dead.
+        assert_eq!(next_attempt(&[], 1, None, &mut rng), None);
+        assert_eq!(next_attempt(&schedule, u32::MAX, None, &mut rng), None);
+    }
+
+    #[test]
+    fn after_attempt_k_the_kth_delay_applies() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let schedule = [
+            Duration::from_secs(10),
+            Duration::from_secs(1_000),
+            Duration::from_secs(100_000),
+        ];
+        for (k, delay) in (1..).zip(schedule) {
+            let next = next_attempt(&schedule, k, None, &mut rng).unwrap();
+            assert!(
+                next >= delay.mul_f64(0.8) && next <= delay.mul_f64(1.2),
+                "after attempt {k}: {next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent_and_spreads_across_it() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let delay = Duration::from_secs(300);
+        let (low, high) = (delay.mul_f64(0.8), delay.mul_f64(1.2));
+        let samples: Vec<Duration> = (0..10_000)
+            .map(|_| next_attempt(&[delay], 1, None, &mut rng).unwrap())
+            .collect();
+        assert!(samples.iter().all(|d| (low..=high).contains(d)));
+        // Spread, not a constant: both ends of the range are reached closely.
+        let min = samples.iter().min().unwrap();
+        let max = samples.iter().max().unwrap();
+        assert!(*min < delay.mul_f64(0.81), "{min:?}");
+        assert!(*max > delay.mul_f64(1.19), "{max:?}");
+        let below = samples.iter().filter(|d| **d < delay).count();
+        assert!((4_000..6_000).contains(&below), "{below} of 10000 below");
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_over_the_schedule() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let schedule = [Duration::from_secs(5)];
+        let asked = Duration::from_secs(120);
+        assert_eq!(
+            next_attempt(&schedule, 1, Some(asked), &mut rng),
+            Some(asked)
+        );
+    }
+
+    #[test]
+    fn a_shorter_retry_after_does_not_shorten_the_schedule() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let delay = Duration::from_secs(600);
+        let next = next_attempt(&[delay], 1, Some(Duration::from_secs(1)), &mut rng).unwrap();
+        assert!(next >= delay.mul_f64(0.8), "{next:?}");
+    }
+
+    #[test]
+    fn retry_after_in_the_schedule_is_capped_at_six_hours() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let schedule = [Duration::from_secs(5)];
+        assert_eq!(
+            next_attempt(
+                &schedule,
+                1,
+                Some(Duration::from_secs(7 * 86_400)),
+                &mut rng
+            ),
+            Some(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn retry_after_never_revives_an_exhausted_schedule() {
+        let mut rng = StdRng::seed_from_u64(7);
+        assert_eq!(
+            next_attempt(
+                &[Duration::from_secs(5)],
+                2,
+                Some(Duration::from_secs(60)),
+                &mut rng
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_enormous_schedule_entry_does_not_panic() {
+        let mut rng = StdRng::seed_from_u64(8);
+        assert!(next_attempt(&[Duration::MAX], 1, None, &mut rng).is_some());
+    }
+}
