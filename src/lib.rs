@@ -6,6 +6,7 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod ephemeral;
 pub mod outbox;
 pub mod pg;

@@ -1,0 +1,3 @@
+//! Webhook delivery: how an event becomes a signed request, and what a response means for the delivery.
+
+pub mod network;
