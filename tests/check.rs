@@ -339,3 +339,33 @@ fn a_bad_config_exits_2_before_touching_the_database() {
     assert!(out.stderr.contains("walhook.toml:3"), "{}", out.stderr);
     assert!(out.stderr.contains("slto"), "{}", out.stderr);
 }
+
+#[test]
+fn subscriber_urls_on_private_or_metadata_addresses_are_problems_unless_allowed() {
+    let db = TestDb::new(ERP);
+    let with_url = |url: &str, delivery: &str| {
+        config(&db.url, "").replace("https://partner.example.com/hooks/invoice", url) + delivery
+    };
+    let out = check(&with_url("http://127.0.0.1:9/hook", ""));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync.url",
+            "loopback",
+            "allow_networks",
+        ],
+    );
+
+    let out = check(&with_url("http://localhost:9/hook", ""));
+    assert_problem(&out, &["localhost resolves to", "loopback"]);
+
+    let allowed = "\n[delivery]\nallow_networks = [\"127.0.0.0/8\"]\n";
+    let out = check(&with_url("http://127.0.0.1:9/hook", allowed));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    let out = check(&with_url(
+        "http://169.254.169.254/latest",
+        "\n[delivery]\nallow_networks = [\"169.254.0.0/16\"]\n",
+    ));
+    assert_problem(&out, &["metadata", "never allowed"]);
+}

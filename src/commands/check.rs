@@ -4,9 +4,11 @@
 //! not exist yet is a note ("will be created"), not a problem: `run` creates them.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::capture::matcher::needs_old_values;
 use crate::config::{format_size, table_list, Config, Operation, TableName};
+use crate::delivery::network::{check_url, NetworkPolicy, PolicyError, PolicyResolver};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::replication::ReplicationConnection;
@@ -113,6 +115,7 @@ async fn check(config: &Config, report: &mut Report) {
         config.objects.len(),
         config.subscriptions.len()
     ));
+    check_subscriber_urls(config, report).await;
     let info = match ConnInfo::parse(config.source.url.expose()) {
         Ok(info) => info,
         Err(e) => {
@@ -155,6 +158,60 @@ async fn check(config: &Config, report: &mut Report) {
     check_publication(&sql, config, report).await;
     check_slot(&sql, config, report).await;
     check_leftover_tail_slots(&sql, report).await;
+}
+
+/// Every subscriber URL against the network policy (SPEC §6). A refused address is a
+/// problem; a name that does not resolve from here is only a note, because delivery resolves
+/// again at every connection and DNS may differ where walhook runs.
+async fn check_subscriber_urls(config: &Config, report: &mut Report) {
+    let policy = || NetworkPolicy::new(&config.delivery.allow_networks);
+    let resolver = PolicyResolver::new(policy());
+    for subscription in &config.subscriptions {
+        let place = format!("subscriptions.{}.url", subscription.name);
+        let url = subscription.url.expose();
+        if let Err(e) = check_url(url, &policy()) {
+            report.problem(
+                format!("{place} ({}): {e}", subscription.url),
+                policy_fix(&e),
+            );
+            continue;
+        }
+        let Some(host) = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+        else {
+            continue;
+        };
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            report.ok(format!("{place}: {host} is allowed"));
+            continue;
+        }
+        let resolved =
+            tokio::time::timeout(Duration::from_secs(3), resolver.resolve_host(&host)).await;
+        match resolved {
+            Ok(Ok(_)) => report.ok(format!("{place}: {host} resolves to allowed addresses")),
+            Ok(Err(e @ PolicyError::Refused { .. })) => {
+                report.problem(format!("{place}: {e}"), policy_fix(&e))
+            }
+            Ok(Err(e)) => report.note(format!("{place}: {e} (checked again at every delivery)")),
+            Err(_) => report.note(format!(
+                "{place}: resolving {host} took over 3 s (checked again at every delivery)"
+            )),
+        }
+    }
+}
+
+fn policy_fix(error: &PolicyError) -> String {
+    match error {
+        PolicyError::Refused { rule, .. } if rule.always_refused() => {
+            "point the subscription at another address; this one is never allowed".into()
+        }
+        PolicyError::Refused { .. } => {
+            "add the host or its network to delivery.allow_networks, if it is meant to be reached"
+                .into()
+        }
+        _ => "correct the URL (http or https with a host)".into(),
+    }
 }
 
 /// Small query helpers that turn every value into text, which is all check needs.
