@@ -72,13 +72,11 @@ enum Command {
         #[arg(long, default_value = commands::receive::DEFAULT_LISTEN,
               value_parser = commands::receive::parse_listen)]
         listen: String,
-        /// Signing secret (whsec_…) to verify with; repeat while rotating keys.
-        // Parsed in main, not by clap: clap's error would echo the (secret) value.
-        #[arg(
-            long = "secret",
-            env = "WALHOOK_RECEIVE_SECRET",
-            hide_env_values = true
-        )]
+        /// Signing secret (whsec_…) to verify with; repeat while rotating keys
+        /// [default: $WALHOOK_RECEIVE_SECRET, if set and not empty].
+        // A String parsed in main, not by clap: clap's error would echo the secret. The
+        // variable is read there too, so an empty one means "unset" rather than a bad secret.
+        #[arg(long = "secret", value_name = "WHSEC")]
         secrets: Vec<String>,
         /// HTTP status answered for accepted requests (try 500 or 429 to watch retries).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
@@ -168,6 +166,16 @@ fn receive(
     status: u16,
     tolerance: std::time::Duration,
 ) -> ExitCode {
+    let from_env: Vec<String> = std::env::var("WALHOOK_RECEIVE_SECRET")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .into_iter()
+        .collect();
+    let secrets = if secrets.is_empty() {
+        &from_env
+    } else {
+        secrets
+    };
     let mut parsed = Vec::with_capacity(secrets.len());
     for (n, text) in secrets.iter().enumerate() {
         match SigningSecret::parse(text) {
