@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use walhook::commands;
-use walhook::config::Config;
+use walhook::config::{Config, SigningSecret};
 
 /// Postgres change-data-capture to signed webhooks.
 #[derive(Parser, Debug)]
@@ -63,6 +63,28 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A local webhook receiver for development: verifies signatures, prints each request.
+    ///
+    /// Needs no config file. Answers --status for verified requests (all requests when no
+    /// secret is given) and 401 with the reason when the signature does not check out.
+    Receive {
+        /// Address to listen on (port 0 picks a free port, printed on the first line).
+        #[arg(long, default_value = commands::receive::DEFAULT_LISTEN,
+              value_parser = commands::receive::parse_listen)]
+        listen: String,
+        /// Signing secret (whsec_…) to verify with; repeat while rotating keys
+        /// [default: $WALHOOK_RECEIVE_SECRET, if set and not empty].
+        // A String parsed in main, not by clap: clap's error would echo the secret. The
+        // variable is read there too, so an empty one means "unset" rather than a bad secret.
+        #[arg(long = "secret", value_name = "WHSEC")]
+        secrets: Vec<String>,
+        /// HTTP status answered for accepted requests (try 500 or 429 to watch retries).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
+        /// How far webhook-timestamp may be from now, e.g. 5m (replay protection).
+        #[arg(long, default_value = "5m", value_parser = walhook::config::parse_duration)]
+        tolerance: std::time::Duration,
+    },
 }
 
 /// Exit codes of SPEC §1.
@@ -75,6 +97,16 @@ mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The only command that needs no config file: a developer runs it beside walhook.
+    if let Command::Receive {
+        listen,
+        secrets,
+        status,
+        tolerance,
+    } = cli.command
+    {
+        return receive(listen, &secrets, status, tolerance);
+    }
     let path = config_path(cli.config);
     let config = match Config::load(&path) {
         Ok(config) => config,
@@ -83,11 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("start the tokio runtime");
-    runtime.block_on(async {
+    runtime().block_on(async {
         match cli.command {
             Command::Check => match commands::check::run(&config).await {
                 report if report.problems() == 0 => ExitCode::SUCCESS,
@@ -126,8 +154,53 @@ fn main() -> ExitCode {
             Command::Teardown { force } => {
                 runtime_result("teardown", commands::setup::teardown(&config, force).await)
             }
+            Command::Receive { .. } => unreachable!("receive runs before the config is loaded"),
         }
     })
+}
+
+/// `walhook receive`: check the secrets, then serve until SIGINT/SIGTERM.
+fn receive(
+    listen: String,
+    secrets: &[String],
+    status: u16,
+    tolerance: std::time::Duration,
+) -> ExitCode {
+    let from_env: Vec<String> = std::env::var("WALHOOK_RECEIVE_SECRET")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .into_iter()
+        .collect();
+    let secrets = if secrets.is_empty() {
+        &from_env
+    } else {
+        secrets
+    };
+    let mut parsed = Vec::with_capacity(secrets.len());
+    for (n, text) in secrets.iter().enumerate() {
+        match SigningSecret::parse(text) {
+            Ok(secret) => parsed.push(secret),
+            Err(e) => {
+                // Name the secret by position only: the value itself must never be printed.
+                eprintln!("walhook receive: --secret #{}: {e}", n + 1);
+                return ExitCode::from(exit::CONFIG);
+            }
+        }
+    }
+    let options = commands::receive::ReceiveOptions {
+        listen,
+        secrets: parsed,
+        status: hyper::StatusCode::from_u16(status).expect("clap bounds --status to 200..=599"),
+        tolerance,
+    };
+    runtime().block_on(async { runtime_result("receive", commands::receive::run(options).await) })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime")
 }
 
 /// Exit 0, or print the error (plainly: it ends a command's own output) and exit 1.

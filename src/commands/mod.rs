@@ -1,5 +1,6 @@
 //! One module per CLI command; `main.rs` parses arguments and calls into these.
 
 pub mod check;
+pub mod receive;
 pub mod setup;
 pub mod tail;
