@@ -101,6 +101,9 @@ pub fn check(
 
 /// Serves until SIGINT or SIGTERM; an error only when the address cannot be bound.
 pub async fn run(options: ReceiveOptions) -> std::io::Result<()> {
+    // Before anything is announced: a signal right after "listening" must stop us cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let listener = TcpListener::bind(&options.listen).await?;
     let addr = listener.local_addr()?;
     let checking = match options.secrets.len() {
@@ -114,7 +117,6 @@ pub async fn run(options: ReceiveOptions) -> std::io::Result<()> {
     ));
 
     let state = Arc::new(options);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Aborted when dropped: on a signal, open connections are simply closed.
     let mut connections = JoinSet::new();
     loop {
@@ -139,7 +141,7 @@ pub async fn run(options: ReceiveOptions) -> std::io::Result<()> {
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
