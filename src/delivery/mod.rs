@@ -3,4 +3,5 @@
 
 pub mod network;
 pub mod policy;
+pub mod request;
 pub mod signing;
