@@ -4,4 +4,5 @@
 pub mod network;
 pub mod policy;
 pub mod request;
+pub mod sender;
 pub mod signing;

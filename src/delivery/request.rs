@@ -68,7 +68,7 @@ fn sensitive(request: reqwest::RequestBuilder, name: &str, value: &str) -> reqwe
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
