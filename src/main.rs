@@ -63,6 +63,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Send one signed test event to a subscription now; print the request and the response.
+    ///
+    /// The event is an update of the subscription's object: sample values from the table's
+    /// columns, or the real row with --key. Sent once, never retried; recorded in the
+    /// attempt log with trigger 'test'. Exit 0 when the receiver answered 2xx.
+    Test {
+        /// The subscription's name.
+        subscription: String,
+        /// Send this row instead of sample values, e.g. '{"id": 1}'.
+        #[arg(long, value_name = "JSON")]
+        key: Option<String>,
+    },
     /// A local webhook receiver for development: verifies signatures, prints each request.
     ///
     /// Needs no config file. Answers --status for verified requests (all requests when no
@@ -153,6 +165,16 @@ fn main() -> ExitCode {
             }
             Command::Teardown { force } => {
                 runtime_result("teardown", commands::setup::teardown(&config, force).await)
+            }
+            Command::Test { subscription, key } => {
+                match commands::test::run(&config, &subscription, key.as_deref()).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(exit::RUNTIME),
+                    Err(e) => {
+                        eprintln!("walhook test: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
             }
             Command::Receive { .. } => unreachable!("receive runs before the config is loaded"),
         }

@@ -4,3 +4,4 @@ pub mod check;
 pub mod receive;
 pub mod setup;
 pub mod tail;
+pub mod test;

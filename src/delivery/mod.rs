@@ -3,4 +3,6 @@
 
 pub mod network;
 pub mod policy;
+pub mod request;
+pub mod sender;
 pub mod signing;

@@ -1,0 +1,466 @@
+//! `walhook test SUBSCRIPTION [--key JSON]`: sends one signed test event now, prints the
+//! request and the response, and records the attempt with trigger `test` (SPEC §1, §5).
+//!
+//! The event is an `update` of the subscription's object: the real row with `--key`, or
+//! sample values made from the table's columns. It is sent once and never retried.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use crate::capture::envelope::pg_micros_to_rfc3339;
+use crate::config::{Auth, Config, Method, Operation, SubscriptionConfig};
+use crate::delivery::network::{self, NetworkPolicy};
+use crate::delivery::sender::{self, Attempt};
+use crate::pg::{quote_ident, quote_table};
+use crate::source::conninfo::ConnInfo;
+use crate::source::tls;
+
+/// How much of the request and response bodies is printed.
+const PRINT_LIMIT: usize = 1024;
+
+/// Microseconds between the Unix epoch and Postgres' (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Why `walhook test` could not send its request.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// No subscription has that name (exit 2).
+    #[error("unknown subscription {name:?}{hint}")]
+    UnknownSubscription {
+        /// The name given.
+        name: String,
+        /// `; did you mean "x"?`, or empty.
+        hint: String,
+    },
+    /// `--key` is not a JSON object of the table's columns (exit 2).
+    #[error("--key: {0}")]
+    BadKey(String),
+    /// The database could not be read (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl TestError {
+    /// The exit code of SPEC §1: bad usage is 2, anything else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TestError::UnknownSubscription { .. } | TestError::BadKey(_) => 2,
+            TestError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Sends the test event; `Ok(true)` when the receiver answered 2xx.
+pub async fn run(config: &Config, name: &str, key: Option<&str>) -> Result<bool, TestError> {
+    let sub = config
+        .subscriptions
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| TestError::UnknownSubscription {
+            name: name.to_owned(),
+            hint: crate::suggest::did_you_mean(
+                name,
+                config.subscriptions.iter().map(|s| s.name.as_str()),
+            ),
+        })?;
+    let key = key
+        .map(|text| match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) if !map.is_empty() => Ok(map),
+            Ok(_) => Err(TestError::BadKey(
+                "expected a JSON object such as '{\"id\": 1}'".into(),
+            )),
+            Err(e) => Err(TestError::BadKey(format!("not JSON: {e}"))),
+        })
+        .transpose()?;
+
+    let source = connect(config.source.url.expose(), "source.url").await?;
+    let (event_key, values) = match key {
+        Some(key) => real_row(&source, sub, key).await?,
+        None => synthetic_row(&source, sub).await?,
+    };
+    let id = format!("evt_test_{:016x}", rand::random::<u64>());
+    let body = match sub.method {
+        Method::Post => envelope(sub, &id, event_key, values),
+        // A GET is a bare ping (SPEC §4).
+        Method::Get => Vec::new(),
+    };
+
+    print_request(sub, &id, &body);
+    let policy = NetworkPolicy::new(&config.delivery.allow_networks);
+    let client = network::http_client(policy.clone())
+        .map_err(|e| TestError::Failed(format!("HTTP client: {}", e.without_url())))?;
+    let attempt = sender::send(&client, &policy, sub, &id, &body).await;
+    print_response(&attempt);
+
+    let outbox = match &config.outbox.url {
+        Some(url) if url.expose() != config.source.url.expose() => {
+            Some(connect(url.expose(), "outbox.url").await?)
+        }
+        _ => None,
+    };
+    record(
+        outbox.as_ref().unwrap_or(&source),
+        &config.outbox.schema,
+        sub,
+        &attempt,
+    )
+    .await;
+    Ok(attempt
+        .status
+        .is_some_and(|status| (200..300).contains(&status)))
+}
+
+/// A SQL connection; errors name the config key and never the URL (it may hold a password).
+async fn connect(url: &str, key: &str) -> Result<Client, TestError> {
+    let info = ConnInfo::parse(url).map_err(|e| TestError::Failed(format!("{key}: {e}")))?;
+    tls::connect_sql(&info)
+        .await
+        .map_err(|e| TestError::Failed(format!("{key}: {e}")))
+}
+
+/// The table's columns with their types, in table order.
+async fn columns(
+    db: &Client,
+    sub: &SubscriptionConfig,
+) -> Result<Vec<(String, String)>, TestError> {
+    let table = &sub.object.config.table;
+    let rows = db
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| TestError::Failed(format!("reading the columns of {table}: {e}")))?;
+    if rows.is_empty() {
+        return Err(TestError::Failed(format!(
+            "table {table} not found (or not readable)"
+        )));
+    }
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The object's fields: the configured ones, or every column.
+fn fields(sub: &SubscriptionConfig, columns: &[(String, String)]) -> Vec<String> {
+    match &sub.object.config.fields {
+        Some(fields) => fields.clone(),
+        None => columns.iter().map(|(name, _)| name.clone()).collect(),
+    }
+}
+
+/// The row named by `key`, read with `to_jsonb`, limited to the object's fields.
+async fn real_row(
+    db: &Client,
+    sub: &SubscriptionConfig,
+    key: Map<String, Value>,
+) -> Result<(Map<String, Value>, Map<String, Value>), TestError> {
+    let columns = columns(db, sub).await?;
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (column, value) in &key {
+        if !columns.iter().any(|(name, _)| name == column) {
+            return Err(TestError::BadKey(format!(
+                "table {} has no column {column:?}{}",
+                sub.object.config.table,
+                crate::suggest::did_you_mean(column, columns.iter().map(|(n, _)| n.as_str()))
+            )));
+        }
+        // Compared as text, so that `1` and `"1"` both find an integer or text key.
+        params.push(match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+        conditions.push(format!(
+            "t.{}::text = ${}",
+            quote_ident(column),
+            params.len()
+        ));
+    }
+    let fields = fields(sub, &columns);
+    // to_jsonb maps a few types differently from events (SPEC §3): those fields are read
+    // again as text in the event's form.
+    let overrides: Vec<(&String, String)> = fields
+        .iter()
+        .filter_map(|field| {
+            let (_, data_type) = columns.iter().find(|(name, _)| name == field)?;
+            as_event_text(&format!("t.{}", quote_ident(field)), data_type).map(|sql| (field, sql))
+        })
+        .collect();
+    let extra: String = overrides
+        .iter()
+        .map(|(_, sql)| format!(", {sql}"))
+        .collect();
+    let sql = format!(
+        "SELECT to_jsonb(t)::text{extra} FROM {} t WHERE {} LIMIT 2",
+        quote_table(&sub.object.config.table),
+        conditions.join(" AND ")
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = db
+        .query(&sql, &params)
+        .await
+        .map_err(|e| TestError::Failed(format!("reading the row: {e}")))?;
+    let (row, texts): (String, Vec<Option<String>>) = match rows.as_slice() {
+        [row] => (
+            row.get(0),
+            (1..=overrides.len()).map(|i| row.get(i)).collect(),
+        ),
+        [] => {
+            return Err(TestError::Failed(format!(
+                "no row of {} has key {}",
+                sub.object.config.table,
+                Value::Object(key)
+            )))
+        }
+        _ => {
+            return Err(TestError::BadKey(format!(
+                "more than one row of {} matches {}",
+                sub.object.config.table,
+                Value::Object(key)
+            )))
+        }
+    };
+    let mut row: Map<String, Value> = serde_json::from_str(&row)
+        .map_err(|e| TestError::Failed(format!("reading the row: {e}")))?;
+    for ((field, _), text) in overrides.iter().zip(texts) {
+        row.insert((*field).clone(), text.map_or(Value::Null, Value::from));
+    }
+    let values = fields
+        .into_iter()
+        .filter_map(|field| row.remove(&field).map(|v| (field, v)))
+        .collect();
+    Ok((key, values))
+}
+
+/// SQL giving `column` as text in its event form (SPEC §3), for the types whose `to_jsonb`
+/// form differs: numeric as an exact string, timestamptz in UTC, bytea as base64.
+fn as_event_text(column: &str, data_type: &str) -> Option<String> {
+    match data_type {
+        "numeric" | "money" => Some(format!("{column}::text")),
+        "timestamp with time zone" => Some(format!(
+            "to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )),
+        "bytea" => Some(format!("translate(encode({column}, 'base64'), E'\\n', '')")),
+        _ => None,
+    }
+}
+
+/// Sample values for the object's key and fields, from the table's column types.
+async fn synthetic_row(
+    db: &Client,
+    sub: &SubscriptionConfig,
+) -> Result<(Map<String, Value>, Map<String, Value>), TestError> {
+    let columns = columns(db, sub).await?;
+    let key_columns = match &sub.object.config.key {
+        Some(key) => key.clone(),
+        None => primary_key(db, sub).await?,
+    };
+    let sample_of = |name: &str| {
+        columns
+            .iter()
+            .find(|(column, _)| column == name)
+            .map_or(Value::Null, |(_, data_type)| sample(data_type))
+    };
+    let key = key_columns
+        .iter()
+        .map(|name| (name.clone(), sample_of(name)))
+        .collect();
+    let values = fields(sub, &columns)
+        .into_iter()
+        .map(|name| {
+            let value = sample_of(&name);
+            (name, value)
+        })
+        .collect();
+    Ok((key, values))
+}
+
+/// The primary key columns of the subscription's table, in key order.
+async fn primary_key(db: &Client, sub: &SubscriptionConfig) -> Result<Vec<String>, TestError> {
+    let table = &sub.object.config.table;
+    let rows = db
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&quote_table(table)],
+        )
+        .await
+        .map_err(|e| TestError::Failed(format!("reading the primary key of {table}: {e}")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A plausible value of a column of this `information_schema` data type, mapped as SPEC §3
+/// maps real values; `null` for types without an obvious sample.
+fn sample(data_type: &str) -> Value {
+    match data_type {
+        "smallint" | "integer" | "bigint" => Value::from(1),
+        "numeric" | "money" => Value::from("1.00"),
+        "real" | "double precision" => Value::from(1.5),
+        "boolean" => Value::from(true),
+        "text" | "character varying" | "character" => Value::from("test"),
+        "date" => Value::from("2026-01-01"),
+        "timestamp with time zone" => Value::from("2026-01-01T00:00:00Z"),
+        "timestamp without time zone" => Value::from("2026-01-01 00:00:00"),
+        "time without time zone" => Value::from("12:00:00"),
+        "uuid" => Value::from("00000000-0000-0000-0000-000000000000"),
+        "json" | "jsonb" => Value::Object(Map::new()),
+        "ARRAY" => Value::Array(Vec::new()),
+        _ => Value::Null,
+    }
+}
+
+/// The SPEC §3 envelope of a test `update`: no previous values, no WAL position.
+fn envelope(
+    sub: &SubscriptionConfig,
+    id: &str,
+    key: Map<String, Value>,
+    values: Map<String, Value>,
+) -> Vec<u8> {
+    let now_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let table = &sub.object.config.table;
+    let body = serde_json::json!({
+        "id": id,
+        "type": sub.event_type_for(Operation::Update),
+        "timestamp": pg_micros_to_rfc3339(now_micros - PG_EPOCH_MICROS),
+        "object": sub.object.name,
+        "operation": Operation::Update.as_str(),
+        "key": key,
+        "values": values,
+        "previous": {},
+        "changed": [],
+        "source": {"table": table.to_string(), "lsn": null, "txid": null},
+    });
+    serde_json::to_vec(&body).expect("a JSON value serialises")
+}
+
+/// The request as sent, except secrets: auth and custom headers by name only.
+fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8]) {
+    let method = match sub.method {
+        Method::Post => "POST",
+        Method::Get => "GET",
+    };
+    println!("request: {method} {}", sub.url);
+    println!("  webhook-id: {id}");
+    match sub.secrets.len() {
+        0 => println!("  webhook-signature: (none: the subscription has no secret)"),
+        1 => println!("  webhook-signature: (1 signature)"),
+        n => println!("  webhook-signature: ({n} signatures)"),
+    }
+    match &sub.auth {
+        None => {}
+        Some(Auth::Bearer { .. }) => println!("  Authorization: Bearer (hidden)"),
+        Some(Auth::Basic { .. }) => println!("  Authorization: Basic (hidden)"),
+        Some(Auth::Header { name, .. }) => println!("  {name}: (hidden)"),
+    }
+    for (name, _) in &sub.headers {
+        println!("  {name}: (hidden)");
+    }
+    if !body.is_empty() {
+        println!("  body: {}", clip(&String::from_utf8_lossy(body)));
+    }
+}
+
+/// Status, latency and the start of the body, or the error.
+fn print_response(attempt: &Attempt) {
+    let ms = attempt.duration.as_millis();
+    match attempt.status {
+        Some(status) => println!("response: status {status} in {ms} ms"),
+        None => println!("response: none after {ms} ms"),
+    }
+    if let Some(error) = &attempt.error {
+        println!("  error: {error}");
+    }
+    if !attempt.response_excerpt.is_empty() {
+        println!("  body: {}", clip(&attempt.response_excerpt));
+    }
+}
+
+/// At most [`PRINT_LIMIT`] bytes of `text`, cut on a character boundary.
+fn clip(text: &str) -> String {
+    if text.len() <= PRINT_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = PRINT_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+/// Adds the attempt to the attempt log. Never fails the command: the request has been sent
+/// and its result printed, which is what the user asked for.
+async fn record(db: &Client, schema: &str, sub: &SubscriptionConfig, attempt: &Attempt) {
+    let table = format!("{}.attempt", quote_ident(schema));
+    let exists = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map(|row| row.get::<_, bool>(0));
+    match exists {
+        Ok(true) => {}
+        Ok(false) => {
+            println!(
+                "note: the outbox schema {schema:?} does not exist yet (run `walhook setup`); \
+                 this attempt was not recorded"
+            );
+            return;
+        }
+        Err(e) => {
+            println!("note: could not record the attempt: {e}");
+            return;
+        }
+    }
+    let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
+    let status = attempt.status.map(i32::from);
+    let sql = format!(
+        "INSERT INTO {table} (delivery_id, subscription, attempt, trigger, started_at, \
+         duration_ms, status_code, error, response_excerpt) \
+         VALUES (NULL, $1, 1, 'test', $2, $3, $4, $5, $6)"
+    );
+    if let Err(e) = db
+        .execute(
+            &sql,
+            &[
+                &sub.name,
+                &attempt.started_at,
+                &duration_ms,
+                &status,
+                &attempt.error,
+                &attempt.response_excerpt,
+            ],
+        )
+        .await
+    {
+        println!("note: could not record the attempt: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_follow_the_spec_type_mapping() {
+        assert_eq!(sample("integer"), Value::from(1));
+        assert_eq!(sample("numeric"), Value::from("1.00"));
+        assert_eq!(sample("boolean"), Value::from(true));
+        assert_eq!(sample("tsvector"), Value::Null);
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_a_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(PRINT_LIMIT);
+        let clipped = clip(&long);
+        assert!(clipped.len() < PRINT_LIMIT + 40);
+        assert!(clipped.ends_with("bytes in all)"));
+    }
+}

@@ -1,0 +1,363 @@
+//! Sends one webhook request and records what happened (SPEC §4): the status, or the error,
+//! and a bounded excerpt of the response.
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{LOCATION, RETRY_AFTER};
+use tokio::time::timeout_at;
+
+use super::network::{self, NetworkPolicy};
+use super::policy::{self, Outcome};
+use super::request;
+use crate::config::SubscriptionConfig;
+
+/// How much of a response body is read; the rest is never pulled off the socket, so a huge
+/// (or endless) body cannot exhaust memory.
+pub const READ_LIMIT: usize = 64 * 1024;
+
+/// How much of the body read is kept in the attempt log.
+pub const EXCERPT_LIMIT: usize = 16 * 1024;
+
+/// One HTTP attempt and its result.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When the request started.
+    pub started_at: SystemTime,
+    /// Until the response body was read (or the request failed).
+    pub duration: Duration,
+    /// The HTTP status, `None` when no response arrived.
+    pub status: Option<u16>,
+    /// What went wrong, without the URL (which may carry a token); for a 3xx, the location.
+    pub error: Option<String>,
+    /// Up to [`EXCERPT_LIMIT`] bytes of the response body, as lossy UTF-8.
+    pub response_excerpt: String,
+    /// The `Location` header of a response.
+    pub location: Option<String>,
+    /// The raw `Retry-After` header of a response.
+    pub retry_after: Option<String>,
+    /// What the result means for the delivery.
+    pub outcome: Outcome,
+}
+
+/// Sends `body` as event (or batch) `id` to `sub`, once: checks the URL against `policy`,
+/// limits the whole request to `sub.timeout`, and never follows a redirect (`client` is
+/// expected to come from [`network::http_client`]).
+pub async fn send(
+    client: &reqwest::Client,
+    policy: &NetworkPolicy,
+    sub: &SubscriptionConfig,
+    id: &str,
+    body: &[u8],
+) -> Attempt {
+    let started_at = SystemTime::now();
+    let start = Instant::now();
+    let mut attempt = Attempt {
+        started_at,
+        duration: Duration::ZERO,
+        status: None,
+        error: None,
+        response_excerpt: String::new(),
+        location: None,
+        retry_after: None,
+        outcome: policy::classify(None, None, started_at),
+    };
+    if let Err(error) = network::check_url(sub.url.expose(), policy) {
+        attempt.error = Some(error.to_string());
+        return attempt;
+    }
+    let timestamp = started_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    // One deadline for connecting, the headers and the body alike.
+    let deadline = tokio::time::Instant::from_std(start + sub.timeout);
+    let request = request::build(client, sub, id, body, timestamp).send();
+    let mut response = match timeout_at(deadline, request).await {
+        Err(_) => {
+            attempt.error = Some(timed_out(sub.timeout));
+            attempt.duration = start.elapsed();
+            return attempt;
+        }
+        Ok(Err(error)) => {
+            attempt.error = Some(describe(error));
+            attempt.duration = start.elapsed();
+            return attempt;
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &reqwest::header::HeaderValue| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            })
+    };
+    attempt.status = Some(status.as_u16());
+    attempt.location = header(LOCATION);
+    attempt.retry_after = header(RETRY_AFTER);
+    if status.is_redirection() {
+        let to = attempt
+            .location
+            .as_deref()
+            .unwrap_or("(no Location header)");
+        attempt.error = Some(format!("redirect to {to}: not followed"));
+    }
+    let mut read = Vec::new();
+    while read.len() < READ_LIMIT {
+        match timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => read.extend_from_slice(&chunk),
+            Ok(Ok(None)) => break,
+            // The receiver has already answered with a status, which decides the outcome; a
+            // body cut short only shortens the excerpt.
+            Ok(Err(error)) => {
+                tracing::debug!(error = %describe(error), "response body cut short");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("response body not finished within the timeout");
+                break;
+            }
+        }
+    }
+    // Dropping the response here closes the connection instead of draining what is left.
+    drop(response);
+    attempt.response_excerpt = excerpt(&read);
+    attempt.duration = start.elapsed();
+    attempt.outcome = policy::classify(
+        attempt.status,
+        attempt.retry_after.as_deref(),
+        SystemTime::now(),
+    );
+    attempt
+}
+
+/// The first [`EXCERPT_LIMIT`] bytes as text; invalid UTF-8 becomes U+FFFD, and the result
+/// is cut back to the limit on a character boundary (replacement characters are longer).
+pub fn excerpt(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_LIMIT)]).into_owned();
+    if text.len() > EXCERPT_LIMIT {
+        let mut end = EXCERPT_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn timed_out(limit: Duration) -> String {
+    format!("timed out after {} ms", limit.as_millis())
+}
+
+/// A client error with its causes, never its URL (whose path or query may hold a token).
+fn describe(error: reqwest::Error) -> String {
+    if let Some(refused) = network::policy_error(&error) {
+        return refused.to_string();
+    }
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        text.push_str(" (timeout)");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{AllowedNetwork, SubscriptionConfig};
+    use crate::delivery::request::tests::subscription;
+
+    fn policy() -> NetworkPolicy {
+        NetworkPolicy::new(&[AllowedNetwork::Cidr("127.0.0.0/8".parse().unwrap())])
+    }
+
+    /// A server answering every connection with `response` after reading the request head;
+    /// `None` accepts and never answers.
+    async fn server(response: Option<Vec<u8>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match response {
+                        Some(response) => {
+                            // The client may hang up early (huge bodies): that is the point.
+                            let _ = socket.write_all(&response).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn sub_for(addr: SocketAddr) -> SubscriptionConfig {
+        let mut sub = subscription(&format!("http://{addr}/hook?token=sekrit"));
+        sub.timeout = Duration::from_millis(300);
+        sub
+    }
+
+    async fn send_to(sub: &SubscriptionConfig) -> Attempt {
+        let client = network::http_client(policy()).unwrap();
+        send(&client, &policy(), sub, "evt_1", b"{}").await
+    }
+
+    #[tokio::test]
+    async fn a_2xx_is_delivered() {
+        let addr = server(Some(response("200 OK", "", b"thanks"))).await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.status, Some(200));
+        assert_eq!(attempt.outcome, Outcome::Delivered);
+        assert_eq!(attempt.response_excerpt, "thanks");
+        assert_eq!(attempt.error, None);
+    }
+
+    #[tokio::test]
+    async fn a_500_is_retried() {
+        let addr = server(Some(response("500 Internal Server Error", "", b"oops"))).await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.status, Some(500));
+        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(attempt.response_excerpt, "oops");
+    }
+
+    #[tokio::test]
+    async fn a_429_keeps_retry_after() {
+        let addr = server(Some(response(
+            "429 Too Many Requests",
+            "retry-after: 7\r\n",
+            b"",
+        )))
+        .await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.retry_after.as_deref(), Some("7"));
+        assert_eq!(
+            attempt.outcome,
+            Outcome::Retry {
+                after: Some(Duration::from_secs(7)),
+                slow_down: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_server_times_out_within_the_timeout() {
+        let addr = server(None).await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.status, None);
+        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        let error = attempt.error.unwrap();
+        assert!(error.contains("timed out after 300 ms"), "{error}");
+        assert!(attempt.duration >= Duration::from_millis(300));
+        assert!(
+            attempt.duration < Duration::from_secs(2),
+            "{:?}",
+            attempt.duration
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_body_is_read_only_in_part() {
+        let body = vec![b'x'; 5 * 1024 * 1024];
+        let addr = server(Some(response("200 OK", "", &body))).await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.outcome, Outcome::Delivered);
+        assert_eq!(attempt.response_excerpt.len(), EXCERPT_LIMIT);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_an_error_without_the_url() {
+        // Bind and drop: the port is (almost certainly) closed now.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.status, None);
+        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        let error = attempt.error.unwrap();
+        assert!(!error.contains("sekrit"), "{error}");
+        assert!(error.to_lowercase().contains("connect"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_names_the_location() {
+        let addr = server(Some(response(
+            "302 Found",
+            "location: http://127.0.0.1:1/elsewhere\r\n",
+            b"",
+        )))
+        .await;
+        let attempt = send_to(&sub_for(addr)).await;
+        assert_eq!(attempt.status, Some(302));
+        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(
+            attempt.location.as_deref(),
+            Some("http://127.0.0.1:1/elsewhere")
+        );
+        assert_eq!(
+            attempt.error.as_deref(),
+            Some("redirect to http://127.0.0.1:1/elsewhere: not followed")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_not_contacted() {
+        let sub = sub_for("127.0.0.1:9".parse().unwrap());
+        let client = network::http_client(NetworkPolicy::default()).unwrap();
+        let attempt = send(&client, &NetworkPolicy::default(), &sub, "evt_1", b"{}").await;
+        assert_eq!(attempt.status, None);
+        let error = attempt.error.unwrap();
+        assert!(error.contains("127.0.0.1"), "{error}");
+        assert!(!error.contains("sekrit"), "{error}");
+    }
+
+    #[test]
+    fn the_excerpt_stays_within_the_limit_even_for_invalid_utf8() {
+        let body = vec![0xFFu8; 2 * EXCERPT_LIMIT];
+        let text = excerpt(&body);
+        assert!(text.len() <= EXCERPT_LIMIT);
+        assert!(text.starts_with('\u{FFFD}'));
+    }
+}

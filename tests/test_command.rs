@@ -1,0 +1,236 @@
+//! `walhook test`: one signed test event to a real `walhook receive` process, recorded in
+//! the attempt log.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{config_file, run_walhook, unique, ConfigFile, TestDb};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, amount numeric, paid boolean);
+INSERT INTO account_invoice VALUES (7, 'INV-7', 12.50, false);
+";
+
+/// A running `walhook receive` whose stdout lines arrive on a channel; killed on drop.
+struct Receiver {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+}
+
+impl Receiver {
+    fn start(secret: &str) -> Receiver {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["receive", "--listen", "127.0.0.1:0", "--secret", secret])
+            .env_remove("WALHOOK_CONFIG")
+            .env_remove("WALHOOK_RECEIVE_SECRET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start walhook receive");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the listening line");
+        let base = first
+            .split_whitespace()
+            .find(|word| word.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_owned();
+        Receiver { child, lines, base }
+    }
+
+    /// Collects stdout until `needle` appears (or panics after `within`).
+    fn output_until(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut seen = String::new();
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => panic!("{needle:?} not printed; stdout so far:\n{seen}"),
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drops the slot `setup` made, pass or fail: the shared cluster has few of them.
+struct SlotGuard<'a> {
+    db: &'a TestDb<'static>,
+    slot: String,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.db.sql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{}'",
+            self.slot
+        ));
+    }
+}
+
+/// A config with one subscription `invoices` on `url`, signed with `secret`.
+fn config(db: &TestDb<'_>, slot: &str, url: &str, secret: &str) -> ConfigFile {
+    config_file(&format!(
+        r#"
+[source]
+url = "{db_url}"
+slot = "{slot}"
+publication = "{publication}"
+
+[delivery]
+allow_networks = ["127.0.0.0/8"]
+
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "amount"]
+
+[[subscriptions]]
+name = "invoices"
+object = "invoice"
+url = "{url}"
+secret = "{secret}"
+timeout = "5s"
+"#,
+        db_url = db.url,
+        publication = unique("pub"),
+    ))
+}
+
+#[test]
+fn a_test_event_reaches_a_real_receiver_and_is_recorded() {
+    let db = TestDb::new(ERP);
+    let receiver = Receiver::start(SECRET);
+    let slot = unique("slot");
+    let _guard = SlotGuard {
+        db: &db,
+        slot: slot.clone(),
+    };
+    let url = format!("{}/hooks?token=url-token-1234", receiver.base);
+    let config = config(&db, &slot, &url, SECRET);
+
+    let setup = run_walhook(&config, &["setup"]);
+    assert_eq!(setup.code, 0, "{}{}", setup.stdout, setup.stderr);
+
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("status 200"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\"type\":\"invoice.updated\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("\"operation\":\"update\""),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(SECRET), "{}", out.stdout);
+    receiver.output_until("signature verified", Duration::from_secs(10));
+
+    let rows = db.sql(
+        "SELECT delivery_id IS NULL, attempt, trigger, status_code, error IS NULL \
+         FROM walhook.attempts",
+    );
+    assert_eq!(rows.trim(), "t|1|test|200|t", "{rows}");
+
+    // The real row, limited to the object's fields.
+    let out = run_walhook(&config, &["test", "invoices", "--key", r#"{"id": 7}"#]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(r#""values":{"number":"INV-7","amount":"12.50"}"#),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(r#""key":{"id":7}"#), "{}", out.stdout);
+}
+
+#[test]
+fn a_wrong_secret_is_a_failure_and_still_recorded() {
+    let db = TestDb::new(ERP);
+    let receiver = Receiver::start(SECRET);
+    let slot = unique("slot");
+    let _guard = SlotGuard {
+        db: &db,
+        slot: slot.clone(),
+    };
+    let other = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let config = config(&db, &slot, &format!("{}/hooks", receiver.base), other);
+    let setup = run_walhook(&config, &["setup"]);
+    assert_eq!(setup.code, 0, "{}{}", setup.stdout, setup.stderr);
+
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("status 401"), "{}", out.stdout);
+    let rows = db.sql("SELECT trigger, status_code FROM walhook.attempts");
+    assert_eq!(rows.trim(), "test|401", "{rows}");
+}
+
+#[test]
+fn without_the_outbox_schema_the_attempt_is_sent_but_not_recorded() {
+    let db = TestDb::new(ERP);
+    let receiver = Receiver::start(SECRET);
+    let config = config(
+        &db,
+        &unique("slot"),
+        &format!("{}/hooks", receiver.base),
+        SECRET,
+    );
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("does not exist yet"), "{}", out.stdout);
+}
+
+#[test]
+fn an_unknown_subscription_is_bad_usage_with_a_suggestion() {
+    let db = TestDb::new(ERP);
+    let config = config(&db, &unique("slot"), "http://127.0.0.1:9/hooks", SECRET);
+    let out = run_walhook(&config, &["test", "invoice"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("did you mean \"invoices\"?"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_key_naming_no_column_is_bad_usage() {
+    let db = TestDb::new(ERP);
+    let config = config(&db, &unique("slot"), "http://127.0.0.1:9/hooks", SECRET);
+    let out = run_walhook(&config, &["test", "invoices", "--key", r#"{"idd": 7}"#]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("did you mean \"id\"?"),
+        "{}",
+        out.stderr
+    );
+}
