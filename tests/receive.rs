@@ -1,103 +1,16 @@
 //! `walhook receive`: a real process on a free loopback port, real signed requests.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod support;
+
+use support::Receiver;
 use walhook::config::SigningSecret;
 use walhook::delivery::signing::signature_header;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-/// A running `walhook receive` whose stdout lines arrive on a channel.
-struct Receiver {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Receiver {
-    /// Starts it on a port of its own choosing, without any config file around.
-    fn start(args: &[&str]) -> Receiver {
-        Receiver::start_with_env(args, None)
-    }
-
-    /// Like [`Receiver::start`], with `$WALHOOK_RECEIVE_SECRET` set to `env_secret`.
-    fn start_with_env(args: &[&str], env_secret: Option<&str>) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-            .args(["receive", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("WALHOOK_CONFIG")
-            .env("WALHOOK_RECEIVE_SECRET", env_secret.unwrap_or(""))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start walhook receive");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the listening line");
-        let base = first
-            .split_whitespace()
-            .find(|word| word.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        Receiver { child, lines, base }
-    }
-
-    /// Collects stdout until `needle` appears (or panics after `within`).
-    fn output_until(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let mut seen = String::new();
-        while !seen.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(_) => panic!("{needle:?} not printed; stdout so far:\n{seen}"),
-            }
-        }
-        seen
-    }
-
-    /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> i32 {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "receive ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn now() -> i64 {
     SystemTime::now()
@@ -141,7 +54,7 @@ const EVENT: &str = r#"{"type":"invoice.posted","data":{"number":"INV/2024/0001"
 
 #[tokio::test]
 async fn a_correctly_signed_event_is_accepted_and_printed() {
-    let receiver = Receiver::start(&["--secret", SECRET]);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let ts = now();
     let (status, _) = post(
         &receiver,
@@ -166,7 +79,7 @@ async fn a_correctly_signed_event_is_accepted_and_printed() {
 
 #[tokio::test]
 async fn bad_signatures_get_401_with_a_reason() {
-    let receiver = Receiver::start(&["--secret", SECRET]);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let ts = now();
     let good = signed("evt_1", ts, EVENT);
     let tag = good.strip_prefix("v1,").unwrap();
@@ -195,7 +108,7 @@ async fn bad_signatures_get_401_with_a_reason() {
 
 #[tokio::test]
 async fn a_stale_timestamp_is_rejected() {
-    let receiver = Receiver::start(&["--secret", SECRET]);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let stale = now() - 10 * 60;
     let header = signed("evt_old", stale, EVENT);
     let (status, body) = post(&receiver, "evt_old", stale, Some(&header), EVENT).await;
@@ -207,12 +120,15 @@ async fn a_stale_timestamp_is_rejected() {
 
 #[tokio::test]
 async fn the_standard_webhooks_test_vector_is_accepted_with_a_long_tolerance() {
-    let receiver = Receiver::start(&[
-        "--secret",
-        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-        "--tolerance",
-        "3650d",
-    ]);
+    let receiver = Receiver::start(
+        &[
+            "--secret",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "--tolerance",
+            "3650d",
+        ],
+        None,
+    );
     let (status, _) = post(
         &receiver,
         "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
@@ -226,7 +142,7 @@ async fn the_standard_webhooks_test_vector_is_accepted_with_a_long_tolerance() {
 
 #[tokio::test]
 async fn without_a_secret_everything_is_accepted_with_the_chosen_status() {
-    let receiver = Receiver::start(&["--status", "503"]);
+    let receiver = Receiver::start(&["--status", "503"], None);
     let batch = format!("[{EVENT},{EVENT}]");
     let (status, _) = post(&receiver, "batch_1", now(), None, &batch).await;
     assert_eq!(status, 503);
@@ -237,7 +153,7 @@ async fn without_a_secret_everything_is_accepted_with_the_chosen_status() {
 
 #[tokio::test]
 async fn the_secret_defaults_to_the_environment() {
-    let receiver = Receiver::start_with_env(&[], Some(SECRET));
+    let receiver = Receiver::start(&[], Some(SECRET));
     let ts = now();
     let (status, _) = post(&receiver, "evt_env", ts, None, EVENT).await;
     assert_eq!(status, 401);
@@ -248,7 +164,7 @@ async fn the_secret_defaults_to_the_environment() {
 
 #[tokio::test]
 async fn a_body_over_10_mib_gets_413() {
-    let receiver = Receiver::start(&[]);
+    let receiver = Receiver::start(&[], None);
     let huge = "x".repeat(10 * 1024 * 1024 + 1);
     let (status, _) = post(&receiver, "evt_big", now(), None, &huge).await;
     assert_eq!(status, 413);
@@ -256,7 +172,7 @@ async fn a_body_over_10_mib_gets_413() {
 
 #[test]
 fn sigterm_exits_0() {
-    let receiver = Receiver::start(&["--secret", SECRET]);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     assert_eq!(receiver.terminate(), 0);
 }
 

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -44,16 +43,7 @@ impl Tail {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start walhook tail");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::stdout_lines(&mut child);
         // Changes count from the moment tail's slot exists and streams.
         wait_for(Duration::from_secs(20), || {
             db.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walhook_tail_%' AND active AND database = current_database()")

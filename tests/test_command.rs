@@ -3,12 +3,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{config_file, run_walhook, unique, ConfigFile, TestDb};
+use support::{config_file, run_walhook, unique, ConfigFile, Receiver, TestDb};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -16,69 +13,6 @@ const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, amount numeric, paid boolean);
 INSERT INTO account_invoice VALUES (7, 'INV-7', 12.50, false);
 ";
-
-/// A running `walhook receive` whose stdout lines arrive on a channel; killed on drop.
-struct Receiver {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Receiver {
-    fn start(secret: &str) -> Receiver {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-            .args(["receive", "--listen", "127.0.0.1:0", "--secret", secret])
-            .env_remove("WALHOOK_CONFIG")
-            .env_remove("WALHOOK_RECEIVE_SECRET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start walhook receive");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the listening line");
-        let base = first
-            .split_whitespace()
-            .find(|word| word.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        Receiver { child, lines, base }
-    }
-
-    /// Collects stdout until `needle` appears (or panics after `within`).
-    fn output_until(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let mut seen = String::new();
-        while !seen.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(_) => panic!("{needle:?} not printed; stdout so far:\n{seen}"),
-            }
-        }
-        seen
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Drops the slot `setup` made, pass or fail: the shared cluster has few of them.
 struct SlotGuard<'a> {
@@ -127,7 +61,7 @@ timeout = "5s"
 #[test]
 fn a_test_event_reaches_a_real_receiver_and_is_recorded() {
     let db = TestDb::new(ERP);
-    let receiver = Receiver::start(SECRET);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let slot = unique("slot");
     let _guard = SlotGuard {
         db: &db,
@@ -176,7 +110,7 @@ fn a_test_event_reaches_a_real_receiver_and_is_recorded() {
 #[test]
 fn a_wrong_secret_is_a_failure_and_still_recorded() {
     let db = TestDb::new(ERP);
-    let receiver = Receiver::start(SECRET);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let slot = unique("slot");
     let _guard = SlotGuard {
         db: &db,
@@ -197,7 +131,7 @@ fn a_wrong_secret_is_a_failure_and_still_recorded() {
 #[test]
 fn without_the_outbox_schema_the_attempt_is_sent_but_not_recorded() {
     let db = TestDb::new(ERP);
-    let receiver = Receiver::start(SECRET);
+    let receiver = Receiver::start(&["--secret", SECRET], None);
     let config = config(
         &db,
         &unique("slot"),

@@ -215,3 +215,98 @@ pub fn lose_slot(db: &TestDb<'_>, slot: &str, scratch: &str) {
         "lost"
     );
 }
+
+/// The lines a child prints on stdout, arriving on a channel as they are printed.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// A running `walhook receive` whose stdout lines arrive on a channel.
+pub struct Receiver {
+    child: std::process::Child,
+    /// Its stdout, line by line.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Receiver {
+    /// Starts it on a port of its own choosing, without any config file around, with
+    /// `$WALHOOK_RECEIVE_SECRET` set to `env_secret` (empty means unset).
+    pub fn start(args: &[&str], env_secret: Option<&str>) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["receive", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("WALHOOK_CONFIG")
+            .env("WALHOOK_RECEIVE_SECRET", env_secret.unwrap_or(""))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start walhook receive");
+        let lines = stdout_lines(&mut child);
+        let first = lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the listening line");
+        let base = first
+            .split_whitespace()
+            .find(|word| word.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_owned();
+        Receiver { child, lines, base }
+    }
+
+    /// Collects stdout until `needle` appears (or panics after `within`).
+    pub fn output_until(&self, needle: &str, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        let mut seen = String::new();
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => panic!("{needle:?} not printed; stdout so far:\n{seen}"),
+            }
+        }
+        seen
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn terminate(mut self) -> i32 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "receive ignored SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
