@@ -75,6 +75,24 @@ enum Command {
         #[arg(long, value_name = "JSON")]
         key: Option<String>,
     },
+    /// The delivery log, newest first: status, attempts and last error of each delivery.
+    Deliveries {
+        /// Only this subscription.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Only deliveries in this state.
+        #[arg(long, value_enum)]
+        status: Option<DeliveryStatus>,
+        /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
+        #[arg(long, value_name = "TIME", value_parser = commands::deliveries::parse_since)]
+        since: Option<commands::deliveries::Since>,
+        /// Show at most this many deliveries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line with the columns of the deliveries view.
+        #[arg(long)]
+        json: bool,
+    },
     /// A local webhook receiver for development: verifies signatures, prints each request.
     ///
     /// Needs no config file. Answers --status for verified requests (all requests when no
@@ -97,6 +115,24 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = walhook::config::parse_duration)]
         tolerance: std::time::Duration,
     },
+}
+
+/// `--status` of `walhook deliveries`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl From<DeliveryStatus> for commands::deliveries::Status {
+    fn from(status: DeliveryStatus) -> Self {
+        match status {
+            DeliveryStatus::Pending => Self::Pending,
+            DeliveryStatus::Delivered => Self::Delivered,
+            DeliveryStatus::Dead => Self::Dead,
+        }
+    }
 }
 
 /// Exit codes of SPEC §1.
@@ -175,6 +211,25 @@ fn main() -> ExitCode {
                         ExitCode::from(e.exit_code())
                     }
                 }
+            }
+            Command::Deliveries {
+                subscription,
+                status,
+                since,
+                limit,
+                json,
+            } => {
+                let options = commands::deliveries::DeliveriesOptions {
+                    subscription,
+                    status: status.map(Into::into),
+                    since,
+                    limit,
+                    json,
+                };
+                runtime_result(
+                    "deliveries",
+                    commands::deliveries::run(&config, &options).await,
+                )
             }
             Command::Receive { .. } => unreachable!("receive runs before the config is loaded"),
         }

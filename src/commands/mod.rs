@@ -1,6 +1,7 @@
 //! One module per CLI command; `main.rs` parses arguments and calls into these.
 
 pub mod check;
+pub mod deliveries;
 pub mod receive;
 pub mod setup;
 pub mod tail;
