@@ -189,7 +189,7 @@ impl ConnInfo {
         };
         let config = tokio_postgres::Config::from_str(&remaining)
             // tokio-postgres names the key, never the value, so this cannot leak a password.
-            .map_err(|e| ConnInfoError::new(error_chain(&e)))?;
+            .map_err(|e| ConnInfoError::new(super::tls::error_chain(&e)))?;
         Self::resolve(config, extra)
     }
 
@@ -564,17 +564,6 @@ fn quote(value: &str) -> String {
     } else {
         quote_always(value)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `$PGUSER`, else the operating-system user, as libpq does.

@@ -883,7 +883,7 @@ fn classify(info: &ConnInfo, target: &Target, e: tokio_postgres::Error) -> Conne
 }
 
 /// An error and its causes, `: `-separated (tokio-postgres puts the useful part in the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
