@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{config_file, run_walhook, unique, ConfigFile, Finished, TestDb};
+use support::{config_file, run_walhook, unique, ConfigFile, Finished, SlotGuard, TestDb};
 use walhook::config::TableName;
 
 use walhook::outbox::migrate::{latest_version, migrate, MIGRATIONS};
@@ -62,34 +62,6 @@ name = "partners"
 table = "public.res_partner"
 url = "https://partner.example.com/hooks"
 "#;
-
-/// Drops the slot when the test ends, pass or fail: the shared cluster has 64 of them.
-struct SlotGuard {
-    database: String,
-    slot: String,
-}
-
-impl SlotGuard {
-    fn new(db: &TestDb<'_>, names: &Names) -> SlotGuard {
-        SlotGuard {
-            database: db.name.clone(),
-            slot: names.slot.clone(),
-        }
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let _ = support::cluster().psql(
-            &self.database,
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{}'",
-                self.slot
-            ),
-        );
-    }
-}
 
 fn walhook_ok(file: &ConfigFile, args: &[&str]) -> Finished {
     let out = run_walhook(file, args);
@@ -288,7 +260,7 @@ async fn a_failing_migration_names_its_file_and_leaves_nothing_half_done() {
 fn setup_creates_schema_publication_and_slot_and_a_second_run_changes_nothing() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(&db, &names, INVOICE_AND_PARTNER);
 
     let out = walhook_ok(&file, &["setup"]);
@@ -378,7 +350,7 @@ fn setup_creates_schema_publication_and_slot_and_a_second_run_changes_nothing() 
 fn setup_follows_the_config_adding_and_removing_tables() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     walhook_ok(&config(&db, &names, INVOICE_AND_PARTNER), &["setup"]);
     assert_eq!(
         published(&db, &names.publication),
@@ -423,7 +395,7 @@ table = "public.stock_move"
 fn a_table_whose_updates_would_break_once_published_is_refused_with_the_fix() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(
         &db,
         &names,
@@ -459,7 +431,7 @@ fn a_table_whose_updates_would_break_once_published_is_refused_with_the_fix() {
 fn a_for_all_tables_publication_is_left_alone() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     db.sql(&format!(
         "CREATE PUBLICATION {} FOR ALL TABLES",
         names.publication
@@ -655,7 +627,7 @@ async fn slot_state_tells_missing_ready_and_wrong_kind_apart() {
 fn replica_identity_is_set_only_where_a_subscription_needs_old_values() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(
         &db,
         &names,
@@ -740,7 +712,7 @@ url = "https://partner.example.com/hooks"
 fn teardown_refuses_while_deliveries_are_pending_and_force_proceeds() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(&db, &names, INVOICE_AND_PARTNER);
     walhook_ok(&file, &["setup"]);
     db.sql("INSERT INTO walhook.delivery (subscription, event_seq) VALUES ('partners', 1)");
@@ -778,7 +750,7 @@ fn teardown_refuses_while_deliveries_are_pending_and_force_proceeds() {
 fn teardown_drops_slot_publication_and_schema_and_tolerates_missing_pieces() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(&db, &names, INVOICE_AND_PARTNER);
     walhook_ok(&file, &["setup"]);
     let (slot, publication) = (&names.slot, &names.publication);
@@ -824,7 +796,7 @@ fn teardown_will_not_drop_a_schema_shared_with_business_tables() {
         "{ERP} CREATE SCHEMA shared; CREATE TABLE shared.price_list (id int PRIMARY KEY);"
     ));
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(
         &db,
         &names,
@@ -849,7 +821,7 @@ fn teardown_will_not_drop_a_schema_shared_with_business_tables() {
 fn a_slot_dropped_behind_walhooks_back_is_not_silently_recreated() {
     let db = TestDb::new(ERP);
     let names = Names::new();
-    let _guard = SlotGuard::new(&db, &names);
+    let _guard = SlotGuard::new(&db, &names.slot);
     let file = config(&db, &names, INVOICE_AND_PARTNER);
     walhook_ok(&file, &["setup"]);
     db.sql(&format!(

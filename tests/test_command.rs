@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{config_file, run_walhook, unique, ConfigFile, Receiver, TestDb};
+use support::{config_file, run_walhook, unique, ConfigFile, Receiver, SlotGuard, TestDb};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -13,22 +13,6 @@ const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, amount numeric, paid boolean);
 INSERT INTO account_invoice VALUES (7, 'INV-7', 12.50, false);
 ";
-
-/// Drops the slot `setup` made, pass or fail: the shared cluster has few of them.
-struct SlotGuard<'a> {
-    db: &'a TestDb<'static>,
-    slot: String,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        self.db.sql(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = '{}'",
-            self.slot
-        ));
-    }
-}
 
 /// A config with one subscription `invoices` on `url`, signed with `secret`.
 fn config(db: &TestDb<'_>, slot: &str, url: &str, secret: &str) -> ConfigFile {
@@ -63,10 +47,7 @@ fn a_test_event_reaches_a_real_receiver_and_is_recorded() {
     let db = TestDb::new(ERP);
     let receiver = Receiver::start(&["--secret", SECRET], None);
     let slot = unique("slot");
-    let _guard = SlotGuard {
-        db: &db,
-        slot: slot.clone(),
-    };
+    let _guard = SlotGuard::new(&db, &slot);
     let url = format!("{}/hooks?token=url-token-1234", receiver.base);
     let config = config(&db, &slot, &url, SECRET);
 
@@ -112,10 +93,7 @@ fn a_wrong_secret_is_a_failure_and_still_recorded() {
     let db = TestDb::new(ERP);
     let receiver = Receiver::start(&["--secret", SECRET], None);
     let slot = unique("slot");
-    let _guard = SlotGuard {
-        db: &db,
-        slot: slot.clone(),
-    };
+    let _guard = SlotGuard::new(&db, &slot);
     let other = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     let config = config(&db, &slot, &format!("{}/hooks", receiver.base), other);
     let setup = run_walhook(&config, &["setup"]);

@@ -310,3 +310,33 @@ impl Drop for Receiver {
         let _ = self.child.wait();
     }
 }
+
+/// Drops a replication slot when the test ends, pass or fail: slots are cluster-wide and
+/// the shared cluster has a limited number.
+pub struct SlotGuard {
+    database: String,
+    slot: String,
+}
+
+impl SlotGuard {
+    /// Guards `slot` of `db` (it need not exist yet).
+    pub fn new(db: &TestDb<'_>, slot: &str) -> SlotGuard {
+        SlotGuard {
+            database: db.name.clone(),
+            slot: slot.to_owned(),
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let _ = cluster().psql(
+            &self.database,
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = '{}'",
+                self.slot
+            ),
+        );
+    }
+}
