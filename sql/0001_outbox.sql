@@ -32,6 +32,9 @@ CREATE TABLE delivery (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     subscription     text NOT NULL,
     event_seq        bigint NOT NULL,
+    -- A hash of the event's object and row key: events of one ordering key reach the
+    -- subscription in event_seq order. A collision only orders two keys needlessly.
+    ordering_key     bigint NOT NULL DEFAULT 0,
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'delivered', 'dead')),
     attempts         integer NOT NULL DEFAULT 0,
@@ -40,10 +43,28 @@ CREATE TABLE delivery (
     last_status_code integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    delivered_at     timestamptz
+    delivered_at     timestamptz,
+    -- Set once a batch request carried this delivery: a failed batch is retried whole,
+    -- under the same id (SPEC §4 `webhook-id`).
+    batch_id         text,
+    -- What triggers the next attempt: `replay` after `walhook replay`, until it is made.
+    trigger          text NOT NULL DEFAULT 'scheduled'
+                     CHECK (trigger IN ('scheduled', 'replay'))
 );
-CREATE INDEX delivery_pending ON delivery (subscription, next_attempt_at)
+-- The dispatcher's claim: a subscription's live rows in event order.
+CREATE INDEX delivery_pending ON delivery (subscription, event_seq)
     WHERE status = 'pending';
+-- Key ordering: is an earlier event of this key still pending?
+CREATE INDEX delivery_pending_key ON delivery (subscription, ordering_key, event_seq)
+    WHERE status = 'pending';
+
+-- Subscriptions the receiver switched off with 410 Gone. Their deliveries stay pending
+-- until `walhook replay` (or the admin API) turns the subscription back on.
+CREATE TABLE subscription_state (
+    subscription   text PRIMARY KEY,
+    deactivated_at timestamptz NOT NULL DEFAULT now(),
+    reason         text NOT NULL
+);
 
 -- One HTTP attempt. `walhook test` requests have no delivery.
 CREATE TABLE attempt (

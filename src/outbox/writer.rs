@@ -8,6 +8,7 @@
 //! open transaction ("spilled"), so a transaction of a million rows streams through with
 //! flat memory and still commits as one.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
@@ -34,12 +35,25 @@ pub struct OutboxError {
 }
 
 /// What one outbox commit wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
     /// Event rows.
     pub events: u64,
     /// Delivery rows.
     pub deliveries: u64,
+    /// The subscriptions that received deliveries: the dispatcher wakes these.
+    pub subscriptions: BTreeSet<Arc<str>>,
+}
+
+/// The ordering key of an event: a stable 64-bit FNV-1a hash of its object and row key.
+/// Stable across versions and processes, because it is stored.
+pub fn ordering_key(object: &str, key: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in object.bytes().chain([0]).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
 }
 
 #[derive(Default)]
@@ -51,6 +65,7 @@ struct Buffer {
     bodies: Vec<Vec<u8>>,
     commit_lsns: Vec<String>,
     commit_times: Vec<i64>,
+    ordering_keys: Vec<i64>,
     /// For each event, the subscriptions that receive it.
     subscriptions: Vec<Vec<Arc<str>>>,
 }
@@ -130,8 +145,8 @@ impl OutboxWriter {
                 .map_err(err("preparing the event insert"))?,
             deliveries: client
                 .prepare(&format!(
-                    "INSERT INTO {s}.delivery (subscription, event_seq) \
-                     SELECT * FROM unnest($1::text[], $2::int8[])"
+                    "INSERT INTO {s}.delivery (subscription, event_seq, ordering_key) \
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])"
                 ))
                 .await
                 .map_err(err("preparing the delivery insert"))?,
@@ -174,6 +189,8 @@ impl OutboxWriter {
     /// Buffers one routed event of the given commit.
     pub fn add(&mut self, event: RoutedEvent, commit: Commit) {
         let b = &mut self.buffer;
+        b.ordering_keys
+            .push(ordering_key(&event.object, &event.key));
         b.event_ids.push(event.event_id);
         b.event_types.push(event.event_type);
         b.objects.push(event.object);
@@ -233,17 +250,22 @@ impl OutboxWriter {
             .map_err(|source| self.error("inserting events", source))?;
         let mut subscriptions: Vec<&str> = Vec::new();
         let mut delivery_seqs: Vec<i64> = Vec::new();
-        for (seq, subs) in seqs.iter().zip(&b.subscriptions) {
+        let mut ordering_keys: Vec<i64> = Vec::new();
+        for ((seq, subs), key) in seqs.iter().zip(&b.subscriptions).zip(&b.ordering_keys) {
             for sub in subs {
                 subscriptions.push(sub);
                 delivery_seqs.push(*seq);
+                ordering_keys.push(*key);
+                if !self.written.subscriptions.contains(sub) {
+                    self.written.subscriptions.insert(sub.clone());
+                }
             }
         }
         let deliveries = self
             .client
             .execute(
                 &self.statements.deliveries,
-                &[&subscriptions, &delivery_seqs],
+                &[&subscriptions, &delivery_seqs, &ordering_keys],
             )
             .await
             .map_err(|source| self.error("inserting deliveries", source))?;
