@@ -58,6 +58,10 @@ CREATE INDEX delivery_pending ON delivery (subscription, event_seq)
 CREATE INDEX delivery_pending_key ON delivery (subscription, ordering_key, event_seq)
     WHERE status = 'pending';
 
+-- Failed batches waiting for their retry.
+CREATE INDEX delivery_batched ON delivery (subscription, event_seq)
+    WHERE status = 'pending' AND batch_id IS NOT NULL;
+
 -- Subscriptions the receiver switched off with 410 Gone. Their deliveries stay pending
 -- until `walhook replay` (or the admin API) turns the subscription back on.
 CREATE TABLE subscription_state (

@@ -15,6 +15,7 @@ use crate::capture::matcher::{Matcher, MatcherError};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
+use crate::delivery::DispatchHandle;
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::source::conninfo::ConnInfo;
 use crate::source::{tls, Lsn};
@@ -69,6 +70,8 @@ impl From<CaptureError> for SessionError {
 pub(super) struct Session<'a> {
     pub(super) source: &'a ConnInfo,
     pub(super) outbox: &'a ConnInfo,
+    /// Told about new deliveries and config edits.
+    pub(super) dispatch: &'a DispatchHandle,
 }
 
 /// A source commit handled in memory (its events written or buffered) but not yet
@@ -108,7 +111,7 @@ impl Session<'_> {
         let mut handled: Option<Handled> = None;
         let mut group = 0usize;
         // An edit staged during a transaction the previous session never finished.
-        apply(staged, matcher, config);
+        apply(staged, matcher, config, self.dispatch);
         loop {
             let item = if handled.is_some() && open.is_none() {
                 // Commits are handled but not yet in the outbox: keep taking what is
@@ -119,12 +122,12 @@ impl Session<'_> {
                     Some(next) => match next? {
                         Some(item) => item,
                         None => {
-                            flush(&mut writer, &mut reader, &mut handled).await?;
+                            flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
                             return Ok(Ended::ServerEnded);
                         }
                     },
                     None => {
-                        flush(&mut writer, &mut reader, &mut handled).await?;
+                        flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
                         group = 0;
                         continue;
                     }
@@ -133,7 +136,7 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        return stop(writer, reader, open, handled).await;
+                        return stop(writer, reader, open, handled, self.dispatch).await;
                     }
                     Some(new) = reloads.recv() => {
                         match validate(&new, &catalog).await {
@@ -141,7 +144,7 @@ impl Session<'_> {
                             Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
                         }
                         if open.is_none() {
-                            apply(staged, matcher, config);
+                            apply(staged, matcher, config, self.dispatch);
                         }
                         continue;
                     }
@@ -190,9 +193,9 @@ impl Session<'_> {
                         end_lsn,
                     });
                     group += 1;
-                    apply(staged, matcher, config);
+                    apply(staged, matcher, config, self.dispatch);
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
-                        flush(&mut writer, &mut reader, &mut handled).await?;
+                        flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
                         group = 0;
                     }
                 }
@@ -213,6 +216,7 @@ async fn flush(
     writer: &mut OutboxWriter,
     reader: &mut ChangeReader,
     handled: &mut Option<Handled>,
+    dispatch: &DispatchHandle,
 ) -> Result<(), SessionError> {
     let Some(h) = handled.take() else {
         return Ok(());
@@ -225,6 +229,7 @@ async fn flush(
             through = %h.commit_lsn,
             "outbox commit"
         );
+        dispatch.wake(&written.subscriptions);
     }
     // A group without events needs no outbox write: skipping it on restart is harmless,
     // because the slot itself will not send it again once acknowledged.
@@ -239,11 +244,12 @@ async fn stop(
     mut reader: ChangeReader,
     open: Option<Commit>,
     mut handled: Option<Handled>,
+    dispatch: &DispatchHandle,
 ) -> Result<Ended, SessionError> {
     if open.is_some() {
         writer.rollback().await?;
     } else {
-        flush(&mut writer, &mut reader, &mut handled).await?;
+        flush(&mut writer, &mut reader, &mut handled, dispatch).await?;
     }
     reader.close().await?;
     Ok(Ended::Signal)
@@ -259,10 +265,16 @@ async fn validate(
     Ok(matcher)
 }
 
-fn apply(staged: &mut Option<(Config, Matcher)>, matcher: &mut Matcher, config: &mut Config) {
+fn apply(
+    staged: &mut Option<(Config, Matcher)>,
+    matcher: &mut Matcher,
+    config: &mut Config,
+    dispatch: &DispatchHandle,
+) {
     if let Some((new_config, new_matcher)) = staged.take() {
         *matcher = new_matcher;
         *config = new_config;
+        dispatch.reload(config);
         tracing::info!(
             subscriptions = config.subscriptions.len(),
             "config reloaded; applies from the next transaction"

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::capture::matcher::{Matcher, MatcherError};
 use crate::config::Config;
+use crate::delivery::{self, DispatchError};
 use crate::source::conninfo::ConnInfo;
 
 pub use startup::StartupError;
@@ -30,6 +31,9 @@ pub enum DaemonError {
     /// A capture session failed in a way reconnecting cannot fix.
     #[error(transparent)]
     Session(#[from] capture::SessionError),
+    /// The dispatcher could not start.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
 }
 
 impl DaemonError {
@@ -66,6 +70,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         _ = shutdown.changed() => return Ok(()),
     }
 
+    let (dispatch, dispatcher) =
+        delivery::dispatcher::spawn(&config, outbox.clone(), shutdown.clone())?;
     let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
     let _watcher = reload::spawn(options.config_path.clone(), config.clone(), reload_tx);
 
@@ -78,6 +84,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         let session = capture::Session {
             source: &source,
             outbox: &outbox,
+            dispatch: &dispatch,
         };
         let outcome = session
             .run(
@@ -90,7 +97,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
             )
             .await;
         match outcome {
-            Ok(capture::Ended::Signal) => return Ok(()),
+            Ok(capture::Ended::Signal) => break,
             Ok(capture::Ended::ServerEnded) => {
                 tracing::warn!(
                     "the server ended the replication stream; reconnecting in {backoff:?}"
@@ -100,11 +107,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
             Err(e) => return Err(e.into()),
         }
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+    // The dispatcher saw the same signal: it lets requests in flight finish.
+    let _ = dispatcher.await;
+    Ok(())
 }
 
 /// A channel that turns true on the first SIGTERM or SIGINT.

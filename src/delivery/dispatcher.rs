@@ -1,0 +1,280 @@
+//! The dispatcher: one worker per active subscription, woken right after the outbox commit
+//! that gave it new deliveries, and one completion writer that records results in batches.
+//!
+//! The outbox table is the queue: workers claim from it with short leases (so nothing is
+//! held across HTTP, and a process that dies leaves nothing locked for long), and completions
+//! are written by one task that takes everything waiting in one statement.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::network::{self, NetworkPolicy};
+use super::worker::{Control, Worker};
+use crate::config::{Config, SubscriptionConfig};
+use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
+use crate::source::conninfo::ConnInfo;
+use crate::source::tls;
+
+/// Completions written together at most.
+const COMPLETION_BATCH: usize = 512;
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The HTTP client could not be built (TLS roots).
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Results of one request, for the completion writer.
+pub(super) struct Finished {
+    pub(super) completions: Vec<Completion>,
+    /// The worker to wake once they are recorded: a key's next event may go then.
+    pub(super) wake: Arc<Notify>,
+}
+
+/// What every worker uses.
+pub(super) struct Shared {
+    pub(super) client: reqwest::Client,
+    pub(super) policy: NetworkPolicy,
+    /// `delivery.max_in_flight`, across subscriptions.
+    pub(super) global: Arc<Semaphore>,
+    pub(super) completions: mpsc::Sender<Finished>,
+    queues: Arc<Queues>,
+}
+
+impl Shared {
+    /// The queue on the dispatcher's outbox connection.
+    pub(super) async fn queue(&self) -> Result<Arc<DeliveryQueue>, QueueError> {
+        self.queues.get().await
+    }
+}
+
+/// The dispatcher's one outbox connection, opened again when it was lost.
+struct Queues {
+    outbox: ConnInfo,
+    schema: String,
+    current: tokio::sync::Mutex<Option<Arc<DeliveryQueue>>>,
+}
+
+impl Queues {
+    async fn get(&self) -> Result<Arc<DeliveryQueue>, QueueError> {
+        let mut current = self.current.lock().await;
+        if let Some(queue) = current.as_ref().filter(|q| !q.is_closed()) {
+            return Ok(queue.clone());
+        }
+        *current = None;
+        let client = tls::connect_sql(&self.outbox).await?;
+        let queue = Arc::new(DeliveryQueue::new(client, &self.schema).await?);
+        *current = Some(queue.clone());
+        Ok(queue)
+    }
+}
+
+/// How the capture side talks to the dispatcher.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    wakes: mpsc::Sender<Vec<Arc<str>>>,
+    config: Arc<watch::Sender<Arc<Config>>>,
+}
+
+impl DispatchHandle {
+    /// New deliveries of these subscriptions are committed.
+    pub fn wake(&self, subscriptions: &BTreeSet<Arc<str>>) {
+        if subscriptions.is_empty() {
+            return;
+        }
+        // A full channel means wakes are already queued; a lost one costs at most a poll.
+        let _ = self.wakes.try_send(subscriptions.iter().cloned().collect());
+    }
+
+    /// The config was reloaded.
+    pub fn reload(&self, config: &Config) {
+        self.config.send_replace(Arc::new(config.clone()));
+    }
+}
+
+struct WorkerHandle {
+    control: mpsc::Sender<Control>,
+    wake: Arc<Notify>,
+    join: JoinHandle<()>,
+}
+
+/// Starts the dispatcher for `config`'s subscriptions on the outbox at `outbox`. It stops
+/// when `shutdown` turns true: workers stop claiming, requests in flight get until
+/// `delivery.shutdown_timeout`, and the rest go back to the queue.
+pub fn spawn(
+    config: &Config,
+    outbox: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(DispatchHandle, JoinHandle<()>), DispatchError> {
+    let policy = NetworkPolicy::new(&config.delivery.allow_networks);
+    let client = network::http_client(policy.clone())?;
+    let (completions_tx, completions_rx) = mpsc::channel(1_024);
+    let queues = Arc::new(Queues {
+        outbox,
+        schema: config.outbox.schema.clone(),
+        current: tokio::sync::Mutex::new(None),
+    });
+    let shared = Arc::new(Shared {
+        client,
+        policy,
+        global: Arc::new(Semaphore::new(config.delivery.max_in_flight.max(1))),
+        completions: completions_tx,
+        queues: queues.clone(),
+    });
+    let (wakes_tx, wakes_rx) = mpsc::channel(256);
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let completer = tokio::spawn(write_completions(queues, completions_rx));
+    let join = tokio::spawn(manage(shared, config_rx, wakes_rx, shutdown, completer));
+    let handle = DispatchHandle {
+        wakes: wakes_tx,
+        config: Arc::new(config_tx),
+    };
+    Ok((handle, join))
+}
+
+/// Keeps one worker per active subscription in line with the config, forwards wakes, and
+/// stops everything on shutdown.
+async fn manage(
+    shared: Arc<Shared>,
+    mut config: watch::Receiver<Arc<Config>>,
+    mut wakes: mpsc::Receiver<Vec<Arc<str>>>,
+    mut shutdown: watch::Receiver<bool>,
+    completer: JoinHandle<()>,
+) {
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let current = config.borrow_and_update().clone();
+    sync(&shared, &mut workers, &current).await;
+    let mut shutdown_timeout = current.delivery.shutdown_timeout;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = config.borrow_and_update().clone();
+                shutdown_timeout = current.delivery.shutdown_timeout;
+                sync(&shared, &mut workers, &current).await;
+            }
+            Some(names) = wakes.recv() => {
+                for name in names.iter() {
+                    if let Some(worker) = workers.get(name.as_ref()) {
+                        worker.wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + shutdown_timeout;
+    for worker in workers.values() {
+        let _ = worker.control.send(Control::Stop(deadline)).await;
+    }
+    for (_, worker) in workers.drain() {
+        let _ = worker.join.await;
+    }
+    // Every worker has handed in its results: the writer finishes what is queued.
+    drop(shared);
+    if tokio::time::timeout(Duration::from_secs(5), completer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with delivery results unrecorded: those deliveries are sent again");
+    }
+}
+
+async fn sync(shared: &Arc<Shared>, workers: &mut HashMap<String, WorkerHandle>, config: &Config) {
+    let deadline = Instant::now() + config.delivery.shutdown_timeout;
+    let wanted: HashMap<&str, &SubscriptionConfig> = config
+        .subscriptions
+        .iter()
+        .filter(|s| s.active)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let gone: Vec<String> = workers
+        .keys()
+        .filter(|name| !wanted.contains_key(name.as_str()))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(worker) = workers.remove(&name) {
+            tracing::info!(subscription = %name, "subscription removed or inactive: its pending deliveries are kept");
+            let _ = worker.control.send(Control::Stop(deadline)).await;
+        }
+    }
+    for (name, sub) in wanted {
+        match workers.get_mut(name) {
+            Some(worker) => {
+                let _ = worker
+                    .control
+                    .send(Control::Update(Arc::new(sub.clone())))
+                    .await;
+            }
+            None => {
+                let config = Arc::new(sub.clone());
+                let wake = Arc::new(Notify::new());
+                let (control, control_rx) = mpsc::channel(4);
+                let worker = Worker::new(config, shared.clone(), wake.clone(), control_rx);
+                let join = tokio::spawn(worker.run());
+                workers.insert(
+                    name.to_owned(),
+                    WorkerHandle {
+                        control,
+                        wake,
+                        join,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Records results: everything waiting goes into one statement; then the workers concerned
+/// are woken. A failed write is retried (the results stay in memory; the leases keep the
+/// deliveries from being sent twice meanwhile, for a while). Ends when every worker and
+/// request task is gone and everything they sent is written (or the dispatcher gives up
+/// waiting at shutdown).
+async fn write_completions(queues: Arc<Queues>, mut finished: mpsc::Receiver<Finished>) {
+    while let Some(first) = finished.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].completions.len();
+        while count < COMPLETION_BATCH {
+            match finished.try_recv() {
+                Ok(more) => {
+                    count += more.completions.len();
+                    batch.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let completions: Vec<Completion> = batch
+            .iter_mut()
+            .flat_map(|f| std::mem::take(&mut f.completions))
+            .collect();
+        let mut failures = 0u32;
+        loop {
+            let written = match queues.get().await {
+                Ok(queue) => queue.complete(&completions).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(results = completions.len(), "{e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
+                        .await;
+                }
+            }
+        }
+        for f in batch {
+            f.wake.notify_one();
+        }
+    }
+}

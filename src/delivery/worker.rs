@@ -1,0 +1,580 @@
+//! One subscription's delivery loop: claims what is due from the outbox, within its
+//! in-flight cap, the global cap, its rate limit, its slow-down and its circuit breaker;
+//! sends each request in a task of its own; and turns each result into the deliveries' new
+//! state (SPEC §4).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, Instant};
+
+use super::dispatcher::{Finished, Shared};
+use super::limits::{Allowance, Breaker, TokenBucket};
+use super::policy::{self, Outcome};
+use super::sender::{self, Attempt};
+use crate::config::{Method, Ordering, SubscriptionConfig};
+use crate::outbox::queue::{Claim, Claimed, Completion, QueueError, Settled, Trigger};
+
+/// Requests in flight per subscription when the subscription sets no `max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// How often an idle subscription looks at the table anyway: retries scheduled by another
+/// process, `walhook replay`, expired leases, a 410 switched back on.
+const POLL: Duration = Duration::from_secs(1);
+
+/// A lease outlives the request by this much, so it never expires under a live request.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// What the dispatcher tells a worker.
+pub(super) enum Control {
+    /// The subscription's config changed.
+    Update(Arc<SubscriptionConfig>),
+    /// Stop claiming; let requests in flight finish until the deadline, then give their
+    /// deliveries back.
+    Stop(Instant),
+}
+
+/// A delivery carried by a request in flight.
+struct Carried {
+    id: i64,
+    attempts: u32,
+    trigger: Trigger,
+}
+
+/// A request that returned.
+struct Sent {
+    request: u64,
+    carried: Vec<Carried>,
+    batch_id: Option<String>,
+    probe: bool,
+    attempt: Attempt,
+}
+
+/// One subscription's loop.
+pub(super) struct Worker {
+    sub: Arc<SubscriptionConfig>,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    control: mpsc::Receiver<Control>,
+    // Unbounded, yet bounded by the in-flight cap: one message per request in flight.
+    sent_tx: mpsc::UnboundedSender<Sent>,
+    sent_rx: mpsc::UnboundedReceiver<Sent>,
+    in_flight: HashMap<u64, Vec<i64>>,
+    next_request: u64,
+    bucket: Option<TokenBucket>,
+    breaker: Breaker,
+    slow_until: Option<Instant>,
+    next_due: Option<Instant>,
+    gathering: Vec<Claimed>,
+    gather_until: Option<Instant>,
+    deactivated: Option<String>,
+    waiting_for_global: bool,
+    retry_claim_at: Option<Instant>,
+    stopping: Option<Instant>,
+}
+
+impl Worker {
+    /// A worker for `sub`, woken through `wake` when new deliveries are committed.
+    pub(super) fn new(
+        sub: Arc<SubscriptionConfig>,
+        shared: Arc<Shared>,
+        wake: Arc<Notify>,
+        control: mpsc::Receiver<Control>,
+    ) -> Self {
+        let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        Worker {
+            bucket: sub.rate_limit.as_ref().map(|l| TokenBucket::new(l, now)),
+            breaker: Breaker::new(probe_interval(&sub)),
+            sub,
+            shared,
+            wake,
+            control,
+            sent_tx,
+            sent_rx,
+            in_flight: HashMap::new(),
+            next_request: 0,
+            slow_until: None,
+            next_due: None,
+            gathering: Vec::new(),
+            gather_until: None,
+            deactivated: None,
+            waiting_for_global: false,
+            retry_claim_at: None,
+            stopping: None,
+        }
+    }
+
+    /// Runs until stopped and every request it started has returned (or the deadline).
+    pub(super) async fn run(mut self) {
+        self.check_deactivated().await;
+        loop {
+            if self.stopping.is_none() {
+                if let Err(e) = self.dispatch().await {
+                    tracing::warn!(subscription = %self.sub.name, "{e}; trying again in 1s");
+                    self.retry_claim_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            } else if self.in_flight.is_empty() {
+                break;
+            }
+            let wake_at = self.wake_at();
+            let global = self.shared.global.clone();
+            tokio::select! {
+                biased;
+                control = self.control.recv() => match control {
+                    Some(Control::Update(sub)) => self.update(sub),
+                    Some(Control::Stop(deadline)) => self.stop(deadline).await,
+                    None => self.stop(Instant::now()).await,
+                },
+                Some(sent) = self.sent_rx.recv() => self.finish(sent).await,
+                _ = self.wake.notified() => {}
+                // A permit came free elsewhere: claim again.
+                _ = global.acquire_owned(), if self.waiting_for_global => {}
+                _ = sleep_until(wake_at) => {
+                    if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
+                        self.give_back_in_flight().await;
+                        break;
+                    }
+                    if self.deactivated.is_some() {
+                        self.check_deactivated().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, sub: Arc<SubscriptionConfig>) {
+        if sub.rate_limit != self.sub.rate_limit {
+            let now = Instant::now();
+            self.bucket = sub.rate_limit.as_ref().map(|l| TokenBucket::new(l, now));
+        }
+        self.sub = sub;
+    }
+
+    async fn stop(&mut self, deadline: Instant) {
+        self.stopping = Some(deadline);
+        let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
+        self.release(&gathered).await;
+    }
+
+    /// The deliveries of requests still in flight at the deadline go back to pending; if a
+    /// request did succeed, the event is sent again (at-least-once).
+    async fn give_back_in_flight(&mut self) {
+        let ids: Vec<i64> = self.in_flight.drain().flat_map(|(_, ids)| ids).collect();
+        if !ids.is_empty() {
+            tracing::warn!(
+                subscription = %self.sub.name,
+                deliveries = ids.len(),
+                "shutdown timeout: requests still in flight are given back to the queue"
+            );
+        }
+        self.release(&ids).await;
+    }
+
+    async fn release(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let released = match self.shared.queue().await {
+            Ok(queue) => queue.release(ids).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = released {
+            // The leases expire on their own.
+            tracing::warn!(subscription = %self.sub.name, "{e}");
+        }
+    }
+
+    async fn check_deactivated(&mut self) {
+        let state = match self.shared.queue().await {
+            Ok(queue) => queue.deactivated(&self.sub.name).await,
+            Err(e) => Err(e),
+        };
+        match state {
+            Ok(Some(reason)) => {
+                if self.deactivated.is_none() {
+                    tracing::warn!(
+                        subscription = %self.sub.name,
+                        "subscription is deactivated ({reason}); its deliveries are kept; \
+                         `walhook replay --subscription {}` switches it back on",
+                        self.sub.name
+                    );
+                }
+                self.deactivated = Some(reason);
+            }
+            Ok(None) => {
+                if self.deactivated.take().is_some() {
+                    tracing::info!(subscription = %self.sub.name, "subscription is active again");
+                    self.breaker.success();
+                    self.slow_until = None;
+                }
+            }
+            Err(e) => tracing::warn!(subscription = %self.sub.name, "{e}"),
+        }
+    }
+
+    /// The next moment something may change without a message arriving.
+    fn wake_at(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut at = now + POLL;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                at = at.min(t);
+            }
+        };
+        consider(self.stopping);
+        consider(self.retry_claim_at);
+        consider(self.next_due);
+        consider(self.slow_until);
+        consider(self.gather_until);
+        if let Allowance::Wait(until) = self.breaker.allowance(now) {
+            consider(Some(until));
+        }
+        if let Some(bucket) = &mut self.bucket {
+            if bucket.available(now) == 0 {
+                consider(Some(bucket.next_token(now)));
+            }
+        }
+        at
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.sub.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1)
+    }
+
+    fn lease(&self) -> Duration {
+        let gathering = self.batching().map_or(Duration::ZERO, |(_, wait)| wait);
+        self.sub.timeout + gathering + LEASE_MARGIN
+    }
+
+    /// `(max_events, max_wait)` when requests carry JSON arrays.
+    fn batching(&self) -> Option<(usize, Duration)> {
+        match (&self.sub.batch, self.sub.method) {
+            (Some(batch), Method::Post) => Some((batch.max_events.max(1), batch.max_wait)),
+            _ => None,
+        }
+    }
+
+    /// Claims and sends as much as the limits allow.
+    async fn dispatch(&mut self) -> Result<(), QueueError> {
+        let now = Instant::now();
+        self.waiting_for_global = false;
+        for deadline in [&mut self.retry_claim_at, &mut self.next_due] {
+            if deadline.is_some_and(|t| t <= now) {
+                *deadline = None;
+            }
+        }
+        if self.retry_claim_at.is_some() || self.deactivated.is_some() || !self.sub.active {
+            return Ok(());
+        }
+        if self.slow_until.is_some_and(|t| now < t) {
+            return Ok(());
+        }
+        self.slow_until = None;
+        let probe = match self.breaker.allowance(now) {
+            Allowance::Open => false,
+            Allowance::Probe => true,
+            Allowance::Wait(_) | Allowance::ProbeInFlight => return Ok(()),
+        };
+        let queue = self.shared.queue().await?;
+        let name = self.sub.name.clone();
+        let lease = self.lease();
+        loop {
+            let mut requests = self.max_in_flight().saturating_sub(self.in_flight.len());
+            if probe {
+                requests = requests.min(1);
+            }
+            if let Some(bucket) = &mut self.bucket {
+                requests = requests.min(bucket.available(Instant::now()));
+            }
+            if requests == 0 {
+                return Ok(());
+            }
+            let Ok(permit) = self.shared.global.clone().try_acquire_owned() else {
+                self.waiting_for_global = true;
+                return Ok(());
+            };
+            match self.batching() {
+                None => {
+                    let mut permits = vec![permit];
+                    while permits.len() < requests {
+                        match self.shared.global.clone().try_acquire_owned() {
+                            Ok(p) => permits.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let how = match self.sub.ordering {
+                        Ordering::Key => Claim::FirstOfKey,
+                        Ordering::None => Claim::Unordered,
+                    };
+                    let wanted = permits.len();
+                    let claimed = queue.claim(&name, how, wanted, lease).await?;
+                    let got = claimed.len();
+                    for (row, permit) in claimed.into_iter().zip(permits) {
+                        let id = row.event_id.clone();
+                        self.start(vec![row], id, None, permit, probe);
+                    }
+                    if got < wanted || probe {
+                        return Ok(());
+                    }
+                }
+                Some((max_events, max_wait)) => {
+                    if self.gathering.is_empty() {
+                        let failed = queue
+                            .claim(&name, Claim::FailedBatch, max_events, lease)
+                            .await?;
+                        if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
+                            self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
+                            if probe {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
+                    let how = match self.sub.ordering {
+                        Ordering::Key => Claim::InOrderOfKey,
+                        Ordering::None => Claim::Unordered,
+                    };
+                    let room = max_events - self.gathering.len();
+                    let claimed = queue.claim(&name, how, room, lease).await?;
+                    if self.gathering.is_empty() && !claimed.is_empty() {
+                        self.gather_until = Some(Instant::now() + max_wait);
+                    }
+                    let got = claimed.len();
+                    self.gathering.extend(claimed);
+                    let full = self.gathering.len() >= max_events;
+                    let waited = self.gather_until.is_some_and(|t| Instant::now() >= t);
+                    if self.gathering.is_empty() || !(full || waited) {
+                        return Ok(());
+                    }
+                    let batch = std::mem::take(&mut self.gathering);
+                    self.gather_until = None;
+                    let batch_id = new_batch_id(&batch);
+                    self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
+                    if probe || got < room {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one request carrying `rows` as `id` in a task of its own.
+    fn start(
+        &mut self,
+        rows: Vec<Claimed>,
+        id: String,
+        batch_id: Option<String>,
+        permit: OwnedSemaphorePermit,
+        probe: bool,
+    ) {
+        let now = Instant::now();
+        if probe {
+            self.breaker.probing();
+        }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.take(1, now);
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        self.in_flight
+            .insert(request, rows.iter().map(|c| c.id).collect());
+        let carried: Vec<Carried> = rows
+            .iter()
+            .map(|c| Carried {
+                id: c.id,
+                attempts: c.attempts,
+                trigger: c.trigger,
+            })
+            .collect();
+        let body = match &batch_id {
+            Some(_) => array(&rows),
+            None => rows.into_iter().next().map(|c| c.body).unwrap_or_default(),
+        };
+        let sub = self.sub.clone();
+        let shared = self.shared.clone();
+        let done = self.sent_tx.clone();
+        tokio::spawn(async move {
+            let attempt = sender::send(&shared.client, &shared.policy, &sub, &id, &body).await;
+            drop(permit);
+            let _ = done.send(Sent {
+                request,
+                carried,
+                batch_id,
+                probe,
+                attempt,
+            });
+        });
+    }
+
+    /// Turns a returned request into the new state of the deliveries it carried.
+    async fn finish(&mut self, sent: Sent) {
+        self.in_flight.remove(&sent.request);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let a = &sent.attempt;
+        let name = &self.sub.name;
+        let settled: Vec<Settled> = match a.outcome {
+            Outcome::Delivered => {
+                self.breaker.success();
+                sent.carried.iter().map(|_| Settled::Delivered).collect()
+            }
+            Outcome::Gone => {
+                let reason = format!("the receiver answered 410 Gone at {}", rfc3339(wall));
+                tracing::error!(
+                    subscription = %name,
+                    "410 Gone: subscription deactivated; its pending deliveries are kept; \
+                     `walhook replay --subscription {name}` switches it back on"
+                );
+                self.deactivated = Some(reason.clone());
+                if let Err(e) = self.deactivate(&reason).await {
+                    tracing::warn!(subscription = %name, "{e}");
+                }
+                sent.carried.iter().map(|_| Settled::Retry(wall)).collect()
+            }
+            Outcome::Retry { after, slow_down } => {
+                if let Some(pause) = self.breaker.failure(now) {
+                    tracing::warn!(
+                        subscription = %name,
+                        "circuit breaker open after failures in a row: pausing, next probe in {pause:?}"
+                    );
+                }
+                let mut first_delay = None;
+                let mut rng = rand::thread_rng();
+                let settled = sent
+                    .carried
+                    .iter()
+                    .map(|c| {
+                        if sent.probe {
+                            return Settled::Released;
+                        }
+                        match policy::next_attempt(
+                            &self.sub.retry_schedule,
+                            c.attempts + 1,
+                            after,
+                            &mut rng,
+                        ) {
+                            Some(delay) => {
+                                first_delay.get_or_insert(delay);
+                                let due = now + delay;
+                                self.next_due = Some(self.next_due.map_or(due, |t| t.min(due)));
+                                Settled::Retry(wall + delay)
+                            }
+                            None => Settled::Dead,
+                        }
+                    })
+                    .collect();
+                if slow_down {
+                    let pause = after.or(first_delay).unwrap_or(POLL);
+                    let until = now + pause;
+                    self.slow_until = Some(self.slow_until.map_or(until, |t| t.max(until)));
+                    tracing::warn!(
+                        subscription = %name,
+                        status = a.status,
+                        "the receiver asked to slow down: pausing the subscription for {pause:?}"
+                    );
+                }
+                settled
+            }
+        };
+        let completions: Vec<Completion> = sent
+            .carried
+            .iter()
+            .zip(settled)
+            .map(|(c, settled)| {
+                log_result(name, &c.id, a, &settled, sent.probe);
+                Completion {
+                    delivery_id: c.id,
+                    subscription: name.clone(),
+                    attempt: c.attempts + 1,
+                    trigger: c.trigger,
+                    settled,
+                    batch_id: sent.batch_id.clone(),
+                    started_at: a.started_at,
+                    duration: a.duration,
+                    status: a.status,
+                    error: a.error.clone(),
+                    response_excerpt: a.response_excerpt.clone(),
+                }
+            })
+            .collect();
+        let finished = Finished {
+            completions,
+            wake: self.wake.clone(),
+        };
+        if self.shared.completions.send(finished).await.is_err() {
+            tracing::warn!(subscription = %name, "delivery results not recorded: stopping");
+        }
+    }
+
+    async fn deactivate(&self, reason: &str) -> Result<(), QueueError> {
+        self.shared
+            .queue()
+            .await?
+            .deactivate(&self.sub.name, reason)
+            .await
+    }
+}
+
+/// Pause before the first probe of an open breaker: the first retry delay, within 1 s – 60 s.
+fn probe_interval(sub: &SubscriptionConfig) -> Duration {
+    sub.retry_schedule
+        .first()
+        .copied()
+        .unwrap_or(POLL)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The body of a batch: the events' stored bytes as one JSON array.
+fn array(rows: &[Claimed]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(rows.iter().map(|c| c.body.len() + 1).sum::<usize>() + 1);
+    body.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&row.body);
+    }
+    body.push(b']');
+    body
+}
+
+/// A new batch's id: its first delivery and a random part, so a batch re-formed after a
+/// crash (possibly with other events) never reuses an id a receiver may have deduplicated.
+fn new_batch_id(rows: &[Claimed]) -> String {
+    let first = rows.first().map_or(0, |c| c.id);
+    format!("bat_{first:016X}_{:08x}", rand::random::<u32>())
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let micros = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    // Postgres counts from 2000-01-01.
+    crate::capture::envelope::pg_micros_to_rfc3339(micros - 946_684_800_000_000)
+}
+
+fn log_result(subscription: &str, delivery: &i64, a: &Attempt, settled: &Settled, probe: bool) {
+    let status = a.status;
+    let error = a.error.as_deref().unwrap_or("");
+    match settled {
+        Settled::Delivered => {
+            tracing::debug!(subscription, delivery, status, "delivered")
+        }
+        Settled::Retry(_) | Settled::Released => tracing::warn!(
+            subscription,
+            delivery,
+            status,
+            probe,
+            "delivery failed, will retry: {error}"
+        ),
+        Settled::Dead => tracing::error!(
+            subscription,
+            delivery,
+            status,
+            "delivery dead after the last scheduled attempt: {error}"
+        ),
+    }
+}

@@ -1,0 +1,150 @@
+//! Webhook delivery end to end: a real daemon, real Postgres, and a real receiver on
+//! 127.0.0.1 that the tests program to succeed, fail, slow down or vanish.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::subscriber::{verify, Reply, Subscriber};
+use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);
+ALTER TABLE account_invoice REPLICA IDENTITY FULL;
+INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft');
+";
+
+/// A config with one subscription `invoices` on `url`; `extra` goes into the subscription.
+fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
+    config_file(&format!(
+        r#"
+[source]
+url = "{db_url}"
+slot = "{slot}"
+publication = "{publication}"
+
+[delivery]
+allow_networks = ["127.0.0.0/8"]
+
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "partner_id", "state"]
+
+[[subscriptions]]
+name = "invoices"
+object = "invoice"
+url = "{url}"
+secret = "{SECRET}"
+{extra}
+"#,
+        db_url = db.url,
+        slot = unique("slot"),
+        publication = unique("pub"),
+    ))
+}
+
+/// Starts the daemon and waits until its slot streams.
+fn start(config: &ConfigFile) -> Daemon {
+    let mut daemon = Daemon::start(config);
+    wait_until(Duration::from_secs(30), "the daemon streams", || {
+        assert!(daemon.running(), "walhook exited; log:\n{}", daemon.log_text());
+        daemon.log_text().contains("capturing")
+    });
+    daemon
+}
+
+/// `walhook.deliveries` as (event_id, status, attempts), oldest first.
+fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32)> {
+    db.sql("SELECT event_id, status, attempts FROM walhook.deliveries ORDER BY id")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut f = l.split('|');
+            (
+                f.next().unwrap().to_owned(),
+                f.next().unwrap().to_owned(),
+                f.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn updating_a_watched_row_sends_a_signed_webhook_with_old_and_new_values() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    let config = config(&db, &receiver.url("/hooks/invoice"), "");
+    let daemon = start(&config);
+
+    db.sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 1");
+    let seen = receiver.wait_for(1, Duration::from_secs(20));
+    let hook = &seen[0];
+    assert_eq!(hook.method, "POST");
+    assert_eq!(hook.path, "/hooks/invoice");
+    verify(hook, SECRET).expect("the signature verifies");
+    let body: Value = serde_json::from_slice(&hook.body).unwrap();
+    assert_eq!(body["type"], "invoice.updated");
+    assert_eq!(body["key"], json!({"id": 1}));
+    assert_eq!(
+        body["values"],
+        json!({"number": "INV-1", "partner_id": 2, "state": "draft"})
+    );
+    assert_eq!(body["previous"], json!({"partner_id": 1}));
+    assert_eq!(body["changed"], json!(["partner_id"]));
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(hook.header("webhook-id"), Some(id));
+    assert_eq!(hook.header("idempotency-key"), Some(id));
+    assert_eq!(hook.header("content-type"), Some("application/json"));
+    assert!(hook
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("walhook/")));
+    let timestamp: i64 = hook.header("webhook-timestamp").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - timestamp).abs() < 60, "timestamp {timestamp} vs now {now}");
+
+    wait_until(Duration::from_secs(10), "the delivery is recorded", || {
+        deliveries(&db) == vec![(id.to_owned(), "delivered".to_owned(), 1)]
+    });
+    let attempt = db.sql(
+        "SELECT attempt, trigger, status_code, error IS NULL FROM walhook.attempts",
+    );
+    assert_eq!(attempt.trim(), "1|scheduled|204|t");
+    drop(daemon);
+}
+
+#[test]
+fn a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_is_dead() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    receiver.respond(|_| Reply::status(500).body("boom"));
+    let config = config(
+        &db,
+        &receiver.url("/hooks"),
+        "retry_schedule = [\"200ms\", \"400ms\"]",
+    );
+    let _daemon = start(&config);
+
+    db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
+    let seen = receiver.wait_for(3, Duration::from_secs(20));
+    let ids: Vec<_> = seen.iter().map(|s| s.header("webhook-id").unwrap()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "same event id on every attempt");
+    let gap1 = seen[1].at - seen[0].at;
+    let gap2 = seen[2].at - seen[1].at;
+    assert!(gap1 >= Duration::from_millis(160), "first retry after {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(320), "second retry after {gap2:?}");
+    wait_until(Duration::from_secs(10), "the delivery is dead", || {
+        deliveries(&db).first().is_some_and(|d| d.1 == "dead" && d.2 == 3)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(receiver.count(), 3, "nothing after the last scheduled attempt");
+    let log = db.sql("SELECT string_agg(attempt || ':' || status_code, ',' ORDER BY attempt) FROM walhook.attempts");
+    assert_eq!(log.trim(), "1:500,2:500,3:500");
+    let excerpt = db.sql("SELECT DISTINCT response_excerpt FROM walhook.attempts");
+    assert_eq!(excerpt.trim(), "boom");
+}
