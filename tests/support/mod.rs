@@ -2,6 +2,11 @@
 //! fresh database per test, and names no other test uses.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod subscriber;
+
+#[allow(unused_imports)] // as dead_code above: not every test binary uses them
+pub use subscriber::{verify, Reply, Seen, Subscriber};
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
