@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::subscriber::{verify, Reply, Subscriber};
 use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{verify, Reply, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -50,7 +50,11 @@ secret = "{SECRET}"
 fn start(config: &ConfigFile) -> Daemon {
     let mut daemon = Daemon::start(config);
     wait_until(Duration::from_secs(30), "the daemon streams", || {
-        assert!(daemon.running(), "walhook exited; log:\n{}", daemon.log_text());
+        assert!(
+            daemon.running(),
+            "walhook exited; log:\n{}",
+            daemon.log_text()
+        );
         daemon.log_text().contains("capturing")
     });
     daemon
@@ -106,14 +110,16 @@ fn updating_a_watched_row_sends_a_signed_webhook_with_old_and_new_values() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!((now - timestamp).abs() < 60, "timestamp {timestamp} vs now {now}");
+    assert!(
+        (now - timestamp).abs() < 60,
+        "timestamp {timestamp} vs now {now}"
+    );
 
     wait_until(Duration::from_secs(10), "the delivery is recorded", || {
         deliveries(&db) == vec![(id.to_owned(), "delivered".to_owned(), 1)]
     });
-    let attempt = db.sql(
-        "SELECT attempt, trigger, status_code, error IS NULL FROM walhook.attempts",
-    );
+    let attempt =
+        db.sql("SELECT attempt, trigger, status_code, error IS NULL FROM walhook.attempts");
     assert_eq!(attempt.trim(), "1|scheduled|204|t");
     drop(daemon);
 }
@@ -132,17 +138,35 @@ fn a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_is_dead() {
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let seen = receiver.wait_for(3, Duration::from_secs(20));
-    let ids: Vec<_> = seen.iter().map(|s| s.header("webhook-id").unwrap()).collect();
-    assert!(ids.iter().all(|id| *id == ids[0]), "same event id on every attempt");
+    let ids: Vec<_> = seen
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "same event id on every attempt"
+    );
     let gap1 = seen[1].at - seen[0].at;
     let gap2 = seen[2].at - seen[1].at;
-    assert!(gap1 >= Duration::from_millis(160), "first retry after {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(320), "second retry after {gap2:?}");
+    assert!(
+        gap1 >= Duration::from_millis(160),
+        "first retry after {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(320),
+        "second retry after {gap2:?}"
+    );
     wait_until(Duration::from_secs(10), "the delivery is dead", || {
-        deliveries(&db).first().is_some_and(|d| d.1 == "dead" && d.2 == 3)
+        deliveries(&db)
+            .first()
+            .is_some_and(|d| d.1 == "dead" && d.2 == 3)
     });
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(receiver.count(), 3, "nothing after the last scheduled attempt");
+    assert_eq!(
+        receiver.count(),
+        3,
+        "nothing after the last scheduled attempt"
+    );
     let log = db.sql("SELECT string_agg(attempt || ':' || status_code, ',' ORDER BY attempt) FROM walhook.attempts");
     assert_eq!(log.trim(), "1:500,2:500,3:500");
     let excerpt = db.sql("SELECT DISTINCT response_excerpt FROM walhook.attempts");

@@ -185,7 +185,9 @@ async fn manage(
         .await
         .is_err()
     {
-        tracing::warn!("stopping with delivery results unrecorded: those deliveries are sent again");
+        tracing::warn!(
+            "stopping with delivery results unrecorded: those deliveries are sent again"
+        );
     }
 }
 

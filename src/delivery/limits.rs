@@ -162,7 +162,11 @@ mod tests {
         let later = start + Duration::from_millis(1_000);
         assert_eq!(bucket.available(later), 15);
         let much_later = start + Duration::from_secs(60);
-        assert_eq!(bucket.available(much_later), 20, "never more than the burst");
+        assert_eq!(
+            bucket.available(much_later),
+            20,
+            "never more than the burst"
+        );
     }
 
     #[test]

@@ -241,7 +241,10 @@ impl Worker {
     }
 
     fn max_in_flight(&self) -> usize {
-        self.sub.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1)
+        self.sub
+            .max_in_flight
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+            .max(1)
     }
 
     fn lease(&self) -> Duration {

@@ -311,7 +311,9 @@ impl DeliveryQueue {
             .client
             .query(statement, &[&subscription, &limit, &lease_ms])
             .await
-            .map_err(|source| self.error(format!("claiming deliveries of {subscription:?}"), source))?;
+            .map_err(|source| {
+                self.error(format!("claiming deliveries of {subscription:?}"), source)
+            })?;
         let mut claimed: Vec<Claimed> = rows.iter().map(claimed).collect();
         // RETURNING follows no ORDER BY.
         claimed.sort_by_key(|c| c.event_seq);
