@@ -84,14 +84,34 @@ enum Command {
         #[arg(long, value_enum)]
         status: Option<DeliveryStatus>,
         /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
-        #[arg(long, value_name = "TIME", value_parser = commands::deliveries::parse_since)]
-        since: Option<commands::deliveries::Since>,
+        #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
+        since: Option<commands::outbox::Since>,
         /// Show at most this many deliveries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// One JSON object per line with the columns of the deliveries view.
         #[arg(long)]
         json: bool,
+    },
+    /// Re-queue deliveries: one by --id, or a subscription's dead (or delivered) ones.
+    ///
+    /// `walhook replay --id N`, or `walhook replay --subscription S --status dead [--since T]`.
+    /// A replayed delivery is pending again, due now, with a fresh retry schedule; the
+    /// receiver gets the same event id. Replaying a subscription also switches it back on
+    /// when a 410 Gone had deactivated it.
+    Replay {
+        /// The delivery with this id (see `walhook deliveries`), whatever its status.
+        #[arg(long, value_name = "N")]
+        id: Option<i64>,
+        /// Every delivery of this subscription in the --status given.
+        #[arg(long, value_name = "NAME")]
+        subscription: Option<String>,
+        /// Which deliveries of the subscription: dead (gave up) or delivered (re-send).
+        #[arg(long, value_enum)]
+        status: Option<DeliveryStatus>,
+        /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
+        #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
+        since: Option<commands::outbox::Since>,
     },
     /// A local webhook receiver for development: verifies signatures, prints each request.
     ///
@@ -117,7 +137,7 @@ enum Command {
     },
 }
 
-/// `--status` of `walhook deliveries`.
+/// `--status` of `walhook deliveries` and `walhook replay`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DeliveryStatus {
     Pending,
@@ -125,7 +145,7 @@ enum DeliveryStatus {
     Dead,
 }
 
-impl From<DeliveryStatus> for commands::deliveries::Status {
+impl From<DeliveryStatus> for commands::outbox::Status {
     fn from(status: DeliveryStatus) -> Self {
         match status {
             DeliveryStatus::Pending => Self::Pending,
@@ -155,6 +175,30 @@ fn main() -> ExitCode {
     {
         return receive(listen, &secrets, status, tolerance);
     }
+    // Usage errors before the config is read.
+    let replay = match &cli.command {
+        Command::Replay {
+            id,
+            subscription,
+            status,
+            since,
+        } => {
+            let target = commands::replay::Target::from_args(
+                *id,
+                subscription.clone(),
+                status.map(Into::into),
+                since.clone(),
+            );
+            match target {
+                Ok(target) => Some(target),
+                Err(e) => {
+                    eprintln!("walhook replay: {e}");
+                    return ExitCode::from(exit::CONFIG);
+                }
+            }
+        }
+        _ => None,
+    };
     let path = config_path(cli.config);
     let config = match Config::load(&path) {
         Ok(config) => config,
@@ -230,6 +274,16 @@ fn main() -> ExitCode {
                     "deliveries",
                     commands::deliveries::run(&config, &options).await,
                 )
+            }
+            Command::Replay { .. } => {
+                let target = replay.expect("checked before the config was read");
+                match commands::replay::run(&config, &target).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("walhook replay: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
             }
             Command::Receive { .. } => unreachable!("receive runs before the config is loaded"),
         }

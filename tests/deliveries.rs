@@ -3,27 +3,11 @@
 mod support;
 
 use serde_json::Value;
-use support::{config_file, run_walhook, unique, ConfigFile, Finished, TestDb};
-
-const ERP: &str = "CREATE TABLE account_invoice (id int PRIMARY KEY, number text);";
+use support::outbox::{config, ERP};
+use support::{run_walhook, unique, ConfigFile, Finished, TestDb};
 
 /// Five deliveries of two subscriptions, oldest first (ids 1..=5).
 const OUTBOX_ROWS: &str = "
-CREATE FUNCTION pg_temp.add(sub text, evt text, st text, tries int, code int, err text,
-                            age interval) RETURNS void LANGUAGE sql AS $$
-    WITH e AS (
-        INSERT INTO walhook.event (seq, event_id, event_type, object, key, body, commit_lsn,
-                                   committed_at, created_at)
-        VALUES (nextval('walhook.event_seq'), evt, 'invoice.updated', 'invoice',
-                '{\"id\":' || substr(evt, 5) || '}', '{}'::bytea, '0/16B3748',
-                now() - age, now() - age)
-        RETURNING seq)
-    INSERT INTO walhook.delivery (subscription, event_seq, status, attempts, next_attempt_at,
-                                  last_status_code, last_error, created_at, delivered_at)
-    SELECT sub, seq, st, tries, now() + interval '5 minutes', code, err, now() - age,
-           CASE WHEN st = 'delivered' THEN now() - age END
-    FROM e
-$$;
 SELECT pg_temp.add('invoices', 'evt_1', 'delivered', 1, 200, NULL, '3 days');
 SELECT pg_temp.add('invoices', 'evt_2', 'dead', 10, 500,
                    'HTTP 500 from the receiver: ' || repeat('stack trace ', 20), '2 days');
@@ -32,50 +16,9 @@ SELECT pg_temp.add('invoices', 'evt_4', 'pending', 2, 503, 'HTTP 503', '1 hour')
 SELECT pg_temp.add('partners', 'evt_5', 'pending', 0, NULL, NULL, '10 minutes');
 ";
 
-/// A config with subscriptions `invoices` and `partners` on the database.
-fn config(db: &TestDb<'_>, slot: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.invoice]
-table = "public.account_invoice"
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "http://127.0.0.1:9/invoices"
-
-[[subscriptions]]
-name = "partners"
-object = "invoice"
-url = "http://127.0.0.1:9/partners"
-"#,
-        url = db.url,
-        publication = unique("pub"),
-    ))
-}
-
 /// A database with the outbox made by `walhook setup` and [`OUTBOX_ROWS`] in it.
 fn outbox() -> (TestDb<'static>, ConfigFile) {
-    let db = TestDb::new(ERP);
-    let slot = unique("slot");
-    let config = config(&db, &slot);
-    let setup = run_walhook(&config, &["setup"]);
-    // The log needs no slot, and the shared cluster has few of them.
-    db.sql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-         WHERE slot_name = '{slot}'"
-    ));
-    assert_eq!(setup.code, 0, "{}{}", setup.stdout, setup.stderr);
-    db.sql(OUTBOX_ROWS);
-    (db, config)
+    support::outbox::outbox(OUTBOX_ROWS)
 }
 
 /// `walhook deliveries ARGS…`, which must succeed.

@@ -2,94 +2,17 @@
 //! `<schema>.deliveries` (SPEC §1, §5). Every filter is a bind parameter.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 
+use super::outbox::{since_condition, Since, Status};
 use crate::config::Config;
 use crate::pg::quote_ident;
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
 
 /// How much of `last_error` the table shows.
 const ERROR_WIDTH: usize = 60;
-
-/// A delivery status, as stored in the outbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Not delivered yet; retried at `next_attempt_at`.
-    Pending,
-    /// Answered 2xx.
-    Delivered,
-    /// Gave up; kept for `replay`.
-    Dead,
-}
-
-impl Status {
-    /// The value stored in the `status` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Delivered => "delivered",
-            Status::Dead => "dead",
-        }
-    }
-}
-
-/// The lower bound of `--since`: an instant, or a duration before now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Since {
-    /// An RFC 3339 timestamp, passed to Postgres as `timestamptz`.
-    At(String),
-    /// This long ago.
-    Ago(Duration),
-}
-
-/// Parses `--since`: a duration such as `2h` ("ago") or an RFC 3339 timestamp.
-pub fn parse_since(text: &str) -> Result<Since, String> {
-    let text = text.trim();
-    if let Ok(ago) = crate::config::parse_duration(text) {
-        return Ok(Since::Ago(ago));
-    }
-    if is_rfc3339(text) {
-        return Ok(Since::At(text.to_owned()));
-    }
-    Err(format!(
-        "{text:?} is neither a duration (e.g. \"2h\", \"30m\") nor an RFC 3339 timestamp \
-         (e.g. \"2026-01-31T08:00:00Z\")"
-    ))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`; `t` and a space are accepted for `T`.
-fn is_rfc3339(text: &str) -> bool {
-    let b = text.as_bytes();
-    let digits = |range: std::ops::Range<usize>| {
-        b.get(range)
-            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
-    };
-    if b.len() < 20
-        || !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10))
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || !(digits(11..13) && b[13] == b':' && digits(14..16) && b[16] == b':' && digits(17..19))
-    {
-        return false;
-    }
-    let mut rest = &b[19..];
-    if let Some(frac) = rest.strip_prefix(b".") {
-        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
-        if n == 0 {
-            return false;
-        }
-        rest = &frac[n..];
-    }
-    match rest {
-        [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
-        _ => false,
-    }
-}
 
 /// The filters and output form of one `walhook deliveries` call.
 #[derive(Clone, Debug)]
@@ -123,41 +46,24 @@ fn columns() -> String {
 }
 
 /// The filters, numbered from `$1`: subscription, status, since (timestamptz), since (µs ago).
-const WHERE: &str = "WHERE ($1::text IS NULL OR subscription = $1) \
-    AND ($2::text IS NULL OR status = $2) \
-    AND ($3::text IS NULL OR created_at >= $3::timestamptz) \
-    AND ($4::bigint IS NULL OR created_at >= now() - $4::bigint * interval '1 microsecond')";
+fn filters() -> String {
+    format!(
+        "WHERE ($1::text IS NULL OR subscription = $1) \
+         AND ($2::text IS NULL OR status = $2) AND {}",
+        since_condition(3, 4)
+    )
+}
 
 /// Prints the delivery log.
 pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), DeliveriesError> {
-    let (url, key) = match &config.outbox.url {
-        Some(url) => (url.expose(), "outbox.url"),
-        None => (config.source.url.expose(), "source.url"),
-    };
-    let db = connect(url, key).await?;
-    let schema = &config.outbox.schema;
-    let view = format!("{}.deliveries", quote_ident(schema));
-    let exists: bool = db
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&view])
+    let db = super::outbox::connect(config, "deliveries")
         .await
-        .map_err(|e| DeliveriesError(format!("reading the outbox: {e}")))?
-        .get(0);
-    if !exists {
-        return Err(DeliveriesError(format!(
-            "the outbox schema {schema} does not exist yet: run `walhook setup`"
-        )));
-    }
+        .map_err(DeliveriesError)?;
+    let view = format!("{}.deliveries", quote_ident(&config.outbox.schema));
 
     let subscription = options.subscription.clone();
     let status = options.status.map(|s| s.as_str().to_owned());
-    let (since_at, since_micros) = match &options.since {
-        None => (None, None),
-        Some(Since::At(at)) => (Some(at.clone()), None),
-        Some(Since::Ago(ago)) => (
-            None,
-            Some(i64::try_from(ago.as_micros()).unwrap_or(i64::MAX)),
-        ),
-    };
+    let (since_at, since_micros) = Since::params(options.since.as_ref());
     let limit = i64::from(options.limit);
     let params: [&(dyn ToSql + Sync); 5] =
         [&subscription, &status, &since_at, &since_micros, &limit];
@@ -165,8 +71,9 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
     let rows = db
         .query(
             &format!(
-                "SELECT {} FROM {view} {WHERE} ORDER BY id DESC LIMIT $5",
-                columns()
+                "SELECT {} FROM {view} {} ORDER BY id DESC LIMIT $5",
+                columns(),
+                filters()
             ),
             &params,
         )
@@ -174,7 +81,10 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
         .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
     let counts = db
         .query(
-            &format!("SELECT status, count(*) FROM {view} {WHERE} GROUP BY status"),
+            &format!(
+                "SELECT status, count(*) FROM {view} {} GROUP BY status",
+                filters()
+            ),
             &params[..4],
         )
         .await
@@ -215,14 +125,6 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
         }
     }
     Ok(())
-}
-
-/// A SQL connection; errors name the config key and never the URL (it may hold a password).
-async fn connect(url: &str, key: &str) -> Result<Client, DeliveriesError> {
-    let info = ConnInfo::parse(url).map_err(|e| DeliveriesError(format!("{key}: {e}")))?;
-    tls::connect_sql(&info)
-        .await
-        .map_err(|e| DeliveriesError(format!("{key}: {e}")))
 }
 
 /// SQL giving a timestamptz column as RFC 3339 text in UTC, microsecond precision.
@@ -384,19 +286,6 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_takes_a_duration_ago_or_an_rfc3339_timestamp() {
-        assert_eq!(parse_since("2h"), Ok(Since::Ago(Duration::from_secs(7200))));
-        assert_eq!(
-            parse_since("2026-01-31T08:00:00Z"),
-            Ok(Since::At("2026-01-31T08:00:00Z".into()))
-        );
-        assert!(parse_since("2026-01-31T08:00:00.123+02:00").is_ok());
-        assert!(parse_since("yesterday").is_err());
-        assert!(parse_since("2026-01-31").is_err());
-        assert!(parse_since("2026-01-31T08:00:00").is_err());
-    }
 
     #[test]
     fn long_errors_are_cut_to_one_short_line() {

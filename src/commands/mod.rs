@@ -2,7 +2,9 @@
 
 pub mod check;
 pub mod deliveries;
+pub mod outbox;
 pub mod receive;
+pub mod replay;
 pub mod setup;
 pub mod tail;
 pub mod test;

@@ -198,7 +198,7 @@ impl Worker {
                     tracing::warn!(
                         subscription = %self.sub.name,
                         "subscription is deactivated ({reason}); its deliveries are kept; \
-                         `walhook replay --subscription {}` switches it back on",
+                         `walhook replay --subscription {} --status dead` switches it back on",
                         self.sub.name
                     );
                 }
@@ -429,7 +429,7 @@ impl Worker {
                 tracing::error!(
                     subscription = %name,
                     "410 Gone: subscription deactivated; its pending deliveries are kept; \
-                     `walhook replay --subscription {name}` switches it back on"
+                     `walhook replay --subscription {name} --status dead` switches it back on"
                 );
                 self.deactivated = Some(reason.clone());
                 if let Err(e) = self.deactivate(&reason).await {

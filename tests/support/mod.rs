@@ -345,3 +345,6 @@ impl Drop for SlotGuard {
         );
     }
 }
+
+/// An outbox filled with SQL, for `deliveries` and `replay`.
+pub mod outbox;

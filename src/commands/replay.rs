@@ -1,0 +1,412 @@
+//! `walhook replay`: re-queues deliveries (SPEC §1, §4): one by `--id`, or every dead (or
+//! delivered) one of a subscription, optionally `--since` a time.
+//!
+//! A replayed delivery becomes pending and due now with a fresh retry schedule and trigger
+//! `replay`; its event row is not touched, so the receiver sees the same event id (and the
+//! same body). Replaying a subscription also switches it back on when a 410 Gone had
+//! deactivated it. Everything for one call commits in one transaction.
+
+use tokio_postgres::Client;
+
+use super::outbox::{since_condition, Since, Status};
+use crate::config::Config;
+use crate::pg::quote_ident;
+
+/// What to re-queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One delivery, whatever its status.
+    Id(i64),
+    /// Every delivery of a subscription in this status (dead or delivered), created at or
+    /// after `since` when given.
+    Subscription {
+        /// The subscription's name.
+        name: String,
+        /// Dead or delivered; never pending.
+        status: Status,
+        /// Only deliveries created since then.
+        since: Option<Since>,
+    },
+}
+
+impl Target {
+    /// Checks the combination of command-line arguments; the error is a usage error.
+    pub fn from_args(
+        id: Option<i64>,
+        subscription: Option<String>,
+        status: Option<Status>,
+        since: Option<Since>,
+    ) -> Result<Target, String> {
+        if let Some(id) = id {
+            let others: Vec<&str> = [
+                subscription.as_ref().map(|_| "--subscription"),
+                status.map(|_| "--status"),
+                since.as_ref().map(|_| "--since"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !others.is_empty() {
+                return Err(format!(
+                    "--id replays exactly one delivery and cannot be combined with {}; \
+                     use either `--id N` or `--subscription S --status dead [--since T]`",
+                    others.join(", ")
+                ));
+            }
+            return Ok(Target::Id(id));
+        }
+        let Some(name) = subscription else {
+            return Err("say what to replay: `--id N` for one delivery, or \
+                 `--subscription S --status dead [--since T]` for a subscription's dead \
+                 deliveries"
+                .into());
+        };
+        match status {
+            None => Err(format!(
+                "--subscription needs --status: `--status dead` re-sends the deliveries that \
+                 gave up, `--status delivered` the ones already delivered, e.g. \
+                 `walhook replay --subscription {name} --status dead`"
+            )),
+            Some(Status::Pending) => Err(format!(
+                "--status pending: pending deliveries are still queued and need no replay \
+                 (a subscription deactivated by 410 Gone is switched back on by \
+                 `walhook replay --subscription {name} --status dead`; \
+                 `walhook replay --id N` makes one pending delivery due now)"
+            )),
+            Some(status) => Ok(Target::Subscription {
+                name,
+                status,
+                since,
+            }),
+        }
+    }
+}
+
+/// Why nothing was replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// No delivery has that id (exit 1).
+    #[error("no delivery with id {0} in the outbox (`walhook deliveries` lists them)")]
+    UnknownDelivery(i64),
+    /// The name is neither in the config nor in the outbox (exit 2).
+    #[error(
+        "unknown subscription {name:?}: not in the config and no deliveries in the outbox{hint}"
+    )]
+    UnknownSubscription {
+        /// The name given.
+        name: String,
+        /// `; did you mean "x"?`, or empty.
+        hint: String,
+    },
+    /// The outbox could not be read or changed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReplayError {
+    /// The exit code of SPEC §1: a bad name is a usage error (2), anything else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ReplayError::UnknownSubscription { .. } => 2,
+            ReplayError::UnknownDelivery(_) | ReplayError::Failed(_) => 1,
+        }
+    }
+}
+
+/// What one replay did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// The subscription whose deliveries were re-queued.
+    pub subscription: String,
+    /// How many deliveries were re-queued.
+    pub count: u64,
+    /// For `--id`: the event id and the status the delivery had.
+    pub single: Option<(String, String)>,
+    /// The subscription had been deactivated by a 410 Gone and is active again.
+    pub reactivated: bool,
+}
+
+/// Re-queues what `target` names in the outbox `schema`, in one transaction. A subscription
+/// name that is not among the `configured` ones must be known to the outbox.
+pub async fn replay(
+    db: &mut Client,
+    schema: &str,
+    target: &Target,
+    configured: &[&str],
+) -> Result<Replayed, ReplayError> {
+    let s = quote_ident(schema);
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |e: tokio_postgres::Error| ReplayError::Failed(format!("{what}: {e}"))
+    };
+    let requeue = format!(
+        "UPDATE {s}.delivery SET status = 'pending', attempts = 0, next_attempt_at = now(), \
+         leased_until = NULL, batch_id = NULL, trigger = 'replay', delivered_at = NULL"
+    );
+    let reactivate =
+        format!("DELETE FROM {s}.subscription_state WHERE subscription = $1 RETURNING 1");
+
+    if let Target::Subscription { name, .. } = target {
+        if !configured.contains(&name.as_str()) {
+            known_in_outbox(db, &s, name, configured).await?;
+        }
+    }
+    let tx = db
+        .transaction()
+        .await
+        .map_err(failed("starting a transaction"))?;
+    let (subscription, count, single) = match target {
+        Target::Id(id) => {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT d.subscription, d.status, e.event_id FROM {s}.delivery d \
+                         LEFT JOIN {s}.event e ON e.seq = d.event_seq \
+                         WHERE d.id = $1 FOR UPDATE OF d"
+                    ),
+                    &[id],
+                )
+                .await
+                .map_err(failed("reading the delivery"))?
+                .ok_or(ReplayError::UnknownDelivery(*id))?;
+            let event_id: Option<String> = row.get(2);
+            let was: String = row.get(1);
+            let count = tx
+                .execute(&format!("{requeue} WHERE id = $1"), &[id])
+                .await
+                .map_err(failed("re-queueing the delivery"))?;
+            (
+                row.get::<_, String>(0),
+                count,
+                Some((event_id.unwrap_or_else(|| "?".into()), was)),
+            )
+        }
+        Target::Subscription {
+            name,
+            status,
+            since,
+        } => {
+            let (since_at, since_micros) = Since::params(since.as_ref());
+            let count = tx
+                .execute(
+                    &format!(
+                        "{requeue} WHERE subscription = $1 AND status = $2 AND {}",
+                        since_condition(3, 4)
+                    ),
+                    &[name, &status.as_str(), &since_at, &since_micros],
+                )
+                .await
+                .map_err(failed("re-queueing the deliveries"))?;
+            (name.clone(), count, None)
+        }
+    };
+    let reactivated = !tx
+        .query(&reactivate, &[&subscription])
+        .await
+        .map_err(failed("switching the subscription back on"))?
+        .is_empty();
+    tx.commit().await.map_err(failed("committing the replay"))?;
+    Ok(Replayed {
+        subscription,
+        count,
+        single,
+        reactivated,
+    })
+}
+
+/// Ok when `name` has deliveries or a deactivation in the outbox; otherwise the error with
+/// the closest configured or stored name.
+async fn known_in_outbox(
+    db: &Client,
+    s: &str,
+    name: &str,
+    configured: &[&str],
+) -> Result<(), ReplayError> {
+    let failed = |e: tokio_postgres::Error| ReplayError::Failed(format!("reading the outbox: {e}"));
+    let known: bool = db
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.delivery WHERE subscription = $1) \
+                     OR EXISTS (SELECT 1 FROM {s}.subscription_state WHERE subscription = $1)"
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(failed)?
+        .get(0);
+    if known {
+        return Ok(());
+    }
+    // Only on this error path: the names of subscriptions no longer configured.
+    let stored: Vec<String> = db
+        .query(
+            &format!(
+                "SELECT DISTINCT subscription FROM {s}.delivery \
+                 UNION SELECT subscription FROM {s}.subscription_state"
+            ),
+            &[],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let candidates = configured
+        .iter()
+        .copied()
+        .chain(stored.iter().map(String::as_str));
+    Err(ReplayError::UnknownSubscription {
+        name: name.to_owned(),
+        hint: crate::suggest::did_you_mean(name, candidates),
+    })
+}
+
+/// `walhook replay`: re-queues and prints one line saying what happened.
+pub async fn run(config: &Config, target: &Target) -> Result<(), ReplayError> {
+    let mut db = super::outbox::connect(config, "delivery")
+        .await
+        .map_err(ReplayError::Failed)?;
+    let configured: Vec<&str> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let replayed = replay(&mut db, &config.outbox.schema, target, &configured).await?;
+    println!("{}", summary(config, target, &replayed));
+    Ok(())
+}
+
+/// The one line `run` prints.
+fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
+    let name = &r.subscription;
+    let (them, wait) = if r.count == 1 {
+        ("it", "waits")
+    } else {
+        ("them", "wait")
+    };
+    // Who will send them: the daemon's workers exist for configured, active subscriptions.
+    let when = match config.subscription(name) {
+        Some(sub) if sub.active => format!("a running walhook sends {them} within a second"),
+        Some(_) => format!(
+            "subscription {name:?} has active = false in the config: {them} {wait} until it is active"
+        ),
+        None => format!(
+            "subscription {name:?} is not in the config: {them} {wait} until it is added back"
+        ),
+    };
+    let reactivated = if r.reactivated {
+        format!("; subscription {name:?}, deactivated by a 410 Gone, is switched back on")
+    } else {
+        String::new()
+    };
+    match (target, &r.single) {
+        (Target::Id(id), Some((event_id, was))) => {
+            let what = if was == "pending" {
+                "made due now"
+            } else {
+                "re-queued"
+            };
+            format!(
+                "replayed delivery {id} of subscription {name:?} (was {was}, {what}; same event \
+                 id {event_id}){reactivated}; {when}"
+            )
+        }
+        (Target::Subscription { status, since, .. }, _) if r.count == 0 => {
+            let since = since
+                .as_ref()
+                .map(|s| format!(" created {}", s.describe()))
+                .unwrap_or_default();
+            let resumed = if r.reactivated {
+                let pending = match config.subscription(name) {
+                    Some(sub) if sub.active => {
+                        "a running walhook resumes its pending deliveries within a second"
+                    }
+                    _ => "its pending deliveries wait until it is configured and active",
+                };
+                format!("{reactivated}; {pending}")
+            } else {
+                String::new()
+            };
+            format!(
+                "nothing to replay: subscription {name:?} has no deliveries with status {}\
+                 {since}{resumed}",
+                status.as_str()
+            )
+        }
+        (Target::Subscription { status, since, .. }, _) => {
+            let since = since
+                .as_ref()
+                .map(|s| format!(", created {}", s.describe()))
+                .unwrap_or_default();
+            let deliveries = if r.count == 1 {
+                "delivery"
+            } else {
+                "deliveries"
+            };
+            format!(
+                "replayed {} {deliveries} of subscription {name:?} ({}{since}; same event \
+                 ids){reactivated}; {when}",
+                r.count,
+                status.as_str()
+            )
+        }
+        (Target::Id(_), None) => unreachable!("a replay by id reports its delivery"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(
+        id: Option<i64>,
+        sub: Option<&str>,
+        status: Option<Status>,
+        since: Option<&str>,
+    ) -> Result<Target, String> {
+        Target::from_args(
+            id,
+            sub.map(String::from),
+            status,
+            since.map(|s| super::super::outbox::parse_since(s).unwrap()),
+        )
+    }
+
+    #[test]
+    fn one_id_or_a_subscription_with_a_status() {
+        assert_eq!(args(Some(7), None, None, None), Ok(Target::Id(7)));
+        assert_eq!(
+            args(None, Some("inv"), Some(Status::Dead), Some("2h")),
+            Ok(Target::Subscription {
+                name: "inv".into(),
+                status: Status::Dead,
+                since: Some(Since::Ago(std::time::Duration::from_secs(7200))),
+            })
+        );
+        assert!(args(None, Some("inv"), Some(Status::Delivered), None).is_ok());
+    }
+
+    #[test]
+    fn bad_combinations_say_what_is_needed() {
+        let e = args(None, Some("inv"), None, None).unwrap_err();
+        assert!(
+            e.contains("--subscription needs --status") && e.contains("--status dead"),
+            "{e}"
+        );
+        let e = args(None, Some("inv"), Some(Status::Pending), None).unwrap_err();
+        assert!(
+            e.starts_with("--status pending: pending deliveries are still queued"),
+            "{e}"
+        );
+        let e = args(Some(1), Some("inv"), Some(Status::Dead), Some("1h")).unwrap_err();
+        assert!(
+            e.contains("cannot be combined with --subscription, --status, --since"),
+            "{e}"
+        );
+        let e = args(Some(1), None, None, Some("1h")).unwrap_err();
+        assert!(e.contains("cannot be combined with --since"), "{e}");
+        let e = args(None, None, Some(Status::Dead), None).unwrap_err();
+        assert!(e.starts_with("say what to replay"), "{e}");
+        assert!(args(None, None, None, None).is_err());
+    }
+}
