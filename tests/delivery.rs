@@ -172,3 +172,34 @@ fn a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_is_dead() {
     let excerpt = db.sql("SELECT DISTINCT response_excerpt FROM walhook.attempts");
     assert_eq!(excerpt.trim(), "boom");
 }
+
+#[test]
+fn replay_resends_a_dead_delivery_with_its_original_event_id() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    receiver.respond(|_| Reply::status(500));
+    let config = config(&db, &receiver.url("/hooks"), "retry_schedule = []");
+    let _daemon = start(&config);
+
+    db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
+    let first = receiver.wait_for(1, Duration::from_secs(20));
+    let id = first[0].header("webhook-id").unwrap().to_owned();
+    wait_until(Duration::from_secs(10), "the delivery is dead", || {
+        deliveries(&db) == vec![(id.clone(), "dead".to_owned(), 1)]
+    });
+
+    receiver.respond(|_| Reply::status(200));
+    let out = support::run_walhook(
+        &config,
+        &["replay", "--subscription", "invoices", "--status", "dead"],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let seen = receiver.wait_for(2, Duration::from_secs(20));
+    assert_eq!(seen[1].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(seen[1].body, first[0].body, "byte-identical body");
+    wait_until(Duration::from_secs(10), "the replay is recorded", || {
+        deliveries(&db) == vec![(id.clone(), "delivered".to_owned(), 1)]
+    });
+    let log = db.sql("SELECT string_agg(attempt || ':' || trigger || ':' || status_code, ',' ORDER BY started_at) FROM walhook.attempts");
+    assert_eq!(log.trim(), "1:scheduled:500,1:replay:200");
+}
