@@ -58,6 +58,10 @@ CREATE INDEX delivery_pending ON delivery (subscription, event_seq)
 CREATE INDEX delivery_pending_key ON delivery (subscription, ordering_key, event_seq)
     WHERE status = 'pending';
 
+-- Dead deliveries, for `walhook replay`, the log and the dead-letter metric.
+CREATE INDEX delivery_dead ON delivery (subscription, created_at)
+    WHERE status = 'dead';
+
 -- Failed batches waiting for their retry.
 CREATE INDEX delivery_batched ON delivery (subscription, event_seq)
     WHERE status = 'pending' AND batch_id IS NOT NULL;

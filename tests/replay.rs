@@ -138,9 +138,14 @@ fn replaying_a_delivered_or_pending_delivery_by_id_sends_it_again_now() {
 #[test]
 fn replaying_an_inactive_subscription_says_it_waits_until_it_is_active() {
     let (db, config) = replay_outbox();
-    // `partners` is the last [[subscriptions]] table of the file.
     let text = std::fs::read_to_string(&config.path).unwrap();
-    std::fs::write(&config.path, format!("{text}active = false\n")).unwrap();
+    let edited = text.replacen(
+        "name = \"partners\"\n",
+        "name = \"partners\"\nactive = false\n",
+        1,
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&config.path, edited).unwrap();
     let line = replayed(&config, &["--subscription", "partners", "--status", "dead"]);
     assert!(
         line.ends_with(

@@ -5,17 +5,21 @@
 //! is ready or the group is large. Under load many small source transactions share one
 //! outbox transaction; when idle each commits at once, so latency stays low.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
+use super::sampler::Health;
 use super::startup::{self, StartupError};
 use crate::capture::matcher::{Matcher, MatcherError};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
 use crate::delivery::DispatchHandle;
+use crate::metrics::{ChangeLabels, Metrics};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::source::conninfo::ConnInfo;
 use crate::source::{tls, Lsn};
@@ -72,6 +76,8 @@ pub(super) struct Session<'a> {
     pub(super) outbox: &'a ConnInfo,
     /// Told about new deliveries and config edits.
     pub(super) dispatch: &'a DispatchHandle,
+    pub(super) metrics: &'a Arc<Metrics>,
+    pub(super) health: &'a Health,
 }
 
 /// A source commit handled in memory (its events written or buffered) but not yet
@@ -104,6 +110,7 @@ impl Session<'_> {
             skip_through: checkpoint,
         };
         let mut reader = ChangeReader::start(self.source, &options).await?;
+        let _connected = Connected::new(self.health, self.metrics);
         *backoff = Duration::from_millis(200);
         tracing::info!(slot = %options.slot, checkpoint = %checkpoint, "capturing");
 
@@ -122,12 +129,26 @@ impl Session<'_> {
                     Some(next) => match next? {
                         Some(item) => item,
                         None => {
-                            flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
+                            flush(
+                                &mut writer,
+                                &mut reader,
+                                &mut handled,
+                                self.dispatch,
+                                self.metrics,
+                            )
+                            .await?;
                             return Ok(Ended::ServerEnded);
                         }
                     },
                     None => {
-                        flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
+                        flush(
+                            &mut writer,
+                            &mut reader,
+                            &mut handled,
+                            self.dispatch,
+                            self.metrics,
+                        )
+                        .await?;
                         group = 0;
                         continue;
                     }
@@ -136,12 +157,21 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        return stop(writer, reader, open, handled, self.dispatch).await;
+                        return stop(writer, reader, open, handled, self.dispatch, self.metrics).await;
                     }
                     Some(new) = reloads.recv() => {
                         match validate(&new, &catalog).await {
-                            Ok(new_matcher) => *staged = Some((new, new_matcher)),
-                            Err(e) => tracing::error!("config reload rejected: {e}; the running config stays"),
+                            Ok(new_matcher) => {
+                                self.metrics.reload_applied();
+                                for sub in &new.subscriptions {
+                                    self.metrics.know_subscription(&sub.name);
+                                }
+                                *staged = Some((new, new_matcher));
+                            }
+                            Err(e) => {
+                                self.metrics.reload_rejected();
+                                tracing::error!("config reload rejected: {e}; the running config stays");
+                            }
                         }
                         if open.is_none() {
                             apply(staged, matcher, config, self.dispatch);
@@ -161,6 +191,13 @@ impl Session<'_> {
                 Item::Begin(commit) => open = Some(commit),
                 Item::Change(change) => {
                     let commit = open.expect("changes arrive inside a transaction");
+                    self.metrics
+                        .changes
+                        .get_or_create(&ChangeLabels {
+                            table: change.relation.qualified_name(),
+                            operation: change.operation.as_str(),
+                        })
+                        .inc();
                     if !matcher.watches(&change.relation.schema, &change.relation.name) {
                         continue;
                     }
@@ -195,7 +232,14 @@ impl Session<'_> {
                     group += 1;
                     apply(staged, matcher, config, self.dispatch);
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
-                        flush(&mut writer, &mut reader, &mut handled, self.dispatch).await?;
+                        flush(
+                            &mut writer,
+                            &mut reader,
+                            &mut handled,
+                            self.dispatch,
+                            self.metrics,
+                        )
+                        .await?;
                         group = 0;
                     }
                 }
@@ -211,12 +255,36 @@ impl Session<'_> {
     }
 }
 
+/// Marks replication connected for as long as it lives.
+struct Connected<'a> {
+    health: &'a Health,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Connected<'a> {
+    fn new(health: &'a Health, metrics: &'a Metrics) -> Self {
+        health.replication_connected.store(true, Ordering::Relaxed);
+        metrics.replication_connected.set(1);
+        Connected { health, metrics }
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.health
+            .replication_connected
+            .store(false, Ordering::Relaxed);
+        self.metrics.replication_connected.set(0);
+    }
+}
+
 /// Commits the outbox through the last handled source commit, then acknowledges the slot.
 async fn flush(
     writer: &mut OutboxWriter,
     reader: &mut ChangeReader,
     handled: &mut Option<Handled>,
     dispatch: &DispatchHandle,
+    metrics: &Metrics,
 ) -> Result<(), SessionError> {
     let Some(h) = handled.take() else {
         return Ok(());
@@ -229,7 +297,14 @@ async fn flush(
             through = %h.commit_lsn,
             "outbox commit"
         );
-        dispatch.wake(&written.subscriptions);
+        metrics.outbox_commits.inc();
+        for (subscription, count) in &written.subscriptions {
+            metrics
+                .events
+                .get_or_create(&Metrics::subscription(subscription))
+                .inc_by(*count);
+        }
+        dispatch.wake(written.subscriptions.keys());
     }
     // A group without events needs no outbox write: skipping it on restart is harmless,
     // because the slot itself will not send it again once acknowledged.
@@ -245,11 +320,12 @@ async fn stop(
     open: Option<Commit>,
     mut handled: Option<Handled>,
     dispatch: &DispatchHandle,
+    metrics: &Metrics,
 ) -> Result<Ended, SessionError> {
     if open.is_some() {
         writer.rollback().await?;
     } else {
-        flush(&mut writer, &mut reader, &mut handled, dispatch).await?;
+        flush(&mut writer, &mut reader, &mut handled, dispatch, metrics).await?;
     }
     reader.close().await?;
     Ok(Ended::Signal)

@@ -4,6 +4,7 @@
 
 mod capture;
 mod reload;
+pub mod sampler;
 mod startup;
 
 use std::path::PathBuf;
@@ -13,9 +14,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::capture::matcher::{Matcher, MatcherError};
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::delivery::{self, DispatchError};
+use crate::metrics::Metrics;
+use crate::server::{self, ServeError, ServerState};
 use crate::source::conninfo::ConnInfo;
+use sampler::Health;
 
 pub use startup::StartupError;
 
@@ -34,6 +40,9 @@ pub enum DaemonError {
     /// The dispatcher could not start.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The HTTP server could not listen.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 impl DaemonError {
@@ -65,15 +74,40 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         Some(url) => ConnInfo::parse(url.expose()).map_err(StartupError::from)?,
         None => source.clone(),
     };
+    let metrics = Arc::new(Metrics::new());
+    for sub in &config.subscriptions {
+        metrics.know_subscription(&sub.name);
+    }
+    let health = Arc::new(Health::default());
+    let samples = sampler::spawn(
+        &config,
+        source.clone(),
+        outbox.clone(),
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    );
+    let state = ServerState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        sample: samples,
+    };
+    let listening = server::spawn(config.http.listen, state, shutdown.clone()).await?;
+    tracing::info!("http server listening on {listening} (/metrics, /healthz, /readyz)");
     tokio::select! {
         prepared = startup::prepare(&config, &source, &outbox, !options.no_setup) => prepared?,
         _ = shutdown.changed() => return Ok(()),
     }
 
     let (dispatch, dispatcher) =
-        delivery::dispatcher::spawn(&config, outbox.clone(), shutdown.clone())?;
+        delivery::dispatcher::spawn(&config, outbox.clone(), metrics.clone(), shutdown.clone())?;
     let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
-    let _watcher = reload::spawn(options.config_path.clone(), config.clone(), reload_tx);
+    let _watcher = reload::spawn(
+        options.config_path.clone(),
+        config.clone(),
+        reload_tx,
+        metrics.clone(),
+    );
 
     let mut config = config;
     // A valid edit that arrived mid-transaction waits here for the transaction boundary,
@@ -85,6 +119,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
             source: &source,
             outbox: &outbox,
             dispatch: &dispatch,
+            metrics: &metrics,
+            health: &health,
         };
         let outcome = session
             .run(

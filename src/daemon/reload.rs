@@ -6,6 +6,7 @@
 //! watch on the file itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -13,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Edits arriving this close together are read once.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -23,6 +25,7 @@ pub(super) fn spawn(
     path: PathBuf,
     running: Config,
     reloads: mpsc::Sender<Config>,
+    metrics: Arc<Metrics>,
 ) -> Option<notify::RecommendedWatcher> {
     let (tx, mut changed) = mpsc::channel::<()>(16);
     let file_name = path.file_name().map(|n| n.to_owned());
@@ -71,7 +74,10 @@ pub(super) fn spawn(
                         return;
                     }
                 }
-                Err(e) => tracing::error!("config reload rejected, the running config stays:\n{e}"),
+                Err(e) => {
+                    metrics.reload_rejected();
+                    tracing::error!("config reload rejected, the running config stays:\n{e}")
+                }
             }
         }
     });

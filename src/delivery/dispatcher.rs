@@ -5,7 +5,7 @@
 //! held across HTTP, and a process that dies leaves nothing locked for long), and completions
 //! are written by one task that takes everything waiting in one statement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::network::{self, NetworkPolicy};
 use super::worker::{Control, Worker};
 use crate::config::{Config, SubscriptionConfig};
+use crate::metrics::Metrics;
 use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
 use crate::source::conninfo::ConnInfo;
 use crate::source::tls;
@@ -45,6 +46,7 @@ pub(super) struct Shared {
     /// `delivery.max_in_flight`, across subscriptions.
     pub(super) global: Arc<Semaphore>,
     pub(super) completions: mpsc::Sender<Finished>,
+    pub(super) metrics: Arc<Metrics>,
     queues: Arc<Queues>,
 }
 
@@ -85,12 +87,13 @@ pub struct DispatchHandle {
 
 impl DispatchHandle {
     /// New deliveries of these subscriptions are committed.
-    pub fn wake(&self, subscriptions: &BTreeSet<Arc<str>>) {
-        if subscriptions.is_empty() {
+    pub fn wake<'a>(&self, subscriptions: impl IntoIterator<Item = &'a Arc<str>>) {
+        let names: Vec<Arc<str>> = subscriptions.into_iter().cloned().collect();
+        if names.is_empty() {
             return;
         }
         // A full channel means wakes are already queued; a lost one costs at most a poll.
-        let _ = self.wakes.try_send(subscriptions.iter().cloned().collect());
+        let _ = self.wakes.try_send(names);
     }
 
     /// The config was reloaded.
@@ -111,6 +114,7 @@ struct WorkerHandle {
 pub fn spawn(
     config: &Config,
     outbox: ConnInfo,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(DispatchHandle, JoinHandle<()>), DispatchError> {
     let policy = NetworkPolicy::new(&config.delivery.allow_networks);
@@ -127,6 +131,7 @@ pub fn spawn(
         global: Arc::new(Semaphore::new(config.delivery.max_in_flight.max(1))),
         completions: completions_tx,
         queues: queues.clone(),
+        metrics,
     });
     let (wakes_tx, wakes_rx) = mpsc::channel(256);
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));

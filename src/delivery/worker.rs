@@ -15,6 +15,7 @@ use super::limits::{Allowance, Breaker, TokenBucket};
 use super::policy::{self, Outcome};
 use super::sender::{self, Attempt};
 use crate::config::{Method, Ordering, SubscriptionConfig};
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::outbox::queue::{Claim, Claimed, Completion, QueueError, Settled, Trigger};
 
 /// Requests in flight per subscription when the subscription sets no `max_in_flight`.
@@ -41,6 +42,7 @@ struct Carried {
     id: i64,
     attempts: u32,
     trigger: Trigger,
+    committed_at: SystemTime,
 }
 
 /// A request that returned.
@@ -206,6 +208,11 @@ impl Worker {
             }
             Ok(None) => {
                 if self.deactivated.take().is_some() {
+                    self.shared
+                        .metrics
+                        .subscription_inactive
+                        .get_or_create(&Metrics::subscription(&self.sub.name))
+                        .set(0);
                     tracing::info!(subscription = %self.sub.name, "subscription is active again");
                     self.breaker.success();
                     self.slow_until = None;
@@ -390,6 +397,7 @@ impl Worker {
                 id: c.id,
                 attempts: c.attempts,
                 trigger: c.trigger,
+                committed_at: c.committed_at,
             })
             .collect();
         let body = match &batch_id {
@@ -482,12 +490,36 @@ impl Worker {
                 settled
             }
         };
+        let metrics = &self.shared.metrics;
+        metrics.request_took(name, a.duration);
+        let labels = Metrics::subscription(name);
+        metrics
+            .circuit_open
+            .get_or_create(&labels)
+            .set(i64::from(self.breaker.is_open()));
+        metrics
+            .subscription_inactive
+            .get_or_create(&labels)
+            .set(i64::from(self.deactivated.is_some()));
         let completions: Vec<Completion> = sent
             .carried
             .iter()
             .zip(settled)
             .map(|(c, settled)| {
                 log_result(name, &c.id, a, &settled, sent.probe);
+                let outcome = match settled {
+                    Settled::Delivered => {
+                        let latency = wall.duration_since(c.committed_at).unwrap_or_default();
+                        metrics
+                            .end_to_end_latency
+                            .get_or_create(&labels)
+                            .observe(latency.as_secs_f64());
+                        AttemptOutcome::Success
+                    }
+                    Settled::Dead => AttemptOutcome::Dead,
+                    Settled::Retry(_) | Settled::Released => AttemptOutcome::Retry,
+                };
+                metrics.attempt(name, outcome);
                 Completion {
                     delivery_id: c.id,
                     subscription: name.clone(),

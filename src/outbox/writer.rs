@@ -8,7 +8,7 @@
 //! open transaction ("spilled"), so a transaction of a million rows streams through with
 //! flat memory and still commits as one.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
@@ -41,8 +41,8 @@ pub struct Written {
     pub events: u64,
     /// Delivery rows.
     pub deliveries: u64,
-    /// The subscriptions that received deliveries: the dispatcher wakes these.
-    pub subscriptions: BTreeSet<Arc<str>>,
+    /// Deliveries per subscription: the dispatcher wakes these.
+    pub subscriptions: BTreeMap<Arc<str>, u64>,
 }
 
 /// The ordering key of an event: a stable 64-bit FNV-1a hash of its object and row key.
@@ -256,8 +256,11 @@ impl OutboxWriter {
                 subscriptions.push(sub);
                 delivery_seqs.push(*seq);
                 ordering_keys.push(*key);
-                if !self.written.subscriptions.contains(sub) {
-                    self.written.subscriptions.insert(sub.clone());
+                match self.written.subscriptions.get_mut(sub) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.written.subscriptions.insert(sub.clone(), 1);
+                    }
                 }
             }
         }

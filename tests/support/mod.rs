@@ -74,10 +74,17 @@ pub struct ConfigFile {
     pub path: std::path::PathBuf,
 }
 
-/// Writes `text` as a walhook config file.
+/// Writes `text` as a walhook config file. Unless it has an `[http]` table, the HTTP server
+/// listens on a free port (appended, so line numbers in error messages stay put): tests run
+/// many daemons at once.
 pub fn config_file(text: &str) -> ConfigFile {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("walhook.toml");
+    let text = if text.contains("[http]") {
+        text.to_owned()
+    } else {
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+    };
     std::fs::write(&path, text).expect("write config");
     ConfigFile { _dir: dir, path }
 }
