@@ -72,6 +72,8 @@ pub(super) struct Worker {
     gathering: Vec<Claimed>,
     gather_until: Option<Instant>,
     deactivated: Option<String>,
+    /// When a deactivated subscription next looks whether it was switched back on.
+    recheck_at: Instant,
     waiting_for_global: bool,
     retry_claim_at: Option<Instant>,
     stopping: Option<Instant>,
@@ -103,6 +105,7 @@ impl Worker {
             gathering: Vec::new(),
             gather_until: None,
             deactivated: None,
+            recheck_at: now,
             waiting_for_global: false,
             retry_claim_at: None,
             stopping: None,
@@ -113,6 +116,11 @@ impl Worker {
     pub(super) async fn run(mut self) {
         self.check_deactivated().await;
         loop {
+            // Here, not only when the poll timer fires: on a busy table wakes come more
+            // often than the poll, and the timer would never fire.
+            if self.deactivated.is_some() && Instant::now() >= self.recheck_at {
+                self.check_deactivated().await;
+            }
             if self.stopping.is_none() {
                 if let Err(e) = self.dispatch().await {
                     tracing::warn!(subscription = %self.sub.name, "{e}; trying again in 1s");
@@ -138,9 +146,6 @@ impl Worker {
                     if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
                         self.give_back_in_flight().await;
                         break;
-                    }
-                    if self.deactivated.is_some() {
-                        self.check_deactivated().await;
                     }
                 }
             }
@@ -190,6 +195,7 @@ impl Worker {
     }
 
     async fn check_deactivated(&mut self) {
+        self.recheck_at = Instant::now() + POLL;
         let state = match self.shared.queue().await {
             Ok(queue) => queue.deactivated(&self.sub.name).await,
             Err(e) => Err(e),
@@ -236,6 +242,9 @@ impl Worker {
         consider(self.next_due);
         consider(self.slow_until);
         consider(self.gather_until);
+        if self.deactivated.is_some() {
+            consider(Some(self.recheck_at));
+        }
         if let Allowance::Wait(until) = self.breaker.allowance(now) {
             consider(Some(until));
         }
@@ -440,6 +449,7 @@ impl Worker {
                      `walhook replay --subscription {name} --status dead` switches it back on"
                 );
                 self.deactivated = Some(reason.clone());
+                self.recheck_at = now + POLL;
                 if let Err(e) = self.deactivate(&reason).await {
                     tracing::warn!(subscription = %name, "{e}");
                 }
