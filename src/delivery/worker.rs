@@ -121,13 +121,19 @@ impl Worker {
             if self.deactivated.is_some() && Instant::now() >= self.recheck_at {
                 self.check_deactivated().await;
             }
-            if self.stopping.is_none() {
-                if let Err(e) = self.dispatch().await {
-                    tracing::warn!(subscription = %self.sub.name, "{e}; trying again in 1s");
-                    self.retry_claim_at = Some(Instant::now() + Duration::from_secs(1));
+            match self.stopping {
+                None => {
+                    if let Err(e) = self.dispatch().await {
+                        tracing::warn!(subscription = %self.sub.name, "{e}; trying again in 1s");
+                        self.retry_claim_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
                 }
-            } else if self.in_flight.is_empty() {
-                break;
+                Some(_) if self.in_flight.is_empty() => break,
+                Some(deadline) if Instant::now() >= deadline => {
+                    self.give_back_in_flight().await;
+                    break;
+                }
+                Some(_) => {}
             }
             let wake_at = self.wake_at();
             let global = self.shared.global.clone();
@@ -142,12 +148,7 @@ impl Worker {
                 _ = self.wake.notified() => {}
                 // A permit came free elsewhere: claim again.
                 _ = global.acquire_owned(), if self.waiting_for_global => {}
-                _ = sleep_until(wake_at) => {
-                    if self.stopping.is_some_and(|deadline| Instant::now() >= deadline) {
-                        self.give_back_in_flight().await;
-                        break;
-                    }
-                }
+                _ = sleep_until(wake_at) => {}
             }
         }
     }
