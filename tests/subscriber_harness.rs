@@ -134,6 +134,28 @@ fn after_delays_the_answer() {
 }
 
 #[test]
+fn max_concurrent_counts_requests_waiting_for_their_reply_together() {
+    let sub = Subscriber::start();
+    sub.respond(|_| Reply::status(204).after(Duration::from_millis(300)));
+    let rt = runtime();
+    let client = client();
+    let url = sub.url("/");
+    assert_eq!(sub.max_concurrent(), 0);
+    post(&rt, &client, &url, "").unwrap();
+    assert_eq!(sub.max_concurrent(), 1, "one at a time");
+    rt.block_on(async {
+        let three = (0..3).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.post(url).send().await.map(|r| r.status()) })
+        });
+        for request in three.collect::<Vec<_>>() {
+            assert_eq!(request.await.unwrap().unwrap(), 204);
+        }
+    });
+    assert_eq!(sub.max_concurrent(), 3, "three together");
+}
+
+#[test]
 fn hang_up_closes_without_a_response() {
     let sub = Subscriber::start();
     sub.respond_with_sequence(vec![Reply::hang_up(), Reply::status(200)]);

@@ -3,7 +3,7 @@
 //! sends each request in a task of its own; and turns each result into the deliveries' new
 //! state (SPEC §4).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +27,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// A lease outlives the request by this much, so it never expires under a live request.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Retry times a worker remembers at most; later ones are found by the poll.
+const MAX_DUES: usize = 1_024;
 
 /// What the dispatcher tells a worker.
 pub(super) enum Control {
@@ -68,7 +71,9 @@ pub(super) struct Worker {
     bucket: Option<TokenBucket>,
     breaker: Breaker,
     slow_until: Option<Instant>,
-    next_due: Option<Instant>,
+    /// When the retries this worker scheduled fall due, soonest first (one per failed
+    /// request, at most [`MAX_DUES`]), so that each is claimed on time, not at the next poll.
+    dues: BTreeSet<Instant>,
     gathering: Vec<Claimed>,
     gather_until: Option<Instant>,
     deactivated: Option<String>,
@@ -101,7 +106,7 @@ impl Worker {
             in_flight: HashMap::new(),
             next_request: 0,
             slow_until: None,
-            next_due: None,
+            dues: BTreeSet::new(),
             gathering: Vec::new(),
             gather_until: None,
             deactivated: None,
@@ -240,7 +245,7 @@ impl Worker {
         };
         consider(self.stopping);
         consider(self.retry_claim_at);
-        consider(self.next_due);
+        consider(self.dues.first().copied());
         consider(self.slow_until);
         consider(self.gather_until);
         if self.deactivated.is_some() {
@@ -281,10 +286,12 @@ impl Worker {
     async fn dispatch(&mut self) -> Result<(), QueueError> {
         let now = Instant::now();
         self.waiting_for_global = false;
-        for deadline in [&mut self.retry_claim_at, &mut self.next_due] {
-            if deadline.is_some_and(|t| t <= now) {
-                *deadline = None;
-            }
+        if self.retry_claim_at.is_some_and(|t| t <= now) {
+            self.retry_claim_at = None;
+        }
+        // Retries due by now are claimed below (or, when a limit holds them, once it lets go).
+        while self.dues.first().is_some_and(|t| *t <= now) {
+            self.dues.pop_first();
         }
         if self.retry_claim_at.is_some() || self.deactivated.is_some() || !self.sub.active {
             return Ok(());
@@ -363,7 +370,11 @@ impl Worker {
                         self.gather_until = Some(Instant::now() + max_wait);
                     }
                     let got = claimed.len();
-                    self.gathering.extend(claimed);
+                    // A gathered delivery whose lease ran out (a long wait for a global
+                    // permit) comes back from the claim: carry it once.
+                    let gathered: Vec<i64> = self.gathering.iter().map(|c| c.id).collect();
+                    self.gathering
+                        .extend(claimed.into_iter().filter(|c| !gathered.contains(&c.id)));
                     let full = self.gathering.len() >= max_events;
                     let waited = self.gather_until.is_some_and(|t| Instant::now() >= t);
                     if self.gathering.is_empty() || !(full || waited) {
@@ -464,6 +475,8 @@ impl Worker {
                     );
                 }
                 let mut first_delay = None;
+                // A batch is claimed again when its earliest delivery is due.
+                let mut earliest = None;
                 let mut rng = rand::thread_rng();
                 let settled = sent
                     .carried
@@ -481,13 +494,19 @@ impl Worker {
                             Some(delay) => {
                                 first_delay.get_or_insert(delay);
                                 let due = now + delay;
-                                self.next_due = Some(self.next_due.map_or(due, |t| t.min(due)));
+                                earliest = Some(earliest.map_or(due, |t: Instant| t.min(due)));
                                 Settled::Retry(wall + delay)
                             }
                             None => Settled::Dead,
                         }
                     })
                     .collect();
+                if let Some(due) = earliest {
+                    self.dues.insert(due);
+                    if self.dues.len() > MAX_DUES {
+                        self.dues.pop_last();
+                    }
+                }
                 if slow_down {
                     let pause = after.or(first_delay).unwrap_or(POLL);
                     let until = now + pause;
@@ -512,6 +531,16 @@ impl Worker {
             .subscription_inactive
             .get_or_create(&labels)
             .set(i64::from(self.deactivated.is_some()));
+        // A pause (slow-down, open breaker, 410) can outlast the leases of a batch being
+        // gathered: give its deliveries back, to be claimed afresh when sending resumes.
+        let paused = self.slow_until.is_some_and(|t| t > now)
+            || self.breaker.is_open()
+            || self.deactivated.is_some();
+        if paused && !self.gathering.is_empty() {
+            let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
+            self.gather_until = None;
+            self.release(&gathered).await;
+        }
         let completions: Vec<Completion> = sent
             .carried
             .iter()

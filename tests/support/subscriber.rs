@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -171,6 +172,28 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     arrived: Condvar,
     responder: RwLock<Responder>,
+    /// Requests being handled now: from the arrival of their head until the reply is handed
+    /// to hyper (or the hang-up, or the connection going away).
+    active: AtomicUsize,
+    /// The most `active` ever was.
+    max_active: AtomicUsize,
+}
+
+/// Counts one request as active while it lives.
+struct ActiveGuard(Arc<Shared>);
+
+impl ActiveGuard {
+    fn new(shared: &Arc<Shared>) -> ActiveGuard {
+        let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_active.fetch_max(now, Ordering::SeqCst);
+        ActiveGuard(Arc::clone(shared))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The accept loop currently serving, if any.
@@ -203,6 +226,8 @@ impl Subscriber {
                 seen: Mutex::new(Vec::new()),
                 arrived: Condvar::new(),
                 responder: RwLock::new(default),
+                active: AtomicUsize::new(0),
+                max_active: AtomicUsize::new(0),
             }),
             port: 0,
             running: Mutex::new(None),
@@ -283,6 +308,14 @@ impl Subscriber {
     /// [`Seen::event_ids`]).
     pub fn all_event_ids(&self) -> Vec<String> {
         self.requests().iter().flat_map(Seen::event_ids).collect()
+    }
+
+    /// The most requests it was handling at the same time so far: each counts from the
+    /// arrival of its head until its reply is handed over (after any [`Reply::after`]
+    /// delay). A sender's own count of requests in flight is never lower, since a request
+    /// stays in flight until the reply reaches it.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_active.load(Ordering::SeqCst)
     }
 
     /// Whether it is currently listening.
@@ -465,6 +498,7 @@ async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, HangUp> {
     let at = Instant::now();
+    let _active = ActiveGuard::new(&shared);
     let (parts, body) = req.into_parts();
     // A body cut short is recorded as far as it came.
     let body = match body.collect().await {
