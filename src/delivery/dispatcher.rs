@@ -6,7 +6,7 @@
 //! are written by one task that takes everything waiting in one statement.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::network::{self, NetworkPolicy};
 use super::worker::{Control, Worker};
-use crate::config::{Config, SubscriptionConfig};
+use crate::config::{AllowedNetwork, Config, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
 use crate::source::conninfo::ConnInfo;
@@ -39,10 +39,29 @@ pub(super) struct Finished {
     pub(super) wake: Arc<Notify>,
 }
 
-/// What every worker uses.
-pub(super) struct Shared {
+/// The network policy of `delivery.allow_networks` and the HTTP client that enforces it.
+pub(super) struct Net {
     pub(super) client: reqwest::Client,
     pub(super) policy: NetworkPolicy,
+    allow: Vec<AllowedNetwork>,
+}
+
+impl Net {
+    fn new(allow: &[AllowedNetwork]) -> Result<Net, reqwest::Error> {
+        let policy = NetworkPolicy::new(allow);
+        Ok(Net {
+            client: network::http_client(policy.clone())?,
+            policy,
+            allow: allow.to_vec(),
+        })
+    }
+}
+
+/// What every worker uses.
+pub(super) struct Shared {
+    /// Replaced when `delivery.allow_networks` changes; a request keeps the one it started
+    /// with.
+    net: RwLock<Arc<Net>>,
     /// `delivery.max_in_flight`, across subscriptions.
     pub(super) global: Arc<Semaphore>,
     pub(super) completions: mpsc::Sender<Finished>,
@@ -51,6 +70,32 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The network policy and client for a new request.
+    pub(super) fn net(&self) -> Arc<Net> {
+        self.net
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies an edited `delivery.allow_networks`: a new client, since pooled connections
+    /// were checked under the old list.
+    fn set_allow_networks(&self, allow: &[AllowedNetwork]) {
+        if self.net().allow == allow {
+            return;
+        }
+        match Net::new(allow) {
+            Ok(net) => {
+                *self.net.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(net);
+                tracing::info!("delivery.allow_networks changed: new requests use the new list");
+            }
+            Err(e) => tracing::warn!(
+                "delivery.allow_networks changed, but building the HTTP client failed ({e}); \
+                 the previous list stays in force"
+            ),
+        }
+    }
+
     /// The queue on the dispatcher's outbox connection.
     pub(super) async fn queue(&self) -> Result<Arc<DeliveryQueue>, QueueError> {
         self.queues.get().await
@@ -117,8 +162,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(DispatchHandle, JoinHandle<()>), DispatchError> {
-    let policy = NetworkPolicy::new(&config.delivery.allow_networks);
-    let client = network::http_client(policy.clone())?;
+    let net = Net::new(&config.delivery.allow_networks)?;
     let (completions_tx, completions_rx) = mpsc::channel(1_024);
     let queues = Arc::new(Queues {
         outbox,
@@ -126,8 +170,7 @@ pub fn spawn(
         current: tokio::sync::Mutex::new(None),
     });
     let shared = Arc::new(Shared {
-        client,
-        policy,
+        net: RwLock::new(Arc::new(net)),
         global: Arc::new(Semaphore::new(config.delivery.max_in_flight.max(1))),
         completions: completions_tx,
         queues: queues.clone(),
@@ -166,6 +209,7 @@ async fn manage(
                 }
                 let current = config.borrow_and_update().clone();
                 shutdown_timeout = current.delivery.shutdown_timeout;
+                shared.set_allow_networks(&current.delivery.allow_networks);
                 sync(&shared, &mut workers, &current).await;
             }
             Some(names) = wakes.recv() => {

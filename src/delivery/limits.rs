@@ -7,6 +7,9 @@ use tokio::time::Instant;
 
 use crate::config::RateLimit;
 
+/// The longest [`TokenBucket::next_token`] looks ahead.
+const LONGEST_TOKEN_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up; one token per
 /// request.
 #[derive(Debug, Clone)]
@@ -46,11 +49,15 @@ impl TokenBucket {
         self.tokens = (self.tokens - n as f64).max(0.0);
     }
 
-    /// When the next whole token will be there.
+    /// When the next whole token will be there (at most a day from now: a rate so low that
+    /// a token takes longer is looked at again then).
     pub fn next_token(&mut self, now: Instant) -> Instant {
         self.refill(now);
         let missing = (1.0 - self.tokens).max(0.0);
-        now + Duration::from_secs_f64(missing / self.per_second)
+        // try_: a tiny (but positive) rate makes the wait too large for a Duration.
+        let wait = Duration::try_from_secs_f64(missing / self.per_second)
+            .map_or(LONGEST_TOKEN_WAIT, |w| w.min(LONGEST_TOKEN_WAIT));
+        now + wait
     }
 }
 
@@ -180,6 +187,14 @@ mod tests {
             wait >= Duration::from_millis(99) && wait <= Duration::from_millis(101),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn a_tiny_rate_does_not_overflow_the_wait() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(&limit(1e-300, 1), start);
+        bucket.take(1, start);
+        assert_eq!(bucket.next_token(start), start + LONGEST_TOKEN_WAIT);
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl Resolve for PolicyResolver {
 /// (`no_proxy()`), connect timeout 5 s, the policy resolver.
 ///
 /// Pooled connections were checked under the policy they were opened with: build a new client
-/// when `allow_networks` changes.
+/// when `allow_networks` changes (the dispatcher does, on reload).
 pub fn http_client(policy: NetworkPolicy) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         // A 3xx is a failure naming the new location (SPEC §4); following it would also

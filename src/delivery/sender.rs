@@ -19,6 +19,9 @@ pub const READ_LIMIT: usize = 64 * 1024;
 /// How much of the body read is kept in the attempt log.
 pub const EXCERPT_LIMIT: usize = 16 * 1024;
 
+/// Stands in for a configured duration too large to add to a point in time.
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// One HTTP attempt and its result.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -70,7 +73,10 @@ pub async fn send(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     // One deadline for connecting, the headers and the body alike.
-    let deadline = tokio::time::Instant::from_std(start + sub.timeout);
+    // A timeout too large to add is as good as none.
+    let deadline = tokio::time::Instant::from_std(
+        start.checked_add(sub.timeout).unwrap_or(start + FAR_FUTURE),
+    );
     let request = request::build(client, sub, id, body, timestamp).send();
     let mut response = match timeout_at(deadline, request).await {
         Err(_) => {
@@ -133,10 +139,12 @@ pub async fn send(
     attempt
 }
 
-/// The first [`EXCERPT_LIMIT`] bytes as text; invalid UTF-8 becomes U+FFFD, and the result
-/// is cut back to the limit on a character boundary (replacement characters are longer).
+/// The first [`EXCERPT_LIMIT`] bytes as text; invalid UTF-8 and NUL bytes (which Postgres
+/// `text` cannot hold) become U+FFFD, and the result is cut back to the limit on a character
+/// boundary (replacement characters are longer).
 pub fn excerpt(body: &[u8]) -> String {
-    let mut text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_LIMIT)]).into_owned();
+    let mut text =
+        String::from_utf8_lossy(&body[..body.len().min(EXCERPT_LIMIT)]).replace('\0', "\u{FFFD}");
     if text.len() > EXCERPT_LIMIT {
         let mut end = EXCERPT_LIMIT;
         while !text.is_char_boundary(end) {
@@ -351,6 +359,13 @@ mod tests {
         let error = attempt.error.unwrap();
         assert!(error.contains("127.0.0.1"), "{error}");
         assert!(!error.contains("sekrit"), "{error}");
+    }
+
+    #[test]
+    fn nul_bytes_in_the_excerpt_become_replacement_characters() {
+        assert_eq!(excerpt(b"bad\0body"), "bad\u{FFFD}body");
+        let text = excerpt(&vec![0u8; 2 * EXCERPT_LIMIT]);
+        assert!(text.len() <= EXCERPT_LIMIT && !text.contains('\0'));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::dispatcher::{Finished, Shared};
@@ -30,6 +33,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Retry times a worker remembers at most; later ones are found by the poll.
 const MAX_DUES: usize = 1_024;
+/// The longest wait the worker schedules: configured durations beyond it (a retry in a
+/// thousand years) are cut to it, so that adding them to a point in time cannot overflow and
+/// the time still fits a Postgres `timestamptz`.
+const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What the dispatcher tells a worker.
 pub(super) enum Control {
@@ -46,6 +53,13 @@ struct Carried {
     attempts: u32,
     trigger: Trigger,
     committed_at: SystemTime,
+}
+
+/// A request in flight: the deliveries it carries and its task, aborted when the worker gives
+/// the deliveries back.
+struct InFlight {
+    ids: Vec<i64>,
+    task: AbortHandle,
 }
 
 /// A request that returned.
@@ -66,7 +80,7 @@ pub(super) struct Worker {
     // Unbounded, yet bounded by the in-flight cap: one message per request in flight.
     sent_tx: mpsc::UnboundedSender<Sent>,
     sent_rx: mpsc::UnboundedReceiver<Sent>,
-    in_flight: HashMap<u64, Vec<i64>>,
+    in_flight: HashMap<u64, InFlight>,
     next_request: u64,
     bucket: Option<TokenBucket>,
     breaker: Breaker,
@@ -74,12 +88,19 @@ pub(super) struct Worker {
     /// When the retries this worker scheduled fall due, soonest first (one per failed
     /// request, at most [`MAX_DUES`]), so that each is claimed on time, not at the next poll.
     dues: BTreeSet<Instant>,
+    /// The batch being gathered, leased; it holds a request slot ([`Worker::gather_slot`])
+    /// from its first claim, so that it goes out within `max_wait` of it.
     gathering: Vec<Claimed>,
     gather_until: Option<Instant>,
+    /// The global permit of the batch being gathered.
+    gather_slot: Option<OwnedSemaphorePermit>,
     deactivated: Option<String>,
-    /// When a deactivated subscription next looks whether it was switched back on.
-    recheck_at: Instant,
+    /// When to look again whether a deactivated subscription was switched back on.
+    recheck_at: Option<Instant>,
     waiting_for_global: bool,
+    /// A global permit that came free while the worker waited for one, kept for the next
+    /// claim (dropping it would hand it straight to the next waiting worker, and so on).
+    reserved: Option<OwnedSemaphorePermit>,
     retry_claim_at: Option<Instant>,
     stopping: Option<Instant>,
 }
@@ -109,9 +130,11 @@ impl Worker {
             dues: BTreeSet::new(),
             gathering: Vec::new(),
             gather_until: None,
+            gather_slot: None,
             deactivated: None,
-            recheck_at: now,
+            recheck_at: None,
             waiting_for_global: false,
+            reserved: None,
             retry_claim_at: None,
             stopping: None,
         }
@@ -121,9 +144,9 @@ impl Worker {
     pub(super) async fn run(mut self) {
         self.check_deactivated().await;
         loop {
-            // Here, not only when the poll timer fires: on a busy table wakes come more
-            // often than the poll, and the timer would never fire.
-            if self.deactivated.is_some() && Instant::now() >= self.recheck_at {
+            // On a clock rather than when the loop sleeps a whole POLL: wakes for new
+            // events keep coming while the subscription is off.
+            if self.deactivated.is_some() && self.recheck_at.is_none_or(|t| Instant::now() >= t) {
                 self.check_deactivated().await;
             }
             match self.stopping {
@@ -145,37 +168,61 @@ impl Worker {
             tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
-                    Some(Control::Update(sub)) => self.update(sub),
+                    Some(Control::Update(sub)) => self.update(sub).await,
                     Some(Control::Stop(deadline)) => self.stop(deadline).await,
                     None => self.stop(Instant::now()).await,
                 },
                 Some(sent) = self.sent_rx.recv() => self.finish(sent).await,
                 _ = self.wake.notified() => {}
-                // A permit came free elsewhere: claim again.
-                _ = global.acquire_owned(), if self.waiting_for_global => {}
+                // A permit came free elsewhere: keep it and claim again.
+                permit = global.acquire_owned(), if self.waiting_for_global => {
+                    self.reserved = permit.ok();
+                }
                 _ = sleep_until(wake_at) => {}
             }
         }
     }
 
-    fn update(&mut self, sub: Arc<SubscriptionConfig>) {
+    async fn update(&mut self, sub: Arc<SubscriptionConfig>) {
         if sub.rate_limit != self.sub.rate_limit {
             let now = Instant::now();
             self.bucket = sub.rate_limit.as_ref().map(|l| TokenBucket::new(l, now));
         }
+        let batching = self.batching();
         self.sub = sub;
+        if self.batching() != batching {
+            // The batch being gathered was meant for the old settings.
+            self.drop_gathering().await;
+        }
     }
 
     async fn stop(&mut self, deadline: Instant) {
         self.stopping = Some(deadline);
+        self.reserved = None;
+        self.drop_gathering().await;
+    }
+
+    /// Gives the batch being gathered back to the queue, and its request slot.
+    async fn drop_gathering(&mut self) {
+        self.gather_until = None;
+        self.gather_slot = None;
         let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
         self.release(&gathered).await;
     }
 
-    /// The deliveries of requests still in flight at the deadline go back to pending; if a
-    /// request did succeed, the event is sent again (at-least-once).
+    /// The requests still in flight at the deadline are cut off and their deliveries go
+    /// back to pending; if a request did reach the receiver, the event is sent again
+    /// (at-least-once). Cut off first: a lease given back while its request can still
+    /// succeed would let the delivery go twice at once.
     async fn give_back_in_flight(&mut self) {
-        let ids: Vec<i64> = self.in_flight.drain().flat_map(|(_, ids)| ids).collect();
+        let ids: Vec<i64> = self
+            .in_flight
+            .drain()
+            .flat_map(|(_, request)| {
+                request.task.abort();
+                request.ids
+            })
+            .collect();
         if !ids.is_empty() {
             tracing::warn!(
                 subscription = %self.sub.name,
@@ -201,11 +248,11 @@ impl Worker {
     }
 
     async fn check_deactivated(&mut self) {
-        self.recheck_at = Instant::now() + POLL;
         let state = match self.shared.queue().await {
             Ok(queue) => queue.deactivated(&self.sub.name).await,
             Err(e) => Err(e),
         };
+        self.recheck_at = Some(Instant::now() + POLL);
         match state {
             Ok(Some(reason)) => {
                 if self.deactivated.is_none() {
@@ -249,7 +296,7 @@ impl Worker {
         consider(self.slow_until);
         consider(self.gather_until);
         if self.deactivated.is_some() {
-            consider(Some(self.recheck_at));
+            consider(self.recheck_at);
         }
         if let Allowance::Wait(until) = self.breaker.allowance(now) {
             consider(Some(until));
@@ -271,7 +318,11 @@ impl Worker {
 
     fn lease(&self) -> Duration {
         let gathering = self.batching().map_or(Duration::ZERO, |(_, wait)| wait);
-        self.sub.timeout + gathering + LEASE_MARGIN
+        self.sub
+            .timeout
+            .saturating_add(gathering)
+            .saturating_add(LEASE_MARGIN)
+            .min(LONGEST_WAIT)
     }
 
     /// `(max_events, max_wait)` when requests carry JSON arrays.
@@ -293,22 +344,51 @@ impl Worker {
         while self.dues.first().is_some_and(|t| *t <= now) {
             self.dues.pop_first();
         }
-        if self.retry_claim_at.is_some() || self.deactivated.is_some() || !self.sub.active {
-            return Ok(());
-        }
-        if self.slow_until.is_some_and(|t| now < t) {
-            return Ok(());
-        }
-        self.slow_until = None;
+        let paused = self.retry_claim_at.is_some()
+            || self.deactivated.is_some()
+            || !self.sub.active
+            || self.slow_until.is_some_and(|t| now < t);
         let probe = match self.breaker.allowance(now) {
-            Allowance::Open => false,
-            Allowance::Probe => true,
-            Allowance::Wait(_) | Allowance::ProbeInFlight => return Ok(()),
+            _ if paused => None,
+            Allowance::Open => Some(false),
+            Allowance::Probe => Some(true),
+            Allowance::Wait(_) | Allowance::ProbeInFlight => None,
         };
+        let Some(probe) = probe else {
+            // Nothing goes until the pause ends: a batch being gathered goes back to the
+            // queue rather than sit on leases that would expire meanwhile.
+            self.reserved = None;
+            self.drop_gathering().await;
+            return Ok(());
+        };
+        if self.slow_until.is_some_and(|t| t <= now) {
+            self.slow_until = None;
+        }
         let queue = self.shared.queue().await?;
         let name = self.sub.name.clone();
         let lease = self.lease();
         loop {
+            if let Some((max_events, _)) = self.batching() {
+                if !self.gathering.is_empty() {
+                    // The batch being gathered already holds its request slot: top it up,
+                    // and send it once it is full or has waited long enough.
+                    let room = max_events.saturating_sub(self.gathering.len());
+                    let mut got = 0;
+                    if room > 0 {
+                        let claimed = queue.claim(&name, self.new_batch(), room, lease).await?;
+                        got = claimed.len();
+                        self.gathering.extend(claimed);
+                    }
+                    if !self.batch_ready(max_events) {
+                        return Ok(());
+                    }
+                    self.send_gathered(max_events, probe).await;
+                    if probe || got < room {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
             let mut requests = self.max_in_flight().saturating_sub(self.in_flight.len());
             if probe {
                 requests = requests.min(1);
@@ -317,11 +397,19 @@ impl Worker {
                 requests = requests.min(bucket.available(Instant::now()));
             }
             if requests == 0 {
+                // A permit kept from the wait goes back to the other subscriptions.
+                self.reserved = None;
                 return Ok(());
             }
-            let Ok(permit) = self.shared.global.clone().try_acquire_owned() else {
-                self.waiting_for_global = true;
-                return Ok(());
+            let permit = match self.reserved.take() {
+                Some(permit) => permit,
+                None => match self.shared.global.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        self.waiting_for_global = true;
+                        return Ok(());
+                    }
+                },
             };
             match self.batching() {
                 None => {
@@ -348,48 +436,81 @@ impl Worker {
                     }
                 }
                 Some((max_events, max_wait)) => {
-                    if self.gathering.is_empty() {
-                        let failed = queue
-                            .claim(&name, Claim::FailedBatch, max_events, lease)
-                            .await?;
-                        if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
-                            self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
-                            if probe {
-                                return Ok(());
-                            }
-                            continue;
+                    // A failed batch goes again whole, under its id, whatever max_events
+                    // says now.
+                    let failed = queue
+                        .claim(&name, Claim::FailedBatch, usize::MAX, lease)
+                        .await?;
+                    if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
+                        self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
+                        if probe {
+                            return Ok(());
                         }
+                        continue;
                     }
-                    let how = match self.sub.ordering {
-                        Ordering::Key => Claim::InOrderOfKey,
-                        Ordering::None => Claim::Unordered,
-                    };
-                    let room = max_events - self.gathering.len();
-                    let claimed = queue.claim(&name, how, room, lease).await?;
-                    if self.gathering.is_empty() && !claimed.is_empty() {
-                        self.gather_until = Some(Instant::now() + max_wait);
-                    }
-                    let got = claimed.len();
-                    // A gathered delivery whose lease ran out (a long wait for a global
-                    // permit) comes back from the claim: carry it once.
-                    let gathered: Vec<i64> = self.gathering.iter().map(|c| c.id).collect();
-                    self.gathering
-                        .extend(claimed.into_iter().filter(|c| !gathered.contains(&c.id)));
-                    let full = self.gathering.len() >= max_events;
-                    let waited = self.gather_until.is_some_and(|t| Instant::now() >= t);
-                    if self.gathering.is_empty() || !(full || waited) {
+                    let claimed = queue
+                        .claim(&name, self.new_batch(), max_events, lease)
+                        .await?;
+                    if claimed.is_empty() {
                         return Ok(());
                     }
-                    let batch = std::mem::take(&mut self.gathering);
-                    self.gather_until = None;
-                    let batch_id = new_batch_id(&batch);
-                    self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
-                    if probe || got < room {
+                    let got = claimed.len();
+                    self.gathering = claimed;
+                    self.gather_slot = Some(permit);
+                    self.gather_until = Some(later(Instant::now(), max_wait));
+                    if !self.batch_ready(max_events) {
+                        return Ok(());
+                    }
+                    self.send_gathered(max_events, probe).await;
+                    if probe || got < max_events {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+
+    /// How a new batch is claimed.
+    fn new_batch(&self) -> Claim {
+        match self.sub.ordering {
+            Ordering::Key => Claim::InOrderOfKey,
+            Ordering::None => Claim::NewUnordered,
+        }
+    }
+
+    /// Whether the batch being gathered is full or has waited long enough.
+    fn batch_ready(&self, max_events: usize) -> bool {
+        !self.gathering.is_empty()
+            && (self.gathering.len() >= max_events
+                || self.gather_until.is_some_and(|t| Instant::now() >= t))
+    }
+
+    /// Sends the batch gathered, at most `max_events` of it (the rest, left over from a
+    /// larger `max_events` before a config edit, goes back to the queue).
+    async fn send_gathered(&mut self, max_events: usize, probe: bool) {
+        let mut batch = std::mem::take(&mut self.gathering);
+        let rest: Vec<i64> = batch
+            .split_off(batch.len().min(max_events))
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        self.gather_until = None;
+        let slot = self
+            .gather_slot
+            .take()
+            .or_else(|| self.shared.global.clone().try_acquire_owned().ok());
+        match slot {
+            Some(permit) => {
+                let batch_id = new_batch_id(&batch);
+                self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
+            }
+            None => {
+                // Not expected: a gathered batch holds its slot. Give it all back.
+                let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+                self.release(&ids).await;
+            }
+        }
+        self.release(&rest).await;
     }
 
     /// Sends one request carrying `rows` as `id` in a task of its own.
@@ -410,8 +531,7 @@ impl Worker {
         }
         let request = self.next_request;
         self.next_request += 1;
-        self.in_flight
-            .insert(request, rows.iter().map(|c| c.id).collect());
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
         let carried: Vec<Carried> = rows
             .iter()
             .map(|c| Carried {
@@ -426,10 +546,10 @@ impl Worker {
             None => rows.into_iter().next().map(|c| c.body).unwrap_or_default(),
         };
         let sub = self.sub.clone();
-        let shared = self.shared.clone();
+        let net = self.shared.net();
         let done = self.sent_tx.clone();
-        tokio::spawn(async move {
-            let attempt = sender::send(&shared.client, &shared.policy, &sub, &id, &body).await;
+        let task = tokio::spawn(async move {
+            let attempt = sender::send(&net.client, &net.policy, &sub, &id, &body).await;
             drop(permit);
             let _ = done.send(Sent {
                 request,
@@ -439,6 +559,13 @@ impl Worker {
                 attempt,
             });
         });
+        self.in_flight.insert(
+            request,
+            InFlight {
+                ids,
+                task: task.abort_handle(),
+            },
+        );
     }
 
     /// Turns a returned request into the new state of the deliveries it carried.
@@ -461,7 +588,7 @@ impl Worker {
                      `walhook replay --subscription {name} --status dead` switches it back on"
                 );
                 self.deactivated = Some(reason.clone());
-                self.recheck_at = now + POLL;
+                self.recheck_at = Some(now + POLL);
                 if let Err(e) = self.deactivate(&reason).await {
                     tracing::warn!(subscription = %name, "{e}");
                 }
@@ -477,7 +604,9 @@ impl Worker {
                 let mut first_delay = None;
                 // A batch is claimed again when its earliest delivery is due.
                 let mut earliest = None;
-                let mut rng = rand::thread_rng();
+                // One jitter for the whole request: the deliveries of a batch stay due
+                // together, and the batch goes again whole.
+                let rng = StdRng::seed_from_u64(rand::random());
                 let settled = sent
                     .carried
                     .iter()
@@ -489,9 +618,10 @@ impl Worker {
                             &self.sub.retry_schedule,
                             c.attempts + 1,
                             after,
-                            &mut rng,
+                            &mut rng.clone(),
                         ) {
                             Some(delay) => {
+                                let delay = delay.min(LONGEST_WAIT);
                                 first_delay.get_or_insert(delay);
                                 let due = now + delay;
                                 earliest = Some(earliest.map_or(due, |t: Instant| t.min(due)));
@@ -591,6 +721,11 @@ impl Worker {
             .deactivate(&self.sub.name, reason)
             .await
     }
+}
+
+/// `now + wait`, with waits cut to [`LONGEST_WAIT`].
+fn later(now: Instant, wait: Duration) -> Instant {
+    now + wait.min(LONGEST_WAIT)
 }
 
 /// Pause before the first probe of an open breaker: the first retry delay, within 1 s – 60 s.

@@ -34,16 +34,22 @@ pub enum QueueError {
 /// Which pending deliveries of a subscription a claim may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Due deliveries in event order (`ordering = "none"`).
+    /// Due deliveries in event order, for one-event requests (`ordering = "none"`). Includes
+    /// deliveries a batch carried before `batch` was switched off: they go one by one now.
     Unordered,
     /// Due deliveries that have no earlier pending delivery of the same key: one event per
-    /// key at a time (`ordering = "key"`, one event per request).
+    /// key at a time (`ordering = "key"`, one event per request). Includes deliveries a
+    /// batch carried before, as [`Claim::Unordered`].
     FirstOfKey,
-    /// Due deliveries whose earlier pending deliveries of the same key are due too and taken
-    /// by the same claim: a batch carries a key's events in order (`ordering = "key"` with
-    /// `batch`).
+    /// Due deliveries no batch has carried yet, in event order: a new batch
+    /// (`ordering = "none"` with `batch`).
+    NewUnordered,
+    /// Due deliveries no batch has carried yet whose earlier pending deliveries of the same
+    /// key are due too and taken by the same claim: a new batch carries a key's events in
+    /// order (`ordering = "key"` with `batch`).
     InOrderOfKey,
-    /// All deliveries of the earliest failed batch that is due again.
+    /// All deliveries of the earliest failed batch that is due again. A batch is retried
+    /// whole under its id, so the limit must not cut it: pass `usize::MAX`.
     FailedBatch,
 }
 
@@ -134,6 +140,7 @@ pub struct DeliveryQueue {
     schema: String,
     claim_unordered: Statement,
     claim_first_of_key: Statement,
+    claim_new_unordered: Statement,
     claim_in_order_of_key: Statement,
     claim_failed_batch: Statement,
     release: Statement,
@@ -211,11 +218,15 @@ impl DeliveryQueue {
         );
         Ok(DeliveryQueue {
             claim_unordered: client
-                .prepare(&claim(unbatched.to_owned()))
+                .prepare(&claim(String::new()))
                 .await
                 .map_err(err("preparing the claim"))?,
             claim_first_of_key: client
-                .prepare(&claim(format!("{unbatched} {}", earlier(""))))
+                .prepare(&claim(earlier("")))
+                .await
+                .map_err(err("preparing the claim"))?,
+            claim_new_unordered: client
+                .prepare(&claim(unbatched.to_owned()))
                 .await
                 .map_err(err("preparing the claim"))?,
             claim_in_order_of_key: client
@@ -302,6 +313,7 @@ impl DeliveryQueue {
         let statement = match how {
             Claim::Unordered => &self.claim_unordered,
             Claim::FirstOfKey => &self.claim_first_of_key,
+            Claim::NewUnordered => &self.claim_new_unordered,
             Claim::InOrderOfKey => &self.claim_in_order_of_key,
             Claim::FailedBatch => &self.claim_failed_batch,
         };
@@ -342,7 +354,7 @@ impl DeliveryQueue {
         let mut attempts = Vec::with_capacity(done.len());
         let mut next_at: Vec<Option<SystemTime>> = Vec::with_capacity(done.len());
         let mut codes: Vec<Option<i32>> = Vec::with_capacity(done.len());
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(done.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(done.len());
         let mut batch_ids: Vec<Option<&str>> = Vec::with_capacity(done.len());
         let mut subscriptions = Vec::with_capacity(done.len());
         let mut triggers = Vec::with_capacity(done.len());
@@ -362,13 +374,13 @@ impl DeliveryQueue {
             attempts.push(counted);
             next_at.push(at);
             codes.push(c.status.map(i32::from));
-            errors.push(c.error.as_deref());
+            errors.push(c.error.as_deref().map(pg_text));
             batch_ids.push(c.batch_id.as_deref());
             subscriptions.push(c.subscription.as_str());
             triggers.push(c.trigger.as_str());
             started.push(c.started_at);
             durations.push(i32::try_from(c.duration.as_millis()).unwrap_or(i32::MAX));
-            excerpts.push(c.response_excerpt.as_str());
+            excerpts.push(pg_text(&c.response_excerpt));
         }
         let attempt_numbers: Vec<i32> = done
             .iter()
@@ -424,6 +436,13 @@ impl DeliveryQueue {
             source,
         }
     }
+}
+
+/// `text` as Postgres `text` can hold it: a NUL byte (valid UTF-8, but refused by Postgres)
+/// becomes U+FFFD. What a receiver answers must never make the statement that records it
+/// fail, or every later result would wait behind it.
+fn pg_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 fn claimed(row: &Row) -> Claimed {
