@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
 use support::{verify, Reply, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -46,20 +46,6 @@ secret = "{SECRET}"
     ))
 }
 
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(30), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
-}
-
 /// `walhook.deliveries` as (event_id, status, attempts), oldest first.
 fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32)> {
     db.sql("SELECT event_id, status, attempts FROM walhook.deliveries ORDER BY id")
@@ -81,7 +67,7 @@ fn updating_a_watched_row_sends_a_signed_webhook_with_old_and_new_values() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
     let config = config(&db, &receiver.url("/hooks/invoice"), "");
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 1");
     let seen = receiver.wait_for(1, Duration::from_secs(20));
@@ -134,7 +120,7 @@ fn a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_is_dead() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"400ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let seen = receiver.wait_for(3, Duration::from_secs(20));
@@ -179,7 +165,7 @@ fn replay_resends_a_dead_delivery_with_its_original_event_id() {
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(500));
     let config = config(&db, &receiver.url("/hooks"), "retry_schedule = []");
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let first = receiver.wait_for(1, Duration::from_secs(20));

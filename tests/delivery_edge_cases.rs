@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb};
+use support::{
+    config_file, start_daemon, unique, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb,
+};
 
 const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, state text);
@@ -53,20 +55,6 @@ fn names() -> (String, String) {
 
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
     config_file(&config_text(db, &names(), url, extra))
-}
-
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(30), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// `(status, attempts)` of every delivery, oldest first.
@@ -117,7 +105,7 @@ fn a_response_body_with_a_nul_byte_is_recorded_and_delivery_goes_on() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"1h\"]",
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     receiver.wait_for(2, Duration::from_secs(20));
@@ -165,7 +153,7 @@ fn a_failed_batch_goes_one_event_at_a_time_once_batch_is_switched_off() {
         &url,
         &format!("{BATCH}\n{schedule}"),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id <= 3");
     let first = receiver.wait_for(1, Duration::from_secs(20));
@@ -211,7 +199,7 @@ fn a_failed_batch_goes_again_whole_after_max_events_shrinks() {
         &url,
         &format!("{BATCH}\n{schedule}"),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted'");
     receiver.wait_for(1, Duration::from_secs(20));
@@ -244,7 +232,7 @@ fn a_subscription_switched_back_on_resumes_while_events_keep_coming() {
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(410));
     let config = config(&db, &receiver.url("/hooks"), "retry_schedule = [\"1h\"]");
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     wait_until(
@@ -301,7 +289,7 @@ fn sigterm_cuts_off_a_hanging_request_at_the_shutdown_timeout() {
         &receiver.url("/hooks"),
         "timeout = \"30s\"\n[delivery]\nshutdown_timeout = \"1s\"",
     );
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     receiver.wait_for(1, Duration::from_secs(20));

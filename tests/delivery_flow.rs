@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, start_daemon, unique, ConfigFile, Daemon, TestDb};
 use support::{verify, Reply, Seen, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -52,20 +52,6 @@ secret = "{SECRET}"
         slot = unique("slot"),
         publication = unique("pub"),
     ))
-}
-
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(60), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// One row of `walhook.deliveries`.
@@ -183,7 +169,7 @@ fn a_receiver_that_is_down_for_a_while_gets_every_event_in_key_order_once_it_is_
         &receiver.url("/hooks"),
         r#"retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     receiver.stop();
     let down = Instant::now();
@@ -239,7 +225,7 @@ fn a_daemon_killed_while_delivering_delivers_everything_after_a_restart() {
 max_in_flight = 4
 retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]"#,
     );
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
 
     db.sql("INSERT INTO ledger SELECT g, 1 FROM generate_series(1, 300) g");
     receiver.wait_for(60, Duration::from_secs(60));
@@ -255,7 +241,7 @@ retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]"#,
         "killed mid-delivery: {at_kill} requests, {delivered_at_kill} recorded delivered"
     );
 
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     let rows = wait_all_delivered(&db, &daemon, 300, Duration::from_secs(120));
     let ids = receiver.all_event_ids();
     let received: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
@@ -284,7 +270,7 @@ fn a_rate_limit_of_15_per_second_with_a_burst_of_20_is_never_exceeded() {
         &receiver.url("/hooks"),
         "rate_limit = { per_second = 15, burst = 20 }",
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("INSERT INTO ledger SELECT g, 1 FROM generate_series(1, 200) g");
     let requests = receiver.wait_for(200, Duration::from_secs(90));
@@ -320,7 +306,7 @@ fn batches_carry_arrays_in_order_and_a_failed_batch_is_retried_whole_under_its_i
         r#"batch = { max_events = 10, max_wait = "200ms" }
 retry_schedule = ["300ms", "1s", "1s"]"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // 25 events in one transaction: keys 1–5 in turn, five rounds.
     let updates: String = (1..=5)
@@ -397,7 +383,7 @@ fn get_sends_one_bodiless_signed_ping_per_event_and_ignores_batch() {
         r#"method = "GET"
 batch = { max_events = 10, max_wait = "200ms" }"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql(
         "UPDATE ledger SET n = n + 1 WHERE id = 1; UPDATE ledger SET n = n + 1 WHERE id = 2; \
@@ -441,7 +427,7 @@ fn with_ordering_none_max_in_flight_caps_concurrent_requests_even_for_one_key() 
         &receiver.url("/hooks"),
         "ordering = \"none\"\nmax_in_flight = 2",
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // Ten events of one key: with ordering = "none" they need not wait for each other.
     db.sql(&"UPDATE ledger SET n = n + 1 WHERE id = 1;".repeat(10));
@@ -478,7 +464,7 @@ fn a_failing_event_holds_back_only_its_own_key() {
         &receiver.url("/hooks"),
         r#"retry_schedule = ["1s", "1s", "1s"]"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // Commit order: A1 B1 A2 B2 A3 B3 B4 B5 (A = key 1, B = key 2), each its own transaction.
     db.sql(
@@ -552,7 +538,7 @@ fn each_failed_event_is_retried_on_its_own_schedule_not_at_the_next_poll() {
         &receiver.url("/hooks"),
         r#"retry_schedule = ["300ms"]"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // Four keys (fewer than the five failures in a row that open the breaker), one
     // transaction: four first attempts together, four retries each 300 ms ± 20 % later.
@@ -599,7 +585,7 @@ fn a_batch_forming_while_the_receiver_asks_to_slow_down_never_carries_an_event_t
 batch = { max_events = 5, max_wait = "1500ms" }
 retry_schedule = ["1s"]"#,
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // Batch A: five events, full at once.
     db.sql("UPDATE ledger SET n = n + 1");

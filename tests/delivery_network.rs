@@ -10,7 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, Subscriber, TestDb};
+use support::{
+    config_file, start_daemon, unique, wait_until, ConfigFile, Daemon, Subscriber, TestDb,
+};
 
 const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, state text);
@@ -61,20 +63,6 @@ table = "public.account_invoice"
         ));
     }
     text
-}
-
-/// Starts the daemon and waits until its slot streams: whatever the URLs, `run` starts.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(30), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// One row of `walhook.attempts`, with its delivery's subscription.
@@ -181,7 +169,7 @@ fn a_subscriber_on_loopback_is_refused_unless_allow_networks_covers_it() {
     // The query holds a token: the error names the address, never the rest of the URL.
     let url = receiver.url("/hooks?token=sekrit");
     let config = config(&db, &[], &[("invoices", &url)]);
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let all = wait_for_attempts(&db, &daemon, &["invoices"]);
@@ -210,7 +198,7 @@ fn a_subscriber_on_loopback_is_delivered_when_allow_networks_covers_it() {
         &["127.0.0.0/8"],
         &[("invoices", &receiver.url("/hooks"))],
     );
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let seen = receiver.wait_for(1, Duration::from_secs(20));
@@ -245,7 +233,7 @@ fn cloud_metadata_is_refused_even_when_allow_networks_opens_everything() {
                 ("control", &control),
             ],
         );
-        let daemon = start(&config);
+        let daemon = start_daemon(&config);
 
         db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
         let all = wait_for_attempts(
@@ -297,7 +285,7 @@ fn a_host_name_resolving_to_loopback_is_refused_when_it_connects() {
     let url = format!("http://localhost:{}/hooks", receiver.port());
     let config = config(&db, &[], &[("invoices", &url)]);
     // The name is not judged at start: `run` starts, and resolves when it delivers.
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let all = wait_for_attempts(&db, &daemon, &["invoices"]);
@@ -324,7 +312,7 @@ fn a_host_name_resolving_to_loopback_is_delivered_when_allowed_by_network_or_by_
         let receiver = Subscriber::start();
         let url = format!("http://localhost:{}/hooks", receiver.port());
         let config = config(&db, &[allow], &[("invoices", &url)]);
-        let daemon = start(&config);
+        let daemon = start_daemon(&config);
 
         db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
         let seen = receiver.wait_for(1, Duration::from_secs(20));
@@ -346,7 +334,7 @@ fn allowing_the_network_in_a_config_edit_lets_the_next_attempt_through() {
     let schedule = r#"["1s", "1s", "1s", "1s", "1s", "1s", "1h"]"#;
     let subscriptions = [("invoices", url.as_str())];
     let config = config_file(&config_text(&db, &names, &[], &subscriptions, schedule));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let all = wait_for_attempts(&db, &daemon, &["invoices"]);

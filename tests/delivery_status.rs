@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
 use support::{Reply, Seen, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -49,20 +49,6 @@ secret = "{SECRET}"
         slot = unique("slot"),
         publication = unique("pub"),
     ))
-}
-
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(30), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// One row of `walhook.deliveries`.
@@ -271,7 +257,7 @@ fn a_receiver_answering_200_or_201_gets_each_event_once_and_it_is_delivered() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     receiver.wait_for(1, PATIENCE);
@@ -317,7 +303,7 @@ fn a_redirect_is_not_followed_it_is_retried_and_the_log_names_the_new_location()
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let done = wait_delivered(&db, 1);
@@ -360,7 +346,7 @@ fn a_400_is_retried_and_delivered_once_the_receiver_accepts_it() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET partner_id = 7 WHERE id = 1");
     let done = wait_delivered(&db, 1);
@@ -388,7 +374,7 @@ fn a_410_gone_switches_the_subscription_off_and_its_deliveries_wait_for_replay()
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     receiver.wait_for(1, PATIENCE);
@@ -460,7 +446,7 @@ fn a_subscription_switched_back_on_resumes_even_while_its_table_keeps_changing()
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     wait_until(PATIENCE, "the subscription is deactivated", || {
@@ -515,7 +501,7 @@ fn a_429_with_retry_after_seconds_pauses_the_whole_subscription_that_long() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let first = receiver.wait_for(1, PATIENCE).remove(0);
@@ -578,7 +564,7 @@ fn a_429_with_retry_after_as_an_http_date_is_honoured() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let seen = receiver.wait_for(2, PATIENCE);
@@ -615,7 +601,7 @@ fn server_errors_500_and_503_are_retried_on_the_schedule() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\", \"200ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let done = wait_delivered(&db, 1);
@@ -658,7 +644,7 @@ fn a_receiver_slower_than_the_timeout_gets_the_event_again() {
         &receiver.url("/hooks"),
         "timeout = \"1s\"\nretry_schedule = [\"200ms\", \"300ms\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     let done = wait_delivered(&db, 1);
@@ -696,7 +682,7 @@ fn a_receiver_that_is_down_gets_the_event_once_it_is_back() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"1s\", \"2s\", \"5s\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
     receiver.stop();
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
@@ -743,7 +729,7 @@ fn after_five_failures_in_a_row_the_breaker_pauses_without_burning_attempts() {
         &receiver.url("/hooks"),
         "retry_schedule = [\"1s\", \"1s\", \"1s\"]",
     );
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
 
     // Six events of six rows, in one transaction.
     db.sql(

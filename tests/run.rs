@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{json, Value};
-use support::{config_file, run_walhook, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, run_walhook, start_daemon, unique, wait_until, Daemon, TestDb};
 
 const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text,
@@ -39,24 +39,6 @@ const INVOICE: &str = "
 table = \"public.account_invoice\"
 fields = [\"number\", \"partner_id\", \"state\", \"amount\"]
 ";
-
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(
-        Duration::from_secs(30),
-        "the daemon streams from its slot",
-        || {
-            assert!(
-                daemon.running(),
-                "walhook exited early; log:\n{}",
-                daemon.log_text()
-            );
-            daemon.log_text().contains("capturing")
-        },
-    );
-    daemon
-}
 
 /// The events each subscription received, as (subscription, body) in delivery order.
 fn outbox(db: &TestDb<'_>) -> Vec<(String, Value)> {
@@ -133,7 +115,7 @@ fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send
         ),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     db.sql("UPDATE account_invoice SET amount = 120 WHERE id = 1");
     db.sql("UPDATE account_invoice SET partner_id = 11 WHERE id = 1");
     let rows = settle(&db, &daemon, "all");
@@ -173,7 +155,7 @@ fields = [\"state\"]
         ),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
     db.sql("UPDATE account_invoice SET amount = 5 WHERE id = 1");
@@ -231,7 +213,7 @@ fields = [\"state\"]
         subscription("all", "invoice", ""),
         subscription("state", "invoice_state", ""),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     let rows = settle(&db, &daemon, "all");
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -259,7 +241,7 @@ table = \"public.stock_move\"
         subscription("stock", "stock", ""),
         subscription("all", "invoice", ""),
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     db.sql("INSERT INTO stock_move SELECT g, 1 FROM generate_series(1, 200000) g");
     wait_until(
         Duration::from_secs(120),
@@ -294,7 +276,7 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
         source(&db),
         subscription("stock", "stock", ""),
     ));
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
     let url = db.name.clone();
     let workload = std::thread::spawn(move || {
         support::cluster().psql(&url, "CALL workload()").unwrap();
@@ -351,7 +333,7 @@ fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
         subscription("all", "invoice", "")
     );
     let config = config_file(&base);
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
 
     // Adding a subscription and a new object on another table.
     let edited = format!(
@@ -423,7 +405,7 @@ fn a_slot_dropped_behind_walhooks_back_is_a_loud_error_not_a_silent_restart() {
         subscription("all", "invoice", "")
     );
     let config = config_file(&text);
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
     let slot = text.split('"').nth(3).unwrap().to_owned();
@@ -452,7 +434,7 @@ fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() 
         source(&db),
         subscription("all", "invoice", ""),
     ));
-    let mut first = start(&config);
+    let mut first = start_daemon(&config);
     let mut second = Daemon::start(&config);
     std::thread::sleep(Duration::from_secs(3));
     assert!(second.running(), "log:\n{}", second.log_text());
@@ -471,12 +453,12 @@ fn sigterm_exits_zero_and_keeps_the_checkpoint() {
         source(&db),
         subscription("all", "invoice", ""),
     ));
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
     wait_for_deliveries(&db, &daemon, 1);
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
-    let restarted = start(&config);
+    let restarted = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (2, 'INV-2', 1, 'draft', 1)");
     let rows = wait_for_deliveries(&db, &restarted, 2);
     std::thread::sleep(Duration::from_millis(500));
@@ -491,7 +473,7 @@ fn an_idle_slot_keeps_advancing_while_other_tables_write_wal() {
         source(&db),
         subscription("all", "invoice", ""),
     ));
-    let _daemon = start(&config);
+    let _daemon = start_daemon(&config);
     // res_partner is not watched: its WAL must not stay pinned by walhook's slot.
     db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
     let written = db.sql("SELECT pg_current_wal_lsn()");
@@ -522,7 +504,7 @@ fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_delive
     let link = config_file("");
     std::fs::remove_file(&link.path).unwrap();
     std::os::unix::fs::symlink(&real.path, &link.path).unwrap();
-    let daemon = start(&link);
+    let daemon = start_daemon(&link);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
     settle(&db, &daemon, "all");
 

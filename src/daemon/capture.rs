@@ -129,26 +129,12 @@ impl Session<'_> {
                     Some(next) => match next? {
                         Some(item) => item,
                         None => {
-                            flush(
-                                &mut writer,
-                                &mut reader,
-                                &mut handled,
-                                self.dispatch,
-                                self.metrics,
-                            )
-                            .await?;
+                            self.flush(&mut writer, &mut reader, &mut handled).await?;
                             return Ok(Ended::ServerEnded);
                         }
                     },
                     None => {
-                        flush(
-                            &mut writer,
-                            &mut reader,
-                            &mut handled,
-                            self.dispatch,
-                            self.metrics,
-                        )
-                        .await?;
+                        self.flush(&mut writer, &mut reader, &mut handled).await?;
                         group = 0;
                         continue;
                     }
@@ -157,7 +143,7 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        return stop(writer, reader, open, handled, self.dispatch, self.metrics).await;
+                        return self.stop(writer, reader, open, handled).await;
                     }
                     Some(new) = reloads.recv() => {
                         match validate(&new, &catalog).await {
@@ -232,14 +218,7 @@ impl Session<'_> {
                     group += 1;
                     apply(staged, matcher, config, self.dispatch);
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
-                        flush(
-                            &mut writer,
-                            &mut reader,
-                            &mut handled,
-                            self.dispatch,
-                            self.metrics,
-                        )
-                        .await?;
+                        self.flush(&mut writer, &mut reader, &mut handled).await?;
                         group = 0;
                     }
                 }
@@ -278,57 +257,58 @@ impl Drop for Connected<'_> {
     }
 }
 
-/// Commits the outbox through the last handled source commit, then acknowledges the slot.
-async fn flush(
-    writer: &mut OutboxWriter,
-    reader: &mut ChangeReader,
-    handled: &mut Option<Handled>,
-    dispatch: &DispatchHandle,
-    metrics: &Metrics,
-) -> Result<(), SessionError> {
-    let Some(h) = handled.take() else {
-        return Ok(());
-    };
-    if writer.has_uncommitted() {
-        let written = writer.commit(h.commit_lsn).await?;
-        tracing::debug!(
-            events = written.events,
-            deliveries = written.deliveries,
-            through = %h.commit_lsn,
-            "outbox commit"
-        );
-        metrics.outbox_commits.inc();
-        for (subscription, count) in &written.subscriptions {
-            metrics
-                .events
-                .get_or_create(&Metrics::subscription(subscription))
-                .inc_by(*count);
+impl Session<'_> {
+    /// Commits the outbox through the last handled source commit, then acknowledges the slot.
+    async fn flush(
+        &self,
+        writer: &mut OutboxWriter,
+        reader: &mut ChangeReader,
+        handled: &mut Option<Handled>,
+    ) -> Result<(), SessionError> {
+        let metrics = self.metrics;
+        let Some(h) = handled.take() else {
+            return Ok(());
+        };
+        if writer.has_uncommitted() {
+            let written = writer.commit(h.commit_lsn).await?;
+            tracing::debug!(
+                events = written.events,
+                deliveries = written.deliveries,
+                through = %h.commit_lsn,
+                "outbox commit"
+            );
+            metrics.outbox_commits.inc();
+            for (subscription, count) in &written.subscriptions {
+                metrics
+                    .events
+                    .get_or_create(&Metrics::subscription(subscription))
+                    .inc_by(*count);
+            }
+            self.dispatch.wake(written.subscriptions.keys());
         }
-        dispatch.wake(written.subscriptions.keys());
+        // A group without events needs no outbox write: skipping it on restart is harmless,
+        // because the slot itself will not send it again once acknowledged.
+        reader.acknowledge(h.end_lsn);
+        Ok(())
     }
-    // A group without events needs no outbox write: skipping it on restart is harmless,
-    // because the slot itself will not send it again once acknowledged.
-    reader.acknowledge(h.end_lsn);
-    Ok(())
-}
 
-/// Graceful stop: commit what is complete, abandon a source transaction in progress (the
-/// slot sends it again), release the slot.
-async fn stop(
-    mut writer: OutboxWriter,
-    mut reader: ChangeReader,
-    open: Option<Commit>,
-    mut handled: Option<Handled>,
-    dispatch: &DispatchHandle,
-    metrics: &Metrics,
-) -> Result<Ended, SessionError> {
-    if open.is_some() {
-        writer.rollback().await?;
-    } else {
-        flush(&mut writer, &mut reader, &mut handled, dispatch, metrics).await?;
+    /// Graceful stop: commit what is complete, abandon a source transaction in progress (the
+    /// slot sends it again), release the slot.
+    async fn stop(
+        &self,
+        mut writer: OutboxWriter,
+        mut reader: ChangeReader,
+        open: Option<Commit>,
+        mut handled: Option<Handled>,
+    ) -> Result<Ended, SessionError> {
+        if open.is_some() {
+            writer.rollback().await?;
+        } else {
+            self.flush(&mut writer, &mut reader, &mut handled).await?;
+        }
+        reader.close().await?;
+        Ok(Ended::Signal)
     }
-    reader.close().await?;
-    Ok(Ended::Signal)
 }
 
 async fn validate(

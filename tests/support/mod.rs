@@ -183,6 +183,24 @@ impl Drop for Daemon {
     }
 }
 
+/// Starts `walhook run` with this config and waits until it streams from its slot.
+pub fn start_daemon(config: &ConfigFile) -> Daemon {
+    let mut daemon = Daemon::start(config);
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "the daemon streams from its slot",
+        || {
+            assert!(
+                daemon.running(),
+                "walhook exited early; log:\n{}",
+                daemon.log_text()
+            );
+            daemon.log_text().contains("capturing")
+        },
+    );
+    daemon
+}
+
 /// Polls `ready` every 50 ms until it holds, failing after `within` with `what`.
 pub fn wait_until(within: std::time::Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
