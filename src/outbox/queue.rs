@@ -156,11 +156,17 @@ impl DeliveryQueue {
         // An earlier pending delivery of the same key holds a delivery back; for
         // `InOrderOfKey` only one that is in flight, waiting for its retry or in a failed
         // batch (a due one is earlier in event order, so the same claim takes it first).
+        //
+        // A scalar subquery rather than NOT EXISTS: Postgres never turns it into a join, so it
+        // is always a probe of `delivery_pending_key` per candidate. As an anti-join, a plan
+        // made while the table was small scans every pending row of the subscription per
+        // candidate once it is not (measured: 173 ms per claim at 5,000 pending rows).
         let earlier = |also: &str| {
             format!(
-                "AND NOT EXISTS (SELECT 1 FROM {s}.delivery p \
+                "AND (SELECT 1 FROM {s}.delivery p \
                    WHERE p.subscription = d.subscription AND p.status = 'pending' \
-                     AND p.ordering_key = d.ordering_key AND p.event_seq < d.event_seq {also})"
+                     AND p.ordering_key = d.ordering_key AND p.event_seq < d.event_seq {also} \
+                   LIMIT 1) IS NULL"
             )
         };
         let claim = |filter: String| {
