@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::dispatcher::{Finished, Shared};
@@ -48,6 +49,14 @@ struct Carried {
     committed_at: SystemTime,
 }
 
+/// A request being sent.
+struct InFlight {
+    /// The deliveries it carries.
+    ids: Vec<i64>,
+    /// Its task, cut short when the shutdown deadline passes.
+    task: AbortHandle,
+}
+
 /// A request that returned.
 struct Sent {
     request: u64,
@@ -66,7 +75,7 @@ pub(super) struct Worker {
     // Unbounded, yet bounded by the in-flight cap: one message per request in flight.
     sent_tx: mpsc::UnboundedSender<Sent>,
     sent_rx: mpsc::UnboundedReceiver<Sent>,
-    in_flight: HashMap<u64, Vec<i64>>,
+    in_flight: HashMap<u64, InFlight>,
     next_request: u64,
     bucket: Option<TokenBucket>,
     breaker: Breaker,
@@ -173,9 +182,18 @@ impl Worker {
     }
 
     /// The deliveries of requests still in flight at the deadline go back to pending; if a
-    /// request did succeed, the event is sent again (at-least-once).
+    /// request did succeed, the event is sent again (at-least-once). The requests are cut
+    /// short: their tasks hold the dispatcher's completion channel open, and the process
+    /// would otherwise wait for them (or for its own give-up timer) before exiting.
     async fn give_back_in_flight(&mut self) {
-        let ids: Vec<i64> = self.in_flight.drain().flat_map(|(_, ids)| ids).collect();
+        let ids: Vec<i64> = self
+            .in_flight
+            .drain()
+            .flat_map(|(_, request)| {
+                request.task.abort();
+                request.ids
+            })
+            .collect();
         if !ids.is_empty() {
             tracing::warn!(
                 subscription = %self.sub.name,
@@ -410,8 +428,7 @@ impl Worker {
         }
         let request = self.next_request;
         self.next_request += 1;
-        self.in_flight
-            .insert(request, rows.iter().map(|c| c.id).collect());
+        let ids = rows.iter().map(|c| c.id).collect();
         let carried: Vec<Carried> = rows
             .iter()
             .map(|c| Carried {
@@ -428,7 +445,7 @@ impl Worker {
         let sub = self.sub.clone();
         let shared = self.shared.clone();
         let done = self.sent_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let attempt = sender::send(&shared.client, &shared.policy, &sub, &id, &body).await;
             drop(permit);
             let _ = done.send(Sent {
@@ -439,6 +456,13 @@ impl Worker {
                 attempt,
             });
         });
+        self.in_flight.insert(
+            request,
+            InFlight {
+                ids,
+                task: task.abort_handle(),
+            },
+        );
     }
 
     /// Turns a returned request into the new state of the deliveries it carried.
