@@ -44,6 +44,9 @@ CREATE TABLE delivery (
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz,
+    -- When it became delivered or dead: `outbox.retention` counts from here (a delivery
+    -- replayed and dead again is kept for the whole retention once more).
+    settled_at       timestamptz,
     -- Set once a batch request carried this delivery: a failed batch is retried whole,
     -- under the same id (SPEC §4 `webhook-id`).
     batch_id         text,
@@ -61,6 +64,13 @@ CREATE INDEX delivery_pending_key ON delivery (subscription, ordering_key, event
 -- Dead deliveries, for `walhook replay`, the log and the dead-letter metric.
 CREATE INDEX delivery_dead ON delivery (subscription, created_at)
     WHERE status = 'dead';
+
+-- Retention: settled deliveries, oldest first. Rows settled without `settled_at` (written
+-- by hand) count from their creation.
+CREATE INDEX delivery_settled ON delivery ((coalesce(settled_at, created_at)))
+    WHERE status IN ('delivered', 'dead');
+-- Retention: is an event still referenced by another delivery?
+CREATE INDEX delivery_event ON delivery (event_seq);
 
 -- Failed batches waiting for their retry.
 CREATE INDEX delivery_batched ON delivery (subscription, event_seq)
@@ -88,6 +98,8 @@ CREATE TABLE attempt (
     response_excerpt text
 );
 CREATE INDEX attempt_delivery ON attempt (delivery_id);
+-- Retention: attempts oldest first.
+CREATE INDEX attempt_started ON attempt (started_at);
 
 -- What users read (SPEC §5).
 CREATE VIEW deliveries AS

@@ -31,7 +31,7 @@ fn seconds_histogram() -> Histogram {
 pub struct ChangeLabels {
     /// `schema.table`.
     pub table: String,
-    /// insert | update | delete.
+    /// create | update | delete (the vocabulary of events and `operations`).
     pub operation: &'static str,
 }
 
@@ -70,6 +70,13 @@ impl AttemptOutcome {
             AttemptOutcome::Dead => "dead",
         }
     }
+}
+
+/// `{table}` of `walhook_retention_deleted_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// delivery | event | attempt.
+    pub table: &'static str,
 }
 
 /// `{result}`.
@@ -115,6 +122,8 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// Outbox transactions committed by capture.
     pub outbox_commits: Counter,
+    /// Rows removed by `outbox.retention`, per table.
+    pub retention_deleted: Family<TableLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,12 +155,18 @@ impl Metrics {
             subscription_inactive: Family::default(),
             config_reloads: Family::default(),
             outbox_commits: Counter::default(),
+            retention_deleted: Family::default(),
             registry,
         };
         for result in ["applied", "rejected"] {
             let _ = metrics
                 .config_reloads
                 .get_or_create(&ReloadLabels { result });
+        }
+        for table in ["delivery", "event", "attempt"] {
+            let _ = metrics
+                .retention_deleted
+                .get_or_create(&TableLabels { table });
         }
         metrics.register()
     }
@@ -267,6 +282,11 @@ impl Metrics {
             "Outbox transactions committed by capture",
             self.outbox_commits.clone(),
         );
+        r.register(
+            "retention_deleted",
+            "Outbox rows removed by outbox.retention, per table (delivery, event, attempt)",
+            self.retention_deleted.clone(),
+        );
         self
     }
 
@@ -309,6 +329,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts rows removed by retention from `table`.
+    pub fn retention_removed(&self, table: &'static str, rows: u64) {
+        self.retention_deleted
+            .get_or_create(&TableLabels { table })
+            .inc_by(rows);
+    }
+
     /// Records a request's duration.
     pub fn request_took(&self, subscription: &str, took: Duration) {
         self.delivery_duration
@@ -349,6 +376,7 @@ mod tests {
             "walhook_events_total{subscription=\"invoices\"} 0",
             "walhook_delivery_attempts_total{subscription=\"invoices\",outcome=\"success\"} 0",
             "walhook_config_reloads_total{result=\"rejected\"} 0",
+            "walhook_retention_deleted_total{table=\"event\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -141,7 +141,8 @@ pub async fn replay(
     };
     let requeue = format!(
         "UPDATE {s}.delivery SET status = 'pending', attempts = 0, next_attempt_at = now(), \
-         leased_until = NULL, batch_id = NULL, trigger = 'replay', delivered_at = NULL"
+         leased_until = NULL, batch_id = NULL, trigger = 'replay', delivered_at = NULL, \
+         settled_at = NULL"
     );
     let reactivate =
         format!("DELETE FROM {s}.subscription_state WHERE subscription = $1 RETURNING 1");

@@ -4,6 +4,7 @@
 
 mod capture;
 mod reload;
+mod retention;
 pub mod sampler;
 mod startup;
 
@@ -101,6 +102,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
 
     let (dispatch, dispatcher) =
         delivery::dispatcher::spawn(&config, outbox.clone(), metrics.clone(), shutdown.clone())?;
+    let _retention = retention::spawn(
+        outbox.clone(),
+        dispatch.config(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
     let _watcher = reload::spawn(
         options.config_path.clone(),

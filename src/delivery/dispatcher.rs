@@ -145,6 +145,11 @@ impl DispatchHandle {
     pub fn reload(&self, config: &Config) {
         self.config.send_replace(Arc::new(config.clone()));
     }
+
+    /// The running config, updated on every applied reload.
+    pub fn config(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
 }
 
 struct WorkerHandle {

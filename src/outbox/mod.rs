@@ -1,6 +1,7 @@
 //! The durable outbox inside Postgres: migrations, the writer that commits events together
-//! with the capture checkpoint, and the delivery queue the dispatcher claims from.
+//! with the capture checkpoint, the delivery queue the dispatcher claims from, and retention.
 
 pub mod migrate;
 pub mod queue;
+pub mod retention;
 pub mod writer;

@@ -270,6 +270,8 @@ impl DeliveryQueue {
                          last_status_code = u.code, \
                          last_error = u.error, \
                          delivered_at = CASE WHEN u.settled = 'delivered' THEN now() END, \
+                         settled_at = CASE WHEN u.settled IN ('delivered', 'dead') \
+                                           THEN now() END, \
                          batch_id = u.batch_id, \
                          trigger = CASE WHEN u.settled = 'released' THEN d.trigger \
                                         ELSE 'scheduled' END \

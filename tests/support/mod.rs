@@ -2,6 +2,7 @@
 //! fresh database per test, and names no other test uses.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod http;
 pub mod subscriber;
 
 #[allow(unused_imports)] // as dead_code above: not every test binary uses them
