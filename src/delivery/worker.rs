@@ -53,6 +53,8 @@ struct Carried {
     attempts: u32,
     trigger: Trigger,
     committed_at: SystemTime,
+    event_id: String,
+    key: String,
 }
 
 /// A request in flight: the deliveries it carries and its task, aborted when the worker gives
@@ -539,6 +541,8 @@ impl Worker {
                 attempts: c.attempts,
                 trigger: c.trigger,
                 committed_at: c.committed_at,
+                event_id: c.event_id.clone(),
+                key: c.key.clone(),
             })
             .collect();
         let body = match &batch_id {
@@ -676,7 +680,7 @@ impl Worker {
             .iter()
             .zip(settled)
             .map(|(c, settled)| {
-                log_result(name, &c.id, a, &settled, sent.probe);
+                log_result(name, c, a, &settled, sent.probe);
                 let outcome = match settled {
                     Settled::Delivered => {
                         let latency = wall.duration_since(c.committed_at).unwrap_or_default();
@@ -766,16 +770,20 @@ fn rfc3339(time: SystemTime) -> String {
     crate::capture::envelope::pg_micros_to_rfc3339(micros - 946_684_800_000_000)
 }
 
-fn log_result(subscription: &str, delivery: &i64, a: &Attempt, settled: &Settled, probe: bool) {
+/// One line per result, with the subscription, delivery, event id and key as fields.
+fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, probe: bool) {
+    let (delivery, event_id, key) = (c.id, c.event_id.as_str(), c.key.as_str());
     let status = a.status;
     let error = a.error.as_deref().unwrap_or("");
     match settled {
         Settled::Delivered => {
-            tracing::debug!(subscription, delivery, status, "delivered")
+            tracing::debug!(subscription, delivery, event_id, key, status, "delivered")
         }
         Settled::Retry(_) | Settled::Released => tracing::warn!(
             subscription,
             delivery,
+            event_id,
+            key,
             status,
             probe,
             "delivery failed, will retry: {error}"
@@ -783,6 +791,8 @@ fn log_result(subscription: &str, delivery: &i64, a: &Attempt, settled: &Settled
         Settled::Dead => tracing::error!(
             subscription,
             delivery,
+            event_id,
+            key,
             status,
             "delivery dead after the last scheduled attempt: {error}"
         ),

@@ -91,6 +91,8 @@ pub struct Claimed {
     pub batch_id: Option<String>,
     /// The source commit time.
     pub committed_at: SystemTime,
+    /// The row key as minified JSON, for the log.
+    pub key: String,
 }
 
 /// The new state of a delivery after an attempt.
@@ -184,7 +186,7 @@ impl DeliveryQueue {
                  FROM c, {s}.event e \
                  WHERE d.id = c.id AND e.seq = d.event_seq \
                  RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                           d.batch_id, e.committed_at"
+                           d.batch_id, e.committed_at, e.key"
             )
         };
         let unbatched = "AND d.batch_id IS NULL";
@@ -220,7 +222,7 @@ impl DeliveryQueue {
              FROM c, {s}.event e \
              WHERE d.id = c.id AND e.seq = d.event_seq \
              RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                       d.batch_id, e.committed_at"
+                       d.batch_id, e.committed_at, e.key"
         );
         Ok(DeliveryQueue {
             claim_unordered: client
@@ -468,5 +470,6 @@ fn claimed(row: &Row) -> Claimed {
         },
         batch_id: row.get(6),
         committed_at: row.get(7),
+        key: row.get(8),
     }
 }
