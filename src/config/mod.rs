@@ -37,7 +37,7 @@ pub use model::{
 };
 pub use net::{AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};
-pub use units::{format_size, parse_duration, parse_size};
+pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 use document::Document;
 use raw::RawConfig;

@@ -3,6 +3,7 @@
 //! Hand-written because the grammar is tiny and the error messages matter more than
 //! generality: each error says what was wrong and how to write it instead.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Units a duration may use, longest spelling first so `ms` wins over `m`.
@@ -177,6 +178,30 @@ pub fn format_size(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// A duration the way the config and `--since` take it: `2h`, `1h30m`, `250ms`.
+pub fn format_duration(duration: Duration) -> String {
+    let mut millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, scale) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if millis >= scale {
+            let _ = write!(out, "{}{unit}", millis / scale);
+            millis %= scale;
+        }
+    }
+    if millis > 0 {
+        let _ = write!(out, "{millis}ms");
+    }
+    out
 }
 
 #[cfg(test)]

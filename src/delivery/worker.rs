@@ -16,13 +16,14 @@ use super::policy::{self, Outcome};
 use super::sender::{self, Attempt};
 use crate::config::{Method, Ordering, SubscriptionConfig};
 use crate::metrics::{AttemptOutcome, Metrics};
-use crate::outbox::queue::{Claim, Claimed, Completion, QueueError, Settled, Trigger};
+use crate::outbox::queue::{is_pause, Claim, Claimed, Completion, QueueError, Settled, Trigger};
 
 /// Requests in flight per subscription when the subscription sets no `max_in_flight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// How often an idle subscription looks at the table anyway: retries scheduled by another
-/// process, `walhook replay`, expired leases, a 410 switched back on.
+/// process, `walhook replay`, expired leases, a 410 switched back on; and how often any
+/// subscription looks whether it was paused or resumed (`subscription_state`).
 const POLL: Duration = Duration::from_secs(1);
 
 /// A lease outlives the request by this much, so it never expires under a live request.
@@ -122,8 +123,9 @@ impl Worker {
         self.check_deactivated().await;
         loop {
             // Here, not only when the poll timer fires: on a busy table wakes come more
-            // often than the poll, and the timer would never fire.
-            if self.deactivated.is_some() && Instant::now() >= self.recheck_at {
+            // often than the poll, and the timer would never fire. An active subscription
+            // looks too: the admin API pauses it by writing the same table.
+            if Instant::now() >= self.recheck_at {
                 self.check_deactivated().await;
             }
             match self.stopping {
@@ -206,24 +208,43 @@ impl Worker {
             Ok(queue) => queue.deactivated(&self.sub.name).await,
             Err(e) => Err(e),
         };
+        let labels = Metrics::subscription(&self.sub.name);
         match state {
             Ok(Some(reason)) => {
-                if self.deactivated.is_none() {
-                    tracing::warn!(
-                        subscription = %self.sub.name,
-                        "subscription is deactivated ({reason}); its deliveries are kept; \
-                         `walhook replay --subscription {} --status dead` switches it back on",
-                        self.sub.name
-                    );
+                if self.deactivated.as_deref() != Some(reason.as_str()) {
+                    let name = &self.sub.name;
+                    if is_pause(&reason) {
+                        tracing::info!(
+                            subscription = %name,
+                            "subscription is {reason}; its deliveries wait; \
+                             POST /api/v1/subscriptions/{name}/resume resumes it"
+                        );
+                    } else {
+                        tracing::warn!(
+                            subscription = %name,
+                            "subscription is deactivated ({reason}); its deliveries are kept; \
+                             `walhook replay --subscription {name} --status dead` switches it \
+                             back on"
+                        );
+                    }
                 }
+                self.shared
+                    .metrics
+                    .subscription_inactive
+                    .get_or_create(&labels)
+                    .set(1);
                 self.deactivated = Some(reason);
+                // Sending stops: a batch being gathered goes back to the queue.
+                let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
+                self.gather_until = None;
+                self.release(&gathered).await;
             }
             Ok(None) => {
                 if self.deactivated.take().is_some() {
                     self.shared
                         .metrics
                         .subscription_inactive
-                        .get_or_create(&Metrics::subscription(&self.sub.name))
+                        .get_or_create(&labels)
                         .set(0);
                     tracing::info!(subscription = %self.sub.name, "subscription is active again");
                     self.breaker.success();
@@ -248,9 +269,7 @@ impl Worker {
         consider(self.dues.first().copied());
         consider(self.slow_until);
         consider(self.gather_until);
-        if self.deactivated.is_some() {
-            consider(Some(self.recheck_at));
-        }
+        consider(Some(self.recheck_at));
         if let Allowance::Wait(until) = self.breaker.allowance(now) {
             consider(Some(until));
         }
