@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
 use super::outbox::{since_condition, Since, Status};
 use crate::config::Config;
@@ -32,7 +32,104 @@ pub struct DeliveriesOptions {
 /// Why the delivery log could not be read (exit 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct DeliveriesError(String);
+pub struct DeliveriesError(pub String);
+
+/// Which deliveries to read: the filters of `walhook deliveries` and the admin API's
+/// `GET /api/v1/deliveries`.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this subscription.
+    pub subscription: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only deliveries created at or after this.
+    pub since: Option<Since>,
+    /// Only deliveries with a smaller id (the page after one ending at this id).
+    pub before_id: Option<i64>,
+}
+
+impl Filter {
+    /// The bind parameters of [`filters`], `$1` to `$5`.
+    fn params(&self) -> FilterParams {
+        let (since_at, since_micros) = Since::params(self.since.as_ref());
+        FilterParams {
+            subscription: self.subscription.clone(),
+            status: self.status.map(|s| s.as_str().to_owned()),
+            since_at,
+            since_micros,
+            before_id: self.before_id,
+        }
+    }
+}
+
+/// Owned values of the filter parameters, for the lifetime of a query.
+struct FilterParams {
+    subscription: Option<String>,
+    status: Option<String>,
+    since_at: Option<String>,
+    since_micros: Option<i64>,
+    before_id: Option<i64>,
+}
+
+impl FilterParams {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.subscription,
+            &self.status,
+            &self.since_at,
+            &self.since_micros,
+            &self.before_id,
+        ]
+    }
+}
+
+/// Up to `limit` rows of the view `<schema>.deliveries` that pass `filter`, newest (highest
+/// id) first.
+pub async fn list(
+    db: &Client,
+    schema: &str,
+    filter: &Filter,
+    limit: u32,
+) -> Result<Vec<Delivery>, DeliveriesError> {
+    let view = format!("{}.deliveries", quote_ident(schema));
+    let params = filter.params();
+    let limit = i64::from(limit);
+    let mut refs: Vec<&(dyn ToSql + Sync)> = params.refs().to_vec();
+    refs.push(&limit);
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {} FROM {view} {} ORDER BY id DESC LIMIT $6",
+                columns(),
+                filters()
+            ),
+            &refs,
+        )
+        .await
+        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
+    Ok(rows.iter().map(Delivery::from_row).collect())
+}
+
+/// How many deliveries that pass `filter` each status has.
+async fn counts(
+    db: &Client,
+    schema: &str,
+    filter: &Filter,
+) -> Result<Vec<(String, i64)>, DeliveriesError> {
+    let view = format!("{}.deliveries", quote_ident(schema));
+    let params = filter.params();
+    let rows = db
+        .query(
+            &format!(
+                "SELECT status, count(*) FROM {view} {} GROUP BY status",
+                filters()
+            ),
+            &params.refs(),
+        )
+        .await
+        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
 
 /// The view's columns, timestamps as RFC 3339 text in UTC and `key` as JSON text.
 fn columns() -> String {
@@ -45,11 +142,13 @@ fn columns() -> String {
     )
 }
 
-/// The filters, numbered from `$1`: subscription, status, since (timestamptz), since (µs ago).
+/// The filters, numbered from `$1`: subscription, status, since (timestamptz), since (µs
+/// ago), before id.
 fn filters() -> String {
     format!(
         "WHERE ($1::text IS NULL OR subscription = $1) \
-         AND ($2::text IS NULL OR status = $2) AND {}",
+         AND ($2::text IS NULL OR status = $2) AND {} \
+         AND ($5::bigint IS NULL OR id < $5)",
         since_condition(3, 4)
     )
 }
@@ -59,49 +158,27 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
     let db = super::outbox::connect(config, "deliveries")
         .await
         .map_err(DeliveriesError)?;
-    let view = format!("{}.deliveries", quote_ident(&config.outbox.schema));
+    let schema = &config.outbox.schema;
+    let filter = Filter {
+        subscription: options.subscription.clone(),
+        status: options.status,
+        since: options.since.clone(),
+        before_id: None,
+    };
+    let deliveries = list(&db, schema, &filter, options.limit).await?;
 
-    let subscription = options.subscription.clone();
-    let status = options.status.map(|s| s.as_str().to_owned());
-    let (since_at, since_micros) = Since::params(options.since.as_ref());
-    let limit = i64::from(options.limit);
-    let params: [&(dyn ToSql + Sync); 5] =
-        [&subscription, &status, &since_at, &since_micros, &limit];
-
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {} FROM {view} {} ORDER BY id DESC LIMIT $5",
-                columns(),
-                filters()
-            ),
-            &params,
-        )
-        .await
-        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
-    let counts = db
-        .query(
-            &format!(
-                "SELECT status, count(*) FROM {view} {} GROUP BY status",
-                filters()
-            ),
-            &params[..4],
-        )
-        .await
-        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
-
-    let deliveries: Vec<Delivery> = rows.iter().map(Delivery::from_row).collect();
     if options.json {
         for delivery in &deliveries {
             println!("{}", delivery.to_json());
         }
     } else {
         print!("{}", table(&deliveries));
+        let counts = counts(&db, schema, &filter).await?;
         let count = |status: &str| {
             counts
                 .iter()
-                .find(|row| row.get::<_, String>(0) == status)
-                .map_or(0, |row| row.get::<_, i64>(1))
+                .find(|(name, _)| name == status)
+                .map_or(0, |(_, n)| *n)
         };
         println!(
             "{} shown (limit {}); pending {}, delivered {}, dead {} for these filters",
@@ -134,8 +211,9 @@ fn rfc3339(column: &str) -> String {
 
 /// One row of the `deliveries` view.
 #[derive(Debug)]
-struct Delivery {
-    id: i64,
+pub struct Delivery {
+    /// The delivery's id.
+    pub id: i64,
     subscription: String,
     event_id: String,
     event_type: String,
@@ -171,7 +249,7 @@ impl Delivery {
     }
 
     /// Exactly the view's columns, in its order; `key` as the JSON it holds.
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("id".into(), self.id.into());
         map.insert("subscription".into(), self.subscription.clone().into());

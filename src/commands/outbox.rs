@@ -1,12 +1,11 @@
 //! What the commands that read or change the outbox share (`deliveries`, `replay`): the
 //! delivery statuses, the `--since` filter, and the connection to the configured outbox.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use crate::config::{format_duration, Config};
 use crate::pg::quote_ident;
 use crate::source::conninfo::ConnInfo;
 use crate::source::tls;
@@ -116,30 +115,6 @@ fn is_rfc3339(text: &str) -> bool {
         [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
         _ => false,
     }
-}
-
-/// A duration the way `--since` takes it: `2h`, `1h30m`, `250ms`.
-fn format_duration(duration: Duration) -> String {
-    let mut millis = duration.as_millis();
-    if millis == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, scale) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if millis >= scale {
-            let _ = write!(out, "{}{unit}", millis / scale);
-            millis %= scale;
-        }
-    }
-    if millis > 0 {
-        let _ = write!(out, "{millis}ms");
-    }
-    out
 }
 
 /// A connection to the outbox (`outbox.url`, else `source.url`) whose schema holds

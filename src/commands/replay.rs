@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 
 use super::outbox::{since_condition, Since, Status};
 use crate::config::Config;
+use crate::outbox::queue::PAUSED_REASON;
 use crate::pg::quote_ident;
 
 /// What to re-queue.
@@ -124,6 +125,9 @@ pub struct Replayed {
     pub single: Option<(String, String)>,
     /// The subscription had been deactivated by a 410 Gone and is active again.
     pub reactivated: bool,
+    /// The reason, when the subscription is paused through the admin API: the replayed
+    /// deliveries wait until it is resumed.
+    pub paused: Option<String>,
 }
 
 /// Re-queues what `target` names in the outbox `schema`, in one transaction. A subscription
@@ -144,8 +148,12 @@ pub async fn replay(
          leased_until = NULL, batch_id = NULL, trigger = 'replay', delivered_at = NULL, \
          settled_at = NULL"
     );
-    let reactivate =
-        format!("DELETE FROM {s}.subscription_state WHERE subscription = $1 RETURNING 1");
+    // A 410 deactivation ends with a replay; a pause through the admin API does not.
+    let reactivate = format!(
+        "DELETE FROM {s}.subscription_state WHERE subscription = $1 AND reason NOT LIKE $2 \
+         RETURNING 1"
+    );
+    let paused_like = format!("{PAUSED_REASON}%");
 
     if let Target::Subscription { name, .. } = target {
         if !configured.contains(&name.as_str()) {
@@ -202,22 +210,31 @@ pub async fn replay(
         }
     };
     let reactivated = !tx
-        .query(&reactivate, &[&subscription])
+        .query(&reactivate, &[&subscription, &paused_like])
         .await
         .map_err(failed("switching the subscription back on"))?
         .is_empty();
+    let paused = tx
+        .query_opt(
+            &format!("SELECT reason FROM {s}.subscription_state WHERE subscription = $1"),
+            &[&subscription],
+        )
+        .await
+        .map_err(failed("reading the subscription's state"))?
+        .map(|row| row.get(0));
     tx.commit().await.map_err(failed("committing the replay"))?;
     Ok(Replayed {
         subscription,
         count,
         single,
         reactivated,
+        paused,
     })
 }
 
 /// Ok when `name` has deliveries or a deactivation in the outbox; otherwise the error with
-/// the closest configured or stored name.
-async fn known_in_outbox(
+/// the closest configured or stored name. `s` is the quoted schema.
+pub(crate) async fn known_in_outbox(
     db: &Client,
     s: &str,
     name: &str,
@@ -277,8 +294,8 @@ pub async fn run(config: &Config, target: &Target) -> Result<(), ReplayError> {
     Ok(())
 }
 
-/// The one line `run` prints.
-fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
+/// The one line `run` prints (and the admin API's replay answers with).
+pub fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
     let name = &r.subscription;
     let (them, wait) = if r.count == 1 {
         ("it", "waits")
@@ -287,6 +304,11 @@ fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
     };
     // Who will send them: the daemon's workers exist for configured, active subscriptions.
     let when = match config.subscription(name) {
+        Some(_) if r.paused.is_some() => format!(
+            "subscription {name:?} is {}: {them} {wait} until it is resumed \
+             (POST /api/v1/subscriptions/{name}/resume)",
+            r.paused.as_deref().unwrap_or_default()
+        ),
         Some(sub) if sub.active => format!("a running walhook sends {them} within a second"),
         Some(_) => format!(
             "subscription {name:?} has active = false in the config: {them} {wait} until it is active"
@@ -319,7 +341,7 @@ fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
                 .unwrap_or_default();
             let resumed = if r.reactivated {
                 let pending = match config.subscription(name) {
-                    Some(sub) if sub.active => {
+                    Some(sub) if sub.active && r.paused.is_none() => {
                         "a running walhook resumes its pending deliveries within a second"
                     }
                     _ => "its pending deliveries wait until it is configured and active",

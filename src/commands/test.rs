@@ -52,64 +52,120 @@ impl TestError {
     }
 }
 
-/// Sends the test event; `Ok(true)` when the receiver answered 2xx.
-pub async fn run(config: &Config, name: &str, key: Option<&str>) -> Result<bool, TestError> {
-    let sub = config
-        .subscriptions
-        .iter()
-        .find(|s| s.name == name)
+/// A test event that was sent, and what came back.
+#[derive(Debug, Clone)]
+pub struct TestSent {
+    /// The event id (`evt_test_…`), also the `webhook-id`.
+    pub event_id: String,
+    /// The body sent: the event, or nothing for a GET ping.
+    pub body: Vec<u8>,
+    /// The request's result.
+    pub attempt: Attempt,
+    /// Why the attempt is missing from the attempt log, when it is.
+    pub not_recorded: Option<String>,
+}
+
+impl TestSent {
+    /// Whether the receiver answered 2xx.
+    pub fn succeeded(&self) -> bool {
+        self.attempt
+            .status
+            .is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+/// The configured subscription `name`, or the error with the closest name.
+pub fn find<'a>(config: &'a Config, name: &str) -> Result<&'a SubscriptionConfig, TestError> {
+    config
+        .subscription(name)
         .ok_or_else(|| TestError::UnknownSubscription {
             name: name.to_owned(),
             hint: crate::suggest::did_you_mean(
                 name,
                 config.subscriptions.iter().map(|s| s.name.as_str()),
             ),
-        })?;
-    let key = key
-        .map(|text| match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) if !map.is_empty() => Ok(map),
-            Ok(_) => Err(TestError::BadKey(
-                "expected a JSON object such as '{\"id\": 1}'".into(),
-            )),
-            Err(e) => Err(TestError::BadKey(format!("not JSON: {e}"))),
         })
-        .transpose()?;
+}
 
+/// A `--key` value: a non-empty JSON object of column values.
+pub fn parse_key(text: &str) -> Result<Map<String, Value>, TestError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => key_object(value),
+        Err(e) => Err(TestError::BadKey(format!("not JSON: {e}"))),
+    }
+}
+
+/// A key given as JSON: it must be a non-empty object of column values.
+pub fn key_object(value: Value) -> Result<Map<String, Value>, TestError> {
+    match value {
+        Value::Object(map) if !map.is_empty() => Ok(map),
+        _ => Err(TestError::BadKey(
+            "expected a JSON object such as '{\"id\": 1}'".into(),
+        )),
+    }
+}
+
+/// Sends one signed test event for `sub` now, with `client` and `policy` (from
+/// [`network::http_client`]), and records the attempt with trigger `test`. The event is the
+/// row with `key`, or sample values. `before_send` sees the event id and the body just
+/// before the request goes out. Never retried.
+pub async fn send_test(
+    config: &Config,
+    sub: &SubscriptionConfig,
+    key: Option<Map<String, Value>>,
+    client: &reqwest::Client,
+    policy: &NetworkPolicy,
+    before_send: impl FnOnce(&str, &[u8]),
+) -> Result<TestSent, TestError> {
     let source = connect(config.source.url.expose(), "source.url").await?;
     let (event_key, values) = match key {
         Some(key) => real_row(&source, sub, key).await?,
         None => synthetic_row(&source, sub).await?,
     };
-    let id = format!("evt_test_{:016x}", rand::random::<u64>());
+    let event_id = format!("evt_test_{:016x}", rand::random::<u64>());
     let body = match sub.method {
-        Method::Post => envelope(sub, &id, event_key, values),
+        Method::Post => envelope(sub, &event_id, event_key, values),
         // A GET is a bare ping (SPEC §4).
         Method::Get => Vec::new(),
     };
 
-    print_request(sub, &id, &body);
+    before_send(&event_id, &body);
+    let attempt = sender::send(client, policy, sub, &event_id, &body).await;
+
+    let not_recorded = match &config.outbox.url {
+        Some(url) if url.expose() != config.source.url.expose() => {
+            match connect(url.expose(), "outbox.url").await {
+                Ok(outbox) => record(&outbox, &config.outbox.schema, sub, &attempt).await,
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ => record(&source, &config.outbox.schema, sub, &attempt).await,
+    }
+    .err();
+    Ok(TestSent {
+        event_id,
+        body,
+        attempt,
+        not_recorded,
+    })
+}
+
+/// Sends the test event; `Ok(true)` when the receiver answered 2xx.
+pub async fn run(config: &Config, name: &str, key: Option<&str>) -> Result<bool, TestError> {
+    let sub = find(config, name)?;
+    let key = key.map(parse_key).transpose()?;
     let policy = NetworkPolicy::new(&config.delivery.allow_networks);
     let client = network::http_client(policy.clone())
         .map_err(|e| TestError::Failed(format!("HTTP client: {}", e.without_url())))?;
-    let attempt = sender::send(&client, &policy, sub, &id, &body).await;
-    print_response(&attempt);
-
-    let outbox = match &config.outbox.url {
-        Some(url) if url.expose() != config.source.url.expose() => {
-            Some(connect(url.expose(), "outbox.url").await?)
-        }
-        _ => None,
-    };
-    record(
-        outbox.as_ref().unwrap_or(&source),
-        &config.outbox.schema,
-        sub,
-        &attempt,
-    )
-    .await;
-    Ok(attempt
-        .status
-        .is_some_and(|status| (200..300).contains(&status)))
+    let sent = send_test(config, sub, key, &client, &policy, |id, body| {
+        print_request(sub, id, body)
+    })
+    .await?;
+    print_response(&sent.attempt);
+    if let Some(note) = &sent.not_recorded {
+        println!("note: {note}");
+    }
+    Ok(sent.succeeded())
 }
 
 /// A SQL connection; errors name the config key and never the URL (it may hold a password).
@@ -396,9 +452,14 @@ fn clip(text: &str) -> String {
     format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
 
-/// Adds the attempt to the attempt log. Never fails the command: the request has been sent
-/// and its result printed, which is what the user asked for.
-async fn record(db: &Client, schema: &str, sub: &SubscriptionConfig, attempt: &Attempt) {
+/// Adds the attempt to the attempt log. The error says why it was not recorded; it never
+/// fails the test: the request has been sent, which is what the user asked for.
+async fn record(
+    db: &Client,
+    schema: &str,
+    sub: &SubscriptionConfig,
+    attempt: &Attempt,
+) -> Result<(), String> {
     let table = format!("{}.attempt", quote_ident(schema));
     let exists = db
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
@@ -407,16 +468,12 @@ async fn record(db: &Client, schema: &str, sub: &SubscriptionConfig, attempt: &A
     match exists {
         Ok(true) => {}
         Ok(false) => {
-            println!(
-                "note: the outbox schema {schema:?} does not exist yet (run `walhook setup`); \
+            return Err(format!(
+                "the outbox schema {schema:?} does not exist yet (run `walhook setup`); \
                  this attempt was not recorded"
-            );
-            return;
+            ));
         }
-        Err(e) => {
-            println!("note: could not record the attempt: {e}");
-            return;
-        }
+        Err(e) => return Err(format!("could not record the attempt: {e}")),
     }
     let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
     let status = attempt.status.map(i32::from);
@@ -425,22 +482,20 @@ async fn record(db: &Client, schema: &str, sub: &SubscriptionConfig, attempt: &A
          duration_ms, status_code, error, response_excerpt) \
          VALUES (NULL, $1, 1, 'test', $2, $3, $4, $5, $6)"
     );
-    if let Err(e) = db
-        .execute(
-            &sql,
-            &[
-                &sub.name,
-                &attempt.started_at,
-                &duration_ms,
-                &status,
-                &attempt.error,
-                &attempt.response_excerpt,
-            ],
-        )
-        .await
-    {
-        println!("note: could not record the attempt: {e}");
-    }
+    db.execute(
+        &sql,
+        &[
+            &sub.name,
+            &attempt.started_at,
+            &duration_ms,
+            &status,
+            &attempt.error,
+            &attempt.response_excerpt,
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("could not record the attempt: {e}"))
 }
 
 #[cfg(test)]

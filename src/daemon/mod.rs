@@ -18,6 +18,7 @@ use crate::capture::matcher::{Matcher, MatcherError};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::{self, DispatchError};
 use crate::metrics::Metrics;
 use crate::server::{self, ServeError, ServerState};
@@ -88,20 +89,41 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         health.clone(),
         shutdown.clone(),
     );
+    // The running config: replaced when a reload is applied; the dispatcher and the admin
+    // API read it.
+    let running = Arc::new(watch::channel(Arc::new(config.clone())).0);
+    let policy = NetworkPolicy::new(&config.delivery.allow_networks);
     let state = ServerState {
         metrics: metrics.clone(),
         health: health.clone(),
         sample: samples,
+        config: running.subscribe(),
+        listen: config.http.listen,
+        outbox: outbox.clone(),
+        schema: config.outbox.schema.clone(),
+        http: network::http_client(policy.clone()).map_err(DispatchError::from)?,
+        policy,
     };
     let listening = server::spawn(config.http.listen, state, shutdown.clone()).await?;
-    tracing::info!("http server listening on {listening} (/metrics, /healthz, /readyz)");
+    tracing::info!("http server listening on {listening} (/metrics, /healthz, /readyz, /api/v1/…)");
+    if !config.http.listen.ip().to_canonical().is_loopback() && config.http.admin_token.is_none() {
+        tracing::warn!(
+            "http.listen {} is not a loopback address and http.admin_token is not set: the \
+             admin API refuses every call until a token is set",
+            config.http.listen
+        );
+    }
     tokio::select! {
         prepared = startup::prepare(&config, &source, &outbox, !options.no_setup) => prepared?,
         _ = shutdown.changed() => return Ok(()),
     }
 
-    let (dispatch, dispatcher) =
-        delivery::dispatcher::spawn(&config, outbox.clone(), metrics.clone(), shutdown.clone())?;
+    let (dispatch, dispatcher) = delivery::dispatcher::spawn(
+        running.clone(),
+        outbox.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
     let _retention = retention::spawn(
         outbox.clone(),
         dispatch.config(),

@@ -55,6 +55,9 @@ pub struct Sample {
     pub checkpoint_lsn: Option<String>,
     /// Whether the outbox answered and accepts writes (not a standby).
     pub outbox_writable: bool,
+    /// When it was taken; `None` before the first sample.
+    #[serde(skip)]
+    pub taken_at: Option<std::time::SystemTime>,
 }
 
 /// Shared health flags, set by the parts that know.
@@ -152,7 +155,10 @@ struct Sampler {
 
 impl Sampler {
     async fn sample(&mut self) -> Sample {
-        let mut sample = Sample::default();
+        let mut sample = Sample {
+            taken_at: Some(std::time::SystemTime::now()),
+            ..Sample::default()
+        };
         match self.sample_outbox(&mut sample).await {
             Ok(()) => sample.outbox_writable = true,
             Err(e) => {

@@ -158,15 +158,18 @@ struct WorkerHandle {
     join: JoinHandle<()>,
 }
 
-/// Starts the dispatcher for `config`'s subscriptions on the outbox at `outbox`. It stops
-/// when `shutdown` turns true: workers stop claiming, requests in flight get until
+/// Starts the dispatcher for the subscriptions of the running config on the outbox at
+/// `outbox`. `running` carries the config; [`DispatchHandle::reload`] sends edits on it, so
+/// that whoever else watches it (the admin API) sees them too. The dispatcher stops when
+/// `shutdown` turns true: workers stop claiming, requests in flight get until
 /// `delivery.shutdown_timeout`, and the rest go back to the queue.
 pub fn spawn(
-    config: &Config,
+    running: Arc<watch::Sender<Arc<Config>>>,
     outbox: ConnInfo,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(DispatchHandle, JoinHandle<()>), DispatchError> {
+    let config = running.borrow().clone();
     let net = Net::new(&config.delivery.allow_networks)?;
     let (completions_tx, completions_rx) = mpsc::channel(1_024);
     let queues = Arc::new(Queues {
@@ -182,12 +185,12 @@ pub fn spawn(
         metrics,
     });
     let (wakes_tx, wakes_rx) = mpsc::channel(256);
-    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let config_rx = running.subscribe();
     let completer = tokio::spawn(write_completions(queues, completions_rx));
     let join = tokio::spawn(manage(shared, config_rx, wakes_rx, shutdown, completer));
     let handle = DispatchHandle {
         wakes: wakes_tx,
-        config: Arc::new(config_tx),
+        config: running,
     };
     Ok((handle, join))
 }

@@ -19,13 +19,14 @@ use super::policy::{self, Outcome};
 use super::sender::{self, Attempt};
 use crate::config::{Method, Ordering, SubscriptionConfig};
 use crate::metrics::{AttemptOutcome, Metrics};
-use crate::outbox::queue::{Claim, Claimed, Completion, QueueError, Settled, Trigger};
+use crate::outbox::queue::{is_pause, Claim, Claimed, Completion, QueueError, Settled, Trigger};
 
 /// Requests in flight per subscription when the subscription sets no `max_in_flight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// How often an idle subscription looks at the table anyway: retries scheduled by another
-/// process, `walhook replay`, expired leases, a 410 switched back on.
+/// process, `walhook replay`, expired leases, a 410 switched back on; and how often any
+/// subscription looks whether it was paused or resumed (`subscription_state`).
 const POLL: Duration = Duration::from_secs(1);
 
 /// A lease outlives the request by this much, so it never expires under a live request.
@@ -147,8 +148,9 @@ impl Worker {
         self.check_deactivated().await;
         loop {
             // On a clock rather than when the loop sleeps a whole POLL: wakes for new
-            // events keep coming while the subscription is off.
-            if self.deactivated.is_some() && self.recheck_at.is_none_or(|t| Instant::now() >= t) {
+            // events keep coming. An active subscription looks too: the admin API pauses it
+            // by writing the same table.
+            if self.recheck_at.is_none_or(|t| Instant::now() >= t) {
                 self.check_deactivated().await;
             }
             match self.stopping {
@@ -255,24 +257,43 @@ impl Worker {
             Err(e) => Err(e),
         };
         self.recheck_at = Some(Instant::now() + POLL);
+        let labels = Metrics::subscription(&self.sub.name);
         match state {
             Ok(Some(reason)) => {
-                if self.deactivated.is_none() {
-                    tracing::warn!(
-                        subscription = %self.sub.name,
-                        "subscription is deactivated ({reason}); its deliveries are kept; \
-                         `walhook replay --subscription {} --status dead` switches it back on",
-                        self.sub.name
-                    );
+                if self.deactivated.as_deref() != Some(reason.as_str()) {
+                    let name = &self.sub.name;
+                    if is_pause(&reason) {
+                        tracing::info!(
+                            subscription = %name,
+                            "subscription is {reason}; its deliveries wait; \
+                             POST /api/v1/subscriptions/{name}/resume resumes it"
+                        );
+                    } else {
+                        tracing::warn!(
+                            subscription = %name,
+                            "subscription is deactivated ({reason}); its deliveries are kept; \
+                             `walhook replay --subscription {name} --status dead` switches it \
+                             back on"
+                        );
+                    }
                 }
+                self.shared
+                    .metrics
+                    .subscription_inactive
+                    .get_or_create(&labels)
+                    .set(1);
                 self.deactivated = Some(reason);
+                // Sending stops: a batch being gathered goes back to the queue.
+                let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
+                self.gather_until = None;
+                self.release(&gathered).await;
             }
             Ok(None) => {
                 if self.deactivated.take().is_some() {
                     self.shared
                         .metrics
                         .subscription_inactive
-                        .get_or_create(&Metrics::subscription(&self.sub.name))
+                        .get_or_create(&labels)
                         .set(0);
                     tracing::info!(subscription = %self.sub.name, "subscription is active again");
                     self.breaker.success();
@@ -297,9 +318,7 @@ impl Worker {
         consider(self.dues.first().copied());
         consider(self.slow_until);
         consider(self.gather_until);
-        if self.deactivated.is_some() {
-            consider(self.recheck_at);
-        }
+        consider(self.recheck_at);
         if let Allowance::Wait(until) = self.breaker.allowance(now) {
             consider(Some(until));
         }

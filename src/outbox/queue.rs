@@ -13,6 +13,24 @@ use tokio_postgres::{Client, Row, Statement};
 
 use crate::pg::quote_ident;
 
+/// How the `reason` of a `subscription_state` row written by the admin API's pause starts
+/// (`paused through the admin API at 2026-11-23T10:00:00Z`). A row with any other reason
+/// is a deactivation by the receiver (410 Gone).
+pub const PAUSED_REASON: &str = "paused through the admin API at";
+
+/// Whether a `subscription_state` reason is a pause (rather than a 410 deactivation): a
+/// pause is lifted only by resuming, never by a replay.
+pub fn is_pause(reason: &str) -> bool {
+    reason.starts_with(PAUSED_REASON)
+}
+
+/// SQL for the `reason` of a pause written now.
+pub fn pause_reason_sql() -> String {
+    format!(
+        "'{PAUSED_REASON} ' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+    )
+}
+
 /// A queue operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

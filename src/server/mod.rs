@@ -1,5 +1,11 @@
 //! The HTTP server of `walhook run` (SPEC §7): `/metrics`, `/healthz`, `/readyz` and the
-//! admin API under `/api/v1`.
+//! admin API under `/api/v1` (`api`: the handlers, `auth`: `http.admin_token`, `db`: its
+//! outbox connection, `view`: what a subscription shows of itself).
+
+mod api;
+mod auth;
+mod db;
+mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +17,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::daemon::sampler::{Health, Sample};
+use crate::delivery::network::NetworkPolicy;
 use crate::metrics::Metrics;
+use crate::source::conninfo::ConnInfo;
 
 /// What the handlers read.
 pub struct ServerState {
@@ -22,6 +31,25 @@ pub struct ServerState {
     pub health: Arc<Health>,
     /// The latest status sample.
     pub sample: watch::Receiver<Arc<Sample>>,
+    /// The running config, replaced when a reload is applied: subscriptions and
+    /// `http.admin_token` as they are now.
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The configured `http.listen`: off loopback, every admin API call needs the token.
+    pub listen: SocketAddr,
+    /// The outbox database (pause, resume, replay, the delivery log).
+    pub outbox: ConnInfo,
+    /// The outbox schema.
+    pub schema: String,
+    /// The HTTP client for test events (redirects off, proxies ignored, `policy` applied).
+    pub http: reqwest::Client,
+    /// The network policy of `delivery.allow_networks`.
+    pub policy: NetworkPolicy,
+}
+
+/// The state behind every route: the inputs, and the admin API's outbox connection.
+pub(crate) struct App {
+    state: ServerState,
+    db: db::OutboxDb,
 }
 
 /// The server could not start.
@@ -47,7 +75,8 @@ pub async fn spawn(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError { addr, source })?;
-    let app = router(Arc::new(state));
+    let db = db::OutboxDb::new(state.outbox.clone());
+    let app = router(Arc::new(App { state, db }));
     tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -62,15 +91,17 @@ pub async fn spawn(
     Ok(bound)
 }
 
-fn router(state: Arc<ServerState>) -> Router {
+fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .nest("/api/v1", api::router(app.clone()))
+        .with_state(app)
 }
 
-async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let state = &app.state;
     (
         [(
             header::CONTENT_TYPE,
@@ -85,8 +116,8 @@ async fn healthz() -> Response {
     Json(serde_json::json!({"status": "alive"})).into_response()
 }
 
-async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
-    match state.health.ready() {
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.state.health.ready() {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(problems) => (
             StatusCode::SERVICE_UNAVAILABLE,

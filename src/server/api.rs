@@ -1,0 +1,861 @@
+//! The admin API under `/api/v1` (SPEC §7): status, subscriptions, the delivery log, test
+//! events, pause and resume, replay. Answers are JSON; errors are `{"error": "…"}` with a
+//! fitting status: 400 for a bad parameter (named, with where it was), 404 for an unknown
+//! subscription or delivery (with the closest name), 401/403 for the token (`auth`), 500
+//! when the database fails (with its message).
+//!
+//! The handlers reuse the commands' code: `commands::deliveries::list` for the log,
+//! `commands::replay::replay` for replays, `commands::test::send_test` for test events. No
+//! answer carries a secret: subscriptions show auth by type, headers by name, secrets by
+//! count, URLs with credentials hidden (`view`), and what a receiver echoes back of a
+//! request's credentials is scrubbed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::db::{timed, DB_TIMEOUT};
+use super::view::{self, Stopped, StoppedMap};
+use super::{auth, App};
+use crate::commands::deliveries::{self, Filter};
+use crate::commands::outbox::{parse_since, Status};
+use crate::commands::replay::{self, known_in_outbox, ReplayError, Replayed, Target};
+use crate::commands::test::{self, TestError};
+use crate::config::{Config, Method as HttpMethod};
+use crate::outbox::queue::{is_pause, pause_reason_sql};
+use crate::pg::quote_ident;
+use crate::suggest::did_you_mean;
+
+/// Rows of the delivery log per page unless `limit` says otherwise.
+const DEFAULT_LIMIT: u32 = 50;
+
+/// The most rows one page may have.
+const MAX_LIMIT: u32 = 1_000;
+
+/// How long the status and the subscription list wait for the subscriptions' state.
+const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// SQL giving `deactivated_at` as RFC 3339 text in UTC.
+const SINCE_SQL: &str =
+    "to_char(deactivated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// The admin API's routes, behind the token check.
+pub(super) fn router(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/status", get(status))
+        .route("/subscriptions", get(subscriptions))
+        .route("/subscriptions/{name}/test", post(test_event))
+        .route("/subscriptions/{name}/pause", post(pause))
+        .route("/subscriptions/{name}/resume", post(resume))
+        .route("/subscriptions/{name}/replay", post(replay_subscription))
+        .route("/deliveries", get(delivery_log))
+        .route("/deliveries/{id}/replay", post(replay_delivery))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(app, auth::require))
+}
+
+/// An error answer: `{"error": message}` with `status`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: a bad parameter; `message` names it and where it was.
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 400 for the query parameter `name`.
+    fn bad_param(name: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::bad_request(format!("query parameter {name}: {message}"))
+    }
+
+    /// 404: an unknown subscription, delivery or endpoint.
+    pub(super) fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 401: the token is missing or wrong.
+    pub(super) fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: the call needs a token and none is configured.
+    pub(super) fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 500: the database failed; `message` says what was being done and why it failed.
+    pub(super) fn database(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.message}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            (
+                self.status,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"walhook\"")],
+                body,
+            )
+                .into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Maps a database error to a 500 naming what was being done.
+fn db_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ApiError {
+    move |e| ApiError::database(format!("{what}: {e}"))
+}
+
+/// The endpoints, for the 404 and 405 answers.
+const ENDPOINTS: &str = "GET /api/v1/status, GET /api/v1/subscriptions, \
+    GET /api/v1/deliveries, POST /api/v1/subscriptions/{name}/test|pause|resume|replay, \
+    POST /api/v1/deliveries/{id}/replay";
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no admin API endpoint {method} /api/v1{}; the endpoints are {ENDPOINTS}",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on /api/v1{}: reads are GET, actions are POST \
+             ({ENDPOINTS})",
+            uri.path()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads
+
+/// `GET /api/v1/status`.
+async fn status(State(app): State<Arc<App>>) -> ApiResult {
+    let config = app.state.config.borrow().clone();
+    let sample = app.state.sample.borrow().clone();
+    let health = &app.state.health;
+    let replication_connected = health.replication_connected.load(AtomicOrdering::Relaxed);
+    let outbox_writable = health.outbox_writable.load(AtomicOrdering::Relaxed);
+    // The sample is at most a few seconds old; pause and resume show at once.
+    let stopped = stopped_subscriptions(&app).await;
+
+    let mut names: Vec<&str> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut others: Vec<&str> = sample.backlog.keys().map(String::as_str).collect();
+    if let Ok(stopped) = &stopped {
+        others.extend(stopped.keys().map(String::as_str));
+    }
+    others.sort_unstable();
+    others.dedup();
+    others.retain(|name| config.subscription(name).is_none());
+    names.extend(others);
+
+    let subscriptions: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let sub = config.subscription(name);
+            let backlog = sample.backlog.get(name).cloned().unwrap_or_default();
+            let mut entry = Map::new();
+            entry.insert("name".into(), name.into());
+            entry.insert("configured".into(), sub.is_some().into());
+            merge(&mut entry, subscription_state(sub, name, &stopped));
+            entry.insert("pending".into(), backlog.pending.into());
+            entry.insert("dead".into(), backlog.dead.into());
+            entry.insert(
+                "oldest_pending_seconds".into(),
+                backlog.oldest_pending_seconds.into(),
+            );
+            entry.insert(
+                "rate_limit".into(),
+                sub.map_or(Value::Null, view::rate_limit),
+            );
+            Value::Object(entry)
+        })
+        .collect();
+
+    let slot = sample.slot.as_ref();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": replication_connected && outbox_writable,
+        "replication_connected": replication_connected,
+        "outbox_writable": outbox_writable,
+        "sampled_at": sample.taken_at.map(view::rfc3339),
+        "slot": {
+            "name": config.source.slot,
+            "found": slot.is_some(),
+            "active": slot.map(|s| s.active),
+            "retained_wal_bytes": slot.map(|s| s.retained_wal_bytes),
+            "lag_bytes": slot.map(|s| s.lag_bytes),
+            "confirmed_flush_lsn": slot.and_then(|s| s.confirmed_flush_lsn.clone()),
+        },
+        "checkpoint_lsn": sample.checkpoint_lsn,
+        "subscriptions": subscriptions,
+        "outbox_error": stopped.err().map(|e| e.message),
+    })))
+}
+
+/// `GET /api/v1/subscriptions`.
+async fn subscriptions(State(app): State<Arc<App>>) -> ApiResult {
+    let config = app.state.config.borrow().clone();
+    let stopped = stopped_subscriptions(&app).await;
+    let list: Vec<Value> = config
+        .subscriptions
+        .iter()
+        .map(|sub| {
+            let mut entry = view::settings(sub);
+            merge(
+                &mut entry,
+                subscription_state(Some(sub), &sub.name, &stopped),
+            );
+            Value::Object(entry)
+        })
+        .collect();
+    Ok(Json(json!({
+        "subscriptions": list,
+        "outbox_error": stopped.err().map(|e| e.message),
+    })))
+}
+
+/// `state`, `reason` and `since` of one subscription; `unknown` when the outbox could not be
+/// read.
+fn subscription_state(
+    sub: Option<&crate::config::SubscriptionConfig>,
+    name: &str,
+    stopped: &Result<StoppedMap, ApiError>,
+) -> Value {
+    match stopped {
+        Ok(stopped) => view::state(sub, stopped.get(name)),
+        Err(e) => json!({
+            "state": "unknown",
+            "reason": format!("the outbox could not be read: {}", e.message),
+            "since": null,
+        }),
+    }
+}
+
+fn merge(into: &mut Map<String, Value>, from: Value) {
+    if let Value::Object(from) = from {
+        into.extend(from);
+    }
+}
+
+/// Every row of `subscription_state`. Within [`STATE_TIMEOUT`]: the status answers with what
+/// it knows when the outbox does not.
+async fn stopped_subscriptions(app: &App) -> Result<StoppedMap, ApiError> {
+    tokio::time::timeout(STATE_TIMEOUT, read_stopped(app))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::database(format!(
+                "the outbox did not answer within {}s",
+                STATE_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+async fn read_stopped(app: &App) -> Result<StoppedMap, ApiError> {
+    let mut conn = app.db.conn().await?;
+    let s = quote_ident(&app.state.schema);
+    let rows = timed("reading the subscriptions' state", async {
+        conn.client()
+            .query(
+                &format!("SELECT subscription, reason, {SINCE_SQL} FROM {s}.subscription_state"),
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the subscriptions' state"))
+    })
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                Stopped {
+                    reason: row.get(1),
+                    since: row.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
+/// `GET /api/v1/deliveries?subscription=&status=&since=&limit=&before_id=`: newest first;
+/// `next` is the `before_id` of the next page, `null` on the last one.
+async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    let params = query_params(
+        &uri,
+        &["subscription", "status", "since", "limit", "before_id"],
+    )?;
+    let status = params
+        .get("status")
+        .map(|text| parse_status(text))
+        .transpose()?;
+    let since = params
+        .get("since")
+        .map(|text| parse_since(text).map_err(|e| ApiError::bad_param("since", e)))
+        .transpose()?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_param(
+                    "limit",
+                    format!("{text:?} is not a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let before_id = params
+        .get("before_id")
+        .map(|text| {
+            text.parse::<i64>().map_err(|_| {
+                ApiError::bad_param(
+                    "before_id",
+                    format!(
+                        "{text:?} is not a delivery id (a whole number: the `next` of the \
+                         page before)"
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let config = app.state.config.borrow().clone();
+    let schema = &app.state.schema;
+    let filter = Filter {
+        subscription: params.get("subscription").cloned(),
+        status,
+        since,
+        before_id,
+    };
+    let mut conn = app.db.conn().await?;
+    if let Some(name) = &filter.subscription {
+        if config.subscription(name).is_none() {
+            let configured = configured_names(&config);
+            timed("reading the outbox", async {
+                known_in_outbox(conn.client(), &quote_ident(schema), name, &configured)
+                    .await
+                    .map_err(replay_error)
+            })
+            .await?;
+        }
+    }
+    let rows = timed("reading the delivery log", async {
+        deliveries::list(conn.client(), schema, &filter, limit)
+            .await
+            .map_err(|e| ApiError::database(e.0))
+    })
+    .await?;
+    let next = if rows.len() == limit as usize {
+        rows.last().map(|d| d.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "deliveries": rows.iter().map(deliveries::Delivery::to_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions
+
+/// `POST /api/v1/subscriptions/{name}/test`, optionally with `{"key": {...}}` to send a real
+/// row: one signed test event now, recorded in the attempt log with trigger `test`.
+async fn test_event(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let config = app.state.config.borrow().clone();
+    let sub = test::find(&config, &name).map_err(test_error)?;
+    let key = test_key(&body)?;
+    // The request is bounded by the subscription's timeout; the database steps by theirs.
+    let sent = tokio::time::timeout(
+        sub.timeout + DB_TIMEOUT * 3,
+        test::send_test(
+            &config,
+            sub,
+            key,
+            &app.state.http,
+            &app.state.policy,
+            |_, _| {},
+        ),
+    )
+    .await
+    .map_err(|_| ApiError::database("the test event did not finish in time"))?
+    .map_err(test_error)?;
+    let a = &sent.attempt;
+    tracing::info!(
+        subscription = %name,
+        status = a.status,
+        "admin API: test event {} sent",
+        sent.event_id
+    );
+    let event = if sent.body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&sent.body).unwrap_or(Value::Null)
+    };
+    Ok(Json(json!({
+        "subscription": name,
+        "event_id": sent.event_id,
+        "request": {
+            "method": match sub.method {
+                HttpMethod::Post => "POST",
+                HttpMethod::Get => "GET",
+            },
+            "url": view::redact_url(&sub.url.to_string()),
+            "signatures": sub.secrets.len(),
+            "auth": view::auth_type(sub),
+            "headers": sub.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        },
+        "event": event,
+        "status": a.status,
+        "success": sent.succeeded(),
+        "latency_ms": u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX),
+        "error": a.error.as_deref().map(|e| view::scrub(sub, e)),
+        "response_excerpt": view::scrub(sub, &a.response_excerpt),
+        "recorded": sent.not_recorded.is_none(),
+        "note": sent.not_recorded,
+    })))
+}
+
+/// The optional body of a test call: nothing, or `{"key": {column: value, …}}`.
+fn test_key(body: &[u8]) -> Result<Option<Map<String, Value>>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let bad = |message: String| {
+        ApiError::bad_request(format!(
+            "request body: {message}; send nothing for sample values, or \
+             {{\"key\": {{\"id\": 1}}}} for the row with that key"
+        ))
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    if let Some(other) = fields.keys().find(|k| k.as_str() != "key") {
+        return Err(bad(format!("unknown field {other:?}")));
+    }
+    match fields.remove("key") {
+        None | Some(Value::Null) => Ok(None),
+        Some(key) => test::key_object(key)
+            .map(Some)
+            .map_err(|e| bad(e.to_string())),
+    }
+}
+
+fn test_error(e: TestError) -> ApiError {
+    match e {
+        TestError::UnknownSubscription { .. } => ApiError::not_found(e.to_string()),
+        TestError::BadKey(message) => {
+            ApiError::bad_request(format!("request body: key: {message}"))
+        }
+        TestError::Failed(message) => ApiError::database(message),
+    }
+}
+
+/// `POST /api/v1/subscriptions/{name}/pause`: the worker stops sending within a second
+/// (requests in flight finish); new events are still captured and wait with the pending
+/// deliveries. A replay does not end a pause; resume does.
+async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+    let config = app.state.config.borrow().clone();
+    let Some(sub) = config.subscription(&name) else {
+        return Err(unknown_subscription(&config, &name));
+    };
+    let s = quote_ident(&app.state.schema);
+    let mut conn = app.db.conn().await?;
+    let (previous, now) = timed("pausing the subscription", async {
+        let tx = conn
+            .client()
+            .transaction()
+            .await
+            .map_err(db_error("starting a transaction"))?;
+        let previous: Option<Stopped> = tx
+            .query_opt(
+                &format!(
+                    "SELECT reason, {SINCE_SQL} FROM {s}.subscription_state \
+                     WHERE subscription = $1 FOR UPDATE"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(db_error("reading the subscription's state"))?
+            .map(|row| Stopped {
+                reason: row.get(0),
+                since: row.get(1),
+            });
+        if let Some(paused) = previous.as_ref().filter(|p| is_pause(&p.reason)) {
+            let paused = paused.clone();
+            tx.commit()
+                .await
+                .map_err(db_error("committing the pause"))?;
+            return Ok((previous, paused));
+        }
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO {s}.subscription_state (subscription, reason) \
+                     VALUES ($1, {}) \
+                     ON CONFLICT (subscription) DO UPDATE \
+                     SET reason = excluded.reason, deactivated_at = now() \
+                     RETURNING reason, {SINCE_SQL}",
+                    pause_reason_sql()
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(db_error("pausing the subscription"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("committing the pause"))?;
+        Ok((
+            previous,
+            Stopped {
+                reason: row.get(0),
+                since: row.get(1),
+            },
+        ))
+    })
+    .await?;
+    let already = previous.as_ref().is_some_and(|p| is_pause(&p.reason));
+    let mut message = if already {
+        format!(
+            "subscription {name:?} was already {}; nothing changed",
+            now.reason
+        )
+    } else {
+        tracing::info!(subscription = %name, "admin API: subscription paused");
+        format!(
+            "subscription {name:?} is paused: a running walhook stops sending within a second \
+             (requests in flight finish); new events are still captured and wait with the \
+             pending deliveries until POST /api/v1/subscriptions/{name}/resume"
+        )
+    };
+    if let Some(deactivated) = previous.as_ref().filter(|p| !is_pause(&p.reason)) {
+        message.push_str(&format!(
+            "; it had been deactivated ({}), which resuming ends too",
+            deactivated.reason
+        ));
+    }
+    if !sub.active {
+        message.push_str("; note that it has active = false in the config");
+    }
+    Ok(Json(json!({
+        "subscription": name,
+        "state": "paused",
+        "reason": now.reason,
+        "since": now.since,
+        "already_paused": already,
+        "message": message,
+    })))
+}
+
+/// `POST /api/v1/subscriptions/{name}/resume`: ends a pause, or a deactivation by 410 Gone.
+async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+    let config = app.state.config.borrow().clone();
+    let sub = config.subscription(&name);
+    let schema = &app.state.schema;
+    let s = quote_ident(schema);
+    let mut conn = app.db.conn().await?;
+    let removed: Option<String> = timed("resuming the subscription", async {
+        conn.client()
+            .query_opt(
+                &format!(
+                    "DELETE FROM {s}.subscription_state WHERE subscription = $1 \
+                     RETURNING reason"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(db_error("resuming the subscription"))
+            .map(|row| row.map(|r| r.get(0)))
+    })
+    .await?;
+    if removed.is_none() && sub.is_none() {
+        let configured = configured_names(&config);
+        timed("reading the outbox", async {
+            known_in_outbox(conn.client(), &s, &name, &configured)
+                .await
+                .map_err(replay_error)
+        })
+        .await?;
+    }
+    let message = match (&removed, sub) {
+        (None, _) => {
+            format!("subscription {name:?} was neither paused nor deactivated; nothing changed")
+        }
+        (Some(reason), Some(sub)) if sub.active => format!(
+            "subscription {name:?} is active again (it was {}): a running walhook resumes \
+             sending its pending deliveries within a second",
+            stopped_phrase(reason)
+        ),
+        (Some(reason), Some(_)) => format!(
+            "subscription {name:?} is switched back on (it was {}), but it has active = false \
+             in the config: nothing is sent until it is active",
+            stopped_phrase(reason)
+        ),
+        (Some(reason), None) => format!(
+            "subscription {name:?} is switched back on (it was {}), but it is not in the \
+             config: its deliveries wait until it is added back",
+            stopped_phrase(reason)
+        ),
+    };
+    if removed.is_some() {
+        tracing::info!(subscription = %name, "admin API: subscription resumed");
+    }
+    let mut answer = Map::new();
+    answer.insert("subscription".into(), name.clone().into());
+    answer.insert("resumed".into(), removed.is_some().into());
+    answer.insert("previous_reason".into(), json!(removed));
+    merge(&mut answer, view::state(sub, None));
+    answer.insert("message".into(), message.into());
+    Ok(Json(Value::Object(answer)))
+}
+
+/// `paused through the admin API at …`, or `deactivated (the receiver answered 410 …)`.
+fn stopped_phrase(reason: &str) -> String {
+    if is_pause(reason) {
+        reason.to_owned()
+    } else {
+        format!("deactivated: {reason}")
+    }
+}
+
+/// `POST /api/v1/deliveries/{id}/replay`: the delivery is pending again, due now, with the
+/// same event id.
+async fn replay_delivery(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "path /api/v1/deliveries/{{id}}/replay: {id:?} is not a delivery id (a whole \
+             number, the `id` of GET /api/v1/deliveries)"
+        ))
+    })?;
+    let target = Target::Id(id);
+    let (config, replayed) = run_replay(&app, &target).await?;
+    let (event_id, was) = replayed.single.clone().unwrap_or_default();
+    Ok(Json(json!({
+        "delivery_id": id,
+        "subscription": replayed.subscription,
+        "event_id": event_id,
+        "was": was,
+        "replayed": replayed.count,
+        "reactivated": replayed.reactivated,
+        "paused": replayed.paused,
+        "message": replay::summary(&config, &target, &replayed),
+    })))
+}
+
+/// `POST /api/v1/subscriptions/{name}/replay?status=dead[&since=]`: every dead (or
+/// delivered) delivery of the subscription again, same event ids; also switches a
+/// subscription deactivated by 410 Gone back on (a pause stays).
+async fn replay_subscription(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> ApiResult {
+    let params = query_params(&uri, &["status", "since"])?;
+    let status = match params.get("status") {
+        None => {
+            return Err(ApiError::bad_param(
+                "status",
+                format!(
+                    "missing: status=dead re-sends the deliveries that gave up, \
+                     status=delivered the ones already delivered, e.g. \
+                     POST /api/v1/subscriptions/{name}/replay?status=dead"
+                ),
+            ))
+        }
+        Some(text) => parse_status(text)?,
+    };
+    if status == Status::Pending {
+        return Err(ApiError::bad_param(
+            "status",
+            format!(
+                "pending deliveries are still queued and need no replay (POST \
+                 /api/v1/subscriptions/{name}/resume switches a paused or deactivated \
+                 subscription back on; POST /api/v1/deliveries/{{id}}/replay makes one \
+                 pending delivery due now)"
+            ),
+        ));
+    }
+    let since = params
+        .get("since")
+        .map(|text| parse_since(text).map_err(|e| ApiError::bad_param("since", e)))
+        .transpose()?;
+    let target = Target::Subscription {
+        name: name.clone(),
+        status,
+        since: since.clone(),
+    };
+    let (config, replayed) = run_replay(&app, &target).await?;
+    Ok(Json(json!({
+        "subscription": name,
+        "status": status.as_str(),
+        "since": params.get("since"),
+        "replayed": replayed.count,
+        "reactivated": replayed.reactivated,
+        "paused": replayed.paused,
+        "message": replay::summary(&config, &target, &replayed),
+    })))
+}
+
+/// Runs `replay()` on the admin API's connection with the running config.
+async fn run_replay(app: &App, target: &Target) -> Result<(Arc<Config>, Replayed), ApiError> {
+    let config = app.state.config.borrow().clone();
+    let configured = configured_names(&config);
+    let mut conn = app.db.conn().await?;
+    let replayed = timed("replaying", async {
+        replay::replay(conn.client(), &app.state.schema, target, &configured)
+            .await
+            .map_err(replay_error)
+    })
+    .await?;
+    tracing::info!(
+        subscription = %replayed.subscription,
+        deliveries = replayed.count,
+        "admin API: replayed"
+    );
+    Ok((config, replayed))
+}
+
+fn replay_error(e: ReplayError) -> ApiError {
+    match e {
+        ReplayError::UnknownSubscription { .. } => ApiError::not_found(e.to_string()),
+        ReplayError::UnknownDelivery(id) => ApiError::not_found(format!(
+            "no delivery with id {id} in the outbox (GET /api/v1/deliveries lists them)"
+        )),
+        ReplayError::Failed(message) => ApiError::database(message),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parameters
+
+/// The query parameters, each at most once and all among `allowed`.
+fn query_params(uri: &Uri, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))?;
+    let mut params = BTreeMap::new();
+    for (name, value) in pairs {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {name:?}: this call takes {}{}",
+                allowed.join(", "),
+                did_you_mean(&name, allowed.iter().copied())
+            )));
+        }
+        if params.contains_key(&name) {
+            return Err(ApiError::bad_param(&name, "given more than once"));
+        }
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+fn parse_status(text: &str) -> Result<Status, ApiError> {
+    match text {
+        "pending" => Ok(Status::Pending),
+        "delivered" => Ok(Status::Delivered),
+        "dead" => Ok(Status::Dead),
+        _ => Err(ApiError::bad_param(
+            "status",
+            format!(
+                "{text:?} is not a delivery status; expected pending, delivered or dead{}",
+                did_you_mean(text, ["pending", "delivered", "dead"])
+            ),
+        )),
+    }
+}
+
+fn configured_names(config: &Config) -> Vec<&str> {
+    config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// 404 for a name that is not a configured subscription.
+fn unknown_subscription(config: &Config, name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "unknown subscription {name:?}: not in the config{}",
+        did_you_mean(name, configured_names(config))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_known_and_single() {
+        let uri: Uri = "/deliveries?status=dead&limit=5".parse().unwrap();
+        let params = query_params(&uri, &["status", "limit"]).unwrap();
+        assert_eq!(params["status"], "dead");
+        let uri: Uri = "/deliveries?stauts=dead".parse().unwrap();
+        let e = query_params(&uri, &["status", "limit"]).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains("did you mean \"status\""),
+            "{}",
+            e.message
+        );
+        let uri: Uri = "/deliveries?limit=1&limit=2".parse().unwrap();
+        let e = query_params(&uri, &["limit"]).unwrap_err();
+        assert!(e.message.contains("more than once"), "{}", e.message);
+    }
+
+    #[test]
+    fn test_bodies_are_empty_or_a_key() {
+        assert_eq!(test_key(b"").unwrap(), None);
+        assert_eq!(test_key(b" \n").unwrap(), None);
+        assert_eq!(test_key(b"{}").unwrap(), None);
+        let key = test_key(br#"{"key": {"id": 7}}"#).unwrap().unwrap();
+        assert_eq!(key["id"], 7);
+        assert!(test_key(br#"{"kye": {"id": 7}}"#).is_err());
+        assert!(test_key(br#"{"key": 7}"#).is_err());
+        assert!(test_key(b"nope").is_err());
+    }
+
+    #[test]
+    fn statuses_suggest_the_closest() {
+        let e = parse_status("daed").unwrap_err();
+        assert!(e.message.contains("did you mean \"dead\""), "{}", e.message);
+    }
+}

@@ -1,0 +1,279 @@
+//! What the admin API shows of a subscription: its settings without a single secret (the
+//! URL with credentials hidden, auth by type, headers by name, secrets by count), its state,
+//! and the scrubbing of secret values out of text a receiver sent back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{format_duration, Auth, Method, Ordering, SubscriptionConfig};
+use crate::outbox::queue::is_pause;
+
+/// A `subscription_state` row: why a subscription is switched off, and since when.
+#[derive(Debug, Clone)]
+pub(super) struct Stopped {
+    /// `paused through the admin API at …`, or the 410 deactivation's reason.
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// The state of a subscription: `active`, `paused` (admin API), `deactivated` (410 Gone),
+/// `inactive` (`active = false` in the config) or `removed` (no longer in the config; its
+/// deliveries are kept for replay).
+pub(super) fn state(configured: Option<&SubscriptionConfig>, stopped: Option<&Stopped>) -> Value {
+    let (state, reason, since) = match (configured, stopped) {
+        (None, _) => (
+            "removed",
+            Some("not in the config; its deliveries are kept for replay".to_owned()),
+            None,
+        ),
+        (Some(_), Some(stopped)) if is_pause(&stopped.reason) => (
+            "paused",
+            Some(stopped.reason.clone()),
+            Some(stopped.since.clone()),
+        ),
+        (Some(_), Some(stopped)) => (
+            "deactivated",
+            Some(stopped.reason.clone()),
+            Some(stopped.since.clone()),
+        ),
+        (Some(sub), None) if !sub.active => (
+            "inactive",
+            Some("active = false in the config".to_owned()),
+            None,
+        ),
+        (Some(_), None) => ("active", None, None),
+    };
+    json!({"state": state, "reason": reason, "since": since})
+}
+
+/// The settings of `sub` as the admin API lists them: everything but secrets.
+pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("name".into(), sub.name.clone().into());
+    map.insert("object".into(), sub.object.name.clone().into());
+    map.insert("table".into(), sub.object.config.table.to_string().into());
+    map.insert(
+        "operations".into(),
+        sub.operations.iter().map(|op| op.as_str()).collect(),
+    );
+    map.insert("watch".into(), json!(sub.watch));
+    map.insert("when".into(), json!(sub.when));
+    map.insert("event_type".into(), json!(sub.event_type));
+    let event_types: Map<String, Value> = sub
+        .operations
+        .iter()
+        .map(|op| (op.as_str().to_owned(), sub.event_type_for(*op).into()))
+        .collect();
+    map.insert("event_types".into(), Value::Object(event_types));
+    map.insert("url".into(), redact_url(&sub.url.to_string()).into());
+    map.insert(
+        "method".into(),
+        match sub.method {
+            Method::Post => "POST",
+            Method::Get => "GET",
+        }
+        .into(),
+    );
+    map.insert("signed".into(), (!sub.secrets.is_empty()).into());
+    map.insert("secrets".into(), sub.secrets.len().into());
+    map.insert("auth".into(), auth_type(sub));
+    map.insert(
+        "headers".into(),
+        sub.headers.iter().map(|(name, _)| name.as_str()).collect(),
+    );
+    map.insert(
+        "batch".into(),
+        match &sub.batch {
+            Some(batch) => json!({
+                "max_events": batch.max_events,
+                "max_wait": format_duration(batch.max_wait),
+            }),
+            None => Value::Null,
+        },
+    );
+    map.insert("rate_limit".into(), rate_limit(sub));
+    map.insert("max_in_flight".into(), json!(sub.max_in_flight));
+    map.insert(
+        "ordering".into(),
+        match sub.ordering {
+            Ordering::Key => "key",
+            Ordering::None => "none",
+        }
+        .into(),
+    );
+    map.insert("active".into(), sub.active.into());
+    map.insert("timeout".into(), format_duration(sub.timeout).into());
+    map.insert(
+        "retry_schedule".into(),
+        sub.retry_schedule
+            .iter()
+            .map(|d| format_duration(*d))
+            .collect(),
+    );
+    map
+}
+
+/// `bearer`, `basic` or `header`: the kind of auth, never its values; `null` without.
+pub(super) fn auth_type(sub: &SubscriptionConfig) -> Value {
+    match &sub.auth {
+        None => Value::Null,
+        Some(Auth::Bearer { .. }) => "bearer".into(),
+        Some(Auth::Basic { .. }) => "basic".into(),
+        Some(Auth::Header { .. }) => "header".into(),
+    }
+}
+
+/// `{"per_second", "burst"}`, or `null` without a rate limit.
+pub(super) fn rate_limit(sub: &SubscriptionConfig) -> Value {
+    match &sub.rate_limit {
+        Some(limit) => json!({"per_second": limit.per_second, "burst": limit.burst}),
+        None => Value::Null,
+    }
+}
+
+/// A subscriber URL as the config shows it (variables unexpanded), with what may be a
+/// credential hidden: the whole userinfo, and every query value that is not just a
+/// `${VAR}` reference. `https://u:p@h/x?token=abc&t=${T}` → `https://***@h/x?token=***&t=${T}`.
+pub(super) fn redact_url(shown: &str) -> String {
+    let (before_fragment, fragment) = match shown.find('#') {
+        Some(at) => shown.split_at(at),
+        None => (shown, ""),
+    };
+    let (before_query, query) = match before_fragment.find('?') {
+        Some(at) => (&before_fragment[..at], Some(&before_fragment[at + 1..])),
+        None => (before_fragment, None),
+    };
+    let mut out = match before_query.find("://") {
+        Some(scheme_end) => {
+            let authority_start = scheme_end + 3;
+            let rest = &before_query[authority_start..];
+            let authority_len = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_len].rfind('@') {
+                Some(at) => format!("{}***{}", &before_query[..authority_start], &rest[at..]),
+                None => before_query.to_owned(),
+            }
+        }
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((_, value)) if value.is_empty() || is_variable(value) => pair.to_owned(),
+                Some((name, _)) => format!("{name}=***"),
+                None if pair.is_empty() || is_variable(pair) => pair.to_owned(),
+                None => "***".to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `${NAME}` and nothing else: the name of a variable, not its value.
+fn is_variable(text: &str) -> bool {
+    text.strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Secret values shorter than this are not scrubbed: they would mangle ordinary text, and
+/// a credential is longer.
+const SCRUB_MIN: usize = 6;
+
+/// `text` with every secret value of `sub` (signing secrets, auth credentials, header
+/// values, the expanded URL's credentials) replaced by `***`: a receiver may echo a request
+/// back.
+pub(super) fn scrub(sub: &SubscriptionConfig, text: &str) -> String {
+    let mut secrets: Vec<String> = Vec::new();
+    for secret in &sub.secrets {
+        let whole = secret.expose();
+        secrets.push(whole.to_owned());
+        if let Some(key) = whole.strip_prefix("whsec_") {
+            secrets.push(key.to_owned());
+        }
+    }
+    match &sub.auth {
+        None => {}
+        Some(Auth::Bearer { token }) => secrets.push(token.expose().to_owned()),
+        Some(Auth::Basic { username, password }) => {
+            use base64::Engine;
+            secrets.push(password.expose().to_owned());
+            secrets.push(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose())),
+            );
+        }
+        Some(Auth::Header { value, .. }) => secrets.push(value.expose().to_owned()),
+    }
+    for (_, value) in &sub.headers {
+        secrets.push(value.expose().to_owned());
+    }
+    // The URL as sent may carry an expanded token in its path or query.
+    let url = sub.url.expose();
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            let value = pair.split_once('=').map_or(pair, |(_, v)| v);
+            secrets.push(value.to_owned());
+        }
+    }
+    secrets.retain(|s| s.len() >= SCRUB_MIN);
+    // Longest first, so that a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in &secrets {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// RFC 3339 in UTC, to the microsecond.
+pub(super) fn rfc3339(time: SystemTime) -> String {
+    let micros = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros();
+    // Postgres counts from 2000-01-01.
+    crate::capture::envelope::pg_micros_to_rfc3339(
+        i64::try_from(micros).unwrap_or(i64::MAX) - 946_684_800_000_000,
+    )
+}
+
+/// Stopped subscriptions by name.
+pub(super) type StoppedMap = BTreeMap<String, Stopped>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_userinfo_and_query_values_but_keep_variable_names() {
+        assert_eq!(
+            redact_url("https://u:p@h.example/x?token=abc&t=${T}&empty=&flag"),
+            "https://***@h.example/x?token=***&t=${T}&empty=&***"
+        );
+        assert_eq!(
+            redact_url("https://tok@h.example:8443/hooks/${TOKEN}"),
+            "https://***@h.example:8443/hooks/${TOKEN}"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9/hooks#frag"),
+            "http://127.0.0.1:9/hooks#frag"
+        );
+        assert_eq!(redact_url("${PARTNER_URL}"), "${PARTNER_URL}");
+        // An '@' in the path is no userinfo.
+        assert_eq!(
+            redact_url("https://h.example/a@b?x=1"),
+            "https://h.example/a@b?x=***"
+        );
+    }
+}
