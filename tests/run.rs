@@ -438,11 +438,18 @@ fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() 
     let mut second = Daemon::start(&config);
     std::thread::sleep(Duration::from_secs(3));
     assert!(second.running(), "log:\n{}", second.log_text());
+    let log = second.log_text();
+    assert!(log.contains("standby: another walhook holds"), "{log}");
+    assert!(
+        !log.contains("capturing"),
+        "a standby does not capture: {log}"
+    );
     first.signal("KILL");
     first.wait(Duration::from_secs(10));
     db.sql("INSERT INTO account_invoice VALUES (5, 'INV-5', 1, 'draft', 1)");
     let rows = wait_for_deliveries(&db, &second, 1);
     assert_eq!(rows[0].1["key"], json!({"id": 5}));
+    assert!(second.log_text().contains("active: took over"));
 }
 
 #[test]

@@ -64,6 +64,18 @@ impl SessionError {
     }
 }
 
+impl SessionError {
+    /// Whether the slot is in use by another connection: after a takeover, the previous
+    /// process's walsender may hold it for a moment longer.
+    pub fn is_slot_busy(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Capture(e)
+                if matches!(&**e, CaptureError::Replication(r) if r.code() == Some("55006"))
+        )
+    }
+}
+
 impl From<CaptureError> for SessionError {
     fn from(e: CaptureError) -> Self {
         SessionError::Capture(Box::new(e))
@@ -102,7 +114,7 @@ impl Session<'_> {
         let outbox_client = tls::connect_sql(self.outbox).await?;
         let mut writer =
             OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
-        let checkpoint = writer.checkpoint().await?.unwrap_or(Lsn::ZERO);
+        let checkpoint = writer.checkpoint().unwrap_or(Lsn::ZERO);
         let catalog = tls::connect_sql(self.source).await?;
         let options = ReaderOptions {
             slot: config.source.slot.clone(),

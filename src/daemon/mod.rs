@@ -1,7 +1,9 @@
-//! `walhook run`: the daemon. Prepares the database (migrations, publication, slot), then
-//! runs capture sessions (replication → matcher → outbox) until a signal, reconnecting
-//! with backoff when the connection drops, and applies config edits without a restart.
+//! `walhook run`: the daemon. Takes the active lock (or waits as a standby while another
+//! process holds it), prepares the database (migrations, publication, slot), then runs
+//! capture sessions (replication → matcher → outbox) until a signal, reconnecting with
+//! backoff when the connection drops, and applies config edits without a restart.
 
+mod active;
 mod capture;
 mod reload;
 mod retention;
@@ -45,6 +47,17 @@ pub enum DaemonError {
     /// The HTTP server could not listen.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The connection holding the active lock ended and another process took the lock.
+    #[error(
+        "lost the active lock on {what} ({reason}): stopping, so that two walhooks are never \
+         active at once; started again (a supervisor does that) walhook waits as a standby"
+    )]
+    LockLost {
+        /// `<schema>/<slot>`.
+        what: String,
+        /// Why the connection ended.
+        reason: String,
+    },
 }
 
 impl DaemonError {
@@ -67,15 +80,79 @@ pub struct RunOptions {
     pub no_setup: bool,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT (Ok) or an unrecoverable error.
+/// How soon a capture session tries a slot again that another connection holds: after a
+/// takeover, the previous process's walsender lets go of it within moments.
+const SLOT_BUSY_RETRY: Duration = Duration::from_millis(500);
+
+/// Runs the daemon until SIGTERM/SIGINT (Ok) or an unrecoverable error. While another
+/// process is active for the same outbox schema and slot, waits as a standby: no capture, no
+/// delivery, no HTTP server (two instances of one config may share a host).
 pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
     let mut shutdown = spawn_signal_watch();
-    let mut matcher = Matcher::new(&config)?;
+    // SIGHUP would end a standby (its default action) before the reload watch exists.
+    let hangup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+    let matcher = Matcher::new(&config)?;
     let source = ConnInfo::parse(config.source.url.expose()).map_err(StartupError::from)?;
     let outbox = match &config.outbox.url {
         Some(url) => ConnInfo::parse(url.expose()).map_err(StartupError::from)?,
         None => source.clone(),
     };
+    let what = active::lock_name(&config.outbox.schema, &config.source.slot);
+    let mut lock = tokio::select! {
+        lock = active::acquire(&outbox, &what) => lock?,
+        _ = shutdown.changed() => return Ok(()),
+    };
+    drop(hangup);
+    let (config, matcher) = if lock.waited.is_zero() {
+        tracing::info!("active: no other walhook holds {what}");
+        (config, matcher)
+    } else {
+        tracing::info!(
+            "active: took over {what} after {:.1}s as a standby",
+            lock.waited.as_secs_f64()
+        );
+        // The file may have been edited (and the old active reloaded it) meanwhile.
+        current_config(&options, config, matcher)
+    };
+    tokio::select! {
+        result = run_active(config, matcher, source, outbox, options, shutdown) => result,
+        reason = lock.lost() => Err(DaemonError::LockLost {
+            what: lock.what.clone(),
+            reason,
+        }),
+    }
+}
+
+/// The config file as it is now, for a standby that takes over; the config it started with
+/// when the file no longer loads.
+fn current_config(options: &RunOptions, started: Config, matcher: Matcher) -> (Config, Matcher) {
+    let loaded = Config::load(&options.config_path).map_err(|e| e.to_string());
+    let reread = loaded.and_then(|mut new| {
+        reload::keep_connection_settings(&started, &mut new);
+        Matcher::new(&new)
+            .map(|m| (new, m))
+            .map_err(|e| e.to_string())
+    });
+    match reread {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::error!(
+                "the config file no longer loads; running with the config read at start:\n{e}"
+            );
+            (started, matcher)
+        }
+    }
+}
+
+/// The active process: HTTP server, database preparation, dispatcher and capture sessions.
+async fn run_active(
+    config: Config,
+    mut matcher: Matcher,
+    source: ConnInfo,
+    outbox: ConnInfo,
+    options: RunOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     for sub in &config.subscriptions {
         metrics.know_subscription(&sub.name);
@@ -143,6 +220,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     // across reconnects.
     let mut staged = None;
     let mut backoff = Duration::from_millis(200);
+    let mut busy = 0u32;
     loop {
         let session = capture::Session {
             source: &source,
@@ -161,21 +239,39 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
                 &mut backoff,
             )
             .await;
-        match outcome {
+        let slot_busy = matches!(&outcome, Err(e) if e.is_slot_busy());
+        let wait = match outcome {
             Ok(capture::Ended::Signal) => break,
             Ok(capture::Ended::ServerEnded) => {
                 tracing::warn!(
                     "the server ended the replication stream; reconnecting in {backoff:?}"
-                )
+                );
+                backoff
             }
-            Err(e) if e.is_transient() => tracing::warn!("{e}; reconnecting in {backoff:?}"),
+            Err(e) if slot_busy => {
+                // Soon after a takeover this is the previous process's connection on its
+                // way out: try again at a short, steady pace, and say so without flooding
+                // the log if something else keeps the slot.
+                busy += 1;
+                if busy <= 5 || busy.is_multiple_of(60) {
+                    tracing::warn!("{e}; trying again in {SLOT_BUSY_RETRY:?}");
+                }
+                SLOT_BUSY_RETRY
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!("{e}; reconnecting in {backoff:?}");
+                backoff
+            }
             Err(e) => return Err(e.into()),
+        };
+        if !slot_busy {
+            busy = 0;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
     // The dispatcher saw the same signal: it lets requests in flight finish.
     let _ = dispatcher.await;

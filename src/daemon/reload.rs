@@ -94,7 +94,7 @@ fn watch_dir(path: &Path) -> &Path {
 
 /// Where walhook reads from and writes to cannot change under a running capture: those
 /// keys keep their values until a restart, and a changed one is logged.
-fn keep_connection_settings(running: &Config, new: &mut Config) {
+pub(super) fn keep_connection_settings(running: &Config, new: &mut Config) {
     let differs = new.source.url.expose() != running.source.url.expose()
         || new.source.slot != running.source.slot
         || new.source.publication != running.source.publication

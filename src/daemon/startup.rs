@@ -46,6 +46,22 @@ pub enum StartupError {
     /// A catalog query failed.
     #[error("reading the catalog: {0}")]
     Catalog(#[from] tokio_postgres::Error),
+    /// The lock that makes one process the active one could not be asked for.
+    #[error("taking the active lock on {what} in the outbox database: {message}")]
+    Lock {
+        /// `<schema>/<slot>`.
+        what: String,
+        /// The server's words.
+        message: String,
+    },
+    /// Leases of a previous process could not be released.
+    #[error("outbox ({schema}): releasing the delivery leases of a previous walhook: {message}")]
+    Leases {
+        /// The outbox schema.
+        schema: String,
+        /// The server's words.
+        message: String,
+    },
 }
 
 impl StartupError {
@@ -93,6 +109,44 @@ pub(super) async fn prepare(
         }
     } else if slot::slot_state(&catalog, slot).await? == SlotState::Missing {
         return Err(StartupError::SlotMissing { slot: slot.clone() });
+    }
+    release_leases(config, &outbox_client).await
+}
+
+/// Gives back the deliveries a previous process leased and never settled (it was killed, or
+/// lost its lock): this process holds the active lock, so nobody else dispatches these
+/// subscriptions, and the deliveries need not wait for the leases to expire. Requests that
+/// process had in flight are sent again, as at-least-once allows.
+async fn release_leases(
+    config: &Config,
+    outbox: &tokio_postgres::Client,
+) -> Result<(), StartupError> {
+    let schema = &config.outbox.schema;
+    let subscriptions: Vec<&str> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let released = outbox
+        .execute(
+            &format!(
+                "UPDATE {}.delivery SET leased_until = NULL \
+                 WHERE status = 'pending' AND leased_until IS NOT NULL \
+                   AND subscription = ANY($1::text[])",
+                crate::pg::quote_ident(schema)
+            ),
+            &[&subscriptions],
+        )
+        .await
+        .map_err(|e| StartupError::Leases {
+            schema: schema.clone(),
+            message: crate::source::setup::server_message(&e),
+        })?;
+    if released > 0 {
+        tracing::info!(
+            "released {released} delivery leases a previous walhook left behind; \
+             what it had in flight is sent again"
+        );
     }
     Ok(())
 }

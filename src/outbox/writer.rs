@@ -24,14 +24,33 @@ pub const SPILL_ROWS: usize = 2_000;
 
 /// An outbox write that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox ({schema}): {what}: {source}")]
-pub struct OutboxError {
-    /// The outbox schema.
-    pub schema: String,
-    /// What was being written.
-    pub what: &'static str,
-    /// The database error.
-    pub source: tokio_postgres::Error,
+pub enum OutboxError {
+    /// A statement failed.
+    #[error("outbox ({schema}): {what}: {source}")]
+    Db {
+        /// The outbox schema.
+        schema: String,
+        /// What was being written.
+        what: &'static str,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+    /// The checkpoint is not where this writer left it: another process wrote to the outbox
+    /// for the same slot (a walhook that was still finishing when this one took over). The
+    /// transaction is rolled back; a new session starts from the checkpoint as it is now.
+    #[error(
+        "outbox ({schema}): the checkpoint of slot {slot:?} moved behind this process's back \
+         (expected {expected}); another walhook wrote to this outbox; nothing was written, \
+         capture resumes from the new checkpoint"
+    )]
+    CheckpointMoved {
+        /// The outbox schema.
+        schema: String,
+        /// The slot.
+        slot: String,
+        /// Where this writer last saw it.
+        expected: String,
+    },
 }
 
 /// What one outbox commit wrote.
@@ -97,6 +116,10 @@ pub struct OutboxWriter {
     buffer: Buffer,
     in_transaction: bool,
     written: Written,
+    /// The checkpoint as this writer last read or wrote it: a commit moves it only from
+    /// there (compare-and-set), so two processes can never both commit the same source
+    /// transactions.
+    checkpoint: Option<Lsn>,
 }
 
 impl OutboxWriter {
@@ -110,7 +133,7 @@ impl OutboxWriter {
         let s = quote_ident(schema);
         let err = |what| {
             let schema = schema.to_owned();
-            move |source| OutboxError {
+            move |source| OutboxError::Db {
                 schema,
                 what,
                 source,
@@ -152,9 +175,11 @@ impl OutboxWriter {
                 .map_err(err("preparing the delivery insert"))?,
             checkpoint: client
                 .prepare(&format!(
-                    "INSERT INTO {s}.checkpoint (slot, commit_lsn) VALUES ($1, $2::text::pg_lsn) \
+                    "INSERT INTO {s}.checkpoint AS c (slot, commit_lsn) \
+                     VALUES ($1, $2::text::pg_lsn) \
                      ON CONFLICT (slot) DO UPDATE \
-                     SET commit_lsn = excluded.commit_lsn, updated_at = now()"
+                     SET commit_lsn = excluded.commit_lsn, updated_at = now() \
+                     WHERE c.commit_lsn = $3::text::pg_lsn"
                 ))
                 .await
                 .map_err(err("preparing the checkpoint update"))?,
@@ -165,7 +190,7 @@ impl OutboxWriter {
                 .await
                 .map_err(err("preparing the checkpoint query"))?,
         };
-        Ok(OutboxWriter {
+        let mut writer = OutboxWriter {
             client,
             schema: schema.to_owned(),
             slot: slot.to_owned(),
@@ -173,11 +198,19 @@ impl OutboxWriter {
             buffer: Buffer::default(),
             in_transaction: false,
             written: Written::default(),
-        })
+            checkpoint: None,
+        };
+        writer.checkpoint = writer.read_checkpoint().await?;
+        Ok(writer)
     }
 
-    /// The last source commit whose events are in the outbox, if walhook ever wrote one.
-    pub async fn checkpoint(&self) -> Result<Option<Lsn>, OutboxError> {
+    /// The last source commit whose events are in the outbox, if walhook ever wrote one:
+    /// as read when the writer was made, then as this writer committed it.
+    pub fn checkpoint(&self) -> Option<Lsn> {
+        self.checkpoint
+    }
+
+    async fn read_checkpoint(&self) -> Result<Option<Lsn>, OutboxError> {
         let row = self
             .client
             .query_opt(&self.statements.read_checkpoint, &[&self.slot])
@@ -289,15 +322,26 @@ impl OutboxWriter {
             self.in_transaction = true;
         }
         let lsn = through.to_string();
-        self.client
-            .execute(&self.statements.checkpoint, &[&self.slot, &lsn])
+        let expected = self.checkpoint.map(|c| c.to_string());
+        let moved = self
+            .client
+            .execute(&self.statements.checkpoint, &[&self.slot, &lsn, &expected])
             .await
             .map_err(|source| self.error("updating the checkpoint", source))?;
+        if moved != 1 {
+            self.rollback().await?;
+            return Err(OutboxError::CheckpointMoved {
+                schema: self.schema.clone(),
+                slot: self.slot.clone(),
+                expected: expected.unwrap_or_else(|| "none".to_owned()),
+            });
+        }
         self.client
             .batch_execute("COMMIT")
             .await
             .map_err(|source| self.error("committing", source))?;
         self.in_transaction = false;
+        self.checkpoint = Some(through);
         Ok(std::mem::take(&mut self.written))
     }
 
@@ -317,7 +361,7 @@ impl OutboxWriter {
     }
 
     fn error(&self, what: &'static str, source: tokio_postgres::Error) -> OutboxError {
-        OutboxError {
+        OutboxError::Db {
             schema: self.schema.clone(),
             what,
             source,

@@ -188,8 +188,9 @@ pub(crate) fn server_message(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A transaction-scoped advisory lock key for `purpose` on object `name`: FNV-1a of both, so
-/// every walhook version computes the same key, and different objects do not contend.
+/// An advisory lock key for `purpose` on object `name` (transaction-scoped for migrations
+/// and the publication, session-scoped for the active `run`): FNV-1a of both, so every
+/// walhook version computes the same key, and different objects do not contend.
 pub(crate) fn advisory_key(purpose: &str, name: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in ["walhook ", purpose, " ", name]

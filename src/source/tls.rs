@@ -29,6 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
+use tokio::task::JoinHandle;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 use super::conninfo::{ConnInfo, Host, RootCert, SslMode, Target};
@@ -752,6 +753,17 @@ pub enum ConnectError {
 /// Opens an ordinary SQL connection with the same `sslmode` rules as the replication
 /// connection, spawns its connection task, and returns the client. Tries each host in turn.
 pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, ConnectError> {
+    connect_sql_watched(info)
+        .await
+        .map(|(client, _ended)| client)
+}
+
+/// [`connect_sql`], and a handle that completes the moment the connection ends: with the
+/// error it ended with, or `None` when it closed cleanly (the client was dropped, or the
+/// server closed the socket without a word).
+pub async fn connect_sql_watched(
+    info: &ConnInfo,
+) -> Result<(tokio_postgres::Client, JoinHandle<Option<String>>), ConnectError> {
     let tls = TlsConnector::new(info).map_err(ConnectError::TlsSetup)?;
     let mut last = None;
     for target in info.targets() {
@@ -759,12 +771,16 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Conn
         match config.connect(tls.clone()).await {
             Ok((client, connection)) => {
                 let target = target.to_string();
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(%target, error = %e, "SQL connection ended with an error");
+                let ended = tokio::spawn(async move {
+                    match connection.await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::warn!(%target, error = %e, "SQL connection ended with an error");
+                            Some(e.to_string())
+                        }
                     }
                 });
-                return Ok(client);
+                return Ok((client, ended));
             }
             Err(e) => {
                 let e = classify(info, target, e);
