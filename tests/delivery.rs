@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
+use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, TestDb};
 use support::{verify, Reply, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -21,14 +21,7 @@ INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft');
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
     config_file(&format!(
         r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
+{source}
 [objects.invoice]
 table = "public.account_invoice"
 fields = ["number", "partner_id", "state"]
@@ -40,9 +33,7 @@ url = "{url}"
 secret = "{SECRET}"
 {extra}
 "#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
+        source = loopback_source(db),
     ))
 }
 

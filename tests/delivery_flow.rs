@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{config_file, start_daemon, unique, ConfigFile, Daemon, TestDb};
+use support::{config_file, loopback_source, start_daemon, ConfigFile, Daemon, TestDb};
 use support::{verify, Reply, Seen, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -30,14 +30,7 @@ INSERT INTO ledger SELECT g, 0 FROM generate_series(1, 5) g;
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
     config_file(&format!(
         r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
+{source}
 [objects.ledger]
 table = "public.ledger"
 
@@ -48,9 +41,7 @@ url = "{url}"
 secret = "{SECRET}"
 {extra}
 "#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
+        source = loopback_source(db),
     ))
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
+use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, TestDb};
 use support::{Reply, Seen, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -26,14 +26,7 @@ INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft'), (2, 'INV-2', 1, 'dr
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
     config_file(&format!(
         r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
+{source}
 [objects.invoice]
 table = "public.account_invoice"
 fields = ["number", "partner_id", "state"]
@@ -45,9 +38,7 @@ url = "{url}"
 secret = "{SECRET}"
 {extra}
 "#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
+        source = loopback_source(db),
     ))
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{
-    config_file, unique, wait_until, ConfigFile, Daemon, Reply, Seen, Subscriber, TestDb,
+    config_file, loopback_source, wait_until, ConfigFile, Daemon, Reply, Seen, Subscriber, TestDb,
 };
 
 /// Requests in flight at most, for the subscription.
@@ -45,14 +45,7 @@ END $$;
 fn config(db: &TestDb<'_>, url: &str) -> ConfigFile {
     config_file(&format!(
         r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
+{source}
 [objects.ledger]
 table = "public.ledger"
 
@@ -64,9 +57,7 @@ timeout = "2s"
 max_in_flight = {MAX_IN_FLIGHT}
 retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]
 "#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
+        source = loopback_source(db),
     ))
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, loopback_source, wait_until, ConfigFile, Daemon, TestDb};
 use support::{Reply, Subscriber};
 
 /// How long walhook may take beyond `shutdown_timeout` to stop: the capture checkpoint,
@@ -22,14 +22,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
     config_file(&format!(
         r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-shutdown_timeout = "2s"
+{source}shutdown_timeout = "2s"
 
 [objects.ledger]
 table = "public.ledger"
@@ -40,9 +33,7 @@ object = "ledger"
 url = "{url}"
 {extra}
 "#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
+        source = loopback_source(db),
     ))
 }
 

@@ -75,6 +75,18 @@ pub struct ConfigFile {
     pub path: std::path::PathBuf,
 }
 
+/// The `[source]` of a config for `db`, with a slot and publication of its own, and a
+/// `[delivery]` that lets webhooks reach receivers on 127.0.0.1.
+pub fn loopback_source(db: &TestDb<'_>) -> String {
+    format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n\n\
+         [delivery]\nallow_networks = [\"127.0.0.0/8\"]\n",
+        db.url,
+        unique("slot"),
+        unique("pub")
+    )
+}
+
 /// Writes `text` as a walhook config file. Unless it has an `[http]` table, the HTTP server
 /// listens on a free port (appended, so line numbers in error messages stay put): tests run
 /// many daemons at once.
