@@ -181,9 +181,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     if let Command::Demo { keep } = cli.command {
         let options = walhook::demo::DemoOptions { keep };
-        return runtime().block_on(async {
-            runtime_result("demo", walhook::demo::run(options).await)
-        });
+        return runtime()
+            .block_on(async { runtime_result("demo", walhook::demo::run(options).await) });
     }
     // The only command that needs no config file: a developer runs it beside walhook.
     if let Command::Receive {
@@ -373,7 +372,8 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -144,7 +144,13 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         .map_err(|source| io("read the receiver's address", source))?;
     let admin_port = free_port()?;
     let mut hooks = HashMap::new();
-    for name in ["invoice-created", "partner-sync", "invoice-posted", "stock-feed", "workshop"] {
+    for name in [
+        "invoice-created",
+        "partner-sync",
+        "invoice-posted",
+        "stock-feed",
+        "workshop",
+    ] {
         let bearer = (name == "workshop").then_some(WORKSHOP_TOKEN);
         let secret = SigningSecret::parse(&generate_secret()).map_err(DemoError::Config)?;
         hooks.insert(format!("/hooks/{name}"), Hook { secret, bearer });
@@ -168,6 +174,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         "▸ receiver on http://{receiver_addr}/hooks/…, verifying each subscription's whsec_ \
          signing secret"
     ));
+    say(
+        "▸ subscriptions: invoice-created; partner-sync (watch partner_id, old → new); \
+         invoice-posted (when state = 'posted'); stock-feed (batches); workshop (bearer auth)",
+    );
     let run_options = RunOptions {
         config_path: config_path.clone(),
         no_setup: false,
@@ -179,7 +189,14 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         say("▸ walhook is capturing; the story begins\n");
         tell_story(&cluster, &mut arrivals).await?;
         if options.keep {
-            keep_running(&cluster, &config_path, admin_port, &mut arrivals, &mut terminate).await;
+            keep_running(
+                &cluster,
+                &config_path,
+                admin_port,
+                &mut arrivals,
+                &mut terminate,
+            )
+            .await;
         }
         Ok::<_, DemoError>(())
     }
@@ -210,9 +227,8 @@ async fn wait_until_streaming(
     daemon: &mut tokio::task::JoinHandle<Result<(), DaemonError>>,
 ) -> Result<(), DemoError> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let query = format!(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"
-    );
+    let query =
+        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active");
     loop {
         let pg = cluster.clone();
         let q = query.clone();
@@ -333,6 +349,7 @@ fields = ["number", "partner_id", "state", "amount_total"]
 
 [objects.stock_move]
 table = "public.stock_move"
+fields = ["product", "quantity", "location", "destination", "reference"]
 
 [objects.work_order]
 table = "public.work_order"
@@ -445,7 +462,10 @@ async fn handle(
         Ok(response)
     };
     let Some(hook) = hooks.get(&path) else {
-        say(&format!("✗ {} {path}: no such subscription (404)", parts.method));
+        say(&format!(
+            "✗ {} {path}: no such subscription (404)",
+            parts.method
+        ));
         return reply(StatusCode::NOT_FOUND);
     };
     let body = match Limited::new(body, receive::MAX_BODY).collect().await {
@@ -532,6 +552,7 @@ pub fn describe(event: &Value) -> String {
         _ => match event["values"].as_object() {
             Some(values) => values
                 .iter()
+                .filter(|(field, _)| event["key"].get(field.as_str()).is_none())
                 .map(|(field, value)| format!("{field}: {}", compact(value)))
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -629,7 +650,10 @@ mod tests {
         });
         let line = describe(&event);
         assert!(line.starts_with("✓ invoice.partner-changed"), "{line}");
-        assert!(line.ends_with("invoice {\"id\":1}  partner_id: 1 → 2"), "{line}");
+        assert!(
+            line.ends_with("invoice {\"id\":1}  partner_id: 1 → 2"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -639,19 +663,33 @@ mod tests {
             "key": {"id": 3}, "values": {"product": "Oak", "quantity": "20.000"}
         });
         let line = describe(&event);
-        assert!(line.contains("product: \"Oak\", quantity: \"20.000\""), "{line}");
+        assert!(
+            line.contains("product: \"Oak\", quantity: \"20.000\""),
+            "{line}"
+        );
     }
 
     #[test]
     fn the_generated_config_loads() {
-        let hooks: HashMap<String, Hook> =
-            ["invoice-created", "partner-sync", "invoice-posted", "stock-feed", "workshop"]
-                .iter()
-                .map(|name| {
-                    let secret = SigningSecret::parse(&generate_secret()).unwrap();
-                    (format!("/hooks/{name}"), Hook { secret, bearer: None })
-                })
-                .collect();
+        let hooks: HashMap<String, Hook> = [
+            "invoice-created",
+            "partner-sync",
+            "invoice-posted",
+            "stock-feed",
+            "workshop",
+        ]
+        .iter()
+        .map(|name| {
+            let secret = SigningSecret::parse(&generate_secret()).unwrap();
+            (
+                format!("/hooks/{name}"),
+                Hook {
+                    secret,
+                    bearer: None,
+                },
+            )
+        })
+        .collect();
         let text = config_text(
             "postgres://postgres@127.0.0.1:5432/erp",
             "127.0.0.1:9999".parse().unwrap(),

@@ -51,7 +51,11 @@ mod tests {
         let steps = steps();
         assert_eq!(steps.len(), 5, "{steps:#?}");
         assert_eq!(steps.len(), EXPECTED.len());
-        assert!(steps.iter().all(|s| !s.sql.is_empty() && !s.title.is_empty()));
-        assert!(steps[1].sql.starts_with("UPDATE account_invoice SET partner_id"));
+        assert!(steps
+            .iter()
+            .all(|s| !s.sql.is_empty() && !s.title.is_empty()));
+        assert!(steps[1]
+            .sql
+            .starts_with("UPDATE account_invoice SET partner_id"));
     }
 }
