@@ -84,10 +84,16 @@ pub enum DemoError {
     Config(String),
     /// The daemon stopped with an error.
     #[error("walhook stopped: {0}")]
-    Daemon(#[from] DaemonError),
+    Daemon(Box<DaemonError>),
     /// Something did not happen in time.
     #[error("{0}")]
     Timeout(String),
+}
+
+impl From<DaemonError> for DemoError {
+    fn from(e: DaemonError) -> Self {
+        DemoError::Daemon(Box::new(e))
+    }
 }
 
 impl From<EphemeralError> for DemoError {
@@ -667,6 +673,18 @@ mod tests {
             line.contains("product: \"Oak\", quantity: \"20.000\""),
             "{line}"
         );
+    }
+
+    #[test]
+    fn without_postgres_the_package_to_install_is_named() {
+        let message = DemoError::from(EphemeralError::NoBinaries).to_string();
+        for needed in [
+            "apt-get install postgresql",
+            "brew install postgresql",
+            "WALHOOK_PG_BINDIR",
+        ] {
+            assert!(message.contains(needed), "{message}");
+        }
     }
 
     #[test]
