@@ -85,6 +85,9 @@ pub enum DemoError {
     /// The daemon stopped with an error.
     #[error("walhook stopped: {0}")]
     Daemon(Box<DaemonError>),
+    /// Ctrl-C or SIGTERM before the story ended.
+    #[error("interrupted before the story ended; walhook stopped and everything was removed")]
+    Interrupted,
     /// Something did not happen in time.
     #[error("{0}")]
     Timeout(String),
@@ -121,6 +124,8 @@ struct Arrival {
 pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| io("install a SIGTERM handler", source))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| io("install a SIGINT handler", source))?;
     if ephemeral::find_bindir().is_none() {
         return Err(DemoError::NoPostgres);
     }
@@ -190,23 +195,21 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     };
     let mut daemon = tokio::spawn(daemon::run_until(config, run_options, shutdown));
 
-    let outcome = async {
+    let story = async {
         wait_until_streaming(&cluster, &mut daemon).await?;
         say("▸ walhook is capturing; the story begins\n");
         tell_story(&cluster, &mut arrivals).await?;
         if options.keep {
-            keep_running(
-                &cluster,
-                &config_path,
-                admin_port,
-                &mut arrivals,
-                &mut terminate,
-            )
-            .await;
+            keep_running(&cluster, &config_path, admin_port, &mut arrivals).await;
         }
         Ok::<_, DemoError>(())
-    }
-    .await;
+    };
+    // Ctrl-C or SIGTERM end the demo at any point, and everything is still cleaned up.
+    let outcome = tokio::select! {
+        outcome = story => outcome,
+        _ = interrupt.recv() => interrupted(options.keep),
+        _ = terminate.recv() => interrupted(options.keep),
+    };
 
     let _ = stop.send(true);
     let stopped = tokio::time::timeout(Duration::from_secs(15), &mut daemon).await;
@@ -299,7 +302,6 @@ async fn keep_running(
     config_path: &Path,
     admin_port: u16,
     arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
-    terminate: &mut tokio::signal::unix::Signal,
 ) {
     say(&format!(
         "\n▸ still running (--keep); make changes by hand and watch them arrive:\n\
@@ -311,12 +313,17 @@ async fn keep_running(
         url = cluster.url(DATABASE),
         config = config_path.display(),
     ));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            more = arrivals.recv() => if more.is_none() { break },
-        }
+    // The receiver prints what arrives; this waits for the signal that ends the demo.
+    while arrivals.recv().await.is_some() {}
+    std::future::pending::<()>().await;
+}
+
+/// A signal: the normal end of `--keep`, an interruption of the story otherwise.
+fn interrupted(keep: bool) -> Result<(), DemoError> {
+    if keep {
+        Ok(())
+    } else {
+        Err(DemoError::Interrupted)
     }
 }
 
