@@ -167,3 +167,37 @@ fn keep_leaves_it_running_for_changes_by_hand_until_sigterm() {
         leftovers(pid)
     );
 }
+
+#[test]
+fn sigterm_mid_story_stops_and_cleans_up() {
+    let mut child = demo()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start walhook demo");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    // The first step of the story: Postgres and walhook are up.
+    loop {
+        let line = lines.next().expect("the story starts").unwrap();
+        if line.starts_with('●') {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{rest:?}\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        leftovers(pid).is_empty(),
+        "left behind: {:?}",
+        leftovers(pid)
+    );
+}
