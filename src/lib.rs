@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod demo;
 pub mod ephemeral;
 pub mod metrics;
 pub mod outbox;

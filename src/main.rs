@@ -113,6 +113,18 @@ enum Command {
         #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
         since: Option<commands::outbox::Since>,
     },
+    /// See it work: a throw-away Postgres with a sample ERP, walhook and a receiver.
+    ///
+    /// Starts Postgres from the locally installed server binaries (no Docker, no network),
+    /// runs walhook in-process against it, makes a few business changes (an invoice created,
+    /// its partner changed, posted; stock moved in a batch; a work order advanced) and prints
+    /// each webhook as it arrives. Needs no config file; cleans up after itself.
+    Demo {
+        /// Keep everything running after the story, to make changes by hand with psql;
+        /// prints the connection string, the config path and the admin URL. Ctrl-C ends it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// A local webhook receiver for development: verifies signatures, prints each request.
     ///
     /// Needs no config file. Answers --status for verified requests (all requests when no
@@ -164,7 +176,14 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's stdout is the story: only warnings and errors of the daemon on stderr.
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    if let Command::Demo { keep } = cli.command {
+        let options = walhook::demo::DemoOptions { keep };
+        return runtime()
+            .block_on(async { runtime_result("demo", walhook::demo::run(options).await) });
+    }
     // The only command that needs no config file: a developer runs it beside walhook.
     if let Command::Receive {
         listen,
@@ -286,6 +305,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Receive { .. } => unreachable!("receive runs before the config is loaded"),
+            Command::Demo { .. } => unreachable!("demo runs before the config is loaded"),
         }
     })
 }
@@ -350,9 +370,10 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("walhook.toml"))
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("WALHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -88,7 +88,16 @@ const SLOT_BUSY_RETRY: Duration = Duration::from_millis(500);
 /// process is active for the same outbox schema and slot, waits as a standby: no capture, no
 /// delivery, no HTTP server (two instances of one config may share a host).
 pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
-    let mut shutdown = spawn_signal_watch();
+    run_until(config, options, spawn_signal_watch()).await
+}
+
+/// [`run`] with a shutdown of the caller's: the daemon stops (as on SIGTERM) when `shutdown`
+/// turns true. `walhook demo` runs the daemon in-process this way.
+pub async fn run_until(
+    config: Config,
+    options: RunOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
     // SIGHUP would end a standby (its default action) before the reload watch exists.
     let hangup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
     let matcher = Matcher::new(&config)?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
+use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
@@ -131,6 +132,9 @@ pub fn spawn(
     rx
 }
 
+/// Why the outbox could not be sampled before migrations created the schema: not a warning.
+const NOT_SET_UP: &str = "the outbox schema is not set up yet";
+
 struct Settings {
     schema: String,
     slot: String,
@@ -161,6 +165,7 @@ impl Sampler {
         };
         match self.sample_outbox(&mut sample).await {
             Ok(()) => sample.outbox_writable = true,
+            Err(e) if e == NOT_SET_UP => tracing::debug!("outbox status: {e}"),
             Err(e) => {
                 tracing::warn!("outbox status: {e}");
                 self.outbox_db = None;
@@ -200,7 +205,17 @@ impl Sampler {
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e.code() {
+                // `run` samples from the start; migrations create the schema moments later.
+                Some(c)
+                    if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME =>
+                {
+                    NOT_SET_UP.to_owned()
+                }
+                _ => e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.to_string()),
+            })?;
         for row in rows {
             let entry = sample.backlog.entry(row.get(0)).or_default();
             match row.get::<_, &str>(1) {
