@@ -231,7 +231,10 @@ fields = [\"state\"]
 
 #[test]
 fn a_single_transaction_of_200000_rows_is_captured_completely() {
-    let db = TestDb::new(ERP);
+    // Its own cluster: the outbox transaction that takes in the 200,000 events stays open
+    // for many seconds, and no replication slot can be created in its cluster meanwhile.
+    let pg = support::private_cluster();
+    let db = TestDb::in_cluster(&pg, ERP);
     let config = config_file(&format!(
         "{}
 [objects.stock]
@@ -424,6 +427,86 @@ fn a_slot_dropped_behind_walhooks_back_is_a_loud_error_not_a_silent_restart() {
         "0",
         "no silent new slot"
     );
+}
+
+#[test]
+fn creating_the_slot_waits_for_open_transactions_says_which_and_sigterm_ends_the_wait() {
+    // Its own cluster: the open transaction would hold up every other test's slot.
+    let pg = support::private_cluster();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let elsewhere = TestDb::in_cluster(&pg, "CREATE TABLE t (id int)");
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", "")
+    ));
+    std::thread::scope(|scope| {
+        // A transaction with a transaction id, open in another database, until terminated.
+        let holder = scope.spawn(|| {
+            let _ = pg.psql(
+                &elsewhere.name,
+                "BEGIN; INSERT INTO t VALUES (1); SELECT pg_sleep(120); COMMIT;",
+            );
+        });
+        wait_until(Duration::from_secs(10), "the transaction is open", || {
+            elsewhere.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL")
+                == "1"
+        });
+        let holder_pid =
+            elsewhere.sql("SELECT pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL");
+        // Ends the transaction when the scope ends, also when an assertion fails in it (the
+        // scope waits for the holder).
+        let terminate = Terminate(&elsewhere, holder_pid.clone());
+
+        let mut daemon = Daemon::start(&config);
+        wait_until(
+            Duration::from_secs(30),
+            "the log says what the slot waits for",
+            || {
+                daemon
+                    .log_text()
+                    .contains("creating the replication slot waits")
+            },
+        );
+        let log = daemon.log_text();
+        assert!(
+            log.contains(&format!(
+                "process {holder_pid} (database {}",
+                elsewhere.name
+            )),
+            "the log names the open transaction:\n{log}"
+        );
+        assert!(!log.contains("capturing"), "{log}");
+
+        daemon.signal("TERM");
+        assert_eq!(
+            daemon.wait(Duration::from_secs(5)),
+            Some(0),
+            "SIGTERM ends the wait at once"
+        );
+
+        drop(terminate);
+        holder.join().unwrap();
+    });
+    // The half-made slot goes with the walsender that was making it; the next start makes
+    // the slot afresh and captures.
+    wait_until(Duration::from_secs(10), "no slot is left behind", || {
+        db.sql("SELECT count(*) FROM pg_replication_slots") == "0"
+    });
+    let daemon = start_daemon(&config);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &daemon, 1);
+    assert_eq!(rows[0].1["key"], json!({"id": 1}));
+}
+
+/// Terminates a backend on drop.
+struct Terminate<'a>(&'a TestDb<'a>, String);
+
+impl Drop for Terminate<'_> {
+    fn drop(&mut self) {
+        self.0
+            .sql(&format!("SELECT pg_terminate_backend({})", self.1));
+    }
 }
 
 #[test]

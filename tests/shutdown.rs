@@ -235,3 +235,55 @@ fn a_receiver_hanging_past_the_shutdown_timeout_does_not_hold_the_exit_and_its_d
     let received: BTreeSet<String> = receiver.all_event_ids().into_iter().collect();
     assert_eq!(received.len(), EVENTS);
 }
+
+/// Stops a cluster's postmaster (SIGSTOP) so that new connections hang: the kernel accepts
+/// them, but nobody answers. Running backends carry on. Resumes it on drop, pass or fail.
+struct FrozenPostmaster(String);
+
+impl FrozenPostmaster {
+    fn freeze(pg: &walhook::ephemeral::EphemeralPostgres) -> FrozenPostmaster {
+        let pid_file = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap();
+        let pid = pid_file.lines().next().unwrap().trim().to_owned();
+        kill("STOP", &pid);
+        FrozenPostmaster(pid)
+    }
+}
+
+impl Drop for FrozenPostmaster {
+    fn drop(&mut self) {
+        kill("CONT", &self.0);
+    }
+}
+
+fn kill(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn sigterm_while_capture_reconnects_to_a_server_that_does_not_answer_exits_at_once() {
+    // Its own cluster: its postmaster is frozen for a while.
+    let pg = support::private_cluster();
+    let db = TestDb::in_cluster(
+        &pg,
+        "CREATE TABLE ledger (id int PRIMARY KEY, n int NOT NULL);",
+    );
+    let receiver = Subscriber::start();
+    let config = config(&db, &receiver.url("/hooks"), "");
+    let mut daemon = start(&config);
+    let walsender =
+        db.sql("SELECT active_pid FROM pg_replication_slots WHERE active_pid IS NOT NULL");
+
+    let frozen = FrozenPostmaster::freeze(&pg);
+    // The replication connection drops; connecting again hangs (no connect_timeout).
+    kill("TERM", &walsender);
+    wait_until(Duration::from_secs(10), "capture reconnects", || {
+        daemon.log_text().contains("reconnecting in")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&mut daemon);
+    drop(frozen);
+}

@@ -304,6 +304,17 @@ impl ChangeReader {
         self.stream.acknowledge(lsn);
     }
 
+    /// The position last acknowledged (or where the stream started).
+    pub fn acknowledged(&self) -> Lsn {
+        self.stream.acknowledged()
+    }
+
+    /// Sends the acknowledged position to the server now, instead of with the next periodic
+    /// status update.
+    pub async fn report(&mut self) -> Result<(), CaptureError> {
+        Ok(self.stream.send_status(false).await?)
+    }
+
     /// Sends the final acknowledgement and ends the stream cleanly.
     pub async fn close(self) -> Result<(), CaptureError> {
         Ok(self.stream.close().await?)

@@ -111,20 +111,22 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Result<Ended, SessionError> {
-        let outbox_client = tls::connect_sql(self.outbox).await?;
-        let mut writer =
-            OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
-        let checkpoint = writer.checkpoint().unwrap_or(Lsn::ZERO);
-        let catalog = tls::connect_sql(self.source).await?;
-        let options = ReaderOptions {
-            slot: config.source.slot.clone(),
-            publication: config.source.publication.clone(),
-            skip_through: checkpoint,
+        // Connecting may hang (a server that accepts but does not answer, and no
+        // connect_timeout): a signal must not wait for it. Nothing is open yet to close.
+        let opened = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(Ended::Signal),
+            opened = self.open(config) => opened?,
         };
-        let mut reader = ChangeReader::start(self.source, &options).await?;
+        let Opened {
+            mut writer,
+            checkpoint,
+            catalog,
+            mut reader,
+        } = opened;
         let _connected = Connected::new(self.health, self.metrics);
         *backoff = Duration::from_millis(200);
-        tracing::info!(slot = %options.slot, checkpoint = %checkpoint, "capturing");
+        tracing::info!(slot = %config.source.slot, checkpoint = %checkpoint, "capturing");
 
         let mut open: Option<Commit> = None;
         let mut handled: Option<Handled> = None;
@@ -237,12 +239,53 @@ impl Session<'_> {
                 Item::Keepalive { wal_end } => {
                     // Everything before wal_end has been sent and handled: nothing is open
                     // or uncommitted, so the slot may move on (idle tables don't pin WAL).
-                    if handled.is_none() && !writer.has_uncommitted() {
+                    // Said at once, as Postgres's own subscriber does, rather than with the
+                    // next periodic status update: the walsender sends this keepalive when
+                    // it has caught up past WAL we had no reason to acknowledge yet (other
+                    // tables, other databases, the heartbeat), and stops once we confirm.
+                    if handled.is_none()
+                        && !writer.has_uncommitted()
+                        && wal_end > reader.acknowledged()
+                    {
                         reader.acknowledge(wal_end);
+                        reader.report().await?;
                     }
                 }
             }
         }
+    }
+}
+
+/// What a session works with, once connected.
+struct Opened {
+    writer: OutboxWriter,
+    /// The capture checkpoint: source commits up to here are in the outbox.
+    checkpoint: Lsn,
+    /// For validating config edits.
+    catalog: tokio_postgres::Client,
+    reader: ChangeReader,
+}
+
+impl Session<'_> {
+    /// Connects to the outbox and the source and starts streaming after the checkpoint.
+    async fn open(&self, config: &Config) -> Result<Opened, SessionError> {
+        let outbox_client = tls::connect_sql(self.outbox).await?;
+        let writer =
+            OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
+        let checkpoint = writer.checkpoint().unwrap_or(Lsn::ZERO);
+        let catalog = tls::connect_sql(self.source).await?;
+        let options = ReaderOptions {
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+            skip_through: checkpoint,
+        };
+        let reader = ChangeReader::start(self.source, &options).await?;
+        Ok(Opened {
+            writer,
+            checkpoint,
+            catalog,
+            reader,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
 use crate::pg::quote_ident;
 use crate::source::conninfo::ConnInfo;
+use crate::source::setup::server_message;
 use crate::source::tls;
 
 /// How often the sampler reads.
@@ -212,9 +213,7 @@ impl Sampler {
                 {
                     NOT_SET_UP.to_owned()
                 }
-                _ => e
-                    .as_db_error()
-                    .map_or_else(|| e.to_string(), |db| db.to_string()),
+                _ => server_message(&e),
             })?;
         for row in rows {
             let entry = sample.backlog.entry(row.get(0)).or_default();
@@ -232,12 +231,12 @@ impl Sampler {
                 &[&self.settings.slot],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| server_message(&e))?;
         sample.checkpoint_lsn = checkpoint.map(|r| r.get(0));
         let standby: bool = db
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| server_message(&e))?
             .get(0);
         if standby {
             return Err("the outbox database is a standby (read-only)".to_owned());
@@ -292,7 +291,7 @@ impl Sampler {
                 &[&self.settings.slot],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| server_message(&e))?;
         if let Some(row) = row {
             let slot = SlotStatus {
                 retained_wal_bytes: row.get::<_, Option<i64>>(0).unwrap_or(0),
@@ -322,8 +321,9 @@ impl Sampler {
                 Err(e) if !self.heartbeat_failed => {
                     self.heartbeat_failed = true;
                     tracing::warn!(
-                        "source.heartbeat: pg_logical_emit_message failed ({e}); an idle slot \
-                         advances only when the database writes"
+                        "source.heartbeat: pg_logical_emit_message failed ({}); an idle slot \
+                         advances only when the database writes",
+                        server_message(&e)
                     );
                 }
                 Err(_) => {}

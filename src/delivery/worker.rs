@@ -789,11 +789,12 @@ fn rfc3339(time: SystemTime) -> String {
     crate::capture::envelope::pg_micros_to_rfc3339(micros - 946_684_800_000_000)
 }
 
-/// One line per result, with the subscription, delivery, event id and key as fields.
+/// One line per result, with the subscription, delivery, event id and key as fields; the
+/// status when the receiver answered, the error when something else went wrong.
 fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, probe: bool) {
     let (delivery, event_id, key) = (c.id, c.event_id.as_str(), c.key.as_str());
     let status = a.status;
-    let error = a.error.as_deref().unwrap_or("");
+    let error = a.error.as_deref();
     match settled {
         Settled::Delivered => {
             tracing::debug!(subscription, delivery, event_id, key, status, "delivered")
@@ -804,8 +805,9 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             event_id,
             key,
             status,
+            error,
             probe,
-            "delivery failed, will retry: {error}"
+            "delivery failed, will retry"
         ),
         Settled::Dead => tracing::error!(
             subscription,
@@ -813,7 +815,8 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             event_id,
             key,
             status,
-            "delivery dead after the last scheduled attempt: {error}"
+            error,
+            "delivery dead after the last scheduled attempt"
         ),
     }
 }

@@ -142,11 +142,22 @@ pub async fn create_slot(info: &ConnInfo, name: &str) -> Result<Lsn, SetupError>
         tokio::select! {
             result = &mut create => result,
             () = tokio::time::sleep(CREATE_PATIENCE) => {
+                // Best effort, and briefly: the slot is what matters.
+                let found = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    older_transactions(info, CREATE_PATIENCE),
+                )
+                .await;
+                let waiting_for = match found {
+                    Ok(Some(found)) if !found.is_empty() => found.join("; "),
+                    _ => "look for old ones in pg_stat_activity (state 'idle in transaction') \
+                          and pg_prepared_xacts"
+                        .to_owned(),
+                };
                 tracing::warn!(
                     slot = name,
-                    "creating the replication slot waits for transactions that were open when \
-                     it started to end; look for old ones in pg_stat_activity (state \
-                     'idle in transaction')"
+                    "creating the replication slot waits for the transactions that were open \
+                     in the cluster when it started to end: {waiting_for}"
                 );
                 create.await
             }
@@ -164,6 +175,54 @@ pub async fn create_slot(info: &ConnInfo, name: &str) -> Result<Lsn, SetupError>
         "created replication slot"
     );
     Ok(slot.consistent_point)
+}
+
+/// The transactions with a transaction id that began more than `age` ago, anywhere in the
+/// cluster, oldest first: what a slot being created for that long is waiting for. `None`
+/// when they cannot be read.
+async fn older_transactions(info: &ConnInfo, age: Duration) -> Option<Vec<String>> {
+    let client = crate::source::tls::connect_sql(info).await.ok()?;
+    let rows = client
+        .query(
+            "SELECT pid, coalesce(datname, '?'), coalesce(state, '?'), \
+                    coalesce(extract(epoch FROM now() - xact_start)::int8, -1) \
+             FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend' \
+               AND (xact_start IS NULL OR xact_start < now() - make_interval(secs => $1)) \
+             ORDER BY xact_start NULLS LAST LIMIT 5",
+            &[&age.as_secs_f64()],
+        )
+        .await
+        .ok()?;
+    let mut found: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let seconds: i64 = row.get(3);
+            let open = if seconds >= 0 {
+                format!(", open for {seconds} s")
+            } else {
+                String::new()
+            };
+            format!(
+                "process {} (database {}, {}{open})",
+                row.get::<_, i32>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2)
+            )
+        })
+        .collect();
+    let prepared: i64 = client
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .await
+        .ok()?
+        .get(0);
+    if prepared > 0 {
+        found.push(format!(
+            "{prepared} prepared transaction(s) in pg_prepared_xacts"
+        ));
+    }
+    Some(found)
 }
 
 /// How long [`drop_slot`] waits for a slot that is in use to be released.

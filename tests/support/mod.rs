@@ -140,13 +140,21 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `walhook run` with this config.
     pub fn start(config: &ConfigFile) -> Daemon {
+        Daemon::start_with(config, &[], &[])
+    }
+
+    /// Starts `walhook ARGS… run` with this config and these extra environment variables
+    /// (which may override `WALHOOK_LOG`).
+    pub fn start_with(config: &ConfigFile, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = config
             .path
             .with_file_name(format!("walhook-{}.log", unique("run")));
         let stderr = std::fs::File::create(&log).expect("create log file");
         let child = walhook(config)
+            .args(args)
             .arg("run")
             .env("WALHOOK_LOG", "walhook=debug,info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -198,20 +206,36 @@ impl Drop for Daemon {
 
 /// Starts `walhook run` with this config and waits until it streams from its slot.
 pub fn start_daemon(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "the daemon streams from its slot",
-        || {
-            assert!(
-                daemon.running(),
-                "walhook exited early; log:\n{}",
-                daemon.log_text()
-            );
-            daemon.log_text().contains("capturing")
-        },
-    );
-    daemon
+    wait_for_capture(Daemon::start(config))
+}
+
+/// [`start_daemon`] with [`Daemon::start_with`]'s arguments and environment.
+pub fn start_daemon_with(config: &ConfigFile, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    wait_for_capture(Daemon::start_with(config, args, env))
+}
+
+/// Waits until the daemon logs that it captures; fails with its log when it exits first or
+/// takes longer than a minute (creating a slot waits for every transaction open in the
+/// cluster, so a test that holds one long delays every other test's start).
+fn wait_for_capture(mut daemon: Daemon) -> Daemon {
+    let within = std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        assert!(
+            daemon.running(),
+            "walhook exited early; log:\n{}",
+            daemon.log_text()
+        );
+        if daemon.log_text().contains("capturing") {
+            return daemon;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stream from its slot within {within:?}; log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Polls `ready` every 50 ms until it holds, failing after `within` with `what`.
@@ -224,6 +248,13 @@ pub fn wait_until(within: std::time::Duration, what: &str, mut ready: impl FnMut
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A cluster of its own, for a test that holds long transactions: creating a logical slot
+/// waits until every transaction open in the cluster has ended, so in the shared cluster
+/// such a test would hold up the start of every daemon beside it.
+pub fn private_cluster() -> EphemeralPostgres {
+    EphemeralPostgres::start(&Options::default()).expect("start a private cluster")
 }
 
 /// A private cluster that keeps so little WAL for slots that [`lose_slot`] can invalidate one.
