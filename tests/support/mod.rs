@@ -140,11 +140,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `walhook run` with this config.
     pub fn start(config: &ConfigFile) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// Starts `walhook run` with this config and these extra environment variables (for
+    /// the `${NAME}`s in the config).
+    pub fn start_with_env(config: &ConfigFile, env: &[(String, String)]) -> Daemon {
         let log = config
             .path
             .with_file_name(format!("walhook-{}.log", unique("run")));
         let stderr = std::fs::File::create(&log).expect("create log file");
         let child = walhook(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("run")
             .env("WALHOOK_LOG", "walhook=debug,info")
             .stdout(std::process::Stdio::null())
@@ -198,7 +205,12 @@ impl Drop for Daemon {
 
 /// Starts `walhook run` with this config and waits until it streams from its slot.
 pub fn start_daemon(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
+    start_daemon_with_env(config, &[])
+}
+
+/// [`start_daemon`] with extra environment variables (see [`Daemon::start_with_env`]).
+pub fn start_daemon_with_env(config: &ConfigFile, env: &[(String, String)]) -> Daemon {
+    let mut daemon = Daemon::start_with_env(config, env);
     wait_until(
         std::time::Duration::from_secs(60),
         "the daemon streams from its slot",
