@@ -5,11 +5,11 @@
 //!
 //! The examples are used as shipped, with three honest edits made here and nowhere else:
 //! - `slot`/`publication` get names of their own, because the tests share one cluster;
-//! - `allow_networks = []` becomes `["127.0.0.0/8"]`, because the test receiver listens on
+//! - `allow_networks` becomes `["127.0.0.0/8"]`, because the test receiver listens on
 //!   loopback (the examples expect receivers on the internet, and say where to add a
-//!   private network);
-//! - `[http] listen` is appended by `config_file` so that daemons running at once don't
-//!   compete for the admin port.
+//!   private network; the compose one allows its `receiver` service by name);
+//! - `[http] listen` is `127.0.0.1:0` (appended by `config_file`, or replaced where the
+//!   example has one) so that daemons running at once don't compete for the admin port.
 //!
 //! URLs and secrets come from the `${NAME}`s of each example, set for the child process.
 
@@ -57,6 +57,8 @@ fn set_placeholder_env() {
         ("WORKSHOP_API_KEY", "workshop-key"),
         ("STOCK_WEBHOOK_URL", "https://stock.example.com/hooks"),
         ("STOCK_WEBHOOK_SECRET", SECRET),
+        ("RECEIVER_URL", "http://receiver:8080"),
+        ("WEBHOOK_SECRET", SECRET),
     ] {
         std::env::set_var(name, value);
     }
@@ -116,9 +118,11 @@ impl Example {
                 } else if line.starts_with("publication = ") {
                     edits[1] += 1;
                     format!("publication = \"{}\"", unique("pub"))
-                } else if line == "allow_networks = []" {
+                } else if line.starts_with("allow_networks = ") {
                     edits[2] += 1;
                     "allow_networks = [\"127.0.0.0/8\"]".to_owned()
+                } else if line.starts_with("listen = ") {
+                    "listen = \"127.0.0.1:0\"".to_owned()
                 } else {
                     line.to_owned()
                 }
@@ -369,4 +373,31 @@ fn stock_events_are_named_and_rate_limited() {
     let moved = event(&seen[1]);
     assert_eq!(moved["type"], "stock.moved", "{moved}");
     assert_eq!(moved["values"]["product"], "Oak table, 180 cm", "{moved}");
+}
+
+#[test]
+fn compose_config_delivers_invoice_changes() {
+    let receiver = Subscriber::start();
+    let base = receiver.url("");
+    let example = Example::new(
+        "compose",
+        "INSERT INTO account_invoice (number, partner_id, state, amount_total) \
+         VALUES ('INV/2026/0002', 1, 'draft', 80.00);",
+        &[
+            ("RECEIVER_URL", base.trim_end_matches('/')),
+            ("WEBHOOK_SECRET", SECRET),
+            ("WALHOOK_ADMIN_TOKEN", "change-me"),
+        ],
+    );
+    example.check();
+    let _daemon = start_daemon_with_env(&example.config, &example.env);
+
+    example
+        .db
+        .sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
+    let seen = receiver.wait_for(1, WAIT);
+    assert_eq!(seen[0].path, "/hooks/invoices");
+    let body = event(&seen[0]);
+    assert_eq!(body["type"], "invoice.changed", "{body}");
+    assert_eq!(body["previous"]["state"], "draft", "{body}");
 }
