@@ -1,0 +1,413 @@
+//! The shipped configs work: `config.example.toml` parses, and each ready config in
+//! `examples/` passes `walhook check` against the demo ERP (`sql/demo/schema.sql`, plus the
+//! example's own `.sql` where it has one) and, under `walhook run`, turns one business change
+//! into a signed webhook of the expected type.
+//!
+//! The examples are used as shipped, with three honest edits made here and nowhere else:
+//! - `slot`/`publication` get names of their own, because the tests share one cluster;
+//! - `allow_networks` becomes `["127.0.0.0/8"]`, because the test receiver listens on
+//!   loopback (the examples expect receivers on the internet, and say where to add a
+//!   private network; the compose one allows its `receiver` service by name);
+//! - `[http] listen` is `127.0.0.1:0` (appended by `config_file`, or replaced where the
+//!   example has one) so that daemons running at once don't compete for the admin port.
+//!
+//! URLs and secrets come from the `${NAME}`s of each example, set for the child process.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{config_file, start_daemon_with, unique, walhook, ConfigFile, SlotGuard};
+use support::{verify, Seen, Subscriber, TestDb};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DEMO_SCHEMA: &str = include_str!("../sql/demo/schema.sql");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// The environment variables every shipped config references, with harmless values; the
+/// daemon tests pass their own values to the child, which take precedence.
+fn set_placeholder_env() {
+    for (name, value) in [
+        ("PGPASSWORD", "secret"),
+        ("WALHOOK_ADMIN_TOKEN", "admin-token"),
+        ("PARTNER_WEBHOOK_SECRET", SECRET),
+        ("PARTNER_TOKEN", "partner-token"),
+        ("CRM_PASSWORD", "crm-password"),
+        ("CRM_API_KEY", "crm-key"),
+        ("ERP_DATABASE_URL", "postgres://walhook@erp-db:5432/erp"),
+        (
+            "ACCOUNTING_WEBHOOK_URL",
+            "https://books.example.com/callbacks",
+        ),
+        ("ACCOUNTING_WEBHOOK_SECRET", SECRET),
+        ("POS_WEBHOOK_URL", "https://pos.example.com/hooks/stock"),
+        ("POS_PING_URL", "https://pos.example.com/hooks/ping"),
+        ("POS_WEBHOOK_SECRET", SECRET),
+        ("WORKSHOP_URL", "https://workshop.example.com"),
+        ("WORKSHOP_WEBHOOK_SECRET", SECRET),
+        ("WORKSHOP_TOKEN", "workshop-token"),
+        ("WORKSHOP_USER", "walhook"),
+        ("WORKSHOP_PASSWORD", "workshop-password"),
+        ("WORKSHOP_API_KEY", "workshop-key"),
+        ("STOCK_WEBHOOK_URL", "https://stock.example.com/hooks"),
+        ("STOCK_WEBHOOK_SECRET", SECRET),
+        ("RECEIVER_URL", "http://receiver:8080"),
+        ("WEBHOOK_SECRET", SECRET),
+    ] {
+        std::env::set_var(name, value);
+    }
+    std::env::remove_var("WALHOOK_SOURCE_URL");
+}
+
+#[test]
+fn config_example_parses_with_every_section() {
+    set_placeholder_env();
+    let config = walhook::config::Config::load(&repo_file("config.example.toml"))
+        .unwrap_or_else(|e| panic!("config.example.toml: {e}"));
+    assert_eq!(config.source.slot, "walhook");
+    assert_eq!(config.subscriptions.len(), 4);
+    let full = config.subscription("partner-sync").expect("partner-sync");
+    assert!(full.batch.is_some() && full.rate_limit.is_some());
+    assert_eq!(full.event_type.as_deref(), Some("invoice.partner-changed"));
+}
+
+#[test]
+fn every_example_parses() {
+    set_placeholder_env();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(repo_file("examples"))
+        .expect("examples/")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5, "{names:?}");
+    for path in names {
+        walhook::config::Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// One example ready to run against a fresh demo database.
+struct Example {
+    db: TestDb<'static>,
+    config: ConfigFile,
+    env: Vec<(String, String)>,
+    _slot: SlotGuard,
+}
+
+impl Example {
+    /// Starts `walhook run` on the example with its environment.
+    fn start(&self) -> support::Daemon {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        start_daemon_with(&self.config, &[], &env)
+    }
+
+    /// `examples/NAME.toml` against the demo schema plus `extra_sql`, with `env` (and
+    /// `ERP_DATABASE_URL`) set for walhook.
+    fn new(name: &str, extra_sql: &str, env: &[(&str, &str)]) -> Example {
+        let db = TestDb::new(&format!("{DEMO_SCHEMA}\n{extra_sql}"));
+        let text = std::fs::read_to_string(repo_file(&format!("examples/{name}.toml")))
+            .expect("read the example");
+        let slot = unique("slot");
+        let mut edits = [0; 3];
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("slot = ") {
+                    edits[0] += 1;
+                    format!("slot = \"{slot}\"")
+                } else if line.starts_with("publication = ") {
+                    edits[1] += 1;
+                    format!("publication = \"{}\"", unique("pub"))
+                } else if line.starts_with("allow_networks = ") {
+                    edits[2] += 1;
+                    "allow_networks = [\"127.0.0.0/8\"]".to_owned()
+                } else if line.starts_with("listen = ") {
+                    "listen = \"127.0.0.1:0\"".to_owned()
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            edits,
+            [1, 1, 1],
+            "{name}: slot, publication, allow_networks"
+        );
+        let mut vars = vec![("ERP_DATABASE_URL".to_owned(), db.url.clone())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Example {
+            _slot: SlotGuard::new(&db, &slot),
+            config: config_file(&text),
+            env: vars,
+            db,
+        }
+    }
+
+    /// `walhook check` finds nothing wrong.
+    fn check(&self) {
+        let out = walhook(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("check")
+            .output()
+            .expect("run walhook check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(!stdout.contains("PROBLEM"), "{stdout}");
+    }
+}
+
+/// The request's body as one event (or the only event of a batch of one).
+fn event(seen: &Seen) -> Value {
+    verify(seen, SECRET).unwrap_or_else(|e| panic!("signature: {e}"));
+    seen.json()
+}
+
+#[test]
+fn accounting_callbacks_send_old_and_new_partner() {
+    let receiver = Subscriber::start();
+    let url = receiver.url("/callbacks");
+    let example = Example::new(
+        "accounting-callbacks",
+        "INSERT INTO account_invoice (number, partner_id, state, amount_total) \
+         VALUES ('INV/2026/0001', 1, 'posted', 120.00);",
+        &[
+            ("ACCOUNTING_WEBHOOK_URL", &url),
+            ("ACCOUNTING_WEBHOOK_SECRET", SECRET),
+        ],
+    );
+    example.check();
+    let daemon = example.start();
+
+    // The date is not watched: nothing. Then the partner changes: one callback.
+    example
+        .db
+        .sql("UPDATE account_invoice SET invoice_date = '2026-01-02' WHERE id = 1");
+    example
+        .db
+        .sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 1");
+
+    let seen = receiver.wait_for(1, WAIT);
+    let body = event(&seen[0]);
+    assert_eq!(body["type"], "invoice.changed", "{body}");
+    assert_eq!(body["values"]["partner_id"], 2, "{body}");
+    assert_eq!(body["previous"]["partner_id"], 1, "{body}");
+    assert_eq!(body["changed"], serde_json::json!(["partner_id"]), "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.count(), 1, "log:\n{}", daemon.log_text());
+}
+
+#[test]
+fn pos_stock_sends_moves_as_json_arrays() {
+    let receiver = Subscriber::start();
+    let url = receiver.url("/pos/stock");
+    let example = Example::new(
+        "pos-stock",
+        "",
+        &[("POS_WEBHOOK_URL", &url), ("POS_WEBHOOK_SECRET", SECRET)],
+    );
+    example.check();
+    let _daemon = example.start();
+
+    example.db.sql(
+        "INSERT INTO stock_move (product, quantity, location, destination, reference) VALUES \
+         ('Oak board 2 m', 3, 'WH/Stock', 'Customers', 'POS/0001'), \
+         ('Oak table, 180 cm', 1, 'WH/Stock', 'Customers', 'POS/0001')",
+    );
+
+    // Usually one array of two; an array of one and another of one if the batch window
+    // closed between them.
+    support::wait_until(WAIT, "two stock moves arrive", || {
+        receiver.all_event_ids().len() >= 2
+    });
+    let mut events = Vec::new();
+    for request in receiver.requests() {
+        match event(&request) {
+            Value::Array(batch) => events.extend(batch),
+            other => panic!("not a JSON array: {other}"),
+        }
+    }
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert_eq!(event["type"], "stock_move.created", "{event}");
+        assert_eq!(event["values"]["reference"], "POS/0001", "{event}");
+    }
+}
+
+#[test]
+fn pos_stock_ping_sends_a_signed_get_without_body() {
+    let receiver = Subscriber::start();
+    let url = receiver.url("/pos/ping");
+    let example = Example::new(
+        "pos-stock-ping",
+        "",
+        &[("POS_PING_URL", &url), ("POS_WEBHOOK_SECRET", SECRET)],
+    );
+    example.check();
+    let _daemon = example.start();
+
+    example.db.sql(
+        "INSERT INTO stock_move (product, quantity, location, destination) \
+         VALUES ('Oak board 2 m', -1, 'WH/Stock', 'Customers')",
+    );
+
+    let seen = receiver.wait_for(1, WAIT);
+    let ping = &seen[0];
+    assert_eq!(ping.method, "GET");
+    assert_eq!(ping.path, "/pos/ping");
+    assert!(ping.body.is_empty(), "{}", ping.text());
+    verify(ping, SECRET).unwrap_or_else(|e| panic!("signature: {e}"));
+    let id = ping.header("webhook-id").expect("webhook-id");
+    assert!(id.starts_with("evt_"), "{id}");
+}
+
+#[test]
+fn workshop_sends_with_bearer_basic_and_custom_header_auth() {
+    let receiver = Subscriber::start();
+    let base = receiver.url("");
+    let base = base.trim_end_matches('/');
+    let example = Example::new(
+        "workshop",
+        "",
+        &[
+            ("WORKSHOP_URL", base),
+            ("WORKSHOP_WEBHOOK_SECRET", SECRET),
+            ("WORKSHOP_TOKEN", "t0ken"),
+            ("WORKSHOP_USER", "carbook"),
+            ("WORKSHOP_PASSWORD", "pa55"),
+            ("WORKSHOP_API_KEY", "k3y"),
+        ],
+    );
+    example.check();
+    let _daemon = example.start();
+
+    example
+        .db
+        .sql("UPDATE work_order SET status = 'done', operator = 'Jonas' WHERE id = 1");
+
+    let mut seen = receiver.wait_for(3, WAIT);
+    seen.sort_by(|a, b| a.path.cmp(&b.path));
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/hooks/done", "/hooks/status", "/hooks/work-orders"]
+    );
+
+    let done = event(&seen[0]);
+    assert_eq!(done["type"], "work_order.done", "{done}");
+    assert_eq!(seen[0].header("x-api-key"), Some("k3y"));
+    assert_eq!(seen[0].header("x-workshop"), Some("main"));
+
+    let status = event(&seen[1]);
+    assert_eq!(status["type"], "work_order.status-changed", "{status}");
+    assert_eq!(status["previous"]["status"], "ready", "{status}");
+    assert_eq!(status["values"]["status"], "done", "{status}");
+    // base64("carbook:pa55")
+    assert_eq!(
+        seen[1].header("authorization"),
+        Some("Basic Y2FyYm9vazpwYTU1")
+    );
+
+    let all = event(&seen[2]);
+    assert_eq!(all["type"], "work_order.updated", "{all}");
+    assert_eq!(seen[2].header("authorization"), Some("Bearer t0ken"));
+}
+
+#[test]
+fn stock_events_are_named_and_rate_limited() {
+    let receiver = Subscriber::start();
+    let url = receiver.url("/stock");
+    let example = Example::new(
+        "stock-events",
+        include_str!("../examples/stock-events.sql"),
+        &[
+            ("STOCK_WEBHOOK_URL", &url),
+            ("STOCK_WEBHOOK_SECRET", SECRET),
+        ],
+    );
+    let text = std::fs::read_to_string(&example.config.path).expect("read config");
+    let env = |name: &str| {
+        example
+            .env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let config = walhook::config::Config::parse(&text, "stock-events.toml", &env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for subscription in &config.subscriptions {
+        let limit = subscription.rate_limit.as_ref().expect("a rate limit");
+        assert_eq!(
+            (limit.per_second, limit.burst),
+            (15.0, 20),
+            "{}",
+            subscription.name
+        );
+    }
+    example.check();
+    let _daemon = example.start();
+
+    // The price is not watched; the stock is.
+    example
+        .db
+        .sql("UPDATE article SET price = 900 WHERE code = 'OAK-180'");
+    example
+        .db
+        .sql("UPDATE article SET stock = stock - 1 WHERE code = 'OAK-180'");
+    let seen = receiver.wait_for(1, WAIT);
+    let changed = event(&seen[0]);
+    assert_eq!(changed["type"], "article.stock-changed", "{changed}");
+    assert_eq!(changed["previous"]["stock"], "4.000", "{changed}");
+    assert_eq!(changed["values"]["stock"], "3.000", "{changed}");
+
+    example.db.sql(
+        "INSERT INTO stock_move (product, quantity, location, destination) \
+         VALUES ('Oak table, 180 cm', 1, 'WH/Stock', 'Customers')",
+    );
+    let seen = receiver.wait_for(2, WAIT);
+    let moved = event(&seen[1]);
+    assert_eq!(moved["type"], "stock.moved", "{moved}");
+    assert_eq!(moved["values"]["product"], "Oak table, 180 cm", "{moved}");
+}
+
+#[test]
+fn compose_config_delivers_invoice_changes() {
+    let receiver = Subscriber::start();
+    let base = receiver.url("");
+    let example = Example::new(
+        "compose",
+        "INSERT INTO account_invoice (number, partner_id, state, amount_total) \
+         VALUES ('INV/2026/0002', 1, 'draft', 80.00);",
+        &[
+            ("RECEIVER_URL", base.trim_end_matches('/')),
+            ("WEBHOOK_SECRET", SECRET),
+            ("WALHOOK_ADMIN_TOKEN", "change-me"),
+        ],
+    );
+    example.check();
+    let _daemon = example.start();
+
+    example
+        .db
+        .sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
+    let seen = receiver.wait_for(1, WAIT);
+    assert_eq!(seen[0].path, "/hooks/invoices");
+    let body = event(&seen[0]);
+    assert_eq!(body["type"], "invoice.changed", "{body}");
+    assert_eq!(body["previous"]["state"], "draft", "{body}");
+}
