@@ -95,7 +95,11 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         },
     );
     map.insert("rate_limit".into(), rate_limit(sub));
-    map.insert("max_in_flight".into(), json!(sub.max_in_flight));
+    // The effective cap: the default when the subscription sets none.
+    let max_in_flight = sub
+        .max_in_flight
+        .unwrap_or(crate::delivery::DEFAULT_MAX_IN_FLIGHT);
+    map.insert("max_in_flight".into(), json!(max_in_flight));
     map.insert(
         "ordering".into(),
         match sub.ordering {
