@@ -6,36 +6,16 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, TestDb};
+use support::{invoice_config, start_daemon, wait_until, TestDb};
 use support::{verify, Reply, Subscriber};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+use support::WEBHOOK_SECRET as SECRET;
 
 const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);
 ALTER TABLE account_invoice REPLICA IDENTITY FULL;
 INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft');
 ";
-
-/// A config with one subscription `invoices` on `url`; `extra` goes into the subscription.
-fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "partner_id", "state"]
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "{url}"
-secret = "{SECRET}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
-}
 
 /// `walhook.deliveries` as (event_id, status, attempts), oldest first.
 fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32)> {
@@ -57,7 +37,7 @@ fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32)> {
 fn updating_a_watched_row_sends_a_signed_webhook_with_old_and_new_values() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
-    let config = config(&db, &receiver.url("/hooks/invoice"), "");
+    let config = invoice_config(&db, &receiver.url("/hooks/invoice"), "");
     let daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 1");
@@ -106,7 +86,7 @@ fn a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_is_dead() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(500).body("boom"));
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"400ms\"]",
@@ -155,7 +135,7 @@ fn replay_resends_a_dead_delivery_with_its_original_event_id() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(500));
-    let config = config(&db, &receiver.url("/hooks"), "retry_schedule = []");
+    let config = invoice_config(&db, &receiver.url("/hooks"), "retry_schedule = []");
     let _daemon = start_daemon(&config);
 
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, TestDb};
+use support::{invoice_config, start_daemon, wait_until, TestDb};
 use support::{Reply, Seen, Subscriber};
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Generous, for a loaded machine; the happy path takes a fraction of it.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -21,26 +19,6 @@ CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, s
 ALTER TABLE account_invoice REPLICA IDENTITY FULL;
 INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft'), (2, 'INV-2', 1, 'draft');
 ";
-
-/// A config with one subscription `invoices` on `url`; `extra` goes into the subscription.
-fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "partner_id", "state"]
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "{url}"
-secret = "{SECRET}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
-}
 
 /// One row of `walhook.deliveries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +221,7 @@ fn a_receiver_answering_200_or_201_gets_each_event_once_and_it_is_delivered() {
         Reply::status(200).body("ok"),
         Reply::status(201).body("created"),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -289,7 +267,7 @@ fn a_redirect_is_not_followed_it_is_retried_and_the_log_names_the_new_location()
         Reply::status(301).header("Location", &moved_to),
         Reply::status(204),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -332,7 +310,7 @@ fn a_400_is_retried_and_delivered_once_the_receiver_accepts_it() {
         Reply::status(400).body("missing field partner"),
         Reply::status(200),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -360,7 +338,7 @@ fn a_410_gone_switches_the_subscription_off_and_its_deliveries_wait_for_replay()
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(410).body("this endpoint is gone"));
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -432,7 +410,7 @@ fn a_subscription_switched_back_on_resumes_even_while_its_table_keeps_changing()
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(410));
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -487,7 +465,7 @@ fn a_429_with_retry_after_seconds_pauses_the_whole_subscription_that_long() {
         Reply::status(429).header("Retry-After", "2"),
         Reply::status(204),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -550,7 +528,7 @@ fn a_429_with_retry_after_as_an_http_date_is_honoured() {
             Reply::status(429).header("Retry-After", &http_date(date))
         });
     }
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\"]",
@@ -587,7 +565,7 @@ fn server_errors_500_and_503_are_retried_on_the_schedule() {
         Reply::status(503).header("Retry-After", "1"),
         Reply::status(200),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"300ms\", \"200ms\"]",
@@ -630,7 +608,7 @@ fn a_receiver_slower_than_the_timeout_gets_the_event_again() {
         Reply::status(200).after(Duration::from_secs(3)),
         Reply::status(200),
     ]);
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "timeout = \"1s\"\nretry_schedule = [\"200ms\", \"300ms\"]",
@@ -668,7 +646,7 @@ fn a_receiver_slower_than_the_timeout_gets_the_event_again() {
 fn a_receiver_that_is_down_gets_the_event_once_it_is_back() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"200ms\", \"1s\", \"2s\", \"5s\"]",
@@ -715,7 +693,7 @@ fn after_five_failures_in_a_row_the_breaker_pauses_without_burning_attempts() {
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(500));
     // Without the breaker every delivery would be dead after about 3 s.
-    let config = config(
+    let config = invoice_config(
         &db,
         &receiver.url("/hooks"),
         "retry_schedule = [\"1s\", \"1s\", \"1s\"]",

@@ -7,43 +7,15 @@ mod support;
 use std::time::Duration;
 
 use support::http::{metric, Http};
-use support::outbox::{ADD_DELIVERY, ERP};
+use support::outbox::{config_text, ADD_DELIVERY, ERP};
 use support::{config_file, run_walhook, unique, wait_until, ConfigFile, Daemon, TestDb};
 
 /// Old delivered rows beyond one batch of 1,000, so a run takes several batches.
 const BULK: usize = 2_500;
 
 fn config(db: &TestDb<'_>, retention: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[outbox]
-retention = "{retention}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.invoice]
-table = "public.account_invoice"
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "http://127.0.0.1:9/invoices"
-
-[[subscriptions]]
-name = "partners"
-object = "invoice"
-url = "http://127.0.0.1:9/partners"
-"#,
-        url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
-    ))
+    let text = config_text(db, &unique("slot"));
+    config_file(&format!("{text}\n[outbox]\nretention = \"{retention}\"\n"))
 }
 
 /// A second delivery, for `subscription`, of the event `evt` that `pg_temp.add` made.

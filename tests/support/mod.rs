@@ -417,3 +417,26 @@ impl Drop for SlotGuard {
 
 /// An outbox filled with SQL, for `deliveries` and `replay`.
 pub mod outbox;
+
+/// The signing secret of [`invoice_config`].
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A config on `db`'s `account_invoice` (number, partner_id, state) with one subscription `invoices` on `url`; `extra` goes into the subscription.
+pub fn invoice_config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
+    config_file(&format!(
+        r#"
+{source}
+[objects.invoice]
+table = "public.account_invoice"
+fields = ["number", "partner_id", "state"]
+
+[[subscriptions]]
+name = "invoices"
+object = "invoice"
+url = "{url}"
+secret = "{WEBHOOK_SECRET}"
+{extra}
+"#,
+        source = loopback_source(db),
+    ))
+}

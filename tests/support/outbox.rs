@@ -30,7 +30,12 @@ $$;
 
 /// A config with subscriptions `invoices` and `partners` on the database.
 pub fn config(db: &TestDb<'_>, slot: &str) -> ConfigFile {
-    config_file(&format!(
+    config_file(&config_text(db, slot))
+}
+
+/// The text of [`config`], for tests that add to it.
+pub fn config_text(db: &TestDb<'_>, slot: &str) -> String {
+    format!(
         r#"
 [source]
 url = "{url}"
@@ -55,7 +60,7 @@ url = "http://127.0.0.1:9/partners"
 "#,
         url = db.url,
         publication = unique("pub"),
-    ))
+    )
 }
 
 /// A database with the outbox made by `walhook setup` for [`config`], and `rows` (calls of
