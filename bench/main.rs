@@ -1,0 +1,769 @@
+//! walhook-bench: measures walhook against SPEC §9 on this machine and writes BENCHMARKS.md.
+//!
+//! Everything runs here: a throw-away Postgres from the installed binaries, an ERP-like
+//! schema, generated workloads, `pg_recvlogical` as the baseline for capture, walhook as a
+//! separate process (so its RSS is its own) and a fast receiver in this process. Run it with
+//! `bench/run`; `--smoke` runs every figure on a tiny workload (the test suite does that).
+
+mod process;
+mod receiver;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use tokio_postgres::{Client, NoTls};
+use walhook::ephemeral::{find_bindir, EphemeralPostgres, Options};
+
+use process::Walhook;
+use receiver::Receiver;
+use report::{mib, millis, rate, thousands, Report, Row};
+
+/// The webhook secret of every benchmark subscription.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The slot pg_recvlogical drains, created beside walhook's before the workload.
+const BASELINE_SLOT: &str = "bench_recvlogical";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "walhook-bench",
+    about = "Measure walhook against SPEC §9 on this machine"
+)]
+struct Args {
+    /// Row changes per capture workload (1-row and 100-row transactions), and rows in the
+    /// one huge transaction and the backlog of the memory figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    changes: u64,
+    /// Row changes delivered end to end, in each of batch and single-event mode.
+    #[arg(long, default_value_t = 200_000)]
+    deliveries: u64,
+    /// How long the steady 1,000 events/s of the latency figure last, in seconds.
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Events per second of the latency figure.
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u64,
+    /// How long walhook holds the backlog with the receiver down, in seconds.
+    #[arg(long, default_value_t = 20)]
+    backlog_seconds: u64,
+    /// Run Postgres with fsync off (default: fsync, full-page writes and synchronous commit
+    /// on, as in production).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Every figure on a tiny workload, to check the harness works (not a measurement).
+    #[arg(long)]
+    smoke: bool,
+    /// The walhook binary (default: the `walhook` next to this program).
+    #[arg(long)]
+    walhook: Option<PathBuf>,
+    /// Write the results into this Markdown file (between its generated-results markers).
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.changes = 3_000;
+        args.deliveries = 2_000;
+        args.latency_seconds = 1;
+        args.backlog_seconds = 2;
+    }
+    let bench = Bench::start(&args)?;
+    let result = bench.run_all(&args).await;
+    bench.cleanup();
+    let report = result?;
+    println!("\n{}", report.markdown());
+    if let Some(path) = &args.write {
+        report.write_into(path)?;
+        println!("written into {}", path.display());
+    }
+    Ok(())
+}
+
+/// The cluster, the programs and a scratch directory shared by every figure.
+struct Bench {
+    pg: EphemeralPostgres,
+    bindir: PathBuf,
+    walhook: PathBuf,
+    dir: PathBuf,
+}
+
+impl Bench {
+    fn start(args: &Args) -> Result<Bench> {
+        let walhook = match &args.walhook {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("walhook"),
+        };
+        ensure!(
+            walhook.is_file(),
+            "no walhook binary at {} (build it: cargo build --release, or pass --walhook)",
+            walhook.display()
+        );
+        let bindir = find_bindir().context("no PostgreSQL server binaries found")?;
+        let durable = if args.no_fsync { "off" } else { "on" };
+        let settings = [
+            ("fsync", durable),
+            ("synchronous_commit", durable),
+            ("full_page_writes", durable),
+            ("shared_buffers", "512MB"),
+            ("max_wal_size", "8GB"),
+            ("checkpoint_timeout", "30min"),
+        ];
+        let pg = EphemeralPostgres::start(&Options {
+            tls: false,
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })?;
+        let dir = std::env::temp_dir().join(format!("walhook-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Bench {
+            pg,
+            bindir,
+            walhook,
+            dir,
+        })
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    async fn run_all(&self, args: &Args) -> Result<Report> {
+        let machine = self.machine(args).await?;
+        let mut rows = Vec::new();
+        for per_txn in [1, 100] {
+            rows.push(self.capture(args.changes, per_txn).await?);
+        }
+        rows.push(self.keep_up(args.changes).await?);
+        rows.push(self.delivery(args.deliveries, Mode::Batch).await?);
+        rows.push(self.delivery(args.deliveries, Mode::Single).await?);
+        rows.push(
+            self.latency(args.latency_rate, args.latency_seconds)
+                .await?,
+        );
+        rows.extend(self.memory(args.changes, args.backlog_seconds).await?);
+        let command = std::env::var("WALHOOK_BENCH_COMMAND")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+        Ok(Report {
+            command,
+            machine,
+            rows,
+        })
+    }
+
+    /// Capture of `changes` changes in transactions of `per_txn` rows: pg_recvlogical and
+    /// walhook drain two slots created at the same position, one after the other.
+    async fn capture(&self, changes: u64, per_txn: u32) -> Result<Row> {
+        let label = format!("capture, {per_txn}-row transactions");
+        eprintln!("{label}: generating {} changes…", thousands(changes));
+        let mut db = self.database(&format!("capture_{per_txn}")).await?;
+        let config = db.config(&self.dir, "http://127.0.0.1:9/paused", "")?;
+        Walhook::command(&self.walhook, &config, &["setup"])?;
+        db.create_baseline_slot().await?;
+        db.pause_subscriptions().await?;
+        db.generate(changes, per_txn).await?;
+        let marker = db.marker().await?;
+
+        eprintln!("{label}: pg_recvlogical…");
+        let baseline = process::pg_recvlogical(
+            &self.bindir,
+            self.pg.port(),
+            &db.name,
+            BASELINE_SLOT,
+            "walhook",
+            &marker.end,
+        )?;
+        eprintln!("{label}: walhook…");
+        let started = Instant::now();
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        db.wait_captured(&marker, &mut walhook).await?;
+        let took = started.elapsed();
+        walhook.stop()?;
+        let events = changes + 1;
+        db.expect_outbox(events).await?;
+        self.drop_database(db).await?;
+
+        let ours = events as f64 / took.as_secs_f64();
+        let theirs = events as f64 / baseline.as_secs_f64();
+        Ok(Row {
+            figure: label,
+            workload: format!(
+                "{} changes (½ inserts, ⅖ updates of 1–2 columns, ⅒ deletes) over 3 tables",
+                thousands(events)
+            ),
+            measured: format!(
+                "walhook {} changes/s, pg_recvlogical {} changes/s: **{:.2}**",
+                rate(events, took),
+                rate(events, baseline),
+                ours / theirs
+            ),
+            target: if per_txn == 1 { "≥ 0.80" } else { "≥ 0.50" },
+        })
+    }
+
+    /// The fastest single writer (100-row transactions from one session) while walhook
+    /// captures: how far behind the slot falls and how soon it catches up.
+    async fn keep_up(&self, changes: u64) -> Result<Row> {
+        eprintln!(
+            "keep-up: {} changes while walhook runs…",
+            thousands(changes)
+        );
+        let mut db = self.database("keep_up").await?;
+        let config = db.config(&self.dir, "http://127.0.0.1:9/paused", "")?;
+        Walhook::command(&self.walhook, &config, &["setup"])?;
+        db.pause_subscriptions().await?;
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        db.wait_streaming(&mut walhook).await?;
+
+        let started = Instant::now();
+        db.generate(changes, 100).await?;
+        let writer = started.elapsed();
+        let marker = db.marker().await?;
+        db.wait_captured(&marker, &mut walhook).await?;
+        let caught_up = started.elapsed().saturating_sub(writer);
+        walhook.stop()?;
+        db.expect_outbox(changes + 1).await?;
+        let delay = db.capture_delay().await?;
+        self.drop_database(db).await?;
+        Ok(Row {
+            figure: "capture keeps up with one writer".into(),
+            workload: format!(
+                "{} changes in 100-row transactions from one session, walhook running",
+                thousands(changes + 1)
+            ),
+            measured: format!(
+                "writer {} changes/s; source commit → in the outbox: p50 {}, max {} \
+                 (max in the last tenth of the run: {}); caught up {} after the writer's \
+                 last commit",
+                rate(changes, writer),
+                millis(delay.p50),
+                millis(delay.max),
+                millis(delay.max_last_tenth),
+                millis(caught_up)
+            ),
+            target: "lag stays bounded",
+        })
+    }
+
+    /// End-to-end delivery of `changes` pre-written changes to the local receiver.
+    async fn delivery(&self, changes: u64, mode: Mode) -> Result<Row> {
+        eprintln!(
+            "delivery, {}: {} changes…",
+            mode.label(),
+            thousands(changes)
+        );
+        let mut db = self.database(mode.database()).await?;
+        let receiver = Receiver::start(false).await?;
+        let config = db.config(&self.dir, &receiver.url(), mode.subscription())?;
+        Walhook::command(&self.walhook, &config, &["setup"])?;
+        db.generate(changes, 100).await?;
+        db.marker().await?;
+        let events = changes + 1;
+
+        let started = Instant::now();
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        wait_for_events(&receiver, events, &mut walhook).await?;
+        let took = started.elapsed();
+        let rss = walhook.peak_rss()?;
+        walhook.stop()?;
+        let requests = receiver.requests();
+        let (first, last) = receiver.first_and_last().context("nothing arrived")?;
+        self.drop_database(db).await?;
+        Ok(Row {
+            figure: format!("end to end, {}", mode.label()),
+            workload: format!(
+                "{} changes already committed (100-row transactions), 3 subscriptions, {}; \
+                 walhook start → last 2xx",
+                thousands(events),
+                mode.settings()
+            ),
+            measured: format!(
+                "**{} events/s**, {} requests/s ({} events/s first → last request); \
+                 peak RSS {}",
+                rate(events, took),
+                rate(requests, took),
+                rate(events, last - first),
+                mib(rss)
+            ),
+            target: mode.target(),
+        })
+    }
+
+    /// Commit → 2xx latency of single-row transactions committed at a steady rate.
+    async fn latency(&self, per_second: u64, seconds: u64) -> Result<Row> {
+        let count = per_second * seconds;
+        eprintln!("latency: {} events at {per_second}/s…", thousands(count));
+        let db = self.database("latency").await?;
+        let receiver = Receiver::start(true).await?;
+        let config = db.config(&self.dir, &receiver.url(), "")?;
+        Walhook::command(&self.walhook, &config, &["setup"])?;
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        db.wait_streaming(&mut walhook).await?;
+
+        let insert = db.client.prepare(workload::INSERT_ONE).await?;
+        let mut committed = Vec::with_capacity(count as usize);
+        let start = tokio::time::Instant::now() + Duration::from_millis(100);
+        for i in 0..count {
+            let due = start + Duration::from_secs_f64(i as f64 / per_second as f64);
+            tokio::time::sleep_until(due).await;
+            db.client.execute(&insert, &[&(i as i64 + 1)]).await?;
+            committed.push(Instant::now());
+        }
+        wait_for_events(&receiver, count, &mut walhook).await?;
+        walhook.stop()?;
+        let mut latencies: Vec<Duration> = committed
+            .iter()
+            .enumerate()
+            .map(|(i, at)| {
+                let arrived = receiver
+                    .arrival(i as i64 + 1)
+                    .with_context(|| format!("no arrival for stock move {}", i + 1))?;
+                Ok(arrived.saturating_duration_since(*at))
+            })
+            .collect::<Result<_>>()?;
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        self.drop_database(db).await?;
+        Ok(Row {
+            figure: "commit → 2xx latency".into(),
+            workload: format!(
+                "{} one-row transactions at {per_second}/s for {seconds} s, one event per \
+                 request, default settings",
+                thousands(count)
+            ),
+            measured: format!(
+                "p50 **{}**, p90 {}, p99 **{}**, max {}",
+                millis(pct(0.50)),
+                millis(pct(0.90)),
+                millis(pct(0.99)),
+                millis(pct(1.0))
+            ),
+            target: "p50 ≤ 5 ms, p99 ≤ 25 ms",
+        })
+    }
+
+    /// Peak RSS capturing one transaction of `rows` rows, then holding them as a backlog
+    /// with the receiver down (a fresh walhook process for each figure).
+    async fn memory(&self, rows: u64, hold_seconds: u64) -> Result<Vec<Row>> {
+        eprintln!("memory: one {}-row transaction…", thousands(rows));
+        let mut db = self.database("memory").await?;
+        let down = format!("http://127.0.0.1:{}/down", closed_port()?);
+        let config = db.config(&self.dir, &down, "")?;
+        Walhook::command(&self.walhook, &config, &["setup"])?;
+        db.client
+            .batch_execute(&workload::one_big_transaction(rows))
+            .await?;
+        let marker = db.marker().await?;
+        let started = Instant::now();
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        db.wait_captured(&marker, &mut walhook).await?;
+        let took = started.elapsed();
+        let capturing = walhook.peak_rss()?;
+        walhook.stop()?;
+        let events = rows + 1;
+        db.expect_outbox(events).await?;
+
+        eprintln!("memory: holding the backlog for {hold_seconds} s…");
+        let mut walhook = self.run_walhook(&config, &db.name)?;
+        tokio::time::sleep(Duration::from_secs(hold_seconds)).await;
+        walhook.check_running()?;
+        let holding = walhook.peak_rss()?;
+        walhook.stop()?;
+        let pending = db.pending().await?;
+        ensure!(
+            pending == events,
+            "{pending} deliveries pending after holding the backlog, expected {events}"
+        );
+        self.drop_database(db).await?;
+        Ok(vec![
+            Row {
+                figure: "peak RSS, one huge transaction".into(),
+                workload: format!(
+                    "one transaction inserting {} rows, receiver down",
+                    thousands(rows)
+                ),
+                measured: format!(
+                    "**{}** (captured in {}, {} changes/s)",
+                    mib(capturing),
+                    millis(took),
+                    rate(events, took)
+                ),
+                target: "≤ 64 MiB",
+            },
+            Row {
+                figure: "peak RSS, backlog".into(),
+                workload: format!(
+                    "{} undelivered events, receiver down, held {hold_seconds} s by a fresh \
+                     process",
+                    thousands(events)
+                ),
+                measured: format!("**{}**", mib(holding)),
+                target: "≤ 64 MiB",
+            },
+        ])
+    }
+
+    /// A fresh database with the benchmark schema.
+    async fn database(&self, name: &str) -> Result<Db> {
+        let name = format!("bench_{name}");
+        self.pg.create_database(&name)?;
+        let url = self.pg.url(&name);
+        let client = connect(&url).await?;
+        client
+            .batch_execute(workload::SCHEMA)
+            .await
+            .context("creating the benchmark schema")?;
+        Ok(Db { name, url, client })
+    }
+
+    /// Drops the database and its slots (walhook must have stopped).
+    async fn drop_database(&self, db: Db) -> Result<()> {
+        drop(db.client);
+        let admin = connect(&self.pg.url("postgres")).await?;
+        admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1",
+                &[&db.name],
+            )
+            .await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", db.name))
+            .await?;
+        Ok(())
+    }
+
+    fn run_walhook(&self, config: &Path, database: &str) -> Result<Walhook> {
+        Walhook::run(
+            &self.walhook,
+            config,
+            &self.dir.join(format!("{database}.log")),
+        )
+    }
+
+    async fn machine(&self, args: &Args) -> Result<Vec<(&'static str, String)>> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or("unknown".into(), |kib| {
+                format!("{:.0} GiB", kib as f64 / 1048576.0)
+            });
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let client = connect(&self.pg.url("postgres")).await?;
+        let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+        let walhook = std::process::Command::new(&self.walhook)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load = load
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let durability = if args.no_fsync {
+            "fsync, full_page_writes and synchronous_commit off"
+        } else {
+            "fsync, full_page_writes and synchronous_commit on"
+        };
+        Ok(vec![
+            ("CPU", format!("{cores} × {cpu}")),
+            ("memory", memory),
+            ("kernel", format!("Linux {kernel}")),
+            (
+                "Postgres",
+                format!(
+                    "{version} on the same host, throw-away cluster; {durability}; \
+                     shared_buffers 512MB"
+                ),
+            ),
+            ("walhook", format!("{walhook} (release build)")),
+            (
+                "receiver",
+                "in the harness process on loopback, answers 204 at once".into(),
+            ),
+            ("run", format!("{date}, load average before: {load}")),
+        ])
+    }
+}
+
+/// The two delivery modes of the end-to-end figure.
+#[derive(Clone, Copy)]
+enum Mode {
+    Batch,
+    Single,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Batch => "batch mode",
+            Mode::Single => "one event per request",
+        }
+    }
+    fn database(self) -> &'static str {
+        match self {
+            Mode::Batch => "delivery_batch",
+            Mode::Single => "delivery_single",
+        }
+    }
+    /// The subscription lines that select the mode.
+    fn subscription(self) -> &'static str {
+        match self {
+            Mode::Batch => "batch = { max_events = 100, max_wait = \"50ms\" }\nmax_in_flight = 8",
+            Mode::Single => "max_in_flight = 32",
+        }
+    }
+    fn settings(self) -> &'static str {
+        match self {
+            Mode::Batch => "batches of 100, 8 in flight per subscription",
+            Mode::Single => "key ordering, 32 in flight per subscription",
+        }
+    }
+    fn target(self) -> &'static str {
+        match self {
+            Mode::Batch => "≥ 50,000 events/s",
+            Mode::Single => "≥ 5,000 requests/s",
+        }
+    }
+}
+
+/// One benchmark database and a connection to it.
+struct Db {
+    name: String,
+    url: String,
+    client: Client,
+}
+
+/// The WAL positions around the marker transaction that closes a workload.
+struct Marker {
+    /// Read inside the marker transaction: only its commit (and later ones) lies beyond.
+    before_commit: String,
+    /// Read after its commit: pg_recvlogical's `--endpos`.
+    end: String,
+}
+
+/// How long changes waited between their source commit and the outbox.
+struct CaptureDelay {
+    p50: Duration,
+    max: Duration,
+    /// The worst wait among the last tenth of the events: if capture fell further and
+    /// further behind, this would be the maximum.
+    max_last_tenth: Duration,
+}
+
+impl Db {
+    fn config(&self, dir: &Path, url: &str, extra: &str) -> Result<PathBuf> {
+        let path = dir.join(format!("{}.toml", self.name));
+        std::fs::write(
+            &path,
+            workload::walhook_config(&self.url, url, SECRET, extra),
+        )?;
+        Ok(path)
+    }
+
+    async fn create_baseline_slot(&self) -> Result<()> {
+        self.client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&BASELINE_SLOT],
+            )
+            .await
+            .context("creating pg_recvlogical's slot")?;
+        Ok(())
+    }
+
+    /// Pauses every subscription: the capture figures measure capture alone (the outbox
+    /// rows are written all the same).
+    async fn pause_subscriptions(&self) -> Result<()> {
+        let reason = walhook::outbox::queue::pause_reason_sql();
+        for name in workload::OBJECTS {
+            self.client
+                .execute(
+                    &format!(
+                        "INSERT INTO walhook.subscription_state (subscription, reason) \
+                         VALUES ($1, {reason})"
+                    ),
+                    &[&name],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn generate(&self, changes: u64, per_txn: u32) -> Result<()> {
+        self.client
+            .batch_execute(&workload::call(changes, per_txn))
+            .await
+            .context("generating the workload")
+    }
+
+    async fn marker(&mut self) -> Result<Marker> {
+        let tx = self.client.transaction().await?;
+        tx.execute(workload::MARKER, &[]).await?;
+        let before_commit: String = tx
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0);
+        tx.commit().await?;
+        let end: String = self
+            .client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0);
+        Ok(Marker { before_commit, end })
+    }
+
+    /// Waits until walhook's checkpoint is past the marker's commit.
+    async fn wait_captured(&self, marker: &Marker, walhook: &mut Walhook) -> Result<()> {
+        loop {
+            let done = self
+                .client
+                .query_opt(
+                    "SELECT 1 FROM walhook.checkpoint \
+                     WHERE slot = 'walhook' AND commit_lsn >= $1::text::pg_lsn",
+                    &[&marker.before_commit],
+                )
+                .await?;
+            if done.is_some() {
+                return Ok(());
+            }
+            walhook.check_running()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until walhook streams from its slot.
+    async fn wait_streaming(&self, walhook: &mut Walhook) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active: Option<bool> = self
+                .client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if active == Some(true) {
+                // Past START_REPLICATION; give the dispatcher a moment to start too.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Ok(());
+            }
+            walhook.check_running()?;
+            ensure!(
+                Instant::now() < deadline,
+                "walhook did not start streaming in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// From the outbox: each event's source commit time against the time the outbox
+    /// transaction that holds it started.
+    async fn capture_delay(&self) -> Result<CaptureDelay> {
+        let row = self
+            .client
+            .query_one(
+                "WITH d AS (SELECT seq, extract(epoch FROM created_at - committed_at)::float8 AS s \
+                            FROM walhook.event) \
+                 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), max(s), \
+                        (SELECT max(s) FROM d \
+                         WHERE seq > (SELECT min(seq) + (max(seq) - min(seq)) * 0.9 FROM d)) \
+                 FROM d",
+                &[],
+            )
+            .await?;
+        let secs = |i: usize| Duration::from_secs_f64(row.get::<_, f64>(i).max(0.0));
+        Ok(CaptureDelay {
+            p50: secs(0),
+            max: secs(1),
+            max_last_tenth: secs(2),
+        })
+    }
+
+    async fn expect_outbox(&self, events: u64) -> Result<()> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM walhook.event), \
+                        (SELECT count(*) FROM walhook.delivery)",
+                &[],
+            )
+            .await?;
+        let (in_outbox, deliveries): (i64, i64) = (row.get(0), row.get(1));
+        ensure!(
+            in_outbox as u64 == events && deliveries as u64 == events,
+            "the outbox holds {in_outbox} events and {deliveries} deliveries, expected {events} \
+             of each"
+        );
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<u64> {
+        let n: i64 = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM walhook.delivery WHERE status = 'pending'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+}
+
+/// Waits until the receiver has `events` events, failing if walhook dies or stalls.
+async fn wait_for_events(receiver: &Receiver, events: u64, walhook: &mut Walhook) -> Result<()> {
+    let mut last = (0, Instant::now());
+    while receiver.events() < events {
+        walhook.check_running()?;
+        let seen = receiver.events();
+        if seen != last.0 {
+            last = (seen, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            bail!("delivery stalled at {seen} of {events} events for 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// A loopback port nobody listens on: the receiver that is down.
+fn closed_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
