@@ -20,6 +20,7 @@ use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
 use crate::delivery::DispatchHandle;
 use crate::metrics::{ChangeLabels, Metrics};
+use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::source::conninfo::ConnInfo;
 use crate::source::{tls, Lsn};
@@ -119,11 +120,12 @@ impl Session<'_> {
             opened = self.open(config) => opened?,
         };
         let Opened {
-            mut writer,
+            writer,
             checkpoint,
             catalog,
             mut reader,
         } = opened;
+        let mut writer = OutboxPipeline::start(writer, &config.outbox.schema);
         let _connected = Connected::new(self.health, self.metrics);
         *backoff = Duration::from_millis(200);
         tracing::info!(slot = %config.source.slot, checkpoint = %checkpoint, "capturing");
@@ -144,6 +146,7 @@ impl Session<'_> {
                         Some(item) => item,
                         None => {
                             self.flush(&mut writer, &mut reader, &mut handled).await?;
+                            self.drain(&mut writer, &mut reader).await?;
                             return Ok(Ended::ServerEnded);
                         }
                     },
@@ -176,6 +179,10 @@ impl Session<'_> {
                         if open.is_none() {
                             apply(staged, matcher, config, self.dispatch);
                         }
+                        continue;
+                    }
+                    done = writer.committed() => {
+                        self.committed(done?, &mut reader);
                         continue;
                     }
                     next = reader.next() => match next? {
@@ -313,37 +320,62 @@ impl Drop for Connected<'_> {
 }
 
 impl Session<'_> {
-    /// Commits the outbox through the last handled source commit, then acknowledges the slot.
+    /// Asks for the outbox commit through the last handled source commit; the slot is
+    /// acknowledged when it is reported done ([`Session::committed`]).
     async fn flush(
         &self,
-        writer: &mut OutboxWriter,
+        writer: &mut OutboxPipeline,
         reader: &mut ChangeReader,
         handled: &mut Option<Handled>,
     ) -> Result<(), SessionError> {
-        let metrics = self.metrics;
         let Some(h) = handled.take() else {
             return Ok(());
         };
-        if writer.has_uncommitted() {
-            let written = writer.commit(h.commit_lsn).await?;
+        while writer.in_flight() >= MAX_COMMITS_IN_FLIGHT {
+            let done = writer.committed().await?;
+            self.committed(done, reader);
+        }
+        // A group without events needs no outbox write: skipping it on restart is harmless,
+        // because the slot itself will not send it again once acknowledged.
+        if let Some(ack) = writer.commit(h.commit_lsn, h.end_lsn).await? {
+            reader.acknowledge(ack);
+        }
+        Ok(())
+    }
+
+    /// An outbox commit is done: count it, wake the subscriptions that got deliveries and
+    /// let the slot move past it.
+    fn committed(&self, done: Committed, reader: &mut ChangeReader) {
+        let written = done.written;
+        if written.events > 0 {
             tracing::debug!(
                 events = written.events,
                 deliveries = written.deliveries,
-                through = %h.commit_lsn,
+                through = %done.commit_lsn,
                 "outbox commit"
             );
-            metrics.outbox_commits.inc();
+            self.metrics.outbox_commits.inc();
             for (subscription, count) in &written.subscriptions {
-                metrics
+                self.metrics
                     .events
                     .get_or_create(&Metrics::subscription(subscription))
                     .inc_by(*count);
             }
             self.dispatch.wake(written.subscriptions.keys());
         }
-        // A group without events needs no outbox write: skipping it on restart is harmless,
-        // because the slot itself will not send it again once acknowledged.
-        reader.acknowledge(h.end_lsn);
+        reader.acknowledge(done.end_lsn);
+    }
+
+    /// Waits for every outbox commit in flight.
+    async fn drain(
+        &self,
+        writer: &mut OutboxPipeline,
+        reader: &mut ChangeReader,
+    ) -> Result<(), SessionError> {
+        while writer.in_flight() > 0 {
+            let done = writer.committed().await?;
+            self.committed(done, reader);
+        }
         Ok(())
     }
 
@@ -351,7 +383,7 @@ impl Session<'_> {
     /// slot sends it again), release the slot.
     async fn stop(
         &self,
-        mut writer: OutboxWriter,
+        mut writer: OutboxPipeline,
         mut reader: ChangeReader,
         open: Option<Commit>,
         mut handled: Option<Handled>,
@@ -361,6 +393,8 @@ impl Session<'_> {
         } else {
             self.flush(&mut writer, &mut reader, &mut handled).await?;
         }
+        // What finished before the stop is acknowledged, so a restart need not skip it.
+        self.drain(&mut writer, &mut reader).await?;
         reader.close().await?;
         Ok(Ended::Signal)
     }

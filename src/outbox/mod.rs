@@ -2,6 +2,7 @@
 //! with the capture checkpoint, the delivery queue the dispatcher claims from, and retention.
 
 pub mod migrate;
+pub mod pipeline;
 pub mod queue;
 pub mod retention;
 pub mod writer;

@@ -51,6 +51,12 @@ pub enum OutboxError {
         /// Where this writer last saw it.
         expected: String,
     },
+    /// The writer task is gone without saying why (it panicked or the runtime is stopping).
+    #[error("outbox ({schema}): the outbox writer stopped")]
+    WriterStopped {
+        /// The outbox schema.
+        schema: String,
+    },
 }
 
 /// What one outbox commit wrote.
