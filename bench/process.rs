@@ -77,6 +77,23 @@ impl Walhook {
         Ok(kib * 1024)
     }
 
+    /// CPU time used so far (user + system).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .context("reading walhook's /proc stat")?;
+        // Fields after the command name (which may hold spaces) start after its ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+        let (user, system) = ticks(11).zip(ticks(12)).context("short /proc stat")?;
+        // USER_HZ is 100 on every Linux we run on.
+        Ok(Duration::from_millis((user + system) * 10))
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) -> Result<()> {
         let pid = self.child.id().to_string();
