@@ -80,13 +80,15 @@ pub fn rate(count: u64, took: Duration) -> String {
     thousands((count as f64 / took.as_secs_f64().max(1e-9)).round() as u64)
 }
 
-/// Milliseconds with two decimals below 10 ms, whole above.
+/// Milliseconds with two decimals below 10 ms, whole up to 10 s, then seconds.
 pub fn millis(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 10.0 {
         format!("{ms:.2} ms")
-    } else {
+    } else if ms < 10_000.0 {
         format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
     }
 }
 
@@ -108,6 +110,7 @@ mod tests {
         assert_eq!(rate(50, Duration::from_millis(500)), "100");
         assert_eq!(millis(Duration::from_micros(2346)), "2.35 ms");
         assert_eq!(millis(Duration::from_millis(25)), "25 ms");
+        assert_eq!(millis(Duration::from_millis(28_228)), "28.2 s");
         assert_eq!(mib(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
 
