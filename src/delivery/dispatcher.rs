@@ -100,13 +100,14 @@ impl Shared {
         }
     }
 
-    /// The queue on the dispatcher's outbox connection.
+    /// The queue on the dispatcher's outbox connection for claims.
     pub(super) async fn queue(&self) -> Result<Arc<DeliveryQueue>, QueueError> {
         self.queues.get().await
     }
 }
 
-/// The dispatcher's one outbox connection, opened again when it was lost.
+/// An outbox connection of the dispatcher (one for claims, one for completions), opened
+/// again when it was lost.
 struct Queues {
     outbox: ConnInfo,
     schema: String,
@@ -177,6 +178,13 @@ pub fn spawn(
     let net = Net::new(&config.delivery.allow_networks)?;
     let (completions_tx, completions_rx) = mpsc::channel(1_024);
     let queues = Arc::new(Queues {
+        outbox: outbox.clone(),
+        schema: config.outbox.schema.clone(),
+        current: tokio::sync::Mutex::new(None),
+    });
+    // A connection of its own: on one shared with the claims, each statement waited for
+    // the other's, and the outbox backend (one core) bounded batch mode at ~130 requests/s.
+    let completion_queues = Arc::new(Queues {
         outbox,
         schema: config.outbox.schema.clone(),
         current: tokio::sync::Mutex::new(None),
@@ -190,7 +198,7 @@ pub fn spawn(
     });
     let (wakes_tx, wakes_rx) = mpsc::channel(256);
     let config_rx = running.subscribe();
-    let completer = tokio::spawn(write_completions(queues, completions_rx));
+    let completer = tokio::spawn(write_completions(completion_queues, completions_rx));
     let join = tokio::spawn(manage(shared, config_rx, wakes_rx, shutdown, completer));
     let handle = DispatchHandle {
         wakes: wakes_tx,
