@@ -111,6 +111,8 @@ pub struct Claimed {
     pub committed_at: SystemTime,
     /// The row key as minified JSON, for the log.
     pub key: String,
+    /// The hash the claims order by (see `delivery.ordering_key`).
+    pub ordering_key: i64,
 }
 
 /// The new state of a delivery after an attempt.
@@ -204,7 +206,7 @@ impl DeliveryQueue {
                  FROM c, {s}.event e \
                  WHERE d.id = c.id AND e.seq = d.event_seq \
                  RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                           d.batch_id, e.committed_at, e.key"
+                           d.batch_id, e.committed_at, e.key, d.ordering_key"
             )
         };
         let unbatched = "AND d.batch_id IS NULL";
@@ -240,7 +242,7 @@ impl DeliveryQueue {
              FROM c, {s}.event e \
              WHERE d.id = c.id AND e.seq = d.event_seq \
              RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                       d.batch_id, e.committed_at, e.key"
+                       d.batch_id, e.committed_at, e.key, d.ordering_key"
         );
         Ok(DeliveryQueue {
             claim_unordered: client
@@ -489,5 +491,6 @@ fn claimed(row: &Row) -> Claimed {
         batch_id: row.get(6),
         committed_at: row.get(7),
         key: row.get(8),
+        ordering_key: row.get(9),
     }
 }
