@@ -53,7 +53,12 @@ CREATE TABLE delivery (
     -- What triggers the next attempt: `replay` after `walhook replay`, until it is made.
     trigger          text NOT NULL DEFAULT 'scheduled'
                      CHECK (trigger IN ('scheduled', 'replay'))
-);
+)
+-- Half of each page free: a claim's lease (`leased_until`, in no index) then fits beside the
+-- row as a HOT update, instead of a new entry in every index of this table. Measured with
+-- 100-event batches: a quarter less Postgres CPU per event and ~15 % more events/s, for a
+-- hot table twice the size.
+WITH (fillfactor = 50);
 -- The dispatcher's claim: a subscription's live rows in event order.
 CREATE INDEX delivery_pending ON delivery (subscription, event_seq)
     WHERE status = 'pending';
