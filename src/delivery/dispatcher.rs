@@ -327,9 +327,11 @@ async fn write_completions(queues: Arc<Queues>, mut finished: mpsc::Receiver<Fin
         // A statement costs the outbox about as much for one result as for dozens; written
         // as they came (one per request), completions held the outbox connection busy at
         // ~2,000 requests/s. Waiting briefly for more only delays the next event of the
-        // same key, never a request's own latency.
+        // same key, never a request's own latency. A lone result (nothing else was waiting)
+        // is written at once: under light load, or one busy key whose every event waits
+        // for its predecessor's completion, lingering would only slow things down.
         let linger = Instant::now() + COMPLETION_LINGER;
-        while count < COMPLETION_LINGER_ENOUGH {
+        while batch.len() > 1 && count < COMPLETION_LINGER_ENOUGH {
             match tokio::time::timeout_at(linger, finished.recv()).await {
                 Ok(Some(more)) => {
                     count += more.completions.len();
