@@ -53,13 +53,23 @@ CREATE TABLE delivery (
     -- What triggers the next attempt: `replay` after `walhook replay`, until it is made.
     trigger          text NOT NULL DEFAULT 'scheduled'
                      CHECK (trigger IN ('scheduled', 'replay'))
-);
+)
+-- Half of each page free: a claim's lease (`leased_until`, in no index) then fits beside the
+-- row as a HOT update, instead of a new entry in every index of this table. Measured with
+-- 100-event batches: a quarter less Postgres CPU per event and ~15 % more events/s, for a
+-- hot table twice the size.
+WITH (fillfactor = 50);
 -- The dispatcher's claim: a subscription's live rows in event order.
 CREATE INDEX delivery_pending ON delivery (subscription, event_seq)
     WHERE status = 'pending';
--- Key ordering: is an earlier event of this key still pending?
+-- Key ordering: is an earlier event of this key still pending? Pending rows are exactly the
+-- unsettled ones (walhook sets settled_at with delivered/dead and clears it on retry and
+-- replay). The predicate differs from delivery_pending's on purpose: the claim's key probe
+-- cannot use delivery_pending then, which the planner otherwise picked while the table had
+-- no statistics yet, scanning every earlier pending row per candidate (measured: 100 ms
+-- per claim at 60,000 pending), and the claim itself cannot use this one.
 CREATE INDEX delivery_pending_key ON delivery (subscription, ordering_key, event_seq)
-    WHERE status = 'pending';
+    WHERE settled_at IS NULL;
 
 -- Dead deliveries, for `walhook replay`, the log and the dead-letter metric.
 CREATE INDEX delivery_dead ON delivery (subscription, created_at)

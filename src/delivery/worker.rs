@@ -106,6 +106,14 @@ pub(super) struct Worker {
     reserved: Option<OwnedSemaphorePermit>,
     retry_claim_at: Option<Instant>,
     stopping: Option<Instant>,
+    /// Until when no failed batch of this subscription can be due, as far as this worker
+    /// knows: its own failures and due retries clear it, and what other processes do
+    /// (`walhook replay`, another instance's failures) is seen within [`POLL`]. Spares a
+    /// claim per batch, which cost as much as the new batch's claim.
+    no_failed_batch_until: Option<Instant>,
+    /// Until when batch mode claims one batch at a time, because a claim of several found
+    /// keys with events for more than one batch.
+    hot_keys_until: Option<Instant>,
 }
 
 impl Worker {
@@ -140,6 +148,8 @@ impl Worker {
             reserved: None,
             retry_claim_at: None,
             stopping: None,
+            no_failed_batch_until: None,
+            hot_keys_until: None,
         }
     }
 
@@ -176,7 +186,15 @@ impl Worker {
                     Some(Control::Stop(deadline)) => self.stop(deadline).await,
                     None => self.stop(Instant::now()).await,
                 },
-                Some(sent) = self.sent_rx.recv() => self.finish(sent).await,
+                Some(sent) = self.sent_rx.recv() => {
+                    self.finish(sent).await;
+                    // Every request that returned meanwhile, before claiming again: one
+                    // claim refills all their slots. (One finish per claim made each wait
+                    // for up to max_in_flight claims before its result was recorded.)
+                    while let Ok(sent) = self.sent_rx.try_recv() {
+                        self.finish(sent).await;
+                    }
+                }
                 _ = self.wake.notified() => {}
                 // A permit came free elsewhere: keep it and claim again.
                 permit = global.acquire_owned(), if self.waiting_for_global => {
@@ -194,6 +212,7 @@ impl Worker {
         }
         let batching = self.batching();
         self.sub = sub;
+        self.no_failed_batch_until = None;
         if self.batching() != batching {
             // The batch being gathered was meant for the old settings.
             self.drop_gathering().await;
@@ -364,6 +383,7 @@ impl Worker {
         // Retries due by now are claimed below (or, when a limit holds them, once it lets go).
         while self.dues.first().is_some_and(|t| *t <= now) {
             self.dues.pop_first();
+            self.no_failed_batch_until = None;
         }
         let paused = self.retry_claim_at.is_some()
             || self.deactivated.is_some()
@@ -411,6 +431,17 @@ impl Worker {
                 }
             }
             let mut requests = self.max_in_flight().saturating_sub(self.in_flight.len());
+            if !probe && !self.in_flight.is_empty() {
+                // A claim costs the outbox about the same for one delivery (or batch) as for
+                // dozens (planning, a round trip, a commit): refilling each slot as it frees
+                // up made the claim the bottleneck at ~2,000 requests/s. Wait until a
+                // quarter of the slots are free; an idle subscription still claims at once.
+                let refill = (self.max_in_flight() / 4).max(1);
+                if requests < refill {
+                    self.reserved = None;
+                    return Ok(());
+                }
+            }
             if probe {
                 requests = requests.min(1);
             }
@@ -459,9 +490,17 @@ impl Worker {
                 Some((max_events, max_wait)) => {
                     // A failed batch goes again whole, under its id, whatever max_events
                     // says now.
-                    let failed = queue
-                        .claim(&name, Claim::FailedBatch, usize::MAX, lease)
-                        .await?;
+                    let failed = if self.no_failed_batch_until.is_some_and(|t| now < t) {
+                        Vec::new()
+                    } else {
+                        let failed = queue
+                            .claim(&name, Claim::FailedBatch, usize::MAX, lease)
+                            .await?;
+                        if failed.is_empty() {
+                            self.no_failed_batch_until = Some(Instant::now() + POLL);
+                        }
+                        failed
+                    };
                     if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
                         self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
                         if probe {
@@ -469,21 +508,47 @@ impl Worker {
                         }
                         continue;
                     }
-                    let claimed = queue
-                        .claim(&name, self.new_batch(), max_events, lease)
-                        .await?;
+                    // The batches of every free slot in one claim: a claim costs mostly per
+                    // statement, and the worker sends nothing while it waits for one (one
+                    // batch per claim held batch mode at ~130 requests/s).
+                    let mut permits = vec![permit];
+                    let hot_keys = self.hot_keys_until.is_some_and(|t| now < t);
+                    while permits.len() < requests && !hot_keys {
+                        match self.shared.global.clone().try_acquire_owned() {
+                            Ok(p) => permits.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let wanted = max_events.saturating_mul(permits.len());
+                    let claimed = queue.claim(&name, self.new_batch(), wanted, lease).await?;
                     if claimed.is_empty() {
                         return Ok(());
                     }
                     let got = claimed.len();
-                    self.gathering = claimed;
-                    self.gather_slot = Some(permit);
-                    self.gather_until = Some(later(Instant::now(), max_wait));
-                    if !self.batch_ready(max_events) {
+                    let by_key = self.sub.ordering == Ordering::Key;
+                    let (batches, held_back) = split(claimed, max_events, by_key);
+                    let count = batches.len();
+                    for (n, (batch, permit)) in batches.into_iter().zip(permits).enumerate() {
+                        if n + 1 == count && batch.len() < max_events {
+                            self.gathering = batch;
+                            self.gather_slot = Some(permit);
+                            self.gather_until = Some(later(Instant::now(), max_wait));
+                            if self.batch_ready(max_events) {
+                                self.send_gathered(max_events, probe).await;
+                            }
+                        } else {
+                            let batch_id = new_batch_id(&batch);
+                            self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
+                        }
+                    }
+                    if !held_back.is_empty() {
+                        // Keys with several events due: claiming more than one batch at a
+                        // time would mostly claim events to give back.
+                        self.hot_keys_until = Some(Instant::now() + POLL);
+                        self.release(&held_back).await;
                         return Ok(());
                     }
-                    self.send_gathered(max_events, probe).await;
-                    if probe || got < max_events {
+                    if probe || got < wanted || !self.gathering.is_empty() {
                         return Ok(());
                     }
                 }
@@ -598,6 +663,10 @@ impl Worker {
         let wall = SystemTime::now();
         let a = &sent.attempt;
         let name = &self.sub.name;
+        if a.outcome != Outcome::Delivered {
+            // A batch that failed, or a probe given back, is a failed batch to claim again.
+            self.no_failed_batch_until = None;
+        }
         let settled: Vec<Settled> = match a.outcome {
             Outcome::Delivered => {
                 self.breaker.success();
@@ -746,6 +815,31 @@ impl Worker {
     }
 }
 
+/// Cuts claimed deliveries, in event order, into batches of `max_events`. With
+/// `by_key` (`ordering = "key"`), a key's events must not go in two batches at once (the later
+/// batch could arrive first): those after a key's first batch are held back, to be
+/// given back to the queue.
+fn split(claimed: Vec<Claimed>, max_events: usize, by_key: bool) -> (Vec<Vec<Claimed>>, Vec<i64>) {
+    let mut batches: Vec<Vec<Claimed>> = Vec::new();
+    let mut first_batch_of_key: HashMap<i64, usize> = HashMap::new();
+    let mut held_back = Vec::new();
+    for row in claimed {
+        let n = match batches.last() {
+            Some(last) if last.len() < max_events => batches.len() - 1,
+            _ => batches.len(),
+        };
+        if by_key && *first_batch_of_key.entry(row.ordering_key).or_insert(n) != n {
+            held_back.push(row.id);
+            continue;
+        }
+        if n == batches.len() {
+            batches.push(Vec::with_capacity(max_events.min(1_024)));
+        }
+        batches[n].push(row);
+    }
+    (batches, held_back)
+}
+
 /// `now + wait`, with waits cut to [`LONGEST_WAIT`].
 fn later(now: Instant, wait: Duration) -> Instant {
     now + wait.min(LONGEST_WAIT)
@@ -818,5 +912,56 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             error,
             "delivery dead after the last scheduled attempt"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, ordering_key: i64) -> Claimed {
+        Claimed {
+            id,
+            event_seq: id,
+            event_id: format!("evt_{id}"),
+            body: b"{}".to_vec(),
+            attempts: 0,
+            trigger: Trigger::Scheduled,
+            batch_id: None,
+            committed_at: SystemTime::UNIX_EPOCH,
+            key: String::new(),
+            ordering_key,
+        }
+    }
+
+    fn ids(batches: &[Vec<Claimed>]) -> Vec<Vec<i64>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|c| c.id).collect())
+            .collect()
+    }
+
+    #[test]
+    fn split_keeps_each_key_in_its_first_batch_and_holds_back_the_rest() {
+        let claimed = vec![row(1, 10), row(2, 20), row(3, 10), row(4, 30), row(5, 10)];
+        let (batches, held_back) = split(claimed, 2, true);
+        assert_eq!(ids(&batches), vec![vec![1, 2], vec![4]]);
+        assert_eq!(held_back, vec![3, 5]);
+    }
+
+    #[test]
+    fn split_without_key_ordering_only_cuts() {
+        let claimed = vec![row(1, 10), row(2, 20), row(3, 10), row(4, 30), row(5, 10)];
+        let (batches, held_back) = split(claimed, 2, false);
+        assert_eq!(ids(&batches), vec![vec![1, 2], vec![3, 4], vec![5]]);
+        assert!(held_back.is_empty());
+    }
+
+    #[test]
+    fn split_keeps_a_keys_events_together_within_one_batch() {
+        let claimed = vec![row(1, 10), row(2, 10), row(3, 20), row(4, 20)];
+        let (batches, held_back) = split(claimed, 3, true);
+        assert_eq!(ids(&batches), vec![vec![1, 2, 3]]);
+        assert_eq!(held_back, vec![4]);
     }
 }
