@@ -331,12 +331,15 @@ impl Bench {
 
         let insert = db.client.prepare(workload::INSERT_ONE).await?;
         let mut committed = Vec::with_capacity(count as usize);
+        let mut commit_times = Vec::with_capacity(count as usize);
         let start = tokio::time::Instant::now() + Duration::from_millis(100);
         for i in 0..count {
             let due = start + Duration::from_secs_f64(i as f64 / per_second as f64);
             tokio::time::sleep_until(due).await;
+            let sent = Instant::now();
             db.client.execute(&insert, &[&(i as i64 + 1)]).await?;
             committed.push(Instant::now());
+            commit_times.push(sent.elapsed());
         }
         wait_for_events(&receiver, count, &mut walhook).await?;
         walhook.stop()?;
@@ -353,6 +356,8 @@ impl Bench {
         latencies.sort();
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         let capture = db.capture_delay().await?;
+        commit_times.sort();
+        let source_commit = commit_times[commit_times.len() / 2];
         self.drop_database(db).await?;
         Ok(Row {
             figure: "commit → 2xx latency".into(),
@@ -362,14 +367,15 @@ impl Bench {
                 thousands(count)
             ),
             measured: format!(
-                "p50 **{}**, p90 {}, p99 **{}**, max {} (of which commit → in the outbox: \
-                 p50 {}, max {})",
+                "p50 **{}**, p90 {}, p99 **{}**, max {} (source commit time → in the outbox: \
+                 p50 {}, max {}; the source's INSERT + COMMIT itself: p50 {})",
                 millis(pct(0.50)),
                 millis(pct(0.90)),
                 millis(pct(0.99)),
                 millis(pct(1.0)),
                 millis(capture.p50),
-                millis(capture.max)
+                millis(capture.max),
+                millis(source_commit)
             ),
             target: "p50 ≤ 5 ms, p99 ≤ 25 ms",
         })
