@@ -124,13 +124,23 @@ pub const MARKER: &str =
      VALUES (-1, 0, 0, 0, 0, 'marker')";
 
 /// The walhook subscription file for the three tables: one subscription per object, all
-/// sending to `url`, each with the extra TOML lines in `extra`.
-pub fn walhook_config(source_url: &str, url: &str, secret: &str, extra: &str) -> String {
+/// sending to `url`, each with the extra TOML lines in `extra`. `instance` names both the
+/// slot and the outbox schema, so that several walhooks can drain one workload in turn.
+pub fn walhook_config(
+    source_url: &str,
+    instance: &str,
+    url: &str,
+    secret: &str,
+    extra: &str,
+) -> String {
     let mut config = format!(
         r#"[source]
 url = "{source_url}"
-slot = "walhook"
+slot = "{instance}"
 publication = "walhook"
+
+[outbox]
+schema = "{instance}"
 
 [http]
 listen = "127.0.0.1:0"
