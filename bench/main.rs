@@ -215,16 +215,19 @@ impl Bench {
             )?;
             eprintln!("{label}: walhook ({instance})…");
             let started = Instant::now();
+            let pg_before = process::postgres_cpu();
             let mut walhook = self.run_walhook(config, &format!("{}_{instance}", db.name))?;
             db.wait_captured(instance, &marker, &mut walhook).await?;
             let took = started.elapsed();
             let cpu = walhook.cpu_time()?;
+            let pg_cpu = process::postgres_cpu().saturating_sub(pg_before);
             walhook.stop()?;
             db.expect_outbox(instance, events).await?;
             runs.push(CaptureRun {
                 baseline,
                 took,
                 cpu,
+                pg_cpu,
             });
         }
         let floor = db.rewrite_outbox().await?;
@@ -245,14 +248,15 @@ impl Bench {
             ),
             measured: format!(
                 "walhook {} changes/s, pg_recvlogical {} changes/s: **{:.2}** (median of {} \
-                 drains of the same changes: {all}; walhook's own CPU: {:.1} µs per change; \
-                 Postgres alone inserts the same outbox rows at {} changes/s: {:.2} of \
-                 pg_recvlogical)",
+                 drains of the same changes: {all}; CPU per change: walhook {:.1} µs, Postgres \
+                 {:.1} µs; Postgres alone inserts the same outbox rows at {} changes/s: {:.2} \
+                 of pg_recvlogical)",
                 rate(events, median.took),
                 rate(events, median.baseline),
                 median.ratio(),
                 runs.len(),
                 median.cpu.as_secs_f64() * 1e6 / events as f64,
+                median.pg_cpu.as_secs_f64() * 1e6 / events as f64,
                 rate(events, floor),
                 median.baseline.as_secs_f64() / floor.as_secs_f64()
             ),
@@ -320,9 +324,12 @@ impl Bench {
         let events = changes + 1;
 
         let started = Instant::now();
+        let pg_before = process::postgres_cpu();
         let mut walhook = self.run_walhook(&config, &db.name)?;
         wait_for_events(&receiver, events, &mut walhook).await?;
         let took = started.elapsed();
+        let pg_cpu = process::postgres_cpu().saturating_sub(pg_before);
+        let cpu = walhook.cpu_time()?;
         let rss = walhook.peak_rss()?;
         walhook.stop()?;
         let requests = receiver.requests();
@@ -338,10 +345,13 @@ impl Bench {
             ),
             measured: format!(
                 "**{} events/s**, {} requests/s ({} events/s first → last request); \
+                 CPU per event, capture included: walhook {:.1} µs, Postgres {:.1} µs; \
                  peak RSS {}",
                 rate(events, took),
                 rate(requests, took),
                 rate(events, last - first),
+                cpu.as_secs_f64() * 1e6 / events as f64,
+                pg_cpu.as_secs_f64() * 1e6 / events as f64,
                 mib(rss)
             ),
             target: mode.target(),
@@ -578,7 +588,10 @@ impl Bench {
 struct CaptureRun {
     baseline: Duration,
     took: Duration,
+    /// walhook's CPU time.
     cpu: Duration,
+    /// Postgres's CPU time meanwhile (walsender, outbox writes, the harness's polling).
+    pg_cpu: Duration,
 }
 
 impl CaptureRun {

@@ -79,19 +79,8 @@ impl Walhook {
 
     /// CPU time used so far (user + system).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .context("reading walhook's /proc stat")?;
-        // Fields after the command name (which may hold spaces) start after its ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
-        let (user, system) = ticks(11).zip(ticks(12)).context("short /proc stat")?;
-        // USER_HZ is 100 on every Linux we run on.
-        Ok(Duration::from_millis((user + system) * 10))
+        let (own, _) = cpu_of(self.child.id()).context("reading walhook's /proc stat")?;
+        Ok(own)
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -131,6 +120,42 @@ impl Drop for Walhook {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU time (user + system) of process `pid`, and of its children that have exited.
+fn cpu_of(pid: u32) -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after its ')'; utime,
+    // stime, cutime and cstime are fields 14 to 17 of the line, 11 to 14 after ')'.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // USER_HZ is 100 on every Linux we run on.
+    let ticks = |n: u64| Duration::from_millis(n * 10);
+    Some((ticks(fields[0] + fields[1]), ticks(fields[2] + fields[3])))
+}
+
+/// CPU time used so far by every `postgres` process, exited backends included (they are
+/// counted in the postmaster's children time). Only the benchmark's cluster runs here, so
+/// the difference across a figure is what Postgres spent on it.
+pub fn postgres_cpu() -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .filter_map(cpu_of)
+        .map(|(own, children)| own + children)
+        .sum()
 }
 
 /// Drains `slot` with `pg_recvlogical` and pgoutput (protocol 1, as walhook asks for) up to
