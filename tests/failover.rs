@@ -381,7 +381,7 @@ fn an_active_walhook_that_loses_its_lock_connection_to_a_standby_stops_and_the_s
 /// capture the same transactions twice.
 #[tokio::test]
 async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_moved() {
-    use walhook::capture::matcher::RoutedEvent;
+    use support::outbox::ledger_event as event;
     use walhook::capture::Commit;
     use walhook::outbox::writer::{OutboxError, OutboxWriter};
     use walhook::source::conninfo::ConnInfo;
@@ -393,14 +393,6 @@ async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_mo
     walhook::outbox::migrate::migrate(&client, "walhook")
         .await
         .unwrap();
-    let event = |n: u32| RoutedEvent {
-        event_id: format!("evt_{n}"),
-        event_type: "ledger.created".into(),
-        object: "ledger".into(),
-        key: format!("{{\"id\":{n}}}"),
-        body: b"{}".to_vec(),
-        subscriptions: vec!["ledger".into()],
-    };
     let commit = |lsn: &str| Commit {
         lsn: lsn.parse::<Lsn>().unwrap(),
         time: 0,

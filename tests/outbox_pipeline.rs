@@ -3,24 +3,13 @@
 
 mod support;
 
+use support::outbox::ledger_event as event;
 use support::TestDb;
-use walhook::capture::matcher::RoutedEvent;
 use walhook::capture::Commit;
 use walhook::outbox::pipeline::OutboxPipeline;
 use walhook::outbox::writer::{OutboxError, OutboxWriter};
 use walhook::source::conninfo::ConnInfo;
 use walhook::source::{tls, Lsn};
-
-fn event(n: u32) -> RoutedEvent {
-    RoutedEvent {
-        event_id: format!("evt_{n}"),
-        event_type: "ledger.created".into(),
-        object: "ledger".into(),
-        key: format!("{{\"id\":{n}}}"),
-        body: b"{}".to_vec(),
-        subscriptions: vec!["ledger".into()],
-    }
-}
 
 fn lsn(text: &str) -> Lsn {
     text.parse().unwrap()

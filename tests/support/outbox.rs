@@ -79,3 +79,15 @@ pub fn outbox(rows: &str) -> (TestDb<'static>, ConfigFile) {
     db.sql(&format!("{ADD_DELIVERY}{rows}"));
     (db, config)
 }
+
+/// A routed `ledger.created` event for row `n`, as capture hands it to the outbox writer.
+pub fn ledger_event(n: u32) -> walhook::capture::matcher::RoutedEvent {
+    walhook::capture::matcher::RoutedEvent {
+        event_id: format!("evt_{n}"),
+        event_type: "ledger.created".into(),
+        object: "ledger".into(),
+        key: format!("{{\"id\":{n}}}"),
+        body: b"{}".to_vec(),
+        subscriptions: vec!["ledger".into()],
+    }
+}
