@@ -751,18 +751,32 @@ impl Db {
         walhook: &mut Walhook,
     ) -> Result<()> {
         let query = format!(
-            "SELECT 1 FROM {instance}.checkpoint \
-             WHERE slot = $1 AND commit_lsn >= $2::text::pg_lsn"
+            "SELECT commit_lsn::text, commit_lsn >= $2::text::pg_lsn FROM {instance}.checkpoint \
+             WHERE slot = $1"
         );
+        // Progress is the checkpoint moving or walhook working (a huge transaction moves
+        // the checkpoint only at its end); neither for a minute is a hang, not a result.
+        let mut progress = (None, Duration::ZERO, Instant::now());
         loop {
-            let done = self
+            let row = self
                 .client
                 .query_opt(&query, &[&instance, &marker.before_commit])
                 .await?;
-            if done.is_some() {
+            let checkpoint: Option<String> = row.as_ref().map(|r| r.get(0));
+            if row.is_some_and(|r| r.get::<_, bool>(1)) {
                 return Ok(());
             }
             walhook.check_running()?;
+            let cpu = walhook.cpu_time()?;
+            if checkpoint != progress.0 || cpu != progress.1 {
+                progress = (checkpoint, cpu, Instant::now());
+            } else if progress.2.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "walhook made no progress for 60 s (checkpoint {:?}, marker at {})",
+                    progress.0,
+                    marker.before_commit
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
