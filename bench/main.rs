@@ -54,6 +54,10 @@ struct Args {
     /// How often each capture workload is drained (median reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Keep walhook's outbox in a database of its own (`outbox.url`) in the same cluster,
+    /// instead of in the source database.
+    #[arg(long)]
+    outbox_database: bool,
     /// Run Postgres with fsync off (default: fsync, full-page writes and synchronous commit
     /// on, as in production).
     #[arg(long)]
@@ -98,6 +102,7 @@ async fn main() -> Result<()> {
 /// The cluster, the programs and a scratch directory shared by every figure.
 struct Bench {
     pg: EphemeralPostgres,
+    separate_outbox: bool,
     bindir: PathBuf,
     walhook: PathBuf,
     dir: PathBuf,
@@ -135,6 +140,7 @@ impl Bench {
         std::fs::create_dir_all(&dir)?;
         Ok(Bench {
             pg,
+            separate_outbox: args.outbox_database,
             bindir,
             walhook,
             dir,
@@ -492,12 +498,27 @@ impl Bench {
             .batch_execute(workload::SCHEMA)
             .await
             .context("creating the benchmark schema")?;
-        Ok(Db { name, url, client })
+        let outbox_url = if self.separate_outbox {
+            let outbox = format!("{name}_outbox");
+            self.pg.create_database(&outbox)?;
+            Some(self.pg.url(&outbox))
+        } else {
+            None
+        };
+        let outbox = connect(outbox_url.as_deref().unwrap_or(&url)).await?;
+        Ok(Db {
+            name,
+            url,
+            outbox_url,
+            client,
+            outbox,
+        })
     }
 
     /// Drops the database and its slots (walhook must have stopped).
     async fn drop_database(&self, db: Db) -> Result<()> {
         drop(db.client);
+        drop(db.outbox);
         let admin = connect(&self.pg.url("postgres")).await?;
         admin
             .execute(
@@ -509,6 +530,14 @@ impl Bench {
         admin
             .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", db.name))
             .await?;
+        if db.outbox_url.is_some() {
+            admin
+                .batch_execute(&format!(
+                    "DROP DATABASE \"{}_outbox\" WITH (FORCE)",
+                    db.name
+                ))
+                .await?;
+        }
         Ok(())
     }
 
@@ -574,7 +603,17 @@ impl Bench {
                      shared_buffers 512MB"
                 ),
             ),
-            ("walhook", format!("{walhook} (release build)")),
+            (
+                "walhook",
+                format!(
+                    "{walhook} (release build); outbox {}",
+                    if self.separate_outbox {
+                        "in a database of its own in the same cluster (`--outbox-database`)"
+                    } else {
+                        "in the source database (the default)"
+                    }
+                ),
+            ),
             (
                 "receiver",
                 "in the harness process on loopback, answers 204 at once".into(),
@@ -661,7 +700,11 @@ impl Mode {
 struct Db {
     name: String,
     url: String,
+    /// Where walhook's outbox lives when not in this database.
+    outbox_url: Option<String>,
     client: Client,
+    /// A connection to the database holding walhook's outbox.
+    outbox: Client,
 }
 
 /// The WAL positions around the marker transaction that closes a workload.
@@ -686,7 +729,14 @@ impl Db {
         let path = dir.join(format!("{}_{instance}.toml", self.name));
         std::fs::write(
             &path,
-            workload::walhook_config(&self.url, instance, url, SECRET, extra),
+            workload::walhook_config(
+                &self.url,
+                self.outbox_url.as_deref(),
+                instance,
+                url,
+                SECRET,
+                extra,
+            ),
         )?;
         Ok(path)
     }
@@ -707,7 +757,7 @@ impl Db {
     async fn pause_subscriptions(&self, instance: &str) -> Result<()> {
         let reason = walhook::outbox::queue::pause_reason_sql();
         for name in workload::OBJECTS {
-            self.client
+            self.outbox
                 .execute(
                     &format!(
                         "INSERT INTO {instance}.subscription_state (subscription, reason) \
@@ -759,7 +809,7 @@ impl Db {
         let mut progress = (None, Duration::ZERO, Instant::now());
         loop {
             let row = self
-                .client
+                .outbox
                 .query_opt(&query, &[&instance, &marker.before_commit])
                 .await?;
             let checkpoint: Option<String> = row.as_ref().map(|r| r.get(0));
@@ -811,7 +861,7 @@ impl Db {
     /// transaction that holds it started.
     async fn capture_delay(&self) -> Result<CaptureDelay> {
         let row = self
-            .client
+            .outbox
             .query_one(
                 "WITH d AS (SELECT seq, extract(epoch FROM created_at - committed_at)::float8 AS s \
                             FROM walhook.event) \
@@ -832,7 +882,7 @@ impl Db {
 
     async fn expect_outbox(&self, instance: &str, events: u64) -> Result<()> {
         let row = self
-            .client
+            .outbox
             .query_one(
                 &format!(
                     "SELECT (SELECT count(*) FROM {instance}.event), \
@@ -854,7 +904,7 @@ impl Db {
     /// in one transaction: what writing the outbox costs Postgres without walhook.
     async fn rewrite_outbox(&mut self) -> Result<Duration> {
         let started = Instant::now();
-        let tx = self.client.transaction().await?;
+        let tx = self.outbox.transaction().await?;
         tx.batch_execute(
             "SET LOCAL synchronous_commit = on; \
              INSERT INTO walhook.event \
@@ -873,7 +923,7 @@ impl Db {
 
     async fn pending(&self) -> Result<u64> {
         let n: i64 = self
-            .client
+            .outbox
             .query_one(
                 "SELECT count(*) FROM walhook.delivery WHERE status = 'pending'",
                 &[],

@@ -128,11 +128,13 @@ pub const MARKER: &str =
 /// slot and the outbox schema, so that several walhooks can drain one workload in turn.
 pub fn walhook_config(
     source_url: &str,
+    outbox_url: Option<&str>,
     instance: &str,
     url: &str,
     secret: &str,
     extra: &str,
 ) -> String {
+    let outbox_url = outbox_url.map_or(String::new(), |url| format!("url = \"{url}\""));
     let mut config = format!(
         r#"[source]
 url = "{source_url}"
@@ -141,6 +143,7 @@ publication = "walhook"
 
 [outbox]
 schema = "{instance}"
+{outbox_url}
 
 [http]
 listen = "127.0.0.1:0"
