@@ -8,7 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb};
+use support::{
+    config_file, start_daemon, unique, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb,
+};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ADMIN_TOKEN: &str = "admin-token-s3cret-value";
@@ -101,15 +103,7 @@ impl Harness {
         let db = TestDb::new(LEDGER);
         let subscriber = Subscriber::start();
         let config = config(&db, &subscriber.url("/hooks"), http);
-        let mut daemon = Daemon::start(&config);
-        wait_until(Duration::from_secs(60), "the daemon captures", || {
-            assert!(
-                daemon.running(),
-                "walhook exited; log:\n{}",
-                daemon.log_text()
-            );
-            daemon.log_text().contains("capturing")
-        });
+        let daemon = start_daemon(&config);
         let base = format!("http://127.0.0.1:{}", port(&daemon.log_text()));
         Harness {
             db,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{
-    config_file, loopback_source, wait_until, ConfigFile, Daemon, Reply, Seen, Subscriber, TestDb,
+    config_file, loopback_source, start_daemon, wait_until, ConfigFile, Daemon, Reply, Seen,
+    Subscriber, TestDb,
 };
 
 /// Requests in flight at most, for the subscription.
@@ -59,20 +60,6 @@ retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]
 "#,
         source = loopback_source(db),
     ))
-}
-
-/// Starts the daemon and waits until its slot streams.
-fn start_active(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(60), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// Starts a second daemon on the same config and waits until it says it is a standby.
@@ -150,7 +137,7 @@ fn a_standby_takes_over_within_10_seconds_of_a_kill_and_sends_nothing_delivered_
     // A little latency per request, so that some are in flight at the kill.
     receiver.respond(|_| Reply::status(204).after(Duration::from_millis(20)));
     let config = config(&db, &receiver.url("/hooks"));
-    let mut first = start_active(&config);
+    let mut first = start_daemon(&config);
     let mut second = start_standby(&config);
     assert!(
         !second.log_text().contains("http server listening"),
@@ -316,7 +303,7 @@ fn sigterm_ends_a_standby_at_once_with_exit_code_0() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
     let config = config(&db, &receiver.url("/hooks"));
-    let mut first = start_active(&config);
+    let mut first = start_daemon(&config);
     let mut second = start_standby(&config);
     // SIGHUP (a config reload meant for the active one) does not end a standby.
     second.signal("HUP");
@@ -345,7 +332,7 @@ fn an_active_walhook_that_loses_its_lock_connection_to_a_standby_stops_and_the_s
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
     let config = config(&db, &receiver.url("/hooks"));
-    let mut first = start_active(&config);
+    let mut first = start_daemon(&config);
     let mut second = start_standby(&config);
 
     let holder = db.sql(

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::http::{metric, Http};
-use support::{config_file, unique, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
 use support::{Reply, Subscriber};
 use walhook::ephemeral::{EphemeralPostgres, Options};
 
@@ -60,20 +60,6 @@ retry_schedule = ["1h"]
     )
 }
 
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(60), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
-}
-
 /// Waits until `series` reads `value` in `/metrics`; returns the text that did.
 fn wait_for_metric(http: &Http, series: &str, value: f64, within: Duration) -> String {
     let deadline = std::time::Instant::now() + within;
@@ -108,7 +94,7 @@ fn metrics_count_a_known_workload_and_config_reloads() {
     });
     let text = workload_config(&db, &receiver, "");
     let config = config_file(&text);
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     let http = Http::of(&daemon);
 
     // Nothing yet: the series exist at zero, so dashboards and alerts see them.
@@ -333,7 +319,7 @@ fn readyz_follows_postgres_going_away_and_coming_back_while_healthz_stays_200() 
     let db = TestDb::in_cluster(&pg, SCHEMA);
     let receiver = Subscriber::start();
     let config = config_file(&workload_config(&db, &receiver, ""));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     let http = Http::of(&daemon);
     wait_until(Duration::from_secs(15), "/readyz answers 200", || {
         http.status("/readyz") == 200
@@ -390,7 +376,7 @@ fn a_slot_holding_more_wal_than_max_retained_wal_is_a_metric_and_a_warning() {
         &receiver,
         "max_retained_wal = \"1kB\"\n",
     ));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     let http = Http::of(&daemon);
     // A few kB of WAL: the slot's restart point moves on only now and then, so it holds
     // more than 1 kB behind it.

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{config_file, loopback_source, wait_until, ConfigFile, Daemon, TestDb};
+use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, Daemon, TestDb};
 use support::{Reply, Subscriber};
 
 /// How long walhook may take beyond `shutdown_timeout` to stop: the capture checkpoint,
@@ -35,20 +35,6 @@ url = "{url}"
 "#,
         source = loopback_source(db),
     ))
-}
-
-/// Starts the daemon and waits until its slot streams.
-fn start(config: &ConfigFile) -> Daemon {
-    let mut daemon = Daemon::start(config);
-    wait_until(Duration::from_secs(60), "the daemon streams", || {
-        assert!(
-            daemon.running(),
-            "walhook exited; log:\n{}",
-            daemon.log_text()
-        );
-        daemon.log_text().contains("capturing")
-    });
-    daemon
 }
 
 /// SIGTERM; asserts exit code 0 within `shutdown_timeout` + [`MARGIN`] and returns how long
@@ -124,7 +110,7 @@ fn sigterm_during_a_stream_finishes_what_is_in_flight_and_a_restart_delivers_the
     let receiver = Subscriber::start();
     receiver.respond(|_| Reply::status(204).after(Duration::from_millis(300)));
     let config = config(&db, &receiver.url("/hooks"), "");
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
 
     db.sql(&format!(
         "INSERT INTO ledger SELECT g, 1 FROM generate_series(1, {EVENTS}) g"
@@ -169,7 +155,7 @@ fn sigterm_during_a_stream_finishes_what_is_in_flight_and_a_restart_delivers_the
     );
 
     receiver.respond(|_| Reply::status(204));
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     wait_all_delivered(&db, &daemon, EVENTS, Duration::from_secs(60));
     let received: BTreeSet<String> = receiver.all_event_ids().into_iter().collect();
     let recorded: BTreeSet<String> = deliveries(&db).into_iter().map(|r| r.0).collect();
@@ -197,7 +183,7 @@ fn a_receiver_hanging_past_the_shutdown_timeout_does_not_hold_the_exit_and_its_d
         &receiver.url("/hooks"),
         "timeout = \"60s\"\nmax_in_flight = 4",
     );
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
 
     db.sql(&format!(
         "INSERT INTO ledger SELECT g, 1 FROM generate_series(1, {EVENTS}) g"
@@ -226,7 +212,7 @@ fn a_receiver_hanging_past_the_shutdown_timeout_does_not_hold_the_exit_and_its_d
     // at once.
     receiver.respond(|_| Reply::status(204));
     let restarted = Instant::now();
-    let daemon = start(&config);
+    let daemon = start_daemon(&config);
     wait_all_delivered(&db, &daemon, EVENTS, Duration::from_secs(15));
     eprintln!(
         "restart delivered everything {:?} after the start",
@@ -273,7 +259,7 @@ fn sigterm_while_capture_reconnects_to_a_server_that_does_not_answer_exits_at_on
     );
     let receiver = Subscriber::start();
     let config = config(&db, &receiver.url("/hooks"), "");
-    let mut daemon = start(&config);
+    let mut daemon = start_daemon(&config);
     let walsender =
         db.sql("SELECT active_pid FROM pg_replication_slots WHERE active_pid IS NOT NULL");
 

@@ -275,14 +275,15 @@ fn text_response(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
 }
 
 /// Writes a whole block at once under the stdout lock, so concurrent requests don't interleave.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) must not take the receiver down.
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch, for checking a signature's timestamp.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -12,11 +12,10 @@ pub mod story;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -492,7 +491,7 @@ async fn handle(
         std::slice::from_ref(&hook.secret),
         &parts.headers,
         &body,
-        unix_now(),
+        receive::unix_now(),
         Duration::from_secs(300),
     );
     if let Verdict::Rejected(reason) = verdict {
@@ -639,15 +638,7 @@ fn io(what: &str, source: std::io::Error) -> DemoError {
 
 /// Prints a line to stdout at once (concurrent requests must not interleave).
 fn say(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    receive::emit(&format!("{text}\n"));
 }
 
 #[cfg(test)]
