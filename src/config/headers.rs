@@ -12,6 +12,18 @@ pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the request: the HTTP
+/// client manages them, and a configured one would corrupt framing or be dropped.
+const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Checks a header name: an RFC 7230 token that walhook does not reserve.
 pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(is_tchar) {
@@ -25,6 +37,14 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "header {name:?} is set by walhook and cannot be overridden"
+        ));
+    }
+    if HOP_BY_HOP_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "header {name:?} belongs to the connection, which the HTTP client manages; it cannot be configured"
         ));
     }
     Ok(())
@@ -59,6 +79,20 @@ mod tests {
             check_header_name("USER-AGENT"),
             Err("header \"USER-AGENT\" is set by walhook and cannot be overridden".into())
         );
+        for hop in [
+            "Transfer-Encoding",
+            "connection",
+            "TE",
+            "Upgrade",
+            "Keep-Alive",
+        ] {
+            assert!(
+                check_header_name(hop)
+                    .unwrap_err()
+                    .contains("belongs to the connection"),
+                "{hop}"
+            );
+        }
     }
 
     #[test]

@@ -147,11 +147,10 @@ fn redact_userinfo(url: &str) -> String {
         return url.to_owned();
     };
     let authority_start = scheme_end + 3;
-    let authority_len = url[authority_start..]
-        .find(['/', '?', '#'])
-        .unwrap_or(url.len() - authority_start);
-    let authority = &url[authority_start..authority_start + authority_len];
-    // The password may itself contain '@' when not percent-encoded; the host never does.
+    // A password that was not percent-encoded may hold '@', '/', '?' or '#', so the user
+    // info ends at the last '@' anywhere; a query holding '@' makes this hide too much,
+    // never too little.
+    let authority = &url[authority_start..];
     let Some(at) = authority.rfind('@') else {
         return url.to_owned();
     };
@@ -221,6 +220,13 @@ mod tests {
             redact_url("postgres://u:p@ss@h/db"),
             "postgres://u:***@h/db"
         );
+        for mangled in [
+            "postgres://u:p#ss@h/db",
+            "postgres://u:p/ss@h/db",
+            "postgres://u:p?ss@h/db",
+        ] {
+            assert_eq!(redact_url(mangled), "postgres://u:***@h/db", "{mangled}");
+        }
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(

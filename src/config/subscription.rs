@@ -373,8 +373,16 @@ fn auth(checker: &mut Checker<'_, '_>, raw: RawAuth, path: &str) -> Option<Auth>
         ("password", &raw.password),
         ("value", &raw.value),
     ] {
-        if value.as_deref() == Some("") {
-            checker.error(&child_key(path, key), "must not be empty");
+        match value.as_deref() {
+            Some("") => checker.error(&child_key(path, key), "must not be empty"),
+            // A line break in a credential would end the header early: refuse it here
+            // rather than fail every request later.
+            Some(text) => {
+                if let Err(reason) = check_header_value(text) {
+                    checker.error(&child_key(path, key), reason);
+                }
+            }
+            None => {}
         }
     }
     if !complete {
@@ -392,6 +400,8 @@ fn auth(checker: &mut Checker<'_, '_>, raw: RawAuth, path: &str) -> Option<Auth>
                     &child_key(path, "username"),
                     "must not contain \":\" (RFC 7617)",
                 );
+            } else if let Err(reason) = check_header_value(&username) {
+                checker.error(&child_key(path, "username"), reason);
             }
             Auth::Basic {
                 username,
@@ -404,9 +414,6 @@ fn auth(checker: &mut Checker<'_, '_>, raw: RawAuth, path: &str) -> Option<Auth>
                 checker.error(&child_key(path, "name"), reason);
             }
             let value = raw.value.unwrap_or_default();
-            if let Err(reason) = check_header_value(&value) {
-                checker.error(&child_key(path, "value"), reason);
-            }
             Auth::Header {
                 name,
                 value: Secret::new(value),

@@ -209,7 +209,7 @@ impl Checker<'_, '_> {
             );
         }
         let publication = raw.publication.unwrap_or_else(|| "walhook".to_owned());
-        self.identifier(&publication, "source.publication");
+        self.identifier(&publication, "source.publication", false);
         let max_retained_wal = match raw.max_retained_wal {
             None => 20_000_000_000,
             Some(size) => self.size(&size, "source.max_retained_wal"),
@@ -233,7 +233,7 @@ impl Checker<'_, '_> {
             self.postgres_url(url, "outbox.url");
         }
         let schema = raw.schema.unwrap_or_else(|| "walhook".to_owned());
-        self.identifier(&schema, "outbox.schema");
+        self.identifier(&schema, "outbox.schema", true);
         let retention = self.positive_duration(
             raw.retention.as_ref(),
             "outbox.retention",
@@ -368,10 +368,19 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// A Postgres identifier walhook creates (schema, publication): 1 to 63 bytes.
-    fn identifier(&mut self, name: &str, path: &str) {
+    /// A Postgres identifier walhook creates (schema, publication): 1 to 63 bytes, no NUL,
+    /// and for a schema not Postgres's reserved `pg_` prefix — each would pass here and fail
+    /// at the first `CREATE`.
+    fn identifier(&mut self, name: &str, path: &str, is_schema: bool) {
         if name.is_empty() || name.len() > 63 {
             self.error(path, "must be 1 to 63 bytes long (a Postgres identifier)");
+        } else if name.contains('\0') {
+            self.error(path, "must not contain a NUL character");
+        } else if is_schema && name.starts_with("pg_") {
+            self.error(
+                path,
+                format!("{name:?} starts with \"pg_\", which Postgres reserves for system schemas"),
+            );
         }
     }
 }

@@ -204,7 +204,7 @@ fn bad_source_url() {
     assert_eq!(
         error("[source]\nurl = \"postgres://db/erp?sslmode=verify\"\n"),
         "walhook.toml:2: source.url: invalid Postgres URL \"postgres://db/erp?sslmode=verify\": invalid sslmode \"verify\"; \
-         use one of disable, allow, prefer, require, verify-ca, verify-full"
+         use one of disable, prefer, require, verify-ca, verify-full"
     );
     assert_eq!(
         error("[source]\nurl = \"postgres://db/erp\"\n[outbox]\nurl = \"postgres://db/erp?bogus=1\"\n"),
@@ -232,6 +232,58 @@ fn bad_slot_and_identifiers() {
     assert_eq!(
         error("[source]\nurl = \"postgres://db/erp\"\npublication = \"\"\n"),
         "walhook.toml:3: source.publication: must be 1 to 63 bytes long (a Postgres identifier)"
+    );
+}
+
+// Values that used to load and then fail at the first statement or request.
+
+#[test]
+fn an_outbox_schema_postgres_reserves_is_refused_at_load() {
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp\"\n[outbox]\nschema = \"pg_walhook\"\n"),
+        "walhook.toml:4: outbox.schema: \"pg_walhook\" starts with \"pg_\", which Postgres reserves for system schemas"
+    );
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp\"\npublication = \"wal\\u0000hook\"\n"),
+        "walhook.toml:3: source.publication: must not contain a NUL character"
+    );
+}
+
+#[test]
+fn a_line_break_in_a_bearer_token_is_refused_at_load() {
+    assert_eq!(
+        extra_error("auth = { type = \"bearer\", token = \"abc\\ndef\" }\n"),
+        "walhook.toml:12: subscriptions[0].auth.token: header value contains a line break or other control character"
+    );
+    assert_eq!(
+        extra_error("auth = { type = \"basic\", username = \"u\\r\", password = \"p\\n\" }\n"),
+        "walhook.toml:12: subscriptions[0].auth.password: header value contains a line break or other control character\n\
+         walhook.toml:12: subscriptions[0].auth.username: header value contains a line break or other control character"
+    );
+}
+
+#[test]
+fn connection_headers_cannot_be_configured() {
+    assert_eq!(
+        extra_error("headers = { Transfer-Encoding = \"chunked\" }\n"),
+        "walhook.toml:12: subscriptions[0].headers.Transfer-Encoding: header \"Transfer-Encoding\" belongs to the connection, which the HTTP client manages; it cannot be configured"
+    );
+}
+
+#[test]
+fn a_password_with_url_delimiters_asks_for_percent_encoding() {
+    assert_eq!(
+        error("[source]\nurl = \"postgres://walhook:se#cret@db/erp\"\n"),
+        "walhook.toml:2: source.url: invalid Postgres URL \"postgres://walhook:***@db/erp\": the user name or password \
+         contains '@', '/', '?' or '#'; percent-encode them ('@' as %40, '/' as %2F, '?' as %3F, '#' as %23)"
+    );
+}
+
+#[test]
+fn sslmode_allow_is_refused_at_load_as_at_connect() {
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp?sslmode=allow\"\n"),
+        "walhook.toml:2: source.url: invalid Postgres URL \"postgres://db/erp?sslmode=allow\": sslmode=allow is not supported; use sslmode=prefer or sslmode=disable"
     );
 }
 
