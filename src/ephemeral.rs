@@ -24,6 +24,18 @@ pub enum EphemeralError {
          directory holding initdb and pg_ctl"
     )]
     NoBinaries,
+    /// A `*_PG_BINDIR` variable names a directory without the server programs.
+    #[error(
+        "{var}={} has no initdb and pg_ctl; point it at the directory holding them \
+         (e.g. /usr/lib/postgresql/16/bin) or unset it",
+        dir.display()
+    )]
+    BadBindir {
+        /// The variable that was set.
+        var: &'static str,
+        /// What it named.
+        dir: PathBuf,
+    },
     /// A server program failed; carries its output.
     #[error("{program} failed: {output}")]
     Command {
@@ -73,7 +85,7 @@ pub struct EphemeralPostgres {
 impl EphemeralPostgres {
     /// Creates and starts a cluster; returns when it accepts connections.
     pub fn start(options: &Options) -> Result<Self, EphemeralError> {
-        let bindir = find_bindir().ok_or(EphemeralError::NoBinaries)?;
+        let bindir = find_bindir()?;
         let as_postgres_user = is_root();
         let root = make_root_dir(as_postgres_user)?;
         let mut cluster = EphemeralPostgres {
@@ -121,6 +133,12 @@ impl EphemeralPostgres {
     /// Path of the CA certificate that signed the server certificate (TLS clusters only).
     pub fn ca_cert(&self) -> Option<PathBuf> {
         self.tls.then(|| self.root.join("ca.crt"))
+    }
+
+    /// The cluster's own temporary directory: what is put there goes with the cluster, also
+    /// when this process is killed (the watchdog removes it).
+    pub fn scratch_dir(&self) -> &Path {
+        &self.root
     }
 
     /// The data directory, e.g. to read the server log.
@@ -427,19 +445,22 @@ fn run_command(cmd: &mut Command) -> Result<String, EphemeralError> {
 }
 
 /// Finds the directory holding `initdb`, `pg_ctl` and `postgres`.
-pub fn find_bindir() -> Option<PathBuf> {
+pub fn find_bindir() -> Result<PathBuf, EphemeralError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     for var in ["WALHOOK_PG_BINDIR", "WALHOOK_TEST_PG_BINDIR"] {
         if let Some(dir) = std::env::var_os(var).map(PathBuf::from) {
-            if has_server(&dir) {
-                return Some(dir);
+            // A variable set by hand is meant: falling back to another installation would
+            // run a version the user did not ask for.
+            if !has_server(&dir) {
+                return Err(EphemeralError::BadBindir { var, dir });
             }
+            return Ok(dir);
         }
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_server(&dir) {
-            return Some(dir);
+            return Ok(dir);
         }
     }
     // Debian keeps each major version apart; prefer the newest.
@@ -454,11 +475,12 @@ pub fn find_bindir() -> Option<PathBuf> {
             .collect();
         versions.sort();
         if let Some((_, dir)) = versions.pop() {
-            return Some(dir);
+            return Ok(dir);
         }
     }
     std::env::var_os("PATH")
         .and_then(|path| std::env::split_paths(&path).find(|dir| has_server(dir)))
+        .ok_or(EphemeralError::NoBinaries)
 }
 
 fn is_root() -> bool {

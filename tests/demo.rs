@@ -133,8 +133,28 @@ fn keep_leaves_it_running_for_changes_by_hand_until_sigterm() {
     let config = wait_for("config (edits apply without a restart): ");
     let config = PathBuf::from(config.split(": ").last().unwrap().trim());
     assert!(config.is_file(), "{config:?}");
+    let receiver = wait_for("is received too");
+    let hooks = receiver
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .replace("<any-name>", "mine");
     let admin = wait_for("admin API: http://127.0.0.1:");
     assert!(admin.trim_end().ends_with("/api/v1/status"), "{admin}");
+    let port: u16 = admin
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("admin port");
+    let curl = wait_for("Authorization: Bearer ");
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
 
     // A change by hand arrives like the story's.
     let bindir = walhook::ephemeral::find_bindir().expect("server binaries");
@@ -145,6 +165,46 @@ fn keep_leaves_it_running_for_changes_by_hand_until_sigterm() {
         .expect("run psql");
     assert!(status.success());
     wait_for("partner_id: 2 → 3");
+
+    // The printed token opens the admin API's write calls.
+    let answer = post(
+        port,
+        "/api/v1/subscriptions/partner-sync/pause",
+        Some(token),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = post(port, "/api/v1/subscriptions/partner-sync/resume", None);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // A subscription the user adds reaches the demo's receiver too.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[subscriptions]]\nname = \"mine\"\nobject = \"invoice\"\nurl = \"{hooks}\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let status = Command::new(bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
+            .arg(format!(
+                "UPDATE account_invoice SET number = 'MINE-{n}' WHERE id = 1"
+            ))
+            .status()
+            .expect("run psql");
+        assert!(status.success());
+        // The reload is asynchronous: repeat the change until the new subscription has it.
+        std::thread::sleep(Duration::from_millis(500));
+        if seen_so_far(&mut seen, &lines).contains("your subscription: signature not checked") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the added subscription never arrived:\n{}",
+            seen.join("\n")
+        );
+    }
 
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -165,6 +225,74 @@ fn keep_leaves_it_running_for_changes_by_hand_until_sigterm() {
         leftovers(pid).is_empty(),
         "left behind: {:?}",
         leftovers(pid)
+    );
+}
+
+/// One HTTP POST to the admin API on loopback; the whole answer.
+fn post(port: u16, path: &str, token: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Everything printed so far, with what arrived since the last call added to `seen`.
+fn seen_so_far(seen: &mut Vec<String>, lines: &mpsc::Receiver<String>) -> String {
+    seen.extend(lines.try_iter());
+    seen.join("\n")
+}
+
+#[test]
+fn a_killed_demo_leaves_neither_cluster_nor_config() {
+    let mut child = demo()
+        .arg("--keep")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start walhook demo --keep");
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let config = loop {
+        let line = lines.next().expect("the demo prints its config").unwrap();
+        if let Some(path) = line
+            .split("config (edits apply without a restart): ")
+            .nth(1)
+        {
+            break PathBuf::from(path.trim());
+        }
+    };
+    assert!(config.is_file(), "{config:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while config.exists() || !leftovers(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind after SIGKILL: {:?}",
+            leftovers(pid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_pg_bindir_pointing_nowhere_is_an_error() {
+    let out = demo()
+        .env("WALHOOK_PG_BINDIR", "/nowhere/bin")
+        .output()
+        .expect("run walhook demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("WALHOOK_PG_BINDIR=/nowhere/bin has no initdb and pg_ctl"),
+        "{stderr}"
     );
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         .map_err(|source| io("install a SIGTERM handler", source))?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|source| io("install a SIGINT handler", source))?;
-    if ephemeral::find_bindir().is_none() {
-        return Err(DemoError::NoPostgres);
-    }
+    ephemeral::find_bindir()?;
     say("▸ starting a throw-away Postgres from the installed server binaries …");
     let started = Instant::now();
     let cluster = blocking(|| {
@@ -165,9 +163,14 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         let secret = SigningSecret::parse(&generate_secret()).map_err(DemoError::Config)?;
         hooks.insert(format!("/hooks/{name}"), Hook { secret, bearer });
     }
-    let text = config_text(&cluster.url(DATABASE), receiver_addr, admin_port, &hooks);
-    let dir = ConfigDir::create()?;
-    let config_path = dir.path.join("walhook.toml");
+    let admin = Admin {
+        port: admin_port,
+        token: generate_admin_token(),
+    };
+    let text = config_text(&cluster.url(DATABASE), receiver_addr, &admin, &hooks);
+    // In the cluster's directory, so a SIGKILL (which no cleanup survives) leaves nothing:
+    // the cluster's watchdog removes both.
+    let config_path = cluster.scratch_dir().join("walhook.toml");
     std::fs::write(&config_path, &text)
         .map_err(|source| io(&format!("write {}", config_path.display()), source))?;
     let config = Config::load(&config_path).map_err(|e| DemoError::Config(e.to_string()))?;
@@ -199,7 +202,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         say("▸ walhook is capturing; the story begins\n");
         tell_story(&cluster, &mut arrivals).await?;
         if options.keep {
-            keep_running(&cluster, &config_path, admin_port, &mut arrivals).await;
+            keep_running(&cluster, &config_path, receiver_addr, &admin, &mut arrivals).await;
         }
         Ok::<_, DemoError>(())
     };
@@ -220,8 +223,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
             "walhook did not stop within 15 s".to_owned(),
         )),
     };
-    // The cluster and the config go when dropped, whatever happened.
-    drop(dir);
+    // The cluster and the config in its directory go when dropped, whatever happened.
     let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
     outcome?;
     daemon_result?;
@@ -299,18 +301,24 @@ async fn tell_story(
 async fn keep_running(
     cluster: &EphemeralPostgres,
     config_path: &Path,
-    admin_port: u16,
+    receiver: SocketAddr,
+    admin: &Admin,
     arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
 ) {
     say(&format!(
         "\n▸ still running (--keep); make changes by hand and watch them arrive:\n\
          \n  psql '{url}'\n    UPDATE account_invoice SET partner_id = 3 WHERE id = 1;\n\
          \n  config (edits apply without a restart): {config}\
-         \n  admin API: http://127.0.0.1:{admin_port}/api/v1/status\
-         \n  metrics:   http://127.0.0.1:{admin_port}/metrics\
+         \n    a subscription you add with url = \"http://{receiver}/hooks/<any-name>\" is received too\
+         \n  admin API: http://127.0.0.1:{port}/api/v1/status\
+         \n    curl -X POST -H 'Authorization: Bearer {token}' \\\
+         \n      http://127.0.0.1:{port}/api/v1/subscriptions/partner-sync/pause\
+         \n  metrics:   http://127.0.0.1:{port}/metrics\
          \n\n  Ctrl-C stops walhook and removes the cluster and the config.\n",
         url = cluster.url(DATABASE),
         config = config_path.display(),
+        port = admin.port,
+        token = admin.token,
     ));
     // The receiver prints what arrives; this waits for the signal that ends the demo.
     while arrivals.recv().await.is_some() {}
@@ -331,7 +339,7 @@ fn interrupted(keep: bool) -> Result<(), DemoError> {
 fn config_text(
     source_url: &str,
     receiver: SocketAddr,
-    admin_port: u16,
+    admin: &Admin,
     hooks: &HashMap<String, Hook>,
 ) -> String {
     let secret = |name: &str| hooks[&format!("/hooks/{name}")].secret.expose().to_owned();
@@ -348,6 +356,7 @@ schema = "walhook"
 
 [http]
 listen = "127.0.0.1:{admin_port}"
+admin_token = "{admin_token}"
 
 [delivery]
 timeout = "5s"
@@ -415,6 +424,8 @@ auth = {{ type = "bearer", token = "{WORKSHOP_TOKEN}" }}
 url = "{u5}"
 secret = "{s5}"
 "#,
+        admin_port = admin.port,
+        admin_token = admin.token,
         u1 = url("invoice-created"),
         s1 = secret("invoice-created"),
         u2 = url("partner-sync"),
@@ -473,19 +484,30 @@ async fn handle(
         *response.status_mut() = status;
         Ok(response)
     };
-    let Some(hook) = hooks.get(&path) else {
+    let hook = hooks.get(&path);
+    if hook.is_none() && !path.starts_with("/hooks/") {
         say(&format!(
-            "✗ {} {path}: no such subscription (404)",
+            "✗ {} {path}: not a /hooks/… path (404)",
             parts.method
         ));
         return reply(StatusCode::NOT_FOUND);
-    };
+    }
     let body = match Limited::new(body, receive::MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             say(&format!("✗ {path}: could not read the body: {e}"));
             return reply(StatusCode::BAD_REQUEST);
         }
+    };
+    // A subscription the user added under --keep: its secret is theirs, so it is shown
+    // without a check rather than refused.
+    let Some(hook) = hook else {
+        return accept(
+            &path,
+            &body,
+            "your subscription: signature not checked",
+            &arrivals,
+        );
     };
     let verdict = receive::check(
         std::slice::from_ref(&hook.secret),
@@ -512,7 +534,22 @@ async fn handle(
         }
         checks.push_str(", bearer token ok");
     }
-    let events = match serde_json::from_slice::<Value>(&body) {
+    accept(&path, &body, &checks, &arrivals)
+}
+
+/// Prints the events of an accepted request and answers 200 (400 for a body not JSON).
+fn accept(
+    path: &str,
+    body: &[u8],
+    checks: &str,
+    arrivals: &mpsc::UnboundedSender<Arrival>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode| {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status;
+        Ok(response)
+    };
+    let events = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(events)) => events,
         Ok(event) => vec![event],
         Err(_) => {
@@ -578,28 +615,10 @@ fn compact(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// A temporary directory for the config, removed on drop.
-struct ConfigDir {
-    path: PathBuf,
-}
-
-impl ConfigDir {
-    fn create() -> Result<Self, DemoError> {
-        let path = std::env::temp_dir().join(format!(
-            "walhook-demo-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&path)
-            .map_err(|source| io(&format!("create {}", path.display()), source))?;
-        Ok(ConfigDir { path })
-    }
-}
-
-impl Drop for ConfigDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// Where the admin API listens and the token its write calls need.
+struct Admin {
+    port: u16,
+    token: String,
 }
 
 /// A fresh Standard Webhooks signing secret.
@@ -609,6 +628,12 @@ fn generate_secret() -> String {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
+}
+
+/// A token for the admin API's write calls (pause, resume, replay), printed with `--keep`.
+fn generate_admin_token() -> String {
+    let key: [u8; 18] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
 }
 
 fn free_port() -> Result<u16, DemoError> {
@@ -706,14 +731,18 @@ mod tests {
             )
         })
         .collect();
+        let admin = Admin {
+            port: 9187,
+            token: generate_admin_token(),
+        };
         let text = config_text(
             "postgres://postgres@127.0.0.1:5432/erp",
             "127.0.0.1:9999".parse().unwrap(),
-            9187,
+            &admin,
             &hooks,
         );
-        let dir = ConfigDir::create().unwrap();
-        let path = dir.path.join("walhook.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("walhook.toml");
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.subscriptions.len(), 5);
