@@ -11,8 +11,9 @@ use walhook::config::{Config, SigningSecret};
 #[derive(Parser, Debug)]
 #[command(name = "walhook", version, about)]
 struct Cli {
-    /// Config file [default: $WALHOOK_CONFIG, then ./walhook.toml]
-    #[arg(long, global = true)]
+    /// Config file [default: $WALHOOK_CONFIG, then ./walhook.toml]; not for demo and receive
+    // Not global: `demo` and `receive` read no config, and their help must not offer one.
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -108,7 +109,7 @@ enum Command {
         subscription: Option<String>,
         /// Which deliveries of the subscription: dead (gave up) or delivered (re-send).
         #[arg(long, value_enum)]
-        status: Option<DeliveryStatus>,
+        status: Option<ReplayStatus>,
         /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
         #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
         since: Option<commands::outbox::Since>,
@@ -157,6 +158,26 @@ enum DeliveryStatus {
     Dead,
 }
 
+/// `--status` of `walhook replay`: pending deliveries are still queued, so only these two.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReplayStatus {
+    Delivered,
+    Dead,
+    /// Not listed: answered with why a pending delivery needs no replay.
+    #[value(hide = true)]
+    Pending,
+}
+
+impl From<ReplayStatus> for commands::outbox::Status {
+    fn from(status: ReplayStatus) -> Self {
+        match status {
+            ReplayStatus::Pending => Self::Pending,
+            ReplayStatus::Delivered => Self::Delivered,
+            ReplayStatus::Dead => Self::Dead,
+        }
+    }
+}
+
 impl From<DeliveryStatus> for commands::outbox::Status {
     fn from(status: DeliveryStatus) -> Self {
         match status {
@@ -179,6 +200,12 @@ fn main() -> ExitCode {
     // The demo's stdout is the story: only warnings and errors of the daemon on stderr.
     let quiet = matches!(cli.command, Command::Demo { .. });
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    if cli.config.is_some() && matches!(cli.command, Command::Demo { .. } | Command::Receive { .. })
+    {
+        eprintln!("walhook: demo and receive read no config file; leave out --config");
+        return ExitCode::from(exit::CONFIG);
+    }
     if let Command::Demo { keep } = cli.command {
         let options = walhook::demo::DemoOptions { keep };
         return runtime()
@@ -222,7 +249,12 @@ fn main() -> ExitCode {
     let config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("{e}");
+            // A log collector reading `run --log-format json` must see this as a log line.
+            if json_logs && matches!(cli.command, Command::Run { .. }) {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("{e}");
+            }
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -289,10 +321,13 @@ fn main() -> ExitCode {
                     limit,
                     json,
                 };
-                runtime_result(
-                    "deliveries",
-                    commands::deliveries::run(&config, &options).await,
-                )
+                match commands::deliveries::run(&config, &options).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("walhook deliveries: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
             }
             Command::Replay { .. } => {
                 let target = replay.expect("checked before the config was read");

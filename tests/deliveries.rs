@@ -206,15 +206,21 @@ fn a_script_reads_one_json_object_per_line_with_the_views_columns() {
 }
 
 #[test]
-fn a_mistyped_subscription_shows_nothing_and_suggests_the_configured_name() {
+fn a_mistyped_subscription_is_a_usage_error_that_suggests_the_configured_name() {
     let (_db, config) = outbox();
-    let out = deliveries(&config, &["--subscription", "invoice"]);
-    assert!(event_ids(&out).is_empty(), "{}", out.stdout);
+    let out = run_walhook(&config, &["deliveries", "--subscription", "invoice"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("did you mean \"invoices\"?"),
+        out.stderr.contains(
+            "unknown subscription \"invoice\": not in the config and no deliveries in the outbox; \
+             did you mean \"invoices\"?"
+        ),
         "{}",
         out.stderr
     );
+    // A configured name lists its deliveries as before.
+    let out = deliveries(&config, &["--subscription", "partners"]);
+    assert_eq!(event_ids(&out), ["evt_5", "evt_3"]);
 }
 
 #[test]

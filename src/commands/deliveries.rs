@@ -29,10 +29,33 @@ pub struct DeliveriesOptions {
     pub json: bool,
 }
 
-/// Why the delivery log could not be read (exit 1).
+/// Why the delivery log could not be shown.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveriesError(pub String);
+pub enum DeliveriesError {
+    /// The name is neither in the config nor in the outbox (exit 2, as for `replay`).
+    #[error(
+        "unknown subscription {name:?}: not in the config and no deliveries in the outbox{hint}"
+    )]
+    UnknownSubscription {
+        /// The name given.
+        name: String,
+        /// `; did you mean "x"?`, or empty.
+        hint: String,
+    },
+    /// The outbox could not be read (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DeliveriesError {
+    /// The exit code of SPEC §1: a bad name is a usage error (2), anything else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DeliveriesError::UnknownSubscription { .. } => 2,
+            DeliveriesError::Failed(_) => 1,
+        }
+    }
+}
 
 /// Which deliveries to read: the filters of `walhook deliveries` and the admin API's
 /// `GET /api/v1/deliveries`.
@@ -106,7 +129,7 @@ pub async fn list(
             &refs,
         )
         .await
-        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
+        .map_err(|e| DeliveriesError::Failed(format!("reading {view}: {e}")))?;
     Ok(rows.iter().map(Delivery::from_row).collect())
 }
 
@@ -127,7 +150,7 @@ async fn counts(
             &params.refs(),
         )
         .await
-        .map_err(|e| DeliveriesError(format!("reading {view}: {e}")))?;
+        .map_err(|e| DeliveriesError::Failed(format!("reading {view}: {e}")))?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
@@ -157,8 +180,11 @@ fn filters() -> String {
 pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), DeliveriesError> {
     let db = super::outbox::connect(config, "deliveries")
         .await
-        .map_err(DeliveriesError)?;
+        .map_err(DeliveriesError::Failed)?;
     let schema = &config.outbox.schema;
+    if let Some(name) = &options.subscription {
+        check_known(config, &db, name).await?;
+    }
     let filter = Filter {
         subscription: options.subscription.clone(),
         status: options.status,
@@ -189,19 +215,33 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
             count("dead")
         );
     }
-    if let Some(name) = &options.subscription {
-        let configured = config.subscriptions.iter().any(|s| &s.name == name);
-        if !configured && deliveries.is_empty() {
-            eprintln!(
-                "note: no subscription {name:?} in the config{}",
-                crate::suggest::did_you_mean(
-                    name,
-                    config.subscriptions.iter().map(|s| s.name.as_str())
-                )
-            );
-        }
-    }
     Ok(())
+}
+
+/// A name that is neither configured nor in the outbox is a typo, not an empty log.
+async fn check_known(
+    config: &Config,
+    db: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), DeliveriesError> {
+    if config.subscriptions.iter().any(|s| s.name == name) {
+        return Ok(());
+    }
+    let only_name = Filter {
+        subscription: Some(name.to_owned()),
+        ..Filter::default()
+    };
+    let counts = counts(db, &config.outbox.schema, &only_name).await?;
+    if counts.iter().any(|(_, n)| *n > 0) {
+        return Ok(());
+    }
+    Err(DeliveriesError::UnknownSubscription {
+        name: name.to_owned(),
+        hint: crate::suggest::did_you_mean(
+            name,
+            config.subscriptions.iter().map(|s| s.name.as_str()),
+        ),
+    })
 }
 
 /// SQL giving a timestamptz column as RFC 3339 text in UTC, microsecond precision.

@@ -376,7 +376,7 @@ async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     let rows = timed("reading the delivery log", async {
         deliveries::list(conn.client(), schema, &filter, limit)
             .await
-            .map_err(|e| ApiError::database(e.0))
+            .map_err(|e| ApiError::database(e.to_string()))
     })
     .await?;
     let next = if rows.len() == limit as usize {
