@@ -149,6 +149,27 @@ async fn without_a_secret_everything_is_accepted_with_the_chosen_status() {
     let out = receiver.output_until("batch of 2 events", Duration::from_secs(5));
     assert!(out.contains("unsigned check skipped: no --secret"), "{out}");
     assert!(out.contains("batch_1"), "{out}");
+    assert!(out.contains("answered 503"), "{out}");
+}
+
+#[tokio::test]
+async fn the_authorization_a_subscription_sent_is_shown_with_the_answer() {
+    let receiver = Receiver::start(&[], None);
+    let response = reqwest::Client::new()
+        .post(format!("{}/hooks/erp", receiver.base))
+        .header("authorization", "Bearer workshop-token")
+        .header("webhook-id", "evt_auth")
+        .body(EVENT)
+        .send()
+        .await
+        .expect("send to walhook receive");
+    assert_eq!(response.status().as_u16(), 200);
+    let out = receiver.output_until("INV/2024/0001", Duration::from_secs(5));
+    assert!(
+        out.contains("authorization: Bearer workshop-token"),
+        "{out}"
+    );
+    assert!(out.contains("answered 200"), "{out}");
 }
 
 #[tokio::test]

@@ -165,6 +165,13 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("(none)")
     );
+    // What a subscription's `auth` sent, so its configuration can be checked by eye.
+    for (name, value) in &parts.headers {
+        if name == hyper::header::AUTHORIZATION {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let _ = writeln!(block, "   authorization: {}", value.escape_debug());
+        }
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -206,6 +213,7 @@ async fn handle(
             text_response(StatusCode::UNAUTHORIZED, reason)
         }
     };
+    let _ = writeln!(block, "   answered {}", response.status().as_u16());
     describe_body(&mut block, &body);
     block.push('\n');
     emit(&block);
