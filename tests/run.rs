@@ -201,6 +201,36 @@ fields = [\"state\"]
 }
 
 #[test]
+fn a_when_compares_a_numeric_column_as_a_number_while_the_event_keeps_its_text() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}{}",
+        source(&db),
+        subscription("large", "invoice", "when = \"values.amount > 100\""),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start_daemon(&config);
+    for (id, amount) in [
+        (1, "5"),
+        (2, "100.00"),
+        (3, "100.01"),
+        (4, "99999999999999999999"),
+    ] {
+        db.sql(&format!(
+            "INSERT INTO account_invoice VALUES ({id}, 'INV-{id}', 10, 'draft', {amount})"
+        ));
+    }
+    let rows = settle(&db, &daemon, "all");
+    let large: Vec<&Value> = rows
+        .iter()
+        .filter(|(s, _)| s == "large")
+        .map(|(_, b)| &b["values"]["amount"])
+        .collect();
+    // As text "5" > "100" would fire; as a number only the two above 100 do.
+    assert_eq!(large, [&json!("100.01"), &json!("99999999999999999999")]);
+}
+
+#[test]
 fn two_subscriptions_with_their_own_fields_get_their_own_deliveries_and_share_the_event_id() {
     let db = TestDb::new(ERP);
     let config = config_file(&format!(
