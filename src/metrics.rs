@@ -79,6 +79,13 @@ pub struct TableLabels {
     pub table: &'static str,
 }
 
+/// `{table}` of `walhook_truncates_total`: a source table, `schema.table`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceTableLabels {
+    /// `schema.table`.
+    pub table: String,
+}
+
 /// `{result}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -122,6 +129,8 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// Outbox transactions committed by capture.
     pub outbox_commits: Counter,
+    /// TRUNCATEs of configured tables, per `schema.table`.
+    pub truncates: Family<SourceTableLabels, Counter>,
     /// Rows removed by `outbox.retention`, per table.
     pub retention_deleted: Family<TableLabels, Counter>,
 }
@@ -156,6 +165,7 @@ impl Metrics {
             config_reloads: Family::default(),
             outbox_commits: Counter::default(),
             retention_deleted: Family::default(),
+            truncates: Family::default(),
             registry,
         };
         for result in ["applied", "rejected"] {
@@ -223,6 +233,11 @@ impl Metrics {
             "changes",
             "Row changes of configured tables read from the WAL",
             self.changes.clone(),
+        );
+        r.register(
+            "truncates",
+            "TRUNCATEs of configured tables read from the WAL",
+            self.truncates.clone(),
         );
         r.register(
             "events",

@@ -288,6 +288,33 @@ async fn a_transaction_across_three_tables_keeps_its_order_and_a_rollback_emits_
 }
 
 #[tokio::test]
+async fn json_numbers_beyond_f64_come_out_exact_in_the_event() {
+    let db = TestDb::new("CREATE TABLE docs (id int PRIMARY KEY, jb jsonb, j json)");
+    let mut reader = reader_for(&db, "docs").await;
+    db.sql(
+        r#"INSERT INTO docs VALUES
+           (1, '{"n": 12345678901234567890123, "huge": 1e400}', '{"n": 1e400, "f": 0.10}')"#,
+    );
+    let (commit, items) = next_transaction(&mut reader).await;
+    let [Item::Change(change)] = items.as_slice() else {
+        panic!("expected one change, got {items:?}");
+    };
+    let view = ObjectView::of_table(&change.relation);
+    let body = envelope(change, &view, "docs.created", commit);
+    let body = String::from_utf8(body).unwrap();
+    // jsonb stores numbers as numeric and prints 1e400 in full; json keeps the digits as typed.
+    let huge = format!("1{}", "0".repeat(400));
+    assert!(
+        body.contains(&format!(
+            r#""jb":{{"n":12345678901234567890123,"huge":{huge}}}"#
+        )),
+        "{body}"
+    );
+    // The value exactly; serde_json spells the exponent with its sign.
+    assert!(body.contains(r#""j":{"n":1e+400,"f":0.10}"#), "{body}");
+}
+
+#[tokio::test]
 async fn a_truncate_of_two_tables_takes_a_position_each() {
     let db =
         TestDb::new("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);");

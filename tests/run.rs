@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{json, Value};
+use support::http::{metric, Http};
 use support::{config_file, run_walhook, start_daemon, unique, wait_until, Daemon, TestDb};
 
 const ERP: &str = "
@@ -198,6 +199,90 @@ fields = [\"state\"]
     );
 
     assert_eq!(of("all").len(), 4);
+}
+
+#[test]
+fn a_when_compares_a_numeric_column_as_a_number_while_the_event_keeps_its_text() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}{}",
+        source(&db),
+        subscription("large", "invoice", "when = \"values.amount > 100\""),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start_daemon(&config);
+    for (id, amount) in [
+        (1, "5"),
+        (2, "100.00"),
+        (3, "100.01"),
+        (4, "99999999999999999999"),
+    ] {
+        db.sql(&format!(
+            "INSERT INTO account_invoice VALUES ({id}, 'INV-{id}', 10, 'draft', {amount})"
+        ));
+    }
+    let rows = settle(&db, &daemon, "all");
+    let large: Vec<&Value> = rows
+        .iter()
+        .filter(|(s, _)| s == "large")
+        .map(|(_, b)| &b["values"]["amount"])
+        .collect();
+    // As text "5" > "100" would fire; as a number only the two above 100 do.
+    assert_eq!(large, [&json!("100.01"), &json!("99999999999999999999")]);
+}
+
+#[test]
+fn a_truncate_is_an_event_for_subscriptions_listing_it_and_a_warning_for_the_others() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}{}",
+        source(&db),
+        subscription(
+            "wipes",
+            "invoice",
+            "operations = [\"create\", \"truncate\"]"
+        ),
+        subscription("all", "invoice", ""),
+    ));
+    let daemon = start_daemon(&config);
+    let http = Http::of(&daemon);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    db.sql("TRUNCATE account_invoice");
+    let rows = settle(&db, &daemon, "all");
+    let of = |name: &str| -> Vec<&Value> {
+        rows.iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, b)| b)
+            .collect()
+    };
+    let wipes = of("wipes");
+    assert_eq!(wipes.len(), 2, "{rows:?}");
+    assert_eq!(wipes[1]["type"], "invoice.truncated");
+    assert_eq!(wipes[1]["operation"], "truncate");
+    assert_eq!(wipes[1]["key"], Value::Null);
+    assert_eq!(wipes[1]["values"], Value::Null);
+    assert_eq!(wipes[1]["source"]["table"], "public.account_invoice");
+    let all: Vec<&Value> = of("all");
+    assert_eq!(
+        all.len(),
+        1,
+        "truncate is not in the default operations: {rows:?}"
+    );
+
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("TRUNCATE of public.account_invoice")
+            && l.contains("all")),
+        "{log}"
+    );
+    assert_eq!(
+        metric(
+            &http.metrics(),
+            "walhook_truncates_total{table=\"public.account_invoice\"}"
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]

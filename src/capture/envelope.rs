@@ -209,6 +209,8 @@ pub fn truncate_envelope(
         "truncate",
         commit,
     );
+    body.insert("key".into(), Value::Null);
+    body.insert("values".into(), Value::Null);
     body.insert("cascade".into(), cascade.into());
     body.insert("restart_identity".into(), restart_identity.into());
     finish(body, relation, commit)

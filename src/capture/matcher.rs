@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
-use super::envelope::{envelope, event_id, Commit, ObjectView};
+use super::envelope::{envelope, event_id, truncate_envelope, Commit, ObjectView};
 use super::relation::{Identity, Relation};
 use super::when::{self, When};
 use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName};
@@ -107,6 +107,8 @@ struct Subscription {
     object: usize,
     /// Indexed by [`op_index`].
     operations: [bool; 3],
+    /// `truncate` is listed in `operations`.
+    truncate: bool,
     watch: Option<Vec<String>>,
     when: Option<When>,
     /// Indexed by [`op_index`], computed once instead of per change.
@@ -161,6 +163,7 @@ impl Matcher {
                 name: Arc::from(sub.name.as_str()),
                 object,
                 operations: Operation::ALL.map(|op| sub.fires_on(op)),
+                truncate: sub.truncate,
                 watch: sub.watch.clone(),
                 when,
                 event_types: Operation::ALL.map(|op| sub.event_type_for(op)),
@@ -337,6 +340,73 @@ impl Matcher {
             event_objects.push(sub.object);
         }
         (events, problems)
+    }
+}
+
+/// What a TRUNCATE of one table becomes (SPEC §3).
+#[derive(Debug, Default)]
+pub struct TruncateRoute {
+    /// One event per object, for the subscriptions that list `truncate`.
+    pub events: Vec<RoutedEvent>,
+    /// The table's active subscriptions that do not list `truncate`, in config order.
+    pub ignored_by: Vec<Arc<str>>,
+}
+
+impl Matcher {
+    /// Routes the TRUNCATE of one table, the `index`-th of `truncation`: `<object>.truncated`
+    /// (key and values null) to subscriptions listing `truncate`; the others are named so
+    /// the caller can warn, because their receivers now hold rows that no longer exist.
+    pub fn route_truncate(
+        &self,
+        truncation: &super::reader::Truncation,
+        index: usize,
+        commit: Commit,
+    ) -> TruncateRoute {
+        let relation = &truncation.relations[index];
+        let Some(table) = self
+            .tables
+            .get(relation.schema.as_str())
+            .and_then(|tables| tables.get(relation.name.as_str()))
+        else {
+            return TruncateRoute::default();
+        };
+        let position = truncation.position + index as u32;
+        let mut route = TruncateRoute::default();
+        // Parallel to `route.events`: the object index each one was built for.
+        let mut event_objects: Vec<usize> = Vec::new();
+        for sub in &table.subscriptions {
+            if !sub.truncate {
+                route.ignored_by.push(sub.name.clone());
+                continue;
+            }
+            if let Some(at) = event_objects.iter().position(|&o| o == sub.object) {
+                route.events[at].subscriptions.push(sub.name.clone());
+                continue;
+            }
+            // Only the object's name is read: a TRUNCATE has no row, so no key or fields.
+            let view = ObjectView {
+                name: table.objects[sub.object].name.clone(),
+                key: Vec::new(),
+                fields: Vec::new(),
+            };
+            route.events.push(RoutedEvent {
+                event_id: event_id(commit.lsn, position),
+                event_type: format!("{}.truncated", view.name),
+                object: view.name.clone(),
+                key: "null".to_owned(),
+                body: truncate_envelope(
+                    relation,
+                    &view,
+                    position,
+                    truncation.cascade,
+                    truncation.restart_identity,
+                    commit,
+                ),
+                subscriptions: vec![sub.name.clone()],
+            });
+            event_objects.push(sub.object);
+        }
+        route
     }
 }
 

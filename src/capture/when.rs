@@ -3,7 +3,8 @@
 //!
 //! The expression sees exactly what the event will carry: `values` is the envelope's
 //! `values` (the new row limited to the object's fields, `none` for a delete) and `previous`
-//! is the envelope's `previous` (undefined when the envelope has none).
+//! is the envelope's `previous` (undefined when the envelope has none). One difference:
+//! `numeric` values, strings in the event, are numbers here so they compare as numbers.
 
 use std::sync::OnceLock;
 
@@ -11,6 +12,7 @@ use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
 use super::change::{Cell, Operation, RowChange};
 use super::envelope::ObjectView;
+use crate::source::types::TypeKind;
 
 /// The variables an expression may read.
 pub const VARIABLES: [&str; 3] = ["values", "previous", "operation"];
@@ -164,7 +166,11 @@ pub fn scope(change: &RowChange, view: &ObjectView) -> Value {
         Some(new) => view
             .fields
             .iter()
-            .filter_map(|&i| new[i].known().map(|v| (columns[i].name.as_str(), json(v))))
+            .filter_map(|&i| {
+                new[i]
+                    .known()
+                    .map(|v| (columns[i].name.as_str(), cell(&columns[i].kind, v)))
+            })
             .collect(),
         None => Value::from(()),
     };
@@ -183,7 +189,11 @@ pub fn scope(change: &RowChange, view: &ObjectView) -> Value {
 fn previous(change: &RowChange, view: &ObjectView) -> Option<Value> {
     let columns = &change.relation.columns;
     let old = change.old.as_deref().unwrap_or_default();
-    let entry = |i: usize| old[i].known().map(|v| (columns[i].name.as_str(), json(v)));
+    let entry = |i: usize| {
+        old[i]
+            .known()
+            .map(|v| (columns[i].name.as_str(), cell(&columns[i].kind, v)))
+    };
     match change.operation {
         Operation::Create => None,
         Operation::Update => {
@@ -207,6 +217,32 @@ fn previous(change: &RowChange, view: &ObjectView) -> Option<Value> {
     }
 }
 
+/// One column's event value as a template value. The event carries `numeric` as a string
+/// (SPEC §3, so no digit is lost), but an expression compares it as a number: as text,
+/// `"5" > 100` would be true.
+fn cell(kind: &TypeKind, value: &serde_json::Value) -> Value {
+    match (kind, value) {
+        (TypeKind::Numeric, serde_json::Value::String(text)) => decimal(text),
+        (TypeKind::Array { element, .. }, serde_json::Value::Array(items)) => {
+            items.iter().map(|item| cell(element, item)).collect()
+        }
+        _ => json(value),
+    }
+}
+
+/// A decimal's text as a number: exact while it is an integer that fits i128, else the
+/// nearest f64 (exact to 15 significant digits, which amounts and quantities are). `NaN`
+/// and other text stay strings, so comparing them with a number is an error, not a guess.
+fn decimal(text: &str) -> Value {
+    if let Ok(i) = text.parse::<i128>() {
+        return Value::from(i);
+    }
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() => Value::from(f),
+        _ => Value::from(text),
+    }
+}
+
 /// A JSON value as a template value. Numbers keep their integer-ness so `== 2` works.
 fn json(value: &serde_json::Value) -> Value {
     use serde_json::Value as Json;
@@ -216,7 +252,11 @@ fn json(value: &serde_json::Value) -> Value {
         Json::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Value::from(i),
             (None, Some(u)) => Value::from(u),
-            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+            // Beyond u64 (arbitrary_precision keeps the source's digits): as a decimal.
+            _ => match decimal(&n.to_string()) {
+                number if number.is_number() => number,
+                _ => Value::from(f64::NAN),
+            },
         },
         Json::String(s) => Value::from(s.as_str()),
         Json::Array(items) => items.iter().map(json).collect(),
@@ -365,6 +405,43 @@ mod tests {
         // Filters are looked up when they run, so an unknown one fails here, not at compile.
         let error = eval("values.number|nosuchfilter", scope).unwrap_err();
         assert!(error.contains("nosuchfilter"), "{error}");
+    }
+
+    #[test]
+    fn a_numeric_compares_as_a_number_not_as_text() {
+        let numeric = |text: &str| cell(&TypeKind::Numeric, &serde_json::json!(text));
+        let scope_with = |amount: Value| -> Value {
+            [(
+                "values",
+                [("amount", amount)].into_iter().collect::<Value>(),
+            )]
+            .into_iter()
+            .collect()
+        };
+        let large = When::compile("values.amount > 100").unwrap();
+        for (text, fires) in [
+            ("5", false),
+            ("100.00", false),
+            ("100.01", true),
+            ("-1000", false),
+            ("123456789012345678901234567890", true),
+        ] {
+            assert_eq!(large.eval(&scope_with(numeric(text))), Ok(fires), "{text}");
+        }
+        assert_eq!(
+            When::compile("values.amount == 12.5")
+                .unwrap()
+                .eval(&scope_with(numeric("12.50"))),
+            Ok(true)
+        );
+        // NaN stays text: comparing it with a number is not silently true or false.
+        assert!(numeric("NaN").as_str().is_some());
+        let array = TypeKind::Array {
+            element: Box::new(TypeKind::Numeric),
+            delimiter: b',',
+        };
+        let amounts = cell(&array, &serde_json::json!(["1.5", null]));
+        assert_eq!(amounts.get_item_by_index(0).unwrap(), Value::from(1.5));
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct SubscriptionConfig {
     pub object: ResolvedObject,
     /// Operations that fire; default all three, in create/update/delete order.
     pub operations: Vec<Operation>,
+    /// `truncate` is listed in `operations`: a TRUNCATE of the table is an event (SPEC §3).
+    pub truncate: bool,
     /// An update fires only if one of these fields changed; `None` means any field.
     pub watch: Option<Vec<String>>,
     /// Filter expression over `values`, `previous` and `operation` (not yet parsed).

@@ -52,7 +52,7 @@ pub(crate) fn check_subscription(
     }
 
     let object = resolve_object(checker, &path, raw.object, raw.table, objects);
-    let operations = operations(checker, raw.operations, &at("operations"));
+    let (operations, truncate) = operations(checker, raw.operations, &at("operations"));
     let watch = checker.columns(
         raw.watch,
         &at("watch"),
@@ -161,6 +161,7 @@ pub(crate) fn check_subscription(
         name,
         object,
         operations,
+        truncate,
         watch,
         when: raw.when,
         event_type: raw.event_type,
@@ -252,15 +253,17 @@ fn resolve_object(
     }
 }
 
-/// `operations`: a non-empty subset of create/update/delete, returned in canonical order.
+/// `operations`: a non-empty subset of create/update/delete/truncate: the row operations in
+/// canonical order, and whether `truncate` is listed (it is not a row operation).
 fn operations(
     checker: &mut Checker<'_, '_>,
     raw: Option<Vec<String>>,
     path: &str,
-) -> Vec<Operation> {
+) -> (Vec<Operation>, bool) {
     let Some(list) = raw else {
-        return Operation::ALL.to_vec();
+        return (Operation::ALL.to_vec(), false);
     };
+    let mut truncate = false;
     if list.is_empty() {
         checker.error(
             path,
@@ -270,6 +273,13 @@ fn operations(
     let mut chosen = Vec::new();
     for (i, text) in list.iter().enumerate() {
         let item = child_index(path, i);
+        if text == "truncate" {
+            if truncate {
+                checker.error(&item, format!("{text:?} is listed twice"));
+            }
+            truncate = true;
+            continue;
+        }
         match Operation::ALL.into_iter().find(|op| op.as_str() == text) {
             Some(op) if chosen.contains(&op) => {
                 checker.error(&item, format!("{text:?} is listed twice"))
@@ -281,22 +291,25 @@ fn operations(
                     "insert" | "created" => Some("create"),
                     "updated" => Some("update"),
                     "remove" | "deleted" => Some("delete"),
-                    lower => closest(lower, Operation::ALL.map(Operation::as_str)),
+                    lower => closest(lower, ["create", "update", "delete", "truncate"]),
                 };
                 let message = match suggestion {
                     Some(s) => format!(
-                        "unknown operation {text:?}; did you mean {s:?}? (use create, update or delete)"
+                        "unknown operation {text:?}; did you mean {s:?}? (use create, update, delete or truncate)"
                     ),
-                    None => format!("unknown operation {text:?}; use create, update or delete"),
+                    None => format!(
+                        "unknown operation {text:?}; use create, update, delete or truncate"
+                    ),
                 };
                 checker.error(&item, message);
             }
         }
     }
-    Operation::ALL
+    let chosen = Operation::ALL
         .into_iter()
         .filter(|op| chosen.contains(op))
-        .collect()
+        .collect();
+    (chosen, truncate)
 }
 
 /// `secret`: one or several Standard Webhooks secrets.

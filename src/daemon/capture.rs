@@ -21,7 +21,7 @@ use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
 use crate::delivery::DispatchHandle;
-use crate::metrics::{ChangeLabels, Metrics};
+use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::source::conninfo::ConnInfo;
@@ -233,9 +233,32 @@ impl Session<'_> {
                     }
                 }
                 Item::Truncate(t) => {
-                    let tables: Vec<String> =
-                        t.relations.iter().map(|r| r.qualified_name()).collect();
-                    tracing::info!(tables = ?tables, "TRUNCATE: walhook emits row-level events only");
+                    let commit = open.expect("a truncate arrives inside a transaction");
+                    for (index, relation) in t.relations.iter().enumerate() {
+                        if !matcher.watches(&relation.schema, &relation.name) {
+                            continue;
+                        }
+                        let table = relation.qualified_name();
+                        self.metrics
+                            .truncates
+                            .get_or_create(&SourceTableLabels {
+                                table: table.clone(),
+                            })
+                            .inc();
+                        let route = matcher.route_truncate(&t, index, commit);
+                        for subscription in &route.ignored_by {
+                            // SPEC §3: never silence. The receiver still holds the rows.
+                            tracing::warn!(
+                                subscription = %subscription,
+                                table = %table,
+                                "TRUNCATE of {table}: no event, because the subscription does \
+                                 not list \"truncate\" in operations"
+                            );
+                        }
+                        for event in route.events {
+                            writer.add(event, commit);
+                        }
+                    }
                 }
                 Item::Commit { commit, end_lsn } => {
                     open = None;

@@ -95,6 +95,7 @@ pub(crate) mod tests {
                 },
             },
             operations: Operation::ALL.to_vec(),
+            truncate: false,
             watch: None,
             when: None,
             event_type: None,

@@ -57,7 +57,11 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
     map.insert("table".into(), sub.object.config.table.to_string().into());
     map.insert(
         "operations".into(),
-        sub.operations.iter().map(|op| op.as_str()).collect(),
+        sub.operations
+            .iter()
+            .map(|op| op.as_str())
+            .chain(sub.truncate.then_some("truncate"))
+            .collect(),
     );
     map.insert("watch".into(), json!(sub.watch));
     map.insert("when".into(), json!(sub.when));
@@ -66,6 +70,12 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         .operations
         .iter()
         .map(|op| (op.as_str().to_owned(), sub.event_type_for(*op).into()))
+        .chain(sub.truncate.then(|| {
+            (
+                "truncate".to_owned(),
+                format!("{}.truncated", sub.object.name).into(),
+            )
+        }))
         .collect();
     map.insert("event_types".into(), Value::Object(event_types));
     map.insert("url".into(), redact_url(&sub.url.to_string()).into());

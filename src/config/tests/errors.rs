@@ -467,9 +467,9 @@ fn bad_operation() {
     assert_eq!(
         extra_error("operations = [\"insert\", \"update\", \"update\", \"upsert\"]\n"),
         "walhook.toml:12: subscriptions[0].operations[0]: unknown operation \"insert\"; did you mean \"create\"? \
-         (use create, update or delete)\n\
+         (use create, update, delete or truncate)\n\
          walhook.toml:12: subscriptions[0].operations[2]: \"update\" is listed twice\n\
-         walhook.toml:12: subscriptions[0].operations[3]: unknown operation \"upsert\"; use create, update or delete"
+         walhook.toml:12: subscriptions[0].operations[3]: unknown operation \"upsert\"; use create, update, delete or truncate"
     );
     assert_eq!(
         extra_error("operations = []\n"),
