@@ -898,3 +898,67 @@ fn a_lost_slot_fails_setup_until_recreated_and_the_checkpoint_moves() {
     );
     walhook_ok(&file, &["setup"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Identifiers that are keywords
+
+#[tokio::test]
+async fn every_keyword_is_quoted_exactly_as_postgres_quotes_it() {
+    let db = TestDb::new("");
+    let client = client(&db).await;
+    let rows = client
+        .query(
+            "SELECT word, quote_ident(word) FROM pg_get_keywords() ORDER BY word",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() > 400, "the server lists its keywords");
+    for row in rows {
+        let (word, theirs): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(walhook::pg::quote_ident(&word), theirs, "keyword {word}");
+    }
+}
+
+#[test]
+fn join_left_and_user_work_as_schema_publication_and_table_names() {
+    let db = TestDb::new(
+        "CREATE SCHEMA \"user\"; \
+         CREATE TABLE \"user\".\"left\" (id int PRIMARY KEY, state text);",
+    );
+    let slot = unique("slot");
+    let _guard = SlotGuard::new(&db, &slot);
+    let file = config_file(&format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "left"
+
+[outbox]
+schema = "join"
+
+[[subscriptions]]
+name = "lefts"
+table = "user.left"
+url = "https://left.example.com/hooks"
+"#,
+        url = db.url,
+    ));
+    walhook_ok(&file, &["check"]);
+    walhook_ok(&file, &["setup"]);
+    assert_eq!(published(&db, "left"), "user.left");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM \"join\".schema_version"),
+        MIGRATIONS.len().to_string()
+    );
+    walhook_ok(&file, &["teardown"]);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'join'"),
+        "0"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication WHERE pubname = 'left'"),
+        "0"
+    );
+}
