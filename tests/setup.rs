@@ -962,3 +962,67 @@ url = "https://left.example.com/hooks"
         "0"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Teardown drops only what walhook created
+
+/// Sets up walhook, lets the user create `dependent` on the outbox, and checks that
+/// teardown refuses naming `named`, and that slot, publication, schema and `survivor` stay.
+fn teardown_refuses_because_of(dependent: &str, named: &str, survivor: &str) {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&db, &names.slot);
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+    walhook_ok(&file, &["setup"]);
+    db.sql(dependent);
+
+    let out = walhook_fails(&file, &["teardown"]);
+    assert!(out.stderr.contains(named), "{named:?} in:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("walhook drops nothing"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("CASCADE"), "{}", out.stderr);
+    assert!(slot_exists(&db, &names.slot), "the slot stays");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+            names.publication
+        )),
+        "1",
+        "the publication stays"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery"), "0");
+    assert_eq!(db.sql(survivor), "1", "{survivor}");
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_users_view_over_the_outbox_and_names_it() {
+    teardown_refuses_because_of(
+        "CREATE VIEW public.stuck AS SELECT * FROM walhook.deliveries WHERE status = 'dead'",
+        "view stuck depends on view walhook.deliveries",
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'public' AND viewname = 'stuck'",
+    );
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_users_function_on_outbox_rows_and_names_it() {
+    teardown_refuses_because_of(
+        "CREATE FUNCTION public.describe(d walhook.delivery) RETURNS text \
+         LANGUAGE sql AS 'SELECT $1.subscription'",
+        "function describe(walhook.delivery) depends on type walhook.delivery",
+        "SELECT count(*) FROM pg_proc WHERE proname = 'describe'",
+    );
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_business_column_whose_type_lives_in_the_schema() {
+    teardown_refuses_because_of(
+        "CREATE TYPE walhook.invoice_mood AS ENUM ('calm', 'urgent'); \
+         ALTER TABLE public.account_invoice ADD COLUMN mood walhook.invoice_mood",
+        "column mood of table account_invoice depends on type walhook.invoice_mood",
+        "SELECT count(*) FROM information_schema.columns \
+         WHERE table_name = 'account_invoice' AND column_name = 'mood'",
+    );
+}

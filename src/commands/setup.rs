@@ -12,6 +12,7 @@ use crate::capture::matcher::needs_old_values;
 
 use crate::config::{format_size, Config, TableName};
 use crate::outbox::migrate::{migrate, MIGRATIONS};
+use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::publication::sync_publication;
@@ -365,6 +366,10 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
             )),
         });
     }
+    let own = own_relations();
+    if outbox.exists {
+        drop_outbox(db.outbox(), schema, &own, DropMode::DryRun).await?;
+    }
 
     if drop_slot(&db.source, slot).await? {
         println!("dropped slot {slot:?}: the source no longer keeps WAL for walhook");
@@ -398,18 +403,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
     }
 
     if outbox.exists {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema));
-        // Without the NOTICE listing every cascaded object, which would land in the log.
-        db.outbox()
-            .batch_execute(&format!("SET client_min_messages = warning; {sql}"))
-            .await
-            .map_err(|e| {
-                SetupError::sql(
-                    format!("dropping schema {schema}"),
-                    &e,
-                    Some(format!("the schema's owner or a superuser can run: {sql};")),
-                )
-            })?;
+        drop_outbox(db.outbox(), schema, &own, DropMode::Commit).await?;
         println!("dropped schema {schema} (the outbox: events, deliveries, attempts, checkpoint)");
     } else {
         println!("schema {schema}: not present");

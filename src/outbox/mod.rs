@@ -5,4 +5,5 @@ pub mod migrate;
 pub mod pipeline;
 pub mod queue;
 pub mod retention;
+pub mod teardown;
 pub mod writer;
