@@ -1026,3 +1026,66 @@ fn teardown_refuses_to_drop_a_business_column_whose_type_lives_in_the_schema() {
          WHERE table_name = 'account_invoice' AND column_name = 'mood'",
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Preflight: nothing half done
+
+#[test]
+fn setup_on_a_server_without_logical_wal_fails_with_the_fix_and_creates_nothing() {
+    let pg = walhook::ephemeral::EphemeralPostgres::start(&walhook::ephemeral::Options {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
+    })
+    .expect("start a wal_level=replica cluster");
+    let db = TestDb::in_cluster(&pg, ERP);
+    let names = Names::new();
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+
+    let out = walhook_fails(&file, &["setup"]);
+    assert!(
+        out.stderr
+            .contains("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing was created"), "{}", out.stderr);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0",
+        "no outbox schema"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication"),
+        "0",
+        "no publication"
+    );
+}
+
+#[test]
+fn run_with_a_missing_table_stops_before_creating_the_outbox_schema() {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let file = config(
+        &db,
+        &names,
+        r#"
+[[subscriptions]]
+name = "orders"
+table = "public.sale_order"
+url = "https://orders.example.com/hooks"
+"#,
+    );
+    let out = run_walhook(&file, &["run"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("table public.sale_order does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0",
+        "no outbox schema"
+    );
+}

@@ -15,6 +15,7 @@ use crate::outbox::migrate::{migrate, MIGRATIONS};
 use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
+use crate::source::preflight::preflight;
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, drop_slot, slot_state, SlotState};
@@ -80,6 +81,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<(), SetupE
     let db = Databases::connect(config).await?;
     let schema = &config.outbox.schema;
 
+    preflight(&db.source, config).await?;
     let report = migrate(db.outbox(), schema).await?;
     report.lines().iter().for_each(|line| println!("{line}"));
 
