@@ -158,6 +158,7 @@ async fn check(config: &Config, report: &mut Report) {
     check_publication(&sql, config, report).await;
     check_slot(&sql, config, report).await;
     check_leftover_tail_slots(&sql, report).await;
+    check_encoding(&sql, report).await;
 }
 
 /// Every subscriber URL against the network policy (SPEC §6). A refused address is a
@@ -778,6 +779,23 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
                 format_size(retained)
             ),
             format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot)),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The database encoding
+
+/// A SQL_ASCII database declares no encoding for its bytes: walhook reads them as they are
+/// and turns every byte that is not UTF-8 into U+FFFD, which a user should know before
+/// trusting event values.
+async fn check_encoding(sql: &Sql<'_>, report: &mut Report) {
+    if sql.one("SHOW server_encoding").await.as_deref() == Some("SQL_ASCII") {
+        report.note(
+            "WARNING: the database encoding is SQL_ASCII (bytes in no declared encoding): \
+             walhook reads them as they are, and any byte sequence that is not UTF-8 \
+             arrives in events as U+FFFD (\u{fffd}); to keep such text exactly, move the \
+             data to a UTF8 database",
         );
     }
 }
