@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::{config_file, run_walhook, unique, ConfigFile, Finished, SlotGuard, TestDb};
 use walhook::config::TableName;
 
@@ -1087,5 +1089,97 @@ url = "https://orders.example.com/hooks"
         db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
         "0",
         "no outbox schema"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Whose checkpoint it is
+
+#[test]
+fn a_second_source_sharing_the_outbox_under_the_same_slot_name_is_refused() {
+    let a = TestDb::new(ERP);
+    let other = support::private_cluster();
+    let b = TestDb::in_cluster(&other, ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&a, &names.slot);
+    walhook_ok(&config(&a, &names, INVOICE_AND_PARTNER), &["setup"]);
+    let checkpoint = a.sql(&format!(
+        "SELECT commit_lsn FROM walhook.checkpoint WHERE slot = '{}'",
+        names.slot
+    ));
+
+    let shared = config(
+        &b,
+        &names,
+        &format!("[outbox]\nurl = \"{}\"\n{INVOICE_AND_PARTNER}", a.url),
+    );
+    let out = walhook_fails(&shared, &["setup"]);
+    assert!(
+        out.stderr.contains("it belongs to another source"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("its own source.slot"), "{}", out.stderr);
+    assert_eq!(
+        a.sql(&format!(
+            "SELECT commit_lsn FROM walhook.checkpoint WHERE slot = '{}'",
+            names.slot
+        )),
+        checkpoint,
+        "the first source's checkpoint is untouched"
+    );
+    assert!(
+        !slot_exists(&b, &names.slot),
+        "nothing created on the second source"
+    );
+}
+
+#[test]
+fn an_outbox_from_before_the_checkpoint_source_migration_resumes_without_recapturing() {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&db, &names.slot);
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+    let events = || db.sql("SELECT count(*) FROM walhook.event");
+
+    let mut daemon = support::start_daemon(&file);
+    db.sql("INSERT INTO res_partner VALUES (1, 'P1')");
+    support::wait_until(Duration::from_secs(30), "the first event", || {
+        events() == "1"
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0));
+
+    // The outbox as walhook made it before 0003: no source on the checkpoint, no version 3.
+    db.sql(
+        "ALTER TABLE walhook.checkpoint DROP COLUMN system_identifier, DROP COLUMN database; \
+         DELETE FROM walhook.schema_version WHERE version = 3",
+    );
+    db.sql("INSERT INTO res_partner VALUES (2, 'P2')");
+
+    let mut daemon = support::start_daemon(&file);
+    support::wait_until(Duration::from_secs(30), "the second event", || {
+        events() == "2"
+    });
+    db.sql("INSERT INTO res_partner VALUES (3, 'P3')");
+    support::wait_until(Duration::from_secs(30), "the third event", || {
+        events() == "3"
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        db.sql("SELECT string_agg(key::text, ',' ORDER BY seq) FROM walhook.event"),
+        r#"{"id":1},{"id":2},{"id":3}"#,
+        "each change once: the carried checkpoint kept its place"
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT database = current_database() AND system_identifier = \
+                    (SELECT system_identifier::text FROM pg_control_system()) \
+             FROM walhook.checkpoint WHERE slot = '{}'",
+            names.slot
+        )),
+        "t",
+        "the old checkpoint now names its source"
     );
 }

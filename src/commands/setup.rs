@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use crate::capture::matcher::needs_old_values;
 
 use crate::config::{format_size, Config, TableName};
+use crate::outbox::checkpoint::claim_checkpoint;
 use crate::outbox::migrate::{migrate, MIGRATIONS};
 use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
@@ -18,7 +19,7 @@ use crate::source::conninfo::ConnInfo;
 use crate::source::preflight::preflight;
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
-use crate::source::slot::{create_slot, drop_slot, slot_state, SlotState};
+use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
 use crate::source::{tls, Lsn};
 
 /// The flags of `walhook setup`.
@@ -127,6 +128,21 @@ pub async fn ensure_slot(
     schema: &str,
     slot: &str,
 ) -> Result<Vec<String>, SetupError> {
+    let id = source_id(info).await?;
+    claim_checkpoint(outbox, schema, slot, &id).await?;
+    let lines = ensure_slot_of(info, source, outbox, schema, slot).await?;
+    // A checkpoint written just now (for a new slot) is claimed too.
+    claim_checkpoint(outbox, schema, slot, &id).await?;
+    Ok(lines)
+}
+
+async fn ensure_slot_of(
+    info: &ConnInfo,
+    source: &Client,
+    outbox: &Client,
+    schema: &str,
+    slot: &str,
+) -> Result<Vec<String>, SetupError> {
     match slot_state(source, slot).await? {
         SlotState::Missing => {
             if let Some(checkpoint) = read_checkpoint(outbox, schema, slot).await? {
@@ -163,6 +179,8 @@ pub async fn ensure_slot(
 async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError> {
     let slot = &config.source.slot;
     let schema = &config.outbox.schema;
+    let id = source_id(&db.info).await?;
+    claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     let state = slot_state(&db.source, slot).await?;
     let checkpoint = read_checkpoint(db.outbox(), schema, slot).await?;
     // Where capture had got to: the outbox knows best; the slot's position is next best.
@@ -185,6 +203,7 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
     let point = create_slot(&db.info, slot).await?;
     println!("created slot {slot:?} at {point}");
     write_checkpoint(db.outbox(), schema, slot, point).await?;
+    claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     println!("checkpoint of slot {slot:?} set to {point}");
     let gap = match old {
         Some(old) => format!("changes committed between {old} and {point}"),

@@ -1,6 +1,7 @@
 //! The durable outbox inside Postgres: migrations, the writer that commits events together
 //! with the capture checkpoint, the delivery queue the dispatcher claims from, and retention.
 
+pub mod checkpoint;
 pub mod migrate;
 pub mod pipeline;
 pub mod queue;
