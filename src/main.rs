@@ -33,7 +33,12 @@ enum Command {
     /// Preflight: check the config and the source database without changing anything.
     Check,
     /// Print decoded change events as JSON lines, from a slot of its own; writes nothing.
-    Tail,
+    Tail {
+        /// Read through this durable slot (created if missing, never dropped) instead of a
+        /// temporary one that goes when tail does.
+        #[arg(long, value_name = "NAME")]
+        slot: Option<String>,
+    },
     /// The daemon: capture matching changes into the outbox, exactly once.
     Run {
         /// Don't apply migrations or create the publication and slot.
@@ -277,7 +282,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Tail => match commands::tail::run(&config).await {
+            Command::Tail { slot } => match commands::tail::run(&config, slot.as_deref()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -4,8 +4,13 @@
 
 use crate::config::TableName;
 
-/// Words Postgres reserves, which must be quoted even when lower-case (`"order"`).
-const RESERVED: &[&str] = &[
+/// Every Postgres keyword that is not UNRESERVED (reserved, column-name and
+/// type-or-function-name), as `SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'`
+/// lists them, for PostgreSQL 13 to 17 together; sorted for `binary_search`. Postgres's
+/// own `quote_ident` quotes exactly these (besides names with other characters), and a
+/// word is quoted here if any supported version needs it, which is harmless for the
+/// others. `tests/setup.rs` compares this with the server's `quote_ident`.
+const NOT_UNRESERVED: &[&str] = &[
     "all",
     "analyse",
     "analyze",
@@ -15,20 +20,35 @@ const RESERVED: &[&str] = &[
     "as",
     "asc",
     "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
     "both",
     "case",
     "cast",
+    "char",
+    "character",
     "check",
+    "coalesce",
     "collate",
+    "collation",
     "column",
+    "concurrently",
     "constraint",
     "create",
+    "cross",
     "current_catalog",
     "current_date",
     "current_role",
+    "current_schema",
     "current_time",
     "current_timestamp",
     "current_user",
+    "dec",
+    "decimal",
     "default",
     "deferrable",
     "desc",
@@ -37,53 +57,124 @@ const RESERVED: &[&str] = &[
     "else",
     "end",
     "except",
+    "exists",
+    "extract",
     "false",
     "fetch",
+    "float",
     "for",
     "foreign",
+    "freeze",
     "from",
+    "full",
     "grant",
+    "greatest",
     "group",
+    "grouping",
     "having",
+    "ilike",
     "in",
     "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
     "intersect",
+    "interval",
     "into",
+    "is",
+    "isnull",
+    "join",
+    "json",
+    "json_array",
+    "json_arrayagg",
+    "json_exists",
+    "json_object",
+    "json_objectagg",
+    "json_query",
+    "json_scalar",
+    "json_serialize",
+    "json_table",
+    "json_value",
     "lateral",
     "leading",
+    "least",
+    "left",
+    "like",
     "limit",
     "localtime",
     "localtimestamp",
+    "merge_action",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
     "not",
+    "notnull",
     "null",
+    "nullif",
+    "numeric",
     "offset",
     "on",
     "only",
     "or",
     "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
     "placing",
+    "position",
+    "precision",
     "primary",
+    "real",
     "references",
     "returning",
+    "right",
+    "row",
     "select",
     "session_user",
+    "setof",
+    "similar",
+    "smallint",
     "some",
+    "substring",
     "symmetric",
     "system_user",
     "table",
+    "tablesample",
     "then",
+    "time",
+    "timestamp",
     "to",
     "trailing",
+    "treat",
+    "trim",
     "true",
     "union",
     "unique",
     "user",
     "using",
+    "values",
+    "varchar",
     "variadic",
+    "verbose",
     "when",
     "where",
     "window",
     "with",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlnamespaces",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmltable",
 ];
 
 /// An identifier, quoted only when it needs to be.
@@ -95,7 +186,7 @@ pub fn quote_ident(name: &str) -> String {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !RESERVED.contains(&name);
+        && NOT_UNRESERVED.binary_search(&name).is_err();
     if plain {
         name.to_owned()
     } else {
@@ -122,6 +213,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_keyword_list_is_sorted_for_binary_search() {
+        assert!(NOT_UNRESERVED.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
     fn identifiers_are_quoted_only_when_needed() {
         assert_eq!(quote_ident("walhook"), "walhook");
         assert_eq!(quote_ident("account_invoice2"), "account_invoice2");
@@ -131,6 +227,10 @@ mod tests {
         assert_eq!(quote_ident("2fa"), "\"2fa\"");
         assert_eq!(quote_ident("user"), "\"user\"");
         assert_eq!(quote_ident("order"), "\"order\"");
+        assert_eq!(quote_ident("join"), "\"join\"");
+        assert_eq!(quote_ident("left"), "\"left\"");
+        assert_eq!(quote_ident("between"), "\"between\"");
+        assert_eq!(quote_ident("abort"), "abort");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident(""), "\"\"");
         assert_eq!(quote_literal("it's"), "'it''s'");

@@ -240,8 +240,11 @@ fn an_unreachable_source_is_a_problem_and_hides_the_password() {
 #[test]
 fn a_password_login_works_and_the_password_never_shows() {
     let db = TestDb::new(ERP);
+    // What a least-privilege role needs (see the README's "Privileges"): here it owns the
+    // table, which lets it publish it.
     db.sql(&format!(
-        "GRANT CREATE ON DATABASE {} TO {SCRAM_USER}",
+        "GRANT CREATE ON DATABASE {} TO {SCRAM_USER}; \
+         ALTER TABLE account_invoice OWNER TO {SCRAM_USER};",
         db.name
     ));
     let url = support::cluster().url_as(SCRAM_USER, TEST_PASSWORD, &db.name);
@@ -368,4 +371,90 @@ fn subscriber_urls_on_private_or_metadata_addresses_are_problems_unless_allowed(
         "\n[delivery]\nallow_networks = [\"169.254.0.0/16\"]\n",
     ));
     assert_problem(&out, &["metadata", "never allowed"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Privileges of a least-privilege role
+
+#[test]
+fn a_replication_role_without_grants_gets_each_missing_privilege_with_its_grant() {
+    let db = TestDb::new(ERP);
+    let role = unique("lp");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
+         GRANT CREATE ON DATABASE \"{}\" TO {role};",
+        db.name
+    ));
+    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
+    let text = config(&url, "");
+    let publication = text
+        .lines()
+        .find_map(|l| l.strip_prefix("publication = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            "may not SELECT from table public.account_invoice",
+            &format!("GRANT SELECT ON TABLE public.account_invoice TO {role};"),
+        ],
+    );
+    assert_problem(
+        &out,
+        &[
+            "does not own table public.account_invoice (owner: postgres)",
+            &format!("GRANT postgres TO {role};"),
+            &format!("CREATE PUBLICATION {publication} FOR TABLE public.account_invoice;"),
+            &format!("ALTER PUBLICATION {publication} OWNER TO {role};"),
+        ],
+    );
+
+    // What the DBA runs once, as the README's recipe says; then check passes and setup works.
+    db.sql(&format!(
+        "GRANT SELECT ON TABLE public.account_invoice TO {role}; \
+         CREATE PUBLICATION {publication} FOR TABLE public.account_invoice; \
+         ALTER PUBLICATION {publication} OWNER TO {role};"
+    ));
+    let out = check(&text);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("has the table privileges setup, test and tail need"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_publication_owned_by_someone_else_is_reported_with_the_owner_change() {
+    let db = TestDb::new(ERP);
+    let role = unique("lp");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
+         GRANT CREATE ON DATABASE \"{}\" TO {role}; \
+         GRANT SELECT ON TABLE public.account_invoice TO {role};",
+        db.name
+    ));
+    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
+    let text = config(&url, "");
+    let publication = text
+        .lines()
+        .find_map(|l| l.strip_prefix("publication = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice"
+    ));
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            &format!("does not own publication \"{publication}\""),
+            &format!("ALTER PUBLICATION {publication} OWNER TO {role};"),
+        ],
+    );
 }

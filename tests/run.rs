@@ -717,3 +717,37 @@ fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_delive
 fn source_of(config: &str) -> String {
     config.lines().take(4).collect::<Vec<_>>().join("\n") + "\n"
 }
+
+#[test]
+fn a_non_utf8_byte_in_a_sql_ascii_database_is_captured_as_a_replacement_character() {
+    let pg = support::cluster();
+    let name = unique("ascii");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 \
+             LC_COLLATE 'C' LC_CTYPE 'C'"
+        ),
+    )
+    .unwrap();
+    pg.psql(&name, ERP).unwrap();
+    let db = TestDb::existing(pg, &name);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("invoices", "invoice", "")
+    ));
+    let check = run_walhook(&config, &["check"]);
+    assert!(
+        check.stdout.contains("the database encoding is SQL_ASCII"),
+        "{}",
+        check.stdout
+    );
+    let daemon = start_daemon(&config);
+    // 0xE9 is "é" in Latin-1 and no valid UTF-8 on its own.
+    db.sql("INSERT INTO account_invoice VALUES (1, E'caf\\351', 1, 'draft', 1)");
+    db.sql("INSERT INTO account_invoice VALUES (2, 'after', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &daemon, 2);
+    assert_eq!(rows[0].1["values"]["number"], "caf\u{fffd}");
+    assert_eq!(rows[1].1["values"]["number"], "after");
+}

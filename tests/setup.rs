@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::{config_file, run_walhook, unique, ConfigFile, Finished, SlotGuard, TestDb};
 use walhook::config::TableName;
 
@@ -897,4 +899,287 @@ fn a_lost_slot_fails_setup_until_recreated_and_the_checkpoint_moves() {
         "a fresh slot, and the checkpoint moved forward to its consistent point"
     );
     walhook_ok(&file, &["setup"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Identifiers that are keywords
+
+#[tokio::test]
+async fn every_keyword_is_quoted_exactly_as_postgres_quotes_it() {
+    let db = TestDb::new("");
+    let client = client(&db).await;
+    let rows = client
+        .query(
+            "SELECT word, quote_ident(word) FROM pg_get_keywords() ORDER BY word",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() > 400, "the server lists its keywords");
+    for row in rows {
+        let (word, theirs): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(walhook::pg::quote_ident(&word), theirs, "keyword {word}");
+    }
+}
+
+#[test]
+fn join_left_and_user_work_as_schema_publication_and_table_names() {
+    let db = TestDb::new(
+        "CREATE SCHEMA \"user\"; \
+         CREATE TABLE \"user\".\"left\" (id int PRIMARY KEY, state text);",
+    );
+    let slot = unique("slot");
+    let _guard = SlotGuard::new(&db, &slot);
+    let file = config_file(&format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "left"
+
+[outbox]
+schema = "join"
+
+[[subscriptions]]
+name = "lefts"
+table = "user.left"
+url = "https://left.example.com/hooks"
+"#,
+        url = db.url,
+    ));
+    walhook_ok(&file, &["check"]);
+    walhook_ok(&file, &["setup"]);
+    assert_eq!(published(&db, "left"), "user.left");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM \"join\".schema_version"),
+        MIGRATIONS.len().to_string()
+    );
+    walhook_ok(&file, &["teardown"]);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'join'"),
+        "0"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication WHERE pubname = 'left'"),
+        "0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Teardown drops only what walhook created
+
+/// Sets up walhook, lets the user create `dependent` on the outbox, and checks that
+/// teardown refuses naming `named`, and that slot, publication, schema and `survivor` stay.
+fn teardown_refuses_because_of(dependent: &str, named: &str, survivor: &str) {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&db, &names.slot);
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+    walhook_ok(&file, &["setup"]);
+    db.sql(dependent);
+
+    let out = walhook_fails(&file, &["teardown"]);
+    assert!(out.stderr.contains(named), "{named:?} in:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("walhook drops nothing"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("CASCADE"), "{}", out.stderr);
+    assert!(slot_exists(&db, &names.slot), "the slot stays");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+            names.publication
+        )),
+        "1",
+        "the publication stays"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.delivery"), "0");
+    assert_eq!(db.sql(survivor), "1", "{survivor}");
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_users_view_over_the_outbox_and_names_it() {
+    teardown_refuses_because_of(
+        "CREATE VIEW public.stuck AS SELECT * FROM walhook.deliveries WHERE status = 'dead'",
+        "view stuck depends on view walhook.deliveries",
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'public' AND viewname = 'stuck'",
+    );
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_users_function_on_outbox_rows_and_names_it() {
+    teardown_refuses_because_of(
+        "CREATE FUNCTION public.describe(d walhook.delivery) RETURNS text \
+         LANGUAGE sql AS 'SELECT $1.subscription'",
+        "function describe(walhook.delivery) depends on type walhook.delivery",
+        "SELECT count(*) FROM pg_proc WHERE proname = 'describe'",
+    );
+}
+
+#[test]
+fn teardown_refuses_to_drop_a_business_column_whose_type_lives_in_the_schema() {
+    teardown_refuses_because_of(
+        "CREATE TYPE walhook.invoice_mood AS ENUM ('calm', 'urgent'); \
+         ALTER TABLE public.account_invoice ADD COLUMN mood walhook.invoice_mood",
+        "column mood of table account_invoice depends on type walhook.invoice_mood",
+        "SELECT count(*) FROM information_schema.columns \
+         WHERE table_name = 'account_invoice' AND column_name = 'mood'",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Preflight: nothing half done
+
+#[test]
+fn setup_on_a_server_without_logical_wal_fails_with_the_fix_and_creates_nothing() {
+    let pg = walhook::ephemeral::EphemeralPostgres::start(&walhook::ephemeral::Options {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
+    })
+    .expect("start a wal_level=replica cluster");
+    let db = TestDb::in_cluster(&pg, ERP);
+    let names = Names::new();
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+
+    let out = walhook_fails(&file, &["setup"]);
+    assert!(
+        out.stderr
+            .contains("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing was created"), "{}", out.stderr);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0",
+        "no outbox schema"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_publication"),
+        "0",
+        "no publication"
+    );
+}
+
+#[test]
+fn run_with_a_missing_table_stops_before_creating_the_outbox_schema() {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let file = config(
+        &db,
+        &names,
+        r#"
+[[subscriptions]]
+name = "orders"
+table = "public.sale_order"
+url = "https://orders.example.com/hooks"
+"#,
+    );
+    let out = run_walhook(&file, &["run"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("table public.sale_order does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0",
+        "no outbox schema"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Whose checkpoint it is
+
+#[test]
+fn a_second_source_sharing_the_outbox_under_the_same_slot_name_is_refused() {
+    let a = TestDb::new(ERP);
+    let other = support::private_cluster();
+    let b = TestDb::in_cluster(&other, ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&a, &names.slot);
+    walhook_ok(&config(&a, &names, INVOICE_AND_PARTNER), &["setup"]);
+    let checkpoint = a.sql(&format!(
+        "SELECT commit_lsn FROM walhook.checkpoint WHERE slot = '{}'",
+        names.slot
+    ));
+
+    let shared = config(
+        &b,
+        &names,
+        &format!("[outbox]\nurl = \"{}\"\n{INVOICE_AND_PARTNER}", a.url),
+    );
+    let out = walhook_fails(&shared, &["setup"]);
+    assert!(
+        out.stderr.contains("it belongs to another source"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("its own source.slot"), "{}", out.stderr);
+    assert_eq!(
+        a.sql(&format!(
+            "SELECT commit_lsn FROM walhook.checkpoint WHERE slot = '{}'",
+            names.slot
+        )),
+        checkpoint,
+        "the first source's checkpoint is untouched"
+    );
+    assert!(
+        !slot_exists(&b, &names.slot),
+        "nothing created on the second source"
+    );
+}
+
+#[test]
+fn an_outbox_from_before_the_checkpoint_source_migration_resumes_without_recapturing() {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&db, &names.slot);
+    let file = config(&db, &names, INVOICE_AND_PARTNER);
+    let events = || db.sql("SELECT count(*) FROM walhook.event");
+
+    let mut daemon = support::start_daemon(&file);
+    db.sql("INSERT INTO res_partner VALUES (1, 'P1')");
+    support::wait_until(Duration::from_secs(30), "the first event", || {
+        events() == "1"
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0));
+
+    // The outbox as walhook made it before 0003: no source on the checkpoint, no version 3.
+    db.sql(
+        "ALTER TABLE walhook.checkpoint DROP COLUMN system_identifier, DROP COLUMN database; \
+         DELETE FROM walhook.schema_version WHERE version = 3",
+    );
+    db.sql("INSERT INTO res_partner VALUES (2, 'P2')");
+
+    let mut daemon = support::start_daemon(&file);
+    support::wait_until(Duration::from_secs(30), "the second event", || {
+        events() == "2"
+    });
+    db.sql("INSERT INTO res_partner VALUES (3, 'P3')");
+    support::wait_until(Duration::from_secs(30), "the third event", || {
+        events() == "3"
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        db.sql("SELECT string_agg(key::text, ',' ORDER BY seq) FROM walhook.event"),
+        r#"{"id":1},{"id":2},{"id":3}"#,
+        "each change once: the carried checkpoint kept its place"
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT database = current_database() AND system_identifier = \
+                    (SELECT system_identifier::text FROM pg_control_system()) \
+             FROM walhook.checkpoint WHERE slot = '{}'",
+            names.slot
+        )),
+        "t",
+        "the old checkpoint now names its source"
+    );
 }

@@ -38,18 +38,40 @@ struct Tail {
 
 impl Tail {
     fn start(config: &ConfigFile, db: &TestDb<'_>) -> Tail {
+        Tail::start_with(config, db, &[], "walhook_tail_%", Stdio::inherit())
+    }
+
+    /// `walhook tail ARGS`, once a slot named like `slot_like` streams.
+    fn start_with(
+        config: &ConfigFile,
+        db: &TestDb<'_>,
+        args: &[&str],
+        slot_like: &str,
+        stderr: Stdio,
+    ) -> Tail {
         let mut child = walhook(config)
             .arg("tail")
+            .args(args)
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("start walhook tail");
         let lines = support::stdout_lines(&mut child);
         // Changes count from the moment tail's slot exists and streams.
         wait_for(Duration::from_secs(20), || {
-            db.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walhook_tail_%' AND active AND database = current_database()")
-                == "1"
+            db.sql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '{slot_like}' \
+                 AND active AND database = current_database()"
+            )) == "1"
         });
         Tail { child, lines }
+    }
+
+    fn signal(&self, name: &str) {
+        std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
     }
 
     fn next_event(&self, within: Duration) -> Value {
@@ -156,11 +178,12 @@ fn tail_uses_the_configured_publication_when_it_exists() {
 }
 
 #[test]
-fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
+fn tail_on_a_durable_slot_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
     let pg = EphemeralPostgres::start(&Options::default()).unwrap();
     let db = TestDb::in_cluster(&pg, ERP);
     let config = config(&db, &unique("pub"));
-    let tail = Tail::start(&config, &db);
+    let slot = unique("my_tail");
+    let tail = Tail::start_with(&config, &db, &["--slot", &slot], &slot, Stdio::inherit());
 
     for id in 1..=20 {
         db.sql(&format!(
@@ -199,6 +222,64 @@ fn tail_survives_a_postgres_restart_without_losing_or_repeating_a_change() {
     let mut expected: Vec<i64> = (6..=20).collect();
     expected.extend((21..=40).flat_map(|k| [k, k]));
     assert_eq!(keys, expected, "nothing lost, in commit order");
+    assert_eq!(tail.terminate(), 0);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
+        "1",
+        "the --slot slot is the user's: tail does not drop it"
+    );
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
+
+/// Tail's slots in this database, temporary or not.
+fn tail_slots(db: &TestDb<'_>) -> String {
+    db.sql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walhook_tail_%' \
+         AND database = current_database()",
+    )
+}
+
+#[test]
+fn a_sigkilled_tail_leaves_no_slot_behind() {
+    let db = TestDb::new(ERP);
+    let config = config(&db, &unique("absent_pub"));
+    let mut tail = Tail::start(&config, &db);
+    tail.signal("KILL");
+    tail.child.wait().unwrap();
+    wait_for(Duration::from_secs(20), || tail_slots(&db) == "0");
+}
+
+#[test]
+fn a_tail_whose_terminal_closed_leaves_no_slot_behind() {
+    let db = TestDb::new(ERP);
+    let config = config(&db, &unique("absent_pub"));
+    let mut tail = Tail::start(&config, &db);
+    tail.signal("HUP");
+    tail.child.wait().unwrap();
+    wait_for(Duration::from_secs(20), || tail_slots(&db) == "0");
+}
+
+#[test]
+fn after_a_postgres_restart_tail_warns_that_changes_in_the_gap_may_be_missing() {
+    let pg = EphemeralPostgres::start(&Options::default()).unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let config = config(&db, &unique("pub"));
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let tail = Tail::start_with(&config, &db, &[], "walhook_tail_%", stderr.into());
+    pg.restart().unwrap();
+    wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&stderr_path)
+            .unwrap_or_default()
+            .contains("changes committed while it was disconnected may be missing")
+    });
+    // And it streams again.
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV', 1, 'draft')");
+    let event = tail.next_event(Duration::from_secs(30));
+    assert_eq!(event["type"], "invoice.created");
     assert_eq!(tail.terminate(), 0);
 }
 

@@ -137,8 +137,30 @@ impl ChangeReader {
     /// Connects (a catalog connection and a replication connection) and starts streaming
     /// from the slot's confirmed position.
     pub async fn start(info: &ConnInfo, options: &ReaderOptions) -> Result<Self, CaptureError> {
+        Self::start_on(info, options, false).await
+    }
+
+    /// Like [`ChangeReader::start`], but first creates `options.slot` as a TEMPORARY slot on
+    /// the streaming connection itself: Postgres drops it when that connection ends, however
+    /// the process ends (SIGKILL included), so it can never be left holding WAL. It starts at
+    /// "now": what was committed before it existed is not read.
+    pub async fn start_temporary(
+        info: &ConnInfo,
+        options: &ReaderOptions,
+    ) -> Result<Self, CaptureError> {
+        Self::start_on(info, options, true).await
+    }
+
+    async fn start_on(
+        info: &ConnInfo,
+        options: &ReaderOptions,
+        temporary: bool,
+    ) -> Result<Self, CaptureError> {
         let catalog = tls::connect_sql(info).await?;
-        let connection = ReplicationConnection::connect(info).await?;
+        let mut connection = ReplicationConnection::connect(info).await?;
+        if temporary {
+            connection.create_slot(&options.slot, true).await?;
+        }
         // Inside the option value the names are a list, each double-quoted.
         let publications = format!("\"{}\"", options.publication.replace('"', "\"\""));
         let stream = connection

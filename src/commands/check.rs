@@ -158,6 +158,8 @@ async fn check(config: &Config, report: &mut Report) {
     check_publication(&sql, config, report).await;
     check_slot(&sql, config, report).await;
     check_leftover_tail_slots(&sql, report).await;
+    check_encoding(&sql, report).await;
+    check_privileges(&sql, config, report).await;
 }
 
 /// Every subscriber URL against the network policy (SPEC §6). A refused address is a
@@ -780,4 +782,159 @@ async fn check_leftover_tail_slots(sql: &Sql<'_>, report: &mut Report) {
             format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot)),
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The database encoding
+
+/// A SQL_ASCII database declares no encoding for its bytes: walhook reads them as they are
+/// and turns every byte that is not UTF-8 into U+FFFD, which a user should know before
+/// trusting event values.
+async fn check_encoding(sql: &Sql<'_>, report: &mut Report) {
+    if sql.one("SHOW server_encoding").await.as_deref() == Some("SQL_ASCII") {
+        report.note(
+            "WARNING: the database encoding is SQL_ASCII (bytes in no declared encoding): \
+             walhook reads them as they are, and any byte sequence that is not UTF-8 \
+             arrives in events as U+FFFD (\u{fffd}); to keep such text exactly, move the \
+             data to a UTF8 database",
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Privileges: what `setup`, `test`, `tail` and reloads will need of a non-superuser role
+
+/// Each privilege the next commands need and the role lacks, with the exact statement that
+/// grants it (SPEC §1). A superuser needs none of this.
+async fn check_privileges(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    let superuser = sql
+        .one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        .await;
+    if superuser.as_deref() != Some("f") {
+        return;
+    }
+    let role = quote_ident(&sql.one("SELECT current_user").await.unwrap_or_default());
+    let publication = &config.source.publication;
+    // (owner role, whether current_user has its rights), when the publication exists.
+    let pub_row = sql
+        .rows(&format!(
+            "SELECT pg_get_userbyid(pubowner), pg_has_role(current_user, pubowner, 'USAGE'), \
+                    puballtables \
+             FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await;
+    let pub_exists = !pub_row.is_empty();
+    let all_tables = pub_row
+        .first()
+        .is_some_and(|r| r[2].as_deref() == Some("t"));
+    if let Some(row) = pub_row.first() {
+        if row[1].as_deref() != Some("t") && !all_tables {
+            report.problem(
+                format!(
+                    "role {role} does not own publication {publication:?} (owner: {}): setup and \
+                     reloads that add or remove a table will fail",
+                    row[0].clone().unwrap_or_default()
+                ),
+                format!(
+                    "ALTER PUBLICATION {} OWNER TO {role};",
+                    quote_ident(publication)
+                ),
+            );
+        }
+    }
+    let needs_identity: Vec<TableName> = needs_old_values(config)
+        .into_iter()
+        .map(|(table, _, _)| table)
+        .collect();
+    let mut missing = 0;
+    for table in config.tables() {
+        let rows = sql
+            .rows(&format!(
+                "SELECT has_table_privilege(c.oid, 'SELECT'), \
+                        pg_has_role(current_user, c.relowner, 'USAGE'), \
+                        pg_get_userbyid(c.relowner), c.relreplident::text, \
+                        EXISTS (SELECT 1 FROM pg_publication_tables p \
+                                WHERE p.pubname = {} AND p.schemaname = n.nspname \
+                                  AND p.tablename = c.relname) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = {} AND c.relname = {}",
+                quote_literal(publication),
+                quote_literal(&table.schema),
+                quote_literal(&table.name)
+            ))
+            .await;
+        let Some(row) = rows.first() else { continue };
+        let quoted = quote_table(&table);
+        let owner = row[2].clone().unwrap_or_default();
+        let owns = row[1].as_deref() == Some("t");
+        if row[0].as_deref() != Some("t") {
+            missing += 1;
+            report.problem(
+                format!(
+                    "role {role} may not SELECT from table {table}: `walhook test` and the \
+                     catalog reads of capture need it"
+                ),
+                format!("GRANT SELECT ON TABLE {quoted} TO {role};"),
+            );
+        }
+        let published = all_tables || row[4].as_deref() == Some("t");
+        if !published && !owns {
+            missing += 1;
+            let action = if pub_exists {
+                "add"
+            } else {
+                "create publication"
+            };
+            report.problem(
+                format!(
+                    "role {role} does not own table {table} (owner: {owner}), so setup cannot \
+                     {action} {publication:?} for it: Postgres lets only a table's owner publish it"
+                ),
+                format!(
+                    "GRANT {} TO {role}; (membership in the owner role), or have the owner run \
+                     walhook's publication statement once: {}",
+                    quote_ident(&owner),
+                    if pub_exists {
+                        format!(
+                            "ALTER PUBLICATION {} ADD TABLE {quoted};",
+                            quote_ident(publication)
+                        )
+                    } else {
+                        format!(
+                            "CREATE PUBLICATION {} FOR TABLE {}; ALTER PUBLICATION {} OWNER TO \
+                             {role};",
+                            quote_ident(publication),
+                            table_list_sql(config),
+                            quote_ident(publication)
+                        )
+                    }
+                ),
+            );
+        }
+        if needs_identity.contains(&table) && row[3].as_deref() != Some("f") && !owns {
+            missing += 1;
+            report.problem(
+                format!(
+                    "role {role} does not own table {table} (owner: {owner}), so `setup \
+                     --replica-identity` cannot set REPLICA IDENTITY FULL on it"
+                ),
+                format!("have the owner run: ALTER TABLE {quoted} REPLICA IDENTITY FULL;"),
+            );
+        }
+    }
+    if missing == 0 {
+        report.ok(format!(
+            "role {role} has the table privileges setup, test and tail need"
+        ));
+    }
+}
+
+fn table_list_sql(config: &Config) -> String {
+    config
+        .tables()
+        .iter()
+        .map(quote_table)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -11,12 +11,15 @@ use tokio_postgres::Client;
 use crate::capture::matcher::needs_old_values;
 
 use crate::config::{format_size, Config, TableName};
+use crate::outbox::checkpoint::claim_checkpoint;
 use crate::outbox::migrate::{migrate, MIGRATIONS};
+use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
+use crate::source::preflight::preflight;
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
-use crate::source::slot::{create_slot, drop_slot, slot_state, SlotState};
+use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
 use crate::source::{tls, Lsn};
 
 /// The flags of `walhook setup`.
@@ -79,6 +82,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<(), SetupE
     let db = Databases::connect(config).await?;
     let schema = &config.outbox.schema;
 
+    preflight(&db.source, config).await?;
     let report = migrate(db.outbox(), schema).await?;
     report.lines().iter().for_each(|line| println!("{line}"));
 
@@ -124,6 +128,21 @@ pub async fn ensure_slot(
     schema: &str,
     slot: &str,
 ) -> Result<Vec<String>, SetupError> {
+    let id = source_id(info).await?;
+    claim_checkpoint(outbox, schema, slot, &id).await?;
+    let lines = ensure_slot_of(info, source, outbox, schema, slot).await?;
+    // A checkpoint written just now (for a new slot) is claimed too.
+    claim_checkpoint(outbox, schema, slot, &id).await?;
+    Ok(lines)
+}
+
+async fn ensure_slot_of(
+    info: &ConnInfo,
+    source: &Client,
+    outbox: &Client,
+    schema: &str,
+    slot: &str,
+) -> Result<Vec<String>, SetupError> {
     match slot_state(source, slot).await? {
         SlotState::Missing => {
             if let Some(checkpoint) = read_checkpoint(outbox, schema, slot).await? {
@@ -160,6 +179,8 @@ pub async fn ensure_slot(
 async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError> {
     let slot = &config.source.slot;
     let schema = &config.outbox.schema;
+    let id = source_id(&db.info).await?;
+    claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     let state = slot_state(&db.source, slot).await?;
     let checkpoint = read_checkpoint(db.outbox(), schema, slot).await?;
     // Where capture had got to: the outbox knows best; the slot's position is next best.
@@ -182,6 +203,7 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
     let point = create_slot(&db.info, slot).await?;
     println!("created slot {slot:?} at {point}");
     write_checkpoint(db.outbox(), schema, slot, point).await?;
+    claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     println!("checkpoint of slot {slot:?} set to {point}");
     let gap = match old {
         Some(old) => format!("changes committed between {old} and {point}"),
@@ -365,6 +387,10 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
             )),
         });
     }
+    let own = own_relations();
+    if outbox.exists {
+        drop_outbox(db.outbox(), schema, &own, DropMode::DryRun).await?;
+    }
 
     if drop_slot(&db.source, slot).await? {
         println!("dropped slot {slot:?}: the source no longer keeps WAL for walhook");
@@ -398,18 +424,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
     }
 
     if outbox.exists {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema));
-        // Without the NOTICE listing every cascaded object, which would land in the log.
-        db.outbox()
-            .batch_execute(&format!("SET client_min_messages = warning; {sql}"))
-            .await
-            .map_err(|e| {
-                SetupError::sql(
-                    format!("dropping schema {schema}"),
-                    &e,
-                    Some(format!("the schema's owner or a superuser can run: {sql};")),
-                )
-            })?;
+        drop_outbox(db.outbox(), schema, &own, DropMode::Commit).await?;
         println!("dropped schema {schema} (the outbox: events, deliveries, attempts, checkpoint)");
     } else {
         println!("schema {schema}: not present");

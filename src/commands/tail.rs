@@ -1,12 +1,16 @@
 //! `walhook tail`: decoded change events as JSON lines on stdout; the `pg_recvlogical` of
 //! walhook.
 //!
-//! tail writes nothing to the outbox. It reads through a slot of its own that it drops on
-//! exit. That slot is a permanent one rather than a TEMPORARY one, because a temporary slot
-//! dies with its connection: after a Postgres restart tail could only start again from
-//! "now" and would silently lose what was committed in between. If tail is killed with
-//! SIGKILL the slot stays behind; `walhook check` reports such leftovers with the command
-//! that drops them.
+//! tail writes nothing to the outbox. By default it reads through a TEMPORARY slot created
+//! on its streaming connection: Postgres drops it when that connection ends, however tail
+//! ends (SIGKILL, a closed terminal's SIGHUP), so tail can never leave a slot holding WAL.
+//! The price: after a lost connection (a Postgres restart) the new slot starts at "now", so
+//! tail says loudly on stderr that changes in the gap may be missing. `--slot NAME` reads
+//! through a durable slot instead, which the user owns: created if missing, never dropped.
+//!
+//! When the configured publication does not exist, tail creates one of its own for the
+//! configured tables and drops it on a normal exit. After a SIGKILL that publication stays
+//! (a publication holds no WAL and costs nothing); `walhook check` lists such leftovers.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -49,9 +53,10 @@ impl From<CaptureError> for TailError {
 }
 
 /// Streams changes of the configured tables to stdout until a signal or a fatal error.
-pub async fn run(config: &Config) -> Result<(), TailError> {
+/// `durable_slot` is `--slot`: a permanent slot the user owns, used instead of a temporary one.
+pub async fn run(config: &Config, durable_slot: Option<&str>) -> Result<(), TailError> {
     // Installed before anything is created, so that Ctrl-C during setup still cleans up
-    // instead of killing the process and leaving a publication or slot behind.
+    // instead of killing the process and leaving a publication behind.
     let mut signals = Signals {
         interrupt: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
         terminate: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
@@ -64,14 +69,20 @@ pub async fn run(config: &Config) -> Result<(), TailError> {
     let tables = config.tables();
     let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
     let publication = pick_publication(&catalog, config, &tables, &suffix).await?;
-    let slot = format!("{TAIL_PREFIX}{suffix}");
+    let slot = match durable_slot {
+        Some(name) => SlotKind::Durable(name.to_owned()),
+        None => SlotKind::Temporary(format!("{TAIL_PREFIX}{suffix}")),
+    };
     // Creating a slot waits for every open transaction on the server; let Ctrl-C end
     // that wait too.
-    let created_slot = tokio::select! {
-        created = create_slot(&info, &slot) => created.map(|()| true),
-        () = signals.recv() => Ok(false),
+    let ready = match &slot {
+        SlotKind::Durable(name) => tokio::select! {
+            created = ensure_durable_slot(&catalog, &info, name) => created.map(|()| true),
+            () = signals.recv() => Ok(false),
+        },
+        SlotKind::Temporary(_) => Ok(true),
     };
-    let result = match created_slot {
+    let result = match ready {
         Ok(true) => {
             stream(
                 config,
@@ -87,8 +98,24 @@ pub async fn run(config: &Config) -> Result<(), TailError> {
         Err(e) => Err(e),
     };
     drop(catalog);
-    cleanup(&info, &slot, &publication).await;
+    cleanup(&info, &publication).await;
     result
+}
+
+/// The slot tail reads through.
+enum SlotKind {
+    /// Created anew on every streaming connection and dropped by Postgres with it.
+    Temporary(String),
+    /// `--slot`: the user's, created if missing and never dropped.
+    Durable(String),
+}
+
+impl SlotKind {
+    fn name(&self) -> &str {
+        match self {
+            SlotKind::Temporary(name) | SlotKind::Durable(name) => name,
+        }
+    }
 }
 
 struct Signals {
@@ -161,7 +188,23 @@ async fn pick_publication(
     })
 }
 
-async fn create_slot(info: &ConnInfo, slot: &str) -> Result<(), TailError> {
+/// Creates the `--slot` slot if it is missing. It is the user's: tail never drops it.
+async fn ensure_durable_slot(
+    catalog: &tokio_postgres::Client,
+    info: &ConnInfo,
+    slot: &str,
+) -> Result<(), TailError> {
+    let exists = catalog
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| TailError::Setup(format!("looking up slot {slot:?}: {}", db_error(&e))))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
     let mut connection = ReplicationConnection::connect(info)
         .await
         .map_err(|e| TailError::Setup(e.to_string()))?;
@@ -169,26 +212,34 @@ async fn create_slot(info: &ConnInfo, slot: &str) -> Result<(), TailError> {
         .create_slot(slot, false)
         .await
         .map_err(|e| TailError::Setup(format!("creating replication slot {slot}: {e}")))?;
+    tracing::warn!(
+        slot,
+        "created durable slot {slot:?} for --slot: it keeps WAL until it is read or dropped \
+         (SELECT pg_drop_replication_slot('{slot}');)"
+    );
     Ok(())
 }
 
-/// Drops what tail created. The catalog connection from the start may have died with a
-/// server restart, and the walsender may hold the slot a moment after the stream closed, so
-/// this uses a fresh connection and retries for a while.
-async fn cleanup(info: &ConnInfo, slot: &str, publication: &Publication) {
+/// Drops the publication tail created, if it did. The catalog connection from the start may
+/// have died with a server restart, so this uses a fresh connection and retries a while.
+async fn cleanup(info: &ConnInfo, publication: &Publication) {
+    if !publication.created {
+        return;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        match drop_created(info, slot, publication).await {
+        match drop_publication(info, &publication.name).await {
             Ok(()) => return,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!("cleanup not done yet: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => {
+                let name = &publication.name;
                 tracing::error!(
-                    slot,
-                    "could not drop tail's replication slot ({e}); drop it by hand or it will \
-                     retain WAL and fill the disk: SELECT pg_drop_replication_slot('{slot}');"
+                    "could not drop tail's publication {name:?} ({e}); drop it by hand: \
+                     DROP PUBLICATION {};",
+                    quote_ident(name)
                 );
                 return;
             }
@@ -196,31 +247,10 @@ async fn cleanup(info: &ConnInfo, slot: &str, publication: &Publication) {
     }
 }
 
-async fn drop_created(
-    info: &ConnInfo,
-    slot: &str,
-    publication: &Publication,
-) -> Result<(), String> {
+async fn drop_publication(info: &ConnInfo, name: &str) -> Result<(), String> {
     let catalog = tls::connect_sql(info).await.map_err(|e| e.to_string())?;
-    catalog
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| db_error(&e))?;
-    if publication.created {
-        let sql = format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote_ident(&publication.name)
-        );
-        catalog
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| db_error(&e))?;
-    }
-    Ok(())
+    let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));
+    catalog.batch_execute(&sql).await.map_err(|e| db_error(&e))
 }
 
 /// Where the output stands, so a reconnect neither repeats nor skips a change.
@@ -243,7 +273,7 @@ enum Stop {
 async fn stream(
     config: &Config,
     info: &ConnInfo,
-    slot: &str,
+    slot: &SlotKind,
     publication: &str,
     tables: &[TableName],
     signals: &mut Signals,
@@ -251,15 +281,22 @@ async fn stream(
     let mut progress = Progress::default();
     let mut views = Views::new(config);
     let mut backoff = Duration::from_millis(100);
+    let mut reconnect = false;
     loop {
         let options = ReaderOptions {
-            slot: slot.to_owned(),
+            slot: slot.name().to_owned(),
             publication: publication.to_owned(),
             skip_through: progress.last_commit,
         };
+        let temporary = matches!(slot, SlotKind::Temporary(_));
+        let connect = Connect {
+            temporary,
+            gap: temporary && reconnect,
+        };
+        reconnect = true;
         let outcome = tokio::select! {
             () = signals.recv() => Ok(Stop::Signal),
-            r = read(info, &options, tables, &mut views, &mut progress, &mut backoff) => r,
+            r = read(info, &options, connect, tables, &mut views, &mut progress, &mut backoff) => r,
         };
         match outcome {
             Ok(Stop::Signal) | Ok(Stop::StdoutClosed) => return Ok(()),
@@ -281,16 +318,40 @@ async fn stream(
     }
 }
 
+/// How [`read`] opens its stream.
+#[derive(Debug, Clone, Copy)]
+struct Connect {
+    /// Create the slot as a TEMPORARY one on the streaming connection.
+    temporary: bool,
+    /// This is a new temporary slot after a lost one: what was committed in between is not
+    /// in it, and the user must hear so.
+    gap: bool,
+}
+
 async fn read(
     info: &ConnInfo,
     options: &ReaderOptions,
+    connect: Connect,
     tables: &[TableName],
     views: &mut Views<'_>,
     progress: &mut Progress,
     backoff: &mut Duration,
 ) -> Result<Stop, TailError> {
-    let mut reader = ChangeReader::start(info, options).await?;
+    let mut reader = if connect.temporary {
+        ChangeReader::start_temporary(info, options).await?
+    } else {
+        ChangeReader::start(info, options).await?
+    };
     *backoff = Duration::from_millis(100);
+    if connect.gap {
+        // Said on stderr whatever the log level: the output has a hole the user cannot see.
+        eprintln!(
+            "WARNING: walhook tail reconnected on a new temporary slot: changes committed \
+             while it was disconnected may be missing from this output (use `walhook tail \
+             --slot NAME` for a durable slot that keeps them)"
+        );
+        progress.partial = None;
+    }
     tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());

@@ -84,6 +84,7 @@ pub(super) async fn prepare(
     let catalog = tls::connect_sql(source).await?;
     let outbox_client = tls::connect_sql(outbox).await?;
     if setup {
+        crate::source::preflight::preflight(&catalog, config).await?;
         for line in migrate(&outbox_client, &config.outbox.schema)
             .await?
             .lines()

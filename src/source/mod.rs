@@ -4,11 +4,13 @@
 //! `pgoutput` decodes those bytes into typed messages and does no I/O; `value` turns column
 //! text into JSON per the type mapping of SPEC §3, with `types` saying which type is which.
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
-//! `setup` holding what they share (errors, quoting).
+//! `setup` holding what they share (errors, quoting); `preflight` checks the source before
+//! anything is created.
 
 pub mod conninfo;
 pub mod lsn;
 pub mod pgoutput;
+pub mod preflight;
 pub mod publication;
 pub mod replication;
 pub mod setup;

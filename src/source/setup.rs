@@ -59,6 +59,14 @@ pub enum SetupError {
         /// The table as configured.
         table: TableName,
     },
+    /// The source cannot take what `setup` would create; found before anything was.
+    #[error("{problem}; nothing was created; fix: {fix}")]
+    Preflight {
+        /// What is missing.
+        problem: String,
+        /// The statement or step that fixes it.
+        fix: String,
+    },
     /// Publishing the table would make UPDATE and DELETE on it fail on the source.
     #[error(
         "table {table} has {identity}: once it is in publication {publication:?}, UPDATE and \

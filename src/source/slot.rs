@@ -309,3 +309,26 @@ async fn holder(client: &Client, pid: i32) -> String {
         format!(" ({})", parts.join(", "))
     }
 }
+
+/// Which source `info` connects to (`IDENTIFY_SYSTEM`), to tell whose a checkpoint is.
+pub async fn source_id(info: &ConnInfo) -> Result<crate::outbox::checkpoint::SourceId, SetupError> {
+    let context = || "identifying the source system (IDENTIFY_SYSTEM)".to_owned();
+    let mut connection = crate::source::replication::ReplicationConnection::connect(info)
+        .await
+        .map_err(|source| SetupError::Replication {
+            context: context(),
+            source,
+        })?;
+    let system = connection
+        .identify_system()
+        .await
+        .map_err(|source| SetupError::Replication {
+            context: context(),
+            source,
+        })?;
+    let _ = connection.close().await;
+    Ok(crate::outbox::checkpoint::SourceId {
+        system_identifier: system.systemid,
+        database: system.dbname.unwrap_or_else(|| info.dbname().to_owned()),
+    })
+}

@@ -62,6 +62,15 @@ impl<'a> TestDb<'a> {
         }
     }
 
+    /// A database the test created itself (e.g. with another encoding) in `pg`.
+    pub fn existing(pg: &'a EphemeralPostgres, name: &str) -> TestDb<'a> {
+        TestDb {
+            url: pg.url(name),
+            name: name.to_owned(),
+            pg,
+        }
+    }
+
     /// Runs SQL as the superuser and returns psql's unaligned output.
     pub fn sql(&self, sql: &str) -> String {
         self.pg.psql(&self.name, sql).expect("run SQL")

@@ -127,7 +127,17 @@ impl ReplicationConnection {
             server_version = session.server_version.as_deref().unwrap_or("?"),
             "replication connection established"
         );
-        Ok(ReplicationConnection { wire, session })
+        let mut connection = ReplicationConnection { wire, session };
+        if connection.session.server_encoding.as_deref() == Some("SQL_ASCII") {
+            // A SQL_ASCII database holds bytes in no declared encoding, and converting them
+            // to UTF8 makes the walsender end the stream at the first byte above 0x7F, for
+            // good (it is retried on every start). Read them as they are: the decoder and
+            // the value converter decode lossily, so such a byte becomes U+FFFD.
+            connection
+                .simple_query("SET client_encoding = 'SQL_ASCII'")
+                .await?;
+        }
+        Ok(connection)
     }
 
     /// Whether the connection is encrypted.

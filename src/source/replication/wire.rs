@@ -27,7 +27,8 @@ const MAX_FRAME: usize = (1 << 30) + (1 << 16);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Session settings the value converter relies on: the text form of every column in pgoutput
-/// is produced by the walsender with these.
+/// is produced by the walsender with these (a SQL_ASCII database is then read in its own
+/// encoding: see `ReplicationConnection::connect`).
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("DateStyle", "ISO, MDY"),
     ("TimeZone", "UTC"),
@@ -249,6 +250,7 @@ impl Wire {
             auth: method,
             backend_pid: None,
             server_version: None,
+            server_encoding: None,
         };
         loop {
             match self.read_frame("startup").await? {
@@ -256,11 +258,15 @@ impl Wire {
                 Frame::Message(Message::BackendKeyData(k)) => {
                     session.backend_pid = Some(k.process_id());
                 }
-                Frame::Message(Message::ParameterStatus(p)) => {
-                    if p.name().ok() == Some("server_version") {
+                Frame::Message(Message::ParameterStatus(p)) => match p.name().ok() {
+                    Some("server_version") => {
                         session.server_version = p.value().ok().map(str::to_owned);
                     }
-                }
+                    Some("server_encoding") => {
+                        session.server_encoding = p.value().ok().map(str::to_owned);
+                    }
+                    _ => {}
+                },
                 Frame::Message(Message::NoticeResponse(n)) => log_notice(&n),
                 Frame::Message(Message::ErrorResponse(e)) => {
                     let context = format!("connecting to {}", self.target);
@@ -428,6 +434,8 @@ pub(crate) struct Session {
     pub(crate) auth: AuthMethod,
     pub(crate) backend_pid: Option<i32>,
     pub(crate) server_version: Option<String>,
+    /// The database's encoding, as the server reports it at startup.
+    pub(crate) server_encoding: Option<String>,
 }
 
 fn unexpected_auth(got: String) -> ReplicationError {
