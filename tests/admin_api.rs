@@ -657,6 +657,19 @@ fn unknown_names_and_bad_parameters_say_what_and_where() {
         ),
         ("/api/v1/deliveries?since=soon", "query parameter since"),
         (
+            "/api/v1/deliveries?since=99999999999d",
+            "query parameter since",
+        ),
+        (
+            "/api/v1/deliveries?since=2026-02-30T08:00:00Z",
+            "query parameter since",
+        ),
+        (
+            "/api/v1/deliveries?subscription=%00",
+            "query parameter subscription",
+        ),
+        ("/api/v1/deliveries?status=%00", "query parameter status"),
+        (
             "/api/v1/deliveries?subscriptoin=flow",
             "did you mean \"subscription\"",
         ),
@@ -664,6 +677,13 @@ fn unknown_names_and_bad_parameters_say_what_and_where() {
         let answer = h.get(path, None);
         assert_eq!(answer.status, 400, "{path}: {}", answer.text);
         assert!(answer.error().contains(needle), "{path}: {}", answer.text);
+    }
+    for path in [
+        "/api/v1/subscriptions/flow/replay?status=dead&since=99999999999d",
+        "/api/v1/subscriptions/%00/replay?status=dead",
+    ] {
+        let answer = h.post(path, Some(ADMIN_TOKEN));
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text);
     }
     let answer = h.post("/api/v1/deliveries/abc/replay", Some(ADMIN_TOKEN));
     assert_eq!(answer.status, 400, "{}", answer.text);
