@@ -489,6 +489,68 @@ fn delivery_max_in_flight_applies_on_reload_without_a_restart() {
 }
 
 #[test]
+fn a_receiver_echoing_credentials_and_redirecting_with_them_leaks_none_into_the_log_or_api() {
+    let db = TestDb::new(LEDGER);
+    let receiver = Subscriber::start();
+    receiver.respond(|seen| {
+        Reply::status(302)
+            .header(
+                "location",
+                &format!("http://elsewhere.example{}", seen.path),
+            )
+            .body(format!(
+                "echo {} {:?}",
+                seen.header("authorization").unwrap_or("-"),
+                seen.header("x-tenant-key")
+            ))
+    });
+    let url = format!("{}?token=url-token-5678", receiver.url("/hooks"));
+    let config = config(
+        &db,
+        &url,
+        "auth = { type = \"bearer\", token = \"bearer-echo-1234\" }\n\
+         headers = { \"X-Tenant-Key\" = \"tenant-echo-5678\" }\n\
+         retry_schedule = [\"1h\"]",
+    );
+    let daemon = start_daemon(&config);
+    db.sql("UPDATE ledger SET n = n + 1 WHERE id = 1");
+    receiver.wait_for(1, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last_error = loop {
+        let row = db.sql("SELECT coalesce(last_error, '') FROM walhook.deliveries");
+        if !row.trim().is_empty() {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no last_error:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(last_error.contains("token=***"), "{last_error}");
+    let excerpt = db.sql("SELECT response_excerpt FROM walhook.attempts");
+    assert!(excerpt.contains("echo Bearer ***"), "{excerpt}");
+    let listed = support::run_walhook(&config, &["deliveries", "--json"]);
+    assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
+    assert!(listed.stdout.contains("token=***"), "{}", listed.stdout);
+    let (_, api) = support::http::Http::of(&daemon)
+        .get("/api/v1/deliveries")
+        .unwrap();
+    for (what, text) in [
+        ("last_error", &last_error),
+        ("response_excerpt", &excerpt),
+        ("walhook deliveries", &listed.stdout),
+        ("the API", &api),
+        ("the log", &daemon.log_text()),
+    ] {
+        for secret in ["bearer-echo-1234", "tenant-echo-5678", "url-token-5678"] {
+            assert!(!text.contains(secret), "{secret} in {what}: {text}");
+        }
+    }
+}
+
+#[test]
 fn a_failing_event_holds_back_only_its_own_key() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();

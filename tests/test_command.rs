@@ -122,6 +122,45 @@ fn a_receivers_terminal_escapes_are_printed_escaped_and_cannot_fake_a_status() {
 }
 
 #[test]
+fn a_receiver_echoing_the_request_shows_no_credential_in_the_output_or_the_attempt_log() {
+    let db = TestDb::new(ERP);
+    let subscriber = Subscriber::start();
+    subscriber.respond(|seen| {
+        let echo = format!(
+            "you sent {} and {:?} to {}",
+            seen.header("authorization").unwrap_or("-"),
+            seen.header("x-tenant-key"),
+            seen.path
+        );
+        Reply::status(400).body(echo)
+    });
+    let slot = unique("slot");
+    let url = format!("{}?token=url-token-5678", subscriber.url("/hooks"));
+    let config = config(&db, &slot, &url, SECRET);
+    let text = std::fs::read_to_string(&config.path).unwrap().replacen(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\nauth = { type = \"bearer\", token = \"bearer-echo-1234\" }\n\
+         headers = { \"X-Tenant-Key\" = \"tenant-echo-5678\" }",
+        1,
+    );
+    std::fs::write(&config.path, text).unwrap();
+    let setup = run_walhook(&config, &["setup"]);
+    assert_eq!(setup.code, 0, "{}{}", setup.stdout, setup.stderr);
+
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("you sent Bearer ***"), "{}", out.stdout);
+    let excerpt = db.sql("SELECT response_excerpt FROM walhook.attempts");
+    // What the receiver answered (the request line above shows the configured URL).
+    let response = out.stdout.split("response:").nth(1).unwrap();
+    for secret in ["bearer-echo-1234", "tenant-echo-5678", "url-token-5678"] {
+        assert!(!response.contains(secret), "{secret}: {}", out.stdout);
+        assert!(!excerpt.contains(secret), "{secret}: {excerpt}");
+    }
+    assert!(excerpt.contains("you sent Bearer ***"), "{excerpt}");
+}
+
+#[test]
 fn a_wrong_secret_is_a_failure_and_still_recorded() {
     let db = TestDb::new(ERP);
     let receiver = Receiver::start(&["--secret", SECRET], None);
