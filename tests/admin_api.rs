@@ -624,6 +624,78 @@ fn the_test_endpoint_sends_a_signed_event_and_answers_with_the_receivers_reply()
     );
 }
 
+impl Harness {
+    /// `method path` with extra headers (e.g. `Host`, `Origin`): the status and the body.
+    fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.rt.block_on(async {
+            let mut request = self.client.request(method, &url).bearer_auth(ADMIN_TOKEN);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        })
+    }
+}
+
+#[test]
+fn a_page_rebinding_its_name_to_loopback_is_refused_by_host() {
+    let h = Harness::start(&with_token());
+    let port = h.base.rsplit(':').next().unwrap().to_owned();
+    for path in [
+        "/api/v1/status",
+        "/metrics",
+        "/readyz",
+        "/api/v1/deliveries",
+    ] {
+        for host in ["evil.example".to_owned(), format!("evil.example:{port}")] {
+            let (status, body) = h.raw("GET", path, &[("host", &host)]);
+            assert_eq!(status, 421, "{path} Host {host}: {body}");
+            assert!(body.contains("DNS rebinding"), "{body}");
+        }
+    }
+    for host in [
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ] {
+        let (status, body) = h.raw("GET", "/api/v1/status", &[("host", &host)]);
+        assert_eq!(status, 200, "Host {host}: {body}");
+    }
+}
+
+#[test]
+fn a_cross_site_write_call_is_refused_even_with_the_token() {
+    let h = Harness::start(&with_token());
+    let pause = "/api/v1/subscriptions/flow/pause";
+    let evil: &[&[(&str, &str)]] = &[
+        &[("origin", "http://evil.example")],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+    ];
+    for headers in evil {
+        let (status, body) = h.raw("POST", pause, headers);
+        assert_eq!(status, 403, "{headers:?}: {body}");
+        assert!(body.contains("from a web page"), "{body}");
+    }
+    let paused = h.db.sql("SELECT count(*) FROM walhook.subscription_state");
+    assert_eq!(paused.trim(), "0", "a refused call paused: {paused}");
+    // The same origin, and a plain client, still pause.
+    let origin = h.base.clone();
+    let (status, body) = h.raw(
+        "POST",
+        pause,
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = h.raw("POST", "/api/v1/subscriptions/flow/resume", &[]);
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn unknown_names_and_bad_parameters_say_what_and_where() {
     let h = Harness::start(&with_token());
@@ -657,6 +729,19 @@ fn unknown_names_and_bad_parameters_say_what_and_where() {
         ),
         ("/api/v1/deliveries?since=soon", "query parameter since"),
         (
+            "/api/v1/deliveries?since=99999999999d",
+            "query parameter since",
+        ),
+        (
+            "/api/v1/deliveries?since=2026-02-30T08:00:00Z",
+            "query parameter since",
+        ),
+        (
+            "/api/v1/deliveries?subscription=%00",
+            "query parameter subscription",
+        ),
+        ("/api/v1/deliveries?status=%00", "query parameter status"),
+        (
             "/api/v1/deliveries?subscriptoin=flow",
             "did you mean \"subscription\"",
         ),
@@ -664,6 +749,13 @@ fn unknown_names_and_bad_parameters_say_what_and_where() {
         let answer = h.get(path, None);
         assert_eq!(answer.status, 400, "{path}: {}", answer.text);
         assert!(answer.error().contains(needle), "{path}: {}", answer.text);
+    }
+    for path in [
+        "/api/v1/subscriptions/flow/replay?status=dead&since=99999999999d",
+        "/api/v1/subscriptions/%00/replay?status=dead",
+    ] {
+        let answer = h.post(path, Some(ADMIN_TOKEN));
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text);
     }
     let answer = h.post("/api/v1/deliveries/abc/replay", Some(ADMIN_TOKEN));
     assert_eq!(answer.status, 400, "{}", answer.text);

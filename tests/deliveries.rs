@@ -143,6 +143,16 @@ fn a_since_that_is_neither_a_duration_nor_a_timestamp_is_a_usage_error() {
 }
 
 #[test]
+fn a_since_too_far_back_or_on_no_real_date_is_a_usage_error_not_a_db_error() {
+    let (_db, config) = outbox();
+    for since in ["99999999999d", "2026-02-30T08:00:00Z"] {
+        let out = run_walhook(&config, &["deliveries", "--since", since]);
+        assert_eq!(out.code, 2, "{since}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("--since"), "{since}: {}", out.stderr);
+    }
+}
+
+#[test]
 fn the_limit_shows_the_newest_and_the_summary_still_counts_them_all() {
     let (_db, config) = outbox();
     let out = deliveries(&config, &["--limit", "2"]);

@@ -436,6 +436,121 @@ fn with_ordering_none_max_in_flight_caps_concurrent_requests_even_for_one_key() 
 }
 
 #[test]
+fn delivery_max_in_flight_applies_on_reload_without_a_restart() {
+    let db = TestDb::new(LEDGER);
+    let receiver = Subscriber::start();
+    receiver.respond(|_| Reply::status(204).after(Duration::from_millis(300)));
+    let config = config(
+        &db,
+        &receiver.url("/hooks"),
+        "ordering = \"none\"\nmax_in_flight = 8",
+    );
+    let capped = |n: usize| {
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        let text = match text.find("max_in_flight = 1\n") {
+            Some(_) => text.replacen("max_in_flight = 1\n", &format!("max_in_flight = {n}\n"), 1),
+            None => text.replacen(
+                "[delivery]\n",
+                &format!("[delivery]\nmax_in_flight = {n}\n"),
+                1,
+            ),
+        };
+        std::fs::write(&config.path, text).unwrap();
+    };
+    capped(1);
+    let daemon = start_daemon(&config);
+    db.sql(&"UPDATE ledger SET n = n + 1 WHERE id = 1;".repeat(6));
+    wait_all_delivered(&db, &daemon, 6, Duration::from_secs(60));
+    assert_eq!(
+        receiver.max_concurrent(),
+        1,
+        "delivery.max_in_flight = 1 at start"
+    );
+
+    capped(4);
+    daemon.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.log_text().contains("config reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    db.sql(&"UPDATE ledger SET n = n + 1 WHERE id = 1;".repeat(12));
+    wait_all_delivered(&db, &daemon, 18, Duration::from_secs(60));
+    assert_eq!(
+        receiver.max_concurrent(),
+        4,
+        "the reloaded delivery.max_in_flight = 4 is used, and not exceeded\nlog:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn a_receiver_echoing_credentials_and_redirecting_with_them_leaks_none_into_the_log_or_api() {
+    let db = TestDb::new(LEDGER);
+    let receiver = Subscriber::start();
+    receiver.respond(|seen| {
+        Reply::status(302)
+            .header(
+                "location",
+                &format!("http://elsewhere.example{}", seen.path),
+            )
+            .body(format!(
+                "echo {} {:?}",
+                seen.header("authorization").unwrap_or("-"),
+                seen.header("x-tenant-key")
+            ))
+    });
+    let url = format!("{}?token=url-token-5678", receiver.url("/hooks"));
+    let config = config(
+        &db,
+        &url,
+        "auth = { type = \"bearer\", token = \"bearer-echo-1234\" }\n\
+         headers = { \"X-Tenant-Key\" = \"tenant-echo-5678\" }\n\
+         retry_schedule = [\"1h\"]",
+    );
+    let daemon = start_daemon(&config);
+    db.sql("UPDATE ledger SET n = n + 1 WHERE id = 1");
+    receiver.wait_for(1, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last_error = loop {
+        let row = db.sql("SELECT coalesce(last_error, '') FROM walhook.deliveries");
+        if !row.trim().is_empty() {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no last_error:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(last_error.contains("token=***"), "{last_error}");
+    let excerpt = db.sql("SELECT response_excerpt FROM walhook.attempts");
+    assert!(excerpt.contains("echo Bearer ***"), "{excerpt}");
+    let listed = support::run_walhook(&config, &["deliveries", "--json"]);
+    assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
+    assert!(listed.stdout.contains("token=***"), "{}", listed.stdout);
+    let (_, api) = support::http::Http::of(&daemon)
+        .get("/api/v1/deliveries")
+        .unwrap();
+    for (what, text) in [
+        ("last_error", &last_error),
+        ("response_excerpt", &excerpt),
+        ("walhook deliveries", &listed.stdout),
+        ("the API", &api),
+        ("the log", &daemon.log_text()),
+    ] {
+        for secret in ["bearer-echo-1234", "tenant-echo-5678", "url-token-5678"] {
+            assert!(!text.contains(secret), "{secret} in {what}: {text}");
+        }
+    }
+}
+
+#[test]
 fn a_failing_event_holds_back_only_its_own_key() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();

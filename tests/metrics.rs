@@ -313,6 +313,18 @@ fn text_with(config: &ConfigFile, from: &str, to: &str) -> String {
 }
 
 #[test]
+fn readyz_is_ready_as_soon_as_the_daemon_captures_without_waiting_for_a_sample() {
+    let db = TestDb::new(SCHEMA);
+    let receiver = Subscriber::start();
+    let config = config_file(&workload_config(&db, &receiver, ""));
+    let daemon = start_daemon(&config);
+    let http = Http::of(&daemon);
+    // Right after "capturing": no sampler tick (every 2 s) has run since the migrations.
+    let (status, body) = http.get("/readyz").unwrap();
+    assert_eq!(status, 200, "{body}\nlog:\n{}", daemon.log_text());
+}
+
+#[test]
 fn readyz_follows_postgres_going_away_and_coming_back_while_healthz_stays_200() {
     // A cluster of its own: stopping it must not disturb the other tests.
     let pg = EphemeralPostgres::start(&Options::default()).expect("a cluster of its own");

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{config_file, run_walhook, unique, ConfigFile, Receiver, SlotGuard, TestDb};
+use support::{
+    config_file, run_walhook, unique, ConfigFile, Receiver, Reply, SlotGuard, Subscriber, TestDb,
+};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -86,6 +88,76 @@ fn a_test_event_reaches_a_real_receiver_and_is_recorded() {
         out.stdout
     );
     assert!(out.stdout.contains(r#""key":{"id":7}"#), "{}", out.stdout);
+}
+
+#[test]
+fn a_receivers_terminal_escapes_are_printed_escaped_and_cannot_fake_a_status() {
+    let db = TestDb::new(ERP);
+    let subscriber = Subscriber::start();
+    subscriber.respond(|_| {
+        Reply::status(500).body("\u{1b}]0;pwned\u{7}\u{1b}[2J\nresponse: status 200 in 1 ms")
+    });
+    let slot = unique("slot");
+    let config = config(&db, &slot, &subscriber.url("/hooks"), SECRET);
+
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        !out.stdout.contains('\u{1b}') && !out.stdout.contains('\u{7}'),
+        "raw control characters in {:?}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\\u{1b}]0;pwned"), "{}", out.stdout);
+    let statuses: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("response:"))
+        .collect();
+    assert_eq!(statuses.len(), 1, "{}", out.stdout);
+    assert!(
+        statuses[0].starts_with("response: status 500 "),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_receiver_echoing_the_request_shows_no_credential_in_the_output_or_the_attempt_log() {
+    let db = TestDb::new(ERP);
+    let subscriber = Subscriber::start();
+    subscriber.respond(|seen| {
+        let echo = format!(
+            "you sent {} and {:?} to {}",
+            seen.header("authorization").unwrap_or("-"),
+            seen.header("x-tenant-key"),
+            seen.path
+        );
+        Reply::status(400).body(echo)
+    });
+    let slot = unique("slot");
+    let url = format!("{}?token=url-token-5678", subscriber.url("/hooks"));
+    let config = config(&db, &slot, &url, SECRET);
+    let text = std::fs::read_to_string(&config.path).unwrap().replacen(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\nauth = { type = \"bearer\", token = \"bearer-echo-1234\" }\n\
+         headers = { \"X-Tenant-Key\" = \"tenant-echo-5678\" }",
+        1,
+    );
+    std::fs::write(&config.path, text).unwrap();
+    let setup = run_walhook(&config, &["setup"]);
+    assert_eq!(setup.code, 0, "{}{}", setup.stdout, setup.stderr);
+
+    let out = run_walhook(&config, &["test", "invoices"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("you sent Bearer ***"), "{}", out.stdout);
+    let excerpt = db.sql("SELECT response_excerpt FROM walhook.attempts");
+    // What the receiver answered (the request line above shows the configured URL).
+    let response = out.stdout.split("response:").nth(1).unwrap();
+    for secret in ["bearer-echo-1234", "tenant-echo-5678", "url-token-5678"] {
+        assert!(!response.contains(secret), "{secret}: {}", out.stdout);
+        assert!(!excerpt.contains(secret), "{secret}: {excerpt}");
+    }
+    assert!(excerpt.contains("you sent Bearer ***"), "{excerpt}");
 }
 
 #[test]

@@ -389,10 +389,8 @@ fn seconds(timestamp: &str) -> String {
 
 /// At most `max` characters of `text` on one line, with `…` when cut.
 fn truncate(text: &str, max: usize) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    // On one line; errors quote receivers, so anything else is escaped.
+    let flat = super::terminal::printable(&text.replace(['\n', '\t'], " "), false);
     if flat.chars().count() <= max {
         return flat;
     }
@@ -411,5 +409,6 @@ mod tests {
         let cut = truncate(&format!("line\n{}", "x".repeat(100)), 60);
         assert_eq!(cut.chars().count(), 60);
         assert!(cut.starts_with("line x") && cut.ends_with('…'));
+        assert_eq!(truncate("a\u{1b}[2Jb", 60), "a\\u{1b}[2Jb");
     }
 }

@@ -7,4 +7,5 @@ pub mod receive;
 pub mod replay;
 pub mod setup;
 pub mod tail;
+pub mod terminal;
 pub mod test;

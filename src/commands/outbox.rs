@@ -67,9 +67,22 @@ impl Since {
 pub fn parse_since(text: &str) -> Result<Since, String> {
     let text = text.trim();
     if let Ok(ago) = crate::config::parse_duration(text) {
+        // Postgres' timestamps end in 4713 BC: a longer look back would fail in the query.
+        if ago > MAX_SINCE {
+            return Err(format!(
+                "{text:?} reaches back further than {} (the outbox is not that old)",
+                format_duration(MAX_SINCE)
+            ));
+        }
         return Ok(Since::Ago(ago));
     }
     if is_rfc3339(text) {
+        if !fields_in_range(text.as_bytes()) {
+            return Err(format!(
+                "{text:?} is not a real date and time (month, day, hour, minute, second or \
+                 offset out of range)"
+            ));
+        }
         return Ok(Since::At(text.to_owned()));
     }
     Err(format!(
@@ -86,6 +99,37 @@ pub fn since_condition(at: usize, ago: usize) -> String {
          AND (${ago}::bigint IS NULL \
               OR created_at >= now() - ${ago}::bigint * interval '1 microsecond')"
     )
+}
+
+/// The longest `--since` duration: a thousand years.
+const MAX_SINCE: Duration = Duration::from_secs(1000 * 365 * 86_400);
+
+/// Whether the fields of an [`is_rfc3339`] text name a real instant Postgres accepts.
+fn fields_in_range(b: &[u8]) -> bool {
+    let num = |at: usize, len: usize| {
+        b[at..at + len]
+            .iter()
+            .fold(0u32, |n, c| n * 10 + u32::from(c - b'0'))
+    };
+    let (year, month, day) = (num(0, 4), num(5, 2), num(8, 2));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    let offset_ok = match &b[b.len() - 6..] {
+        [b'+' | b'-', ..] => num(b.len() - 5, 2) <= 15 && num(b.len() - 2, 2) <= 59,
+        _ => true,
+    };
+    year >= 1
+        && (1..=days).contains(&day)
+        && num(11, 2) <= 23
+        && num(14, 2) <= 59
+        && num(17, 2) <= 60
+        && offset_ok
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`; `t` and a space are accepted for `T`.
@@ -159,6 +203,19 @@ mod tests {
         assert!(parse_since("yesterday").is_err());
         assert!(parse_since("2026-01-31").is_err());
         assert!(parse_since("2026-01-31T08:00:00").is_err());
+        // Bounded, so that the query cannot overflow.
+        assert!(parse_since("300000d").is_ok());
+        for text in [
+            "99999999999d",
+            "2026-13-01T08:00:00Z",
+            "2026-02-30T08:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "2026-01-31T24:00:00Z",
+            "2026-01-31T08:00:00+99:00",
+        ] {
+            assert!(parse_since(text).is_err(), "{text}");
+        }
+        assert!(parse_since("2024-02-29T23:59:60+14:00").is_ok());
     }
 
     #[test]

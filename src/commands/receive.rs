@@ -237,19 +237,8 @@ fn describe_body(block: &mut String, body: &[u8]) {
         }
         Err(_) => {
             let shown = &body[..body.len().min(MAX_RAW_PRINT)];
-            // Escape control characters: a stray ESC in a body must not drive the terminal.
-            let text: String = String::from_utf8_lossy(shown)
-                .chars()
-                .flat_map(|c| {
-                    let plain = !c.is_control() || c == '\n' || c == '\t';
-                    let escaped: Box<dyn Iterator<Item = char>> = if plain {
-                        Box::new(std::iter::once(c))
-                    } else {
-                        Box::new(c.escape_default())
-                    };
-                    escaped
-                })
-                .collect();
+            // A stray ESC in a body must not drive the terminal.
+            let text = super::terminal::printable(&String::from_utf8_lossy(shown), true);
             indent(block, &text);
             if body.len() > shown.len() {
                 let _ = writeln!(block, "   … {} more bytes", body.len() - shown.len());

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
+use super::terminal::printable;
 use crate::capture::envelope::pg_micros_to_rfc3339;
 use crate::config::{Auth, Config, Method, Operation, SubscriptionConfig};
 use crate::delivery::network::{self, NetworkPolicy};
@@ -421,7 +422,10 @@ fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8]) {
         println!("  {name}: (hidden)");
     }
     if !body.is_empty() {
-        println!("  body: {}", clip(&String::from_utf8_lossy(body)));
+        println!(
+            "  body: {}",
+            printable(&clip(&String::from_utf8_lossy(body)), false)
+        );
     }
 }
 
@@ -432,11 +436,15 @@ fn print_response(attempt: &Attempt) {
         Some(status) => println!("response: status {status} in {ms} ms"),
         None => println!("response: none after {ms} ms"),
     }
+    // Both are the receiver's words (the error may quote a Location): printed escaped.
     if let Some(error) = &attempt.error {
-        println!("  error: {error}");
+        println!("  error: {}", printable(error, false));
     }
     if !attempt.response_excerpt.is_empty() {
-        println!("  body: {}", clip(&attempt.response_excerpt));
+        println!(
+            "  body: {}",
+            printable(&clip(&attempt.response_excerpt), false)
+        );
     }
 }
 

@@ -376,6 +376,7 @@ impl Session<'_> {
     /// An outbox commit is done: count it, wake the subscriptions that got deliveries and
     /// let the slot move past it.
     fn committed(&self, done: Committed, reader: &mut ChangeReader) {
+        self.health.outbox_committed();
         let written = done.written;
         if written.events > 0 {
             tracing::debug!(

@@ -203,6 +203,10 @@ async fn run_active(
         prepared = startup::prepare(&config, &source, &outbox, !options.no_setup) => prepared?,
         _ = shutdown.changed() => return Ok(()),
     }
+    // The migrations have just committed to the outbox: it is writable now, and a fresh
+    // sample fills in the rest without waiting for the next tick.
+    health.outbox_committed();
+    health.sample_now.notify_one();
 
     let (dispatch, dispatcher) = delivery::dispatcher::spawn(
         running.clone(),

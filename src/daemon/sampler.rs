@@ -67,8 +67,18 @@ pub struct Sample {
 pub struct Health {
     /// The replication stream is connected.
     pub replication_connected: AtomicBool,
-    /// The last outbox check succeeded.
+    /// The last outbox check or outbox commit succeeded.
     pub outbox_writable: AtomicBool,
+    /// Asks the sampler for a sample now instead of at its next tick (after startup: the
+    /// first tick ran before the migrations had created the outbox).
+    pub sample_now: tokio::sync::Notify,
+}
+
+impl Health {
+    /// An outbox transaction committed: the outbox is writable, whatever the last sample said.
+    pub fn outbox_committed(&self) {
+        self.outbox_writable.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Health {
@@ -125,6 +135,7 @@ pub fn spawn(
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
+                _ = sampler.health.sample_now.notified() => tick.reset(),
             }
             let sample = sampler.sample().await;
             tx.send_replace(Arc::new(sample));

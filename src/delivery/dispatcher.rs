@@ -207,6 +207,30 @@ pub fn spawn(
     Ok((handle, join))
 }
 
+/// Changes the size of `delivery.max_in_flight`'s semaphore from `from` to `to` permits.
+/// Growing adds permits at once. Shrinking forgets the free ones at once and, for those held
+/// by requests in flight, takes them as the requests finish (a task waiting for them in the
+/// semaphore's fair queue, so no new request starts until in flight is under the new limit).
+/// Sizes only ever move by the difference, so overlapping reloads still add up.
+fn resize(global: &Arc<Semaphore>, from: usize, to: usize) {
+    if to > from {
+        global.add_permits(to - from);
+        tracing::info!(from, to, "delivery.max_in_flight changed");
+    } else if to < from {
+        let owed = (from - to) - global.forget_permits(from - to);
+        tracing::info!(from, to, "delivery.max_in_flight changed");
+        if owed > 0 {
+            let global = global.clone();
+            let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(permits) = global.acquire_many_owned(owed).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+}
+
 /// Keeps one worker per active subscription in line with the config, forwards wakes, and
 /// stops everything on shutdown.
 async fn manage(
@@ -220,6 +244,7 @@ async fn manage(
     let current = config.borrow_and_update().clone();
     sync(&shared, &mut workers, &current).await;
     let mut shutdown_timeout = current.delivery.shutdown_timeout;
+    let mut max_in_flight = current.delivery.max_in_flight.max(1);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -230,6 +255,9 @@ async fn manage(
                 let current = config.borrow_and_update().clone();
                 shutdown_timeout = current.delivery.shutdown_timeout;
                 shared.set_allow_networks(&current.delivery.allow_networks);
+                let wanted = current.delivery.max_in_flight.max(1);
+                resize(&shared.global, max_in_flight, wanted);
+                max_in_flight = wanted;
                 sync(&shared, &mut workers, &current).await;
             }
             Some(names) = wakes.recv() => {
@@ -363,5 +391,28 @@ async fn write_completions(queues: Arc<Queues>, mut finished: mpsc::Receiver<Fin
         for f in batch {
             f.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shrinking_the_limit_takes_back_permits_as_requests_finish() {
+        let global = Arc::new(Semaphore::new(4));
+        let held: Vec<_> = (0..3)
+            .map(|_| global.clone().try_acquire_owned().unwrap())
+            .collect();
+        resize(&global, 4, 1);
+        assert_eq!(global.available_permits(), 0);
+        drop(held);
+        // The task taking the owed permits runs on this runtime: let it.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(global.available_permits(), 1);
+        resize(&global, 1, 3);
+        assert_eq!(global.available_permits(), 3);
     }
 }

@@ -13,8 +13,9 @@
 //! - everything else (public addresses) is allowed.
 //!
 //! IPv6 forms that carry an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
-//! `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) are judged as that IPv4 address, since that is what
-//! they reach.
+//! `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and its local-use
+//! `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`) are judged as that IPv4 address (both
+//! Teredo's server and client), since that is what they reach.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -72,7 +73,8 @@ pub enum Rule {
     Broadcast,
     /// 224.0.0.0/4 or ff00::/8.
     Multicast,
-    /// 0.0.0.0/8 ("this network") and 240.0.0.0/4: never a real destination.
+    /// 0.0.0.0/8 ("this network"), 240.0.0.0/4 and the special-purpose 198.18.0.0/15 and
+    /// 192.0.0.0/24: never an ordinary destination.
     Reserved,
 }
 
@@ -171,10 +173,16 @@ fn refusal_message(host: &str, ip: IpAddr, rule: Rule, also_refused: usize) -> S
 pub fn classify(ip: IpAddr) -> Option<Rule> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => match embedded_v4(v6) {
-            Some(v4) => classify_v4(v4),
-            None => classify_v6(v6),
-        },
+        IpAddr::V6(v6) => {
+            let embedded = embedded_v4(v6);
+            if embedded.is_empty() {
+                classify_v6(v6)
+            } else {
+                // A tunnel reaches (or passes through) each embedded address: one refused
+                // address refuses the whole.
+                embedded.into_iter().find_map(classify_v4)
+            }
+        }
     }
 }
 
@@ -190,6 +198,9 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Rule> {
         [100, 64..=127, ..] => Rule::Cgnat,
         [0, 0, 0, 0] => Rule::Unspecified,
         [0, ..] => Rule::Reserved,
+        // Benchmarking 198.18.0.0/15 and IETF protocol assignments 192.0.0.0/24: special
+        // purpose (RFC 6890), never an ordinary receiver.
+        [198, 18..=19, ..] | [192, 0, 0, _] => Rule::Reserved,
         [255, 255, 255, 255] => Rule::Broadcast,
         [224..=239, ..] => Rule::Multicast,
         [240..=255, ..] => Rule::Reserved,
@@ -220,22 +231,40 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Rule> {
     })
 }
 
-/// The IPv4 address an IPv6 address stands for, if it is one of the forms that reach one.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+fn v4_of(high: u16, low: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
+}
+
+/// The IPv4 addresses an IPv6 address stands for or tunnels through, if it is one of the
+/// forms that reach one; empty for a native IPv6 address.
+fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
-        return Some(v4);
+        return vec![v4];
     }
     let s = ip.segments();
-    let tail = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    let tail = v4_of(s[6], s[7]);
     // IPv4-compatible (deprecated) `::a.b.c.d`; `::` and `::1` are IPv6's own and judged so.
     if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
-        return Some(tail);
+        return vec![tail];
     }
-    // The NAT64 well-known prefix 64:ff9b::/96: a translator forwards to the embedded address.
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some(tail);
+    // IPv4-translated (SIIT) `::ffff:0:a.b.c.d`.
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return vec![tail];
     }
-    None
+    // NAT64: the well-known prefix 64:ff9b::/96 and the local-use 64:ff9b:1::/48; a translator
+    // forwards to the embedded address.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+        return vec![tail];
+    }
+    // 6to4 2002::/16: the relay is the IPv4 address in bits 16..48.
+    if s[0] == 0x2002 {
+        return vec![v4_of(s[1], s[2])];
+    }
+    // Teredo 2001::/32: the client is the inverted last 32 bits, the server bits 32..64.
+    if s[..2] == [0x2001, 0] {
+        return vec![v4_of(!s[6], !s[7]), v4_of(s[2], s[3])];
+    }
+    Vec::new()
 }
 
 /// `delivery.allow_networks`, ready to judge addresses.
@@ -280,14 +309,18 @@ impl NetworkPolicy {
         if self.hosts.contains(&host) {
             return true;
         }
-        // `127.0.0.0/8` also covers `::ffff:127.0.0.1`: both reach the same place.
-        let v4 = match ip {
-            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
-            IpAddr::V4(_) => None,
-        };
-        self.networks
-            .iter()
-            .any(|net| net.contains(ip) || v4.is_some_and(|v4| net.contains(v4)))
+        if self.networks.iter().any(|net| net.contains(ip)) {
+            return true;
+        }
+        // `127.0.0.0/8` also covers `::ffff:127.0.0.1`: both reach the same place. A tunnel
+        // form is allowed when every refused address it carries is.
+        let IpAddr::V6(v6) = ip else { return false };
+        let embedded = embedded_v4(v6);
+        !embedded.is_empty()
+            && embedded
+                .into_iter()
+                .filter(|v4| classify_v4(*v4).is_some())
+                .all(|v4| self.networks.iter().any(|net| net.contains(IpAddr::V4(v4))))
     }
 }
 
@@ -517,6 +550,20 @@ mod tests {
             ("::ffff:0.0.0.0", Rule::Unspecified),
             ("::127.0.0.1", Rule::Loopback),
             ("64:ff9b::a9fe:a9fe", Rule::CloudMetadata),
+            // NAT64 local use: the last 32 bits.
+            ("64:ff9b:1::7f00:1", Rule::Loopback),
+            ("64:ff9b:1:abcd::a00:1", Rule::Private),
+            // IPv4-translated.
+            ("::ffff:0:7f00:1", Rule::Loopback),
+            ("::ffff:0:a9fe:a9fe", Rule::CloudMetadata),
+            // 6to4: bits 16..48.
+            ("2002:7f00:1::1", Rule::Loopback),
+            ("2002:a9fe:a9fe::", Rule::CloudMetadata),
+            ("2002:c0a8:101:1::5", Rule::Private),
+            // Teredo: server 127.0.0.1 (bits 32..64), public client 93.184.215.14.
+            ("2001:0:7f00:1::a247:28f1", Rule::Loopback),
+            // Teredo: public server 93.184.215.14, client 10.0.0.1 (inverted last 32 bits).
+            ("2001:0:5db8:d70e::f5ff:fffe", Rule::Private),
         ] {
             assert_eq!(
                 rule_of(default.check_ip(addr, ip(addr))),
@@ -524,7 +571,15 @@ mod tests {
                 "{addr}"
             );
         }
-        assert!(default.check_ip("x", ip("::ffff:93.184.215.14")).is_ok());
+        for addr in [
+            "::ffff:93.184.215.14",
+            "::ffff:0:5db8:d70e",
+            "64:ff9b:1::5db8:d70e",
+            "2002:5db8:d70e::1",
+            "2001:0:5db8:d70e::a247:28f1",
+        ] {
+            assert!(default.check_ip("x", ip(addr)).is_ok(), "{addr}");
+        }
         // Allowing the IPv4 network allows its mapped form too.
         let allowed = NetworkPolicy::new(&[cidr("127.0.0.0/8")]);
         assert!(allowed.check_ip("x", ip("::ffff:127.0.0.1")).is_ok());
@@ -548,6 +603,9 @@ mod tests {
             ("::", Rule::Unspecified),
             ("0.1.2.3", Rule::Reserved),
             ("240.0.0.1", Rule::Reserved),
+            ("198.18.0.1", Rule::Reserved),
+            ("198.19.255.254", Rule::Reserved),
+            ("192.0.0.8", Rule::Reserved),
             ("255.255.255.255", Rule::Broadcast),
             ("224.0.0.1", Rule::Multicast),
             ("ff02::1", Rule::Multicast),
@@ -572,6 +630,8 @@ mod tests {
             "8.8.8.8",
             "172.32.0.1",
             "100.128.0.1",
+            "198.20.0.1",
+            "192.0.1.1",
             "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
         ] {
             assert!(default.check_ip(addr, ip(addr)).is_ok(), "{addr}");

@@ -10,7 +10,7 @@ use tokio::time::timeout_at;
 use super::network::{self, NetworkPolicy};
 use super::policy::{self, Outcome};
 use super::request;
-use crate::config::SubscriptionConfig;
+use crate::config::{Auth, SubscriptionConfig};
 
 /// How much of a response body is read; the rest is never pulled off the socket, so a huge
 /// (or endless) body cannot exhaust memory.
@@ -130,6 +130,11 @@ pub async fn send(
     // Dropping the response here closes the connection instead of draining what is left.
     drop(response);
     attempt.response_excerpt = excerpt(&read);
+    // A receiver may echo the request: nothing it sent back leaves here with a credential.
+    let secrets = secrets_of(sub);
+    attempt.response_excerpt = scrub(&attempt.response_excerpt, &secrets);
+    attempt.error = attempt.error.map(|e| scrub(&e, &secrets));
+    attempt.location = attempt.location.map(|l| scrub(&l, &secrets));
     attempt.duration = start.elapsed();
     attempt.outcome = policy::classify(
         attempt.status,
@@ -137,6 +142,63 @@ pub async fn send(
         SystemTime::now(),
     );
     attempt
+}
+
+/// Secrets shorter than this are not scrubbed: replacing every `1` or `en` of a body would
+/// hide the body, and a credential that short protects nothing.
+const MIN_SCRUBBED: usize = 4;
+
+/// Every credential the request carries, as the receiver may echo it: the auth token, basic
+/// password and its base64 `user:pass`, custom header values, and the URL's password and
+/// query values (raw and percent-decoded). Longest first, so a value inside another goes too.
+fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
+    use base64::Engine as _;
+    let mut secrets = Vec::new();
+    match &sub.auth {
+        Some(Auth::Bearer { token }) => secrets.push(token.expose().to_owned()),
+        Some(Auth::Basic { username, password }) => {
+            secrets.push(password.expose().to_owned());
+            secrets.push(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose())),
+            );
+        }
+        Some(Auth::Header { value, .. }) => secrets.push(value.expose().to_owned()),
+        None => {}
+    }
+    for (_, value) in &sub.headers {
+        secrets.push(value.expose().to_owned());
+    }
+    if let Ok(url) = reqwest::Url::parse(sub.url.expose()) {
+        if let Some(password) = url.password() {
+            secrets.push(password.to_owned());
+        }
+        if let Some(query) = url.query() {
+            for pair in query.split('&') {
+                if let Some((_, raw)) = pair.split_once('=') {
+                    secrets.push(raw.to_owned());
+                }
+            }
+        }
+        for (_, value) in url.query_pairs() {
+            secrets.push(value.into_owned());
+        }
+    }
+    secrets.retain(|s| s.len() >= MIN_SCRUBBED);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    secrets
+}
+
+/// `text` with every occurrence of each of `secrets` replaced by `***`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
 }
 
 /// The first [`EXCERPT_LIMIT`] bytes as text; invalid UTF-8 and NUL bytes (which Postgres
@@ -189,7 +251,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::config::{AllowedNetwork, SubscriptionConfig};
+    use crate::config::{AllowedNetwork, Secret, SubscriptionConfig};
     use crate::delivery::request::tests::subscription;
 
     fn policy() -> NetworkPolicy {
@@ -258,6 +320,60 @@ mod tests {
         assert_eq!(attempt.outcome, Outcome::Delivered);
         assert_eq!(attempt.response_excerpt, "thanks");
         assert_eq!(attempt.error, None);
+    }
+
+    #[tokio::test]
+    async fn an_echoing_receiver_gets_no_credential_into_the_attempt() {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode("ann:basic-pw-9");
+        let echoed = format!(
+            "Authorization: Bearer bearer-tok-1\r\nAuthorization: Basic {basic}\r\n\
+             X-Api-Key: header-key-2\r\nGET /hook?token=sekrit&x=a%20b%20c HTTP/1.1 pw=url-pw-3"
+        );
+        let addr = server(Some(response(
+            "302 Found",
+            "location: http://other.example/?token=sekrit&key=header-key-2\r\n",
+            echoed.as_bytes(),
+        )))
+        .await;
+        let mut sub = sub_for(addr);
+        sub.url = crate::config::WebhookUrl::new(
+            format!("http://ann:url-pw-3@{addr}/hook?token=sekrit&x=a%20b%20c"),
+            "shown",
+        );
+        sub.headers = vec![("X-Api-Key".into(), Secret::new("header-key-2"))];
+        for auth in [
+            Auth::Bearer {
+                token: Secret::new("bearer-tok-1"),
+            },
+            Auth::Basic {
+                username: "ann".into(),
+                password: Secret::new("basic-pw-9"),
+            },
+        ] {
+            sub.auth = Some(auth);
+            let attempt = send_to(&sub).await;
+            let seen = format!(
+                "{} {:?} {:?}",
+                attempt.response_excerpt, attempt.error, attempt.location
+            );
+            for secret in ["sekrit", "header-key-2", "url-pw-3", "a b c", "a%20b%20c"] {
+                assert!(!seen.contains(secret), "{secret} in {seen}");
+            }
+            let own = match &sub.auth {
+                Some(Auth::Bearer { .. }) => ["bearer-tok-1".to_owned()],
+                _ => [basic.clone()],
+            };
+            assert!(!seen.contains(&own[0]), "{} in {seen}", own[0]);
+            assert!(
+                attempt
+                    .error
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("redirect to http://other.example/?token=***&key=***"),
+                "{seen}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -690,6 +690,8 @@ async fn replay_subscription(
     uri: Uri,
 ) -> ApiResult {
     let params = query_params(&uri, &["status", "since"])?;
+    text_for_postgres(&name)
+        .map_err(|e| ApiError::bad_request(format!("subscription name: {e}")))?;
     let status = match params.get("status") {
         None => {
             return Err(ApiError::bad_param(
@@ -783,9 +785,22 @@ fn query_params(uri: &Uri, allowed: &[&str]) -> Result<BTreeMap<String, String>,
         if params.contains_key(&name) {
             return Err(ApiError::bad_param(&name, "given more than once"));
         }
+        text_for_postgres(&value).map_err(|e| ApiError::bad_param(&name, e))?;
         params.insert(name, value);
     }
     Ok(params)
+}
+
+/// Refuses text Postgres cannot hold (a NUL byte), which would otherwise fail the query as a
+/// database error; other control characters cannot name anything of ours either.
+fn text_for_postgres(value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "{value:?} holds the control character {:?}, which no name or value here contains",
+            c
+        )),
+        None => Ok(()),
+    }
 }
 
 fn parse_status(text: &str) -> Result<Status, ApiError> {

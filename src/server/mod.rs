@@ -1,10 +1,12 @@
 //! The HTTP server of `walhook run` (SPEC §7): `/metrics`, `/healthz`, `/readyz` and the
 //! admin API under `/api/v1` (`api`: the handlers, `auth`: `http.admin_token`, `db`: its
-//! outbox connection, `view`: what a subscription shows of itself).
+//! outbox connection, `origin`: the Host and cross-site checks, `view`: what a subscription
+//! shows of itself).
 
 mod api;
 mod auth;
 mod db;
+mod origin;
 mod view;
 
 use std::net::SocketAddr;
@@ -97,6 +99,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/v1", api::router(app.clone()))
+        .layer(axum::middleware::from_fn(origin::guard))
         .with_state(app)
 }
 
