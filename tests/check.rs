@@ -458,3 +458,60 @@ fn a_publication_owned_by_someone_else_is_reported_with_the_owner_change() {
         ],
     );
 }
+
+#[test]
+fn check_refuses_every_when_that_run_would_refuse_or_fail_on_with_its_config_line() {
+    let db = TestDb::new(ERP);
+    // Line 15 of the config is the subscription's `when`.
+    for (when, said) in [
+        ("values.state = 'posted'", "syntax error"),
+        ("value.state == 'posted'", "\"value\" is not a variable"),
+        (
+            "values.stat == 'posted'",
+            "reads values.stat, but \"stat\" is not a field",
+        ),
+    ] {
+        let out = check(&config(&db.url, &format!("when = \"{when}\"")));
+        assert_problem(&out, &["walhook.toml:15: subscriptions[0].when: ", said]);
+    }
+}
+
+#[test]
+fn a_when_reading_a_column_the_table_lacks_is_a_problem_when_the_object_takes_every_column() {
+    let db = TestDb::new(ERP);
+    let text = format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "{publication}"
+
+[[subscriptions]]
+name = "posted"
+table = "public.account_invoice"
+url = "https://partner.example.com/hooks/invoice"
+when = "values.stat == 'posted'"
+"#,
+        url = db.url,
+        slot = unique("slot"),
+        publication = unique("pub"),
+    );
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            "walhook.toml:11: subscriptions[0].when: reads values.stat, but table \
+             public.account_invoice has no column \"stat\"; did you mean \"state\"?",
+        ],
+    );
+    // `run` refuses the same at start instead of failing on every event.
+    let file = support::config_file(&text);
+    let out = run_walhook(&file, &["run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("walhook.toml:11: subscriptions[0].when: reads values.stat"),
+        "{}",
+        out.stderr
+    );
+}

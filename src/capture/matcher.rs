@@ -70,7 +70,7 @@ impl fmt::Display for RouteProblem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
 pub struct MatcherError {
-    /// `subscriptions.NAME.when: …`, one per bad expression.
+    /// `walhook.toml:LINE: subscriptions[N].when: …`, one per bad expression.
     pub problems: Vec<String>,
 }
 
@@ -503,7 +503,7 @@ fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
     let Some(text) = &sub.when else {
         return Ok(None);
     };
-    let at = format!("subscriptions.{}.when", sub.name);
+    let at = when_at(sub);
     let when = When::compile(text).map_err(|e| vec![format!("{at}: {e}")])?;
     if let Some(fields) = &sub.object.config.fields {
         let errors: Vec<String> = when
@@ -524,6 +524,43 @@ fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
         }
     }
     Ok(Some(when))
+}
+
+/// Where a subscription's `when` is, for its errors: file and line when read from a file.
+fn when_at(sub: &SubscriptionConfig) -> String {
+    if sub.when_at.is_empty() {
+        format!("subscriptions.{}.when", sub.name)
+    } else {
+        sub.when_at.clone()
+    }
+}
+
+/// The `values.X` / `previous.X` lookups of every `when` on `table` that name no column of
+/// it, one message each, for subscriptions whose object takes every column (a configured
+/// `fields` list is checked when the config loads). Compiled at start, at reloads and by
+/// `check`, so a typo is refused before it can make every event of the table fail.
+pub fn when_column_problems(config: &Config, table: &TableName, columns: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for sub in &config.subscriptions {
+        if sub.object.config.table != *table || sub.object.config.fields.is_some() {
+            continue;
+        }
+        let Some(text) = &sub.when else { continue };
+        // One that does not compile is reported by `Matcher::new`.
+        let Ok(when) = When::compile(text) else {
+            continue;
+        };
+        for (variable, field) in when.fields_read() {
+            if !columns.contains(field) {
+                problems.push(format!(
+                    "{}: reads {variable}.{field}, but table {table} has no column {field:?}{}",
+                    when_at(sub),
+                    did_you_mean(field, columns.iter().map(String::as_str))
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Subscriptions whose `watch` or `when` needs old values of non-key columns on an update
@@ -1114,9 +1151,9 @@ fields = ["number", "state"]
         assert_eq!(
             error.problems,
             [
-                "subscriptions.partner-sync.when: syntax error: unexpected end of input, \
+                "walhook.toml:26: subscriptions[0].when: syntax error: unexpected end of input, \
                  expected expression",
-                "subscriptions.paused.when: \"value\" is not a variable an expression can read \
+                "walhook.toml:39: subscriptions[2].when: \"value\" is not a variable an expression can read \
                  (values, previous, operation); did you mean \"values\"?",
             ]
         );
@@ -1132,7 +1169,7 @@ fields = ["number", "state"]
         let error = Matcher::new(&config).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "subscriptions.typo.when: reads values.stat, but \"stat\" is not a field of object \
+            "walhook.toml:26: subscriptions[0].when: reads values.stat, but \"stat\" is not a field of object \
              \"invoice\"; did you mean \"state\"?"
         );
     }

@@ -115,6 +115,11 @@ async fn check(config: &Config, report: &mut Report) {
         config.objects.len(),
         config.subscriptions.len()
     ));
+    if let Err(error) = crate::capture::matcher::Matcher::new(config) {
+        for problem in error.problems {
+            report.problem(problem, "correct the when expression");
+        }
+    }
     check_subscriber_urls(config, report).await;
     let info = match ConnInfo::parse(config.source.url.expose()) {
         Ok(info) => info,
@@ -462,6 +467,10 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             .map(|(_, subscription, why)| format!("subscriptions.{subscription} ({why})"))
             .collect();
         check_columns(config, &table, &facts, report);
+        for problem in crate::capture::matcher::when_column_problems(config, &table, &facts.columns)
+        {
+            report.problem(problem, "correct the column name in the when expression");
+        }
         check_delete_keys(config, &table, &facts, report);
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),

@@ -169,7 +169,11 @@ async fn handle(
     for (name, value) in &parts.headers {
         if name == hyper::header::AUTHORIZATION {
             let value = String::from_utf8_lossy(value.as_bytes());
-            let _ = writeln!(block, "   authorization: {}", super::terminal::printable(&value, false));
+            let _ = writeln!(
+                block,
+                "   authorization: {}",
+                super::terminal::printable(&value, false)
+            );
         }
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {

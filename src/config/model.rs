@@ -129,6 +129,9 @@ pub struct SubscriptionConfig {
     pub watch: Option<Vec<String>>,
     /// Filter expression over `values`, `previous` and `operation` (not yet parsed).
     pub when: Option<String>,
+    /// Where `when` is written (`walhook.toml:14: subscriptions[0].when`), for its errors;
+    /// empty for a config not read from a file.
+    pub when_at: String,
     /// Fixed event type; `None` means `<object>.<created|updated|deleted>`.
     pub event_type: Option<String>,
     /// Subscriber URL (http or https, with a host); prints as written in the file.

@@ -163,6 +163,13 @@ pub(crate) fn check_subscription(
         operations,
         truncate,
         watch,
+        when_at: if raw.when.is_some() {
+            // The finding's own text minus its empty message: `file:line: key`.
+            let at = checker.doc.finding(&at("when"), "").to_string();
+            at.trim_end_matches(": ").to_owned()
+        } else {
+            String::new()
+        },
         when: raw.when,
         event_type: raw.event_type,
         url,

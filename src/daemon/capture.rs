@@ -437,6 +437,7 @@ async fn validate(
 ) -> Result<Matcher, ReloadError> {
     let matcher = Matcher::new(config)?;
     startup::check_replica_identity(config, catalog).await?;
+    startup::check_when_columns(config, catalog).await?;
     startup::sync_publication(config, catalog).await?;
     Ok(matcher)
 }

@@ -43,6 +43,12 @@ pub enum StartupError {
         /// One message per table, each with its `ALTER TABLE`.
         problems: Vec<String>,
     },
+    /// A `when` reads a column its table does not have.
+    #[error("refusing to start: {}", problems.join("\n"))]
+    WhenColumns {
+        /// One message per lookup, with where the `when` is written.
+        problems: Vec<String>,
+    },
     /// A catalog query failed.
     #[error("reading the catalog: {0}")]
     Catalog(#[from] tokio_postgres::Error),
@@ -69,7 +75,9 @@ impl StartupError {
     pub fn is_config_problem(&self) -> bool {
         matches!(
             self,
-            StartupError::ReplicaIdentity { .. } | StartupError::ConnInfo(_)
+            StartupError::ReplicaIdentity { .. }
+                | StartupError::WhenColumns { .. }
+                | StartupError::ConnInfo(_)
         )
     }
 }
@@ -94,6 +102,7 @@ pub(super) async fn prepare(
         sync_publication(config, &catalog).await?;
     }
     check_replica_identity(config, &catalog).await?;
+    check_when_columns(config, &catalog).await?;
 
     let slot = &config.source.slot;
     if setup {
@@ -164,6 +173,37 @@ pub(super) async fn sync_publication(
         tracing::info!("{line}");
     }
     Ok(change)
+}
+
+/// Refuses a `when` that reads a column its table does not have: every event of the table
+/// would fail to evaluate.
+pub(super) async fn check_when_columns(
+    config: &Config,
+    catalog: &tokio_postgres::Client,
+) -> Result<(), StartupError> {
+    let mut problems = Vec::new();
+    for table in config.tables() {
+        let columns: Vec<String> = catalog
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table.schema, &table.name],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        problems.extend(crate::capture::matcher::when_column_problems(
+            config, &table, &columns,
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StartupError::WhenColumns { problems })
+    }
 }
 
 /// Refuses subscriptions whose `watch` or `when` needs old values the table does not log.

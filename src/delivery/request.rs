@@ -98,6 +98,7 @@ pub(crate) mod tests {
             truncate: false,
             watch: None,
             when: None,
+            when_at: String::new(),
             event_type: None,
             url: WebhookUrl::new(url, url),
             method: Method::Post,
