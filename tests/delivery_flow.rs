@@ -725,3 +725,51 @@ retry_schedule = ["1s"]"#,
         .collect();
     assert_eq!(b.len(), 3, "batch B's events once each: {b:?}");
 }
+
+#[test]
+fn a_result_the_outbox_refuses_is_set_apart_and_every_other_result_still_lands() {
+    let db = TestDb::new(LEDGER);
+    let receiver = Subscriber::start();
+    let config = config(&db, &receiver.url("/hooks"), "");
+    let daemon = start_daemon(&config);
+    // A trigger of the user's (or a broken value) makes Postgres refuse the attempt row of
+    // key 3's deliveries; before, the completion writer retried that statement forever and
+    // no result of any delivery was recorded again.
+    db.sql(
+        "CREATE FUNCTION pg_temp_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF (SELECT e.key::jsonb->>'id' FROM walhook.delivery d JOIN walhook.event e
+                 ON e.seq = d.event_seq WHERE d.id = NEW.delivery_id) = '3' THEN
+             RAISE EXCEPTION 'attempt rows of key 3 are refused';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON walhook.attempt
+           FOR EACH ROW EXECUTE FUNCTION pg_temp_refuse();",
+    );
+    db.sql("UPDATE ledger SET n = n + 1");
+
+    let rows = wait_all_delivered(&db, &daemon, 5, Duration::from_secs(30));
+    assert_eq!(rows.len(), 5);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM walhook.delivery WHERE last_error IS NOT NULL")
+            .trim(),
+        "1",
+        "only key 3's delivery carries a note"
+    );
+    let note = db.sql(
+        "SELECT d.last_error FROM walhook.delivery d \
+         JOIN walhook.event e ON e.seq = d.event_seq WHERE e.key::jsonb->>'id' = '3'",
+    );
+    assert!(
+        note.contains("the attempt could not be recorded")
+            && note.contains("attempt rows of key 3 are refused"),
+        "{note}"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM walhook.attempt").trim(), "4");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("the delivery is settled without its attempt row"),
+        "{log}"
+    );
+}

@@ -335,8 +335,9 @@ async fn sync(shared: &Arc<Shared>, workers: &mut HashMap<String, WorkerHandle>,
 }
 
 /// Records results: everything waiting goes into one statement; then the workers concerned
-/// are woken. A failed write is retried (the results stay in memory; the leases keep the
-/// deliveries from being sent twice meanwhile, for a while). Ends when every worker and
+/// are woken. A write the outbox could not take is retried (the results stay in memory; the
+/// leases keep the deliveries from being sent twice meanwhile, for a while); a statement
+/// Postgres refuses is split into one per result, so only the bad one is set apart. Ends when every worker and
 /// request task is gone and everything they sent is written (or the dispatcher gives up
 /// waiting at shutdown).
 async fn write_completions(queues: Arc<Queues>, mut finished: mpsc::Receiver<Finished>) {
@@ -372,24 +373,71 @@ async fn write_completions(queues: Arc<Queues>, mut finished: mpsc::Receiver<Fin
             .iter_mut()
             .flat_map(|f| std::mem::take(&mut f.completions))
             .collect();
-        let mut failures = 0u32;
-        loop {
-            let written = match queues.get().await {
-                Ok(queue) => queue.complete(&completions).await,
-                Err(e) => Err(e),
-            };
-            match written {
-                Ok(()) => break,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(results = completions.len(), "{e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
-                        .await;
+        match write(&queues, &completions, Write::Whole).await {
+            Ok(()) => {}
+            // One result Postgres refuses (a value, a constraint, a trigger of the user's)
+            // must not hold back every other: each goes alone, and a refused one settles
+            // without its attempt row.
+            Err(_) => {
+                for completion in &completions {
+                    let one = std::slice::from_ref(completion);
+                    if let Err(e) = write(&queues, one, Write::Whole).await {
+                        tracing::error!(
+                            delivery_id = completion.delivery_id,
+                            subscription = %completion.subscription,
+                            "{e}; the delivery is settled without its attempt row"
+                        );
+                        let mut alone = completion.clone();
+                        alone.error = Some(format!("the attempt could not be recorded: {e}"));
+                        if let Err(e) =
+                            write(&queues, std::slice::from_ref(&alone), Write::SettleOnly).await
+                        {
+                            tracing::error!(
+                                delivery_id = completion.delivery_id,
+                                subscription = %completion.subscription,
+                                "{e}; the delivery stays pending and is sent again when its \
+                                 lease expires"
+                            );
+                        }
+                    }
                 }
             }
         }
         for f in batch {
             f.wake.notify_one();
+        }
+    }
+}
+
+/// How [`write`] records results.
+#[derive(Clone, Copy)]
+enum Write {
+    /// The deliveries' new state and the attempt log.
+    Whole,
+    /// The deliveries' new state only.
+    SettleOnly,
+}
+
+/// Writes `completions`, retrying with backoff while the outbox is unreachable; a statement
+/// Postgres refuses is returned, since sending it again would fail the same way.
+async fn write(queues: &Queues, completions: &[Completion], how: Write) -> Result<(), QueueError> {
+    let mut failures = 0u32;
+    loop {
+        let written = match queues.get().await {
+            Ok(queue) => match how {
+                Write::Whole => queue.complete(completions).await,
+                Write::SettleOnly => queue.settle_without_attempts(completions).await,
+            },
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_refused_statement() => return Err(e),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(results = completions.len(), "{e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+            }
         }
     }
 }

@@ -35,7 +35,7 @@ pub fn pause_reason_sql() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// A statement failed.
-    #[error("outbox ({schema}): {what}: {source}")]
+    #[error("outbox ({schema}): {what}: {}", server_words(source))]
     Db {
         /// The outbox schema.
         schema: String,
@@ -47,6 +47,22 @@ pub enum QueueError {
     /// The outbox connection could not be opened.
     #[error("outbox: {0}")]
     Connect(#[from] crate::source::tls::ConnectError),
+}
+
+/// What Postgres said (tokio-postgres's own text for a refused statement is "db error").
+fn server_words(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => error.to_string(),
+    }
+}
+
+impl QueueError {
+    /// Whether Postgres refused the statement itself (the connection is fine): sending the
+    /// same statement again would fail the same way.
+    pub fn is_refused_statement(&self) -> bool {
+        matches!(self, QueueError::Db { source, .. } if source.as_db_error().is_some())
+    }
 }
 
 /// Which pending deliveries of a subscription a claim may take.
@@ -167,6 +183,7 @@ pub struct DeliveryQueue {
     claim_failed_batch: Statement,
     release: Statement,
     complete: Statement,
+    settle_only: Statement,
     deactivate: Statement,
     deactivated: Statement,
 }
@@ -255,6 +272,28 @@ impl DeliveryQueue {
              RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
                        d.batch_id, e.committed_at, e.key, d.ordering_key"
         );
+        // A result settles its delivery; the attempt log gets a row beside it, or (when that
+        // row was refused) the delivery settles alone.
+        let settle = format!(
+            "UPDATE {s}.delivery d SET \
+               status = CASE WHEN u.settled IN ('retry', 'released') THEN 'pending' \
+                             ELSE u.settled END, \
+               attempts = u.attempts, \
+               next_attempt_at = coalesce(u.next_at, d.next_attempt_at), \
+               leased_until = NULL, \
+               last_status_code = u.code, \
+               last_error = u.error, \
+               delivered_at = CASE WHEN u.settled = 'delivered' THEN now() END, \
+               settled_at = CASE WHEN u.settled IN ('delivered', 'dead') \
+                                 THEN now() END, \
+               batch_id = u.batch_id, \
+               trigger = CASE WHEN u.settled = 'released' THEN d.trigger \
+                              ELSE 'scheduled' END \
+                       FROM unnest($1::int8[], $2::text[], $3::int4[], $4::timestamptz[], \
+                         $5::int4[], $6::text[], $7::text[]) \
+                  AS u(id, settled, attempts, next_at, code, error, batch_id) \
+                       WHERE d.id = u.id AND d.status = 'pending'"
+        );
         Ok(DeliveryQueue {
             claim_unordered: client
                 .prepare(&claim(String::new()))
@@ -293,25 +332,7 @@ impl DeliveryQueue {
             // be shared with claims.
             complete: client
                 .prepare(&format!(
-                    "WITH settled AS ( \
-                       UPDATE {s}.delivery d SET \
-                         status = CASE WHEN u.settled IN ('retry', 'released') THEN 'pending' \
-                                       ELSE u.settled END, \
-                         attempts = u.attempts, \
-                         next_attempt_at = coalesce(u.next_at, d.next_attempt_at), \
-                         leased_until = NULL, \
-                         last_status_code = u.code, \
-                         last_error = u.error, \
-                         delivered_at = CASE WHEN u.settled = 'delivered' THEN now() END, \
-                         settled_at = CASE WHEN u.settled IN ('delivered', 'dead') \
-                                           THEN now() END, \
-                         batch_id = u.batch_id, \
-                         trigger = CASE WHEN u.settled = 'released' THEN d.trigger \
-                                        ELSE 'scheduled' END \
-                       FROM unnest($1::int8[], $2::text[], $3::int4[], $4::timestamptz[], \
-                                   $5::int4[], $6::text[], $7::text[]) \
-                            AS u(id, settled, attempts, next_at, code, error, batch_id) \
-                       WHERE d.id = u.id AND d.status = 'pending') \
+                    "WITH settled AS ({settle}) \
                      INSERT INTO {s}.attempt (delivery_id, subscription, attempt, trigger, \
                        started_at, duration_ms, status_code, error, response_excerpt) \
                      SELECT * FROM unnest($1::int8[], $8::text[], $9::int4[], $10::text[], \
@@ -319,6 +340,10 @@ impl DeliveryQueue {
                 ))
                 .await
                 .map_err(err("preparing the completion"))?,
+            settle_only: client
+                .prepare(&settle)
+                .await
+                .map_err(err("preparing the completion without attempts"))?,
             deactivate: client
                 .prepare(&format!(
                     "INSERT INTO {s}.subscription_state (subscription, reason) VALUES ($1, $2) \
@@ -387,6 +412,16 @@ impl DeliveryQueue {
 
     /// Writes finished attempts: the deliveries' new state and the attempt log, atomically.
     pub async fn complete(&self, done: &[Completion]) -> Result<(), QueueError> {
+        self.record(done, true).await
+    }
+
+    /// Settles deliveries without their attempt rows: for a result whose attempt row
+    /// Postgres refused, so that one bad row cannot stall every other result.
+    pub async fn settle_without_attempts(&self, done: &[Completion]) -> Result<(), QueueError> {
+        self.record(done, false).await
+    }
+
+    async fn record(&self, done: &[Completion], with_attempts: bool) -> Result<(), QueueError> {
         if done.is_empty() {
             return Ok(());
         }
@@ -442,10 +477,12 @@ impl DeliveryQueue {
             &durations,
             &excerpts,
         ];
-        self.client
-            .execute(&self.complete, &params)
-            .await
-            .map_err(|source| self.error("recording delivery results".to_owned(), source))?;
+        let written = if with_attempts {
+            self.client.execute(&self.complete, &params).await
+        } else {
+            self.client.execute(&self.settle_only, &params[..7]).await
+        };
+        written.map_err(|source| self.error("recording delivery results".to_owned(), source))?;
         Ok(())
     }
 
