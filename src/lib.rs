@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod demo;
 pub mod ephemeral;
 pub mod metrics;
+pub mod os;
 pub mod outbox;
 pub mod pg;
 pub mod server;

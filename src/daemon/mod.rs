@@ -98,6 +98,7 @@ pub async fn run_until(
     options: RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    crate::os::raise_open_file_limit();
     // SIGHUP would end a standby (its default action) before the reload watch exists.
     let hangup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
     let matcher = Matcher::new(&config)?;

@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod db;
+mod listener;
 mod origin;
 mod view;
 
@@ -80,15 +81,7 @@ pub async fn spawn(
     let db = db::OutboxDb::new(state.outbox.clone());
     let app = router(Arc::new(App { state, db }));
     tokio::spawn(async move {
-        let stopped = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!("http server: {e}");
-        }
+        listener::serve(listener, app, &mut shutdown).await;
     });
     Ok(bound)
 }

@@ -171,6 +171,38 @@ impl Daemon {
         Daemon { child, log }
     }
 
+    /// [`Daemon::start`] with its open-file limit (soft and hard) set to `limit`, so that
+    /// running out of descriptors takes hundreds of connections, not a million.
+    pub fn start_with_open_files(config: &ConfigFile, limit: u64) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let log = config
+            .path
+            .with_file_name(format!("walhook-{}.log", unique("run")));
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let mut command = walhook(config);
+        command
+            .arg("run")
+            .env("WALHOOK_LOG", "walhook=debug,info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                let wanted = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command.spawn().expect("start walhook run");
+        wait_for_capture(Daemon { child, log })
+    }
+
     /// Sends a signal (`"KILL"`, `"TERM"`, `"HUP"`).
     pub fn signal(&self, name: &str) {
         std::process::Command::new("kill")
