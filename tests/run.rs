@@ -351,6 +351,38 @@ fn a_table_renamed_while_running_keeps_its_events_and_the_rename_is_an_error_wit
 }
 
 #[test]
+fn after_a_rename_setting_the_configs_table_to_the_new_name_clears_the_renamed_metric() {
+    let db = TestDb::new(ERP);
+    let invoice = |table: &str| {
+        format!(
+            "{}[objects.invoice]\ntable = \"{table}\"\n{}",
+            source(&db),
+            subscription("all", "invoice", "")
+        )
+    };
+    let config = config_file(&invoice("public.account_invoice"));
+    let daemon = start_daemon(&config);
+    let http = Http::of(&daemon);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    wait_for_deliveries(&db, &daemon, 1);
+    db.sql("ALTER TABLE account_invoice RENAME TO invoice_v2");
+    db.sql("INSERT INTO invoice_v2 VALUES (2, 'INV-2', 10, 'draft', 200)");
+    wait_for_deliveries(&db, &daemon, 2);
+    let renamed = "walhook_renamed_tables{table=\"public.account_invoice\"}";
+    assert_eq!(metric(&http.metrics(), renamed), Some(1.0));
+
+    std::fs::write(&config.path, invoice("public.invoice_v2")).unwrap();
+    wait_until(Duration::from_secs(20), "the reload is logged", || {
+        daemon.log_text().contains("config reloaded")
+    });
+    db.sql("INSERT INTO invoice_v2 VALUES (3, 'INV-3', 10, 'draft', 300)");
+    let rows = wait_for_deliveries(&db, &daemon, 3);
+    assert_eq!(rows[2].1["type"], "invoice.created", "{rows:?}");
+    assert_eq!(rows[2].1["key"]["id"], 3, "{rows:?}");
+    assert_eq!(metric(&http.metrics(), renamed), Some(0.0));
+}
+
+#[test]
 fn two_subscriptions_with_their_own_fields_get_their_own_deliveries_and_share_the_event_id() {
     let db = TestDb::new(ERP);
     let config = config_file(&format!(
