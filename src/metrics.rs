@@ -131,6 +131,8 @@ pub struct Metrics {
     pub outbox_commits: Counter,
     /// TRUNCATEs of configured tables, per `schema.table`.
     pub truncates: Family<SourceTableLabels, Counter>,
+    /// 1 while a configured table (`schema.table` as configured) is known under another name.
+    pub renamed_tables: Family<SourceTableLabels, Gauge>,
     /// Rows removed by `outbox.retention`, per table.
     pub retention_deleted: Family<TableLabels, Counter>,
 }
@@ -166,6 +168,7 @@ impl Metrics {
             outbox_commits: Counter::default(),
             retention_deleted: Family::default(),
             truncates: Family::default(),
+            renamed_tables: Family::default(),
             registry,
         };
         for result in ["applied", "rejected"] {
@@ -238,6 +241,11 @@ impl Metrics {
             "truncates",
             "TRUNCATEs of configured tables read from the WAL",
             self.truncates.clone(),
+        );
+        r.register(
+            "renamed_tables",
+            "1 while a configured table (as configured) is known on the source under another name",
+            self.renamed_tables.clone(),
         );
         r.register(
             "events",

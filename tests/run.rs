@@ -286,6 +286,103 @@ fn a_truncate_is_an_event_for_subscriptions_listing_it_and_a_warning_for_the_oth
 }
 
 #[test]
+fn a_table_renamed_while_running_keeps_its_events_and_the_rename_is_an_error_with_a_metric() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription("all", "invoice", "")
+    ));
+    let mut daemon = start_daemon(&config);
+    let http = Http::of(&daemon);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    wait_for_deliveries(&db, &daemon, 1);
+    db.sql("ALTER TABLE account_invoice RENAME TO invoice_v2");
+    db.sql("INSERT INTO invoice_v2 VALUES (2, 'INV-2', 10, 'draft', 200)");
+    db.sql("UPDATE invoice_v2 SET state = 'posted' WHERE id = 1");
+    let rows = wait_for_deliveries(&db, &daemon, 3);
+    let events: Vec<(&str, &Value, &Value)> = rows
+        .iter()
+        .map(|(s, b)| (s.as_str(), &b["type"], &b["key"]["id"]))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("all", &json!("invoice.created"), &json!(1)),
+            ("all", &json!("invoice.created"), &json!(2)),
+            ("all", &json!("invoice.updated"), &json!(1)),
+        ],
+        "{rows:?}"
+    );
+    assert_eq!(rows[2].1["values"]["state"], "posted");
+    assert_eq!(rows[2].1["source"]["table"], "public.invoice_v2");
+
+    let log = daemon.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("renamed"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR for the rename:\n{log}");
+    assert!(
+        errors[0].contains("public.account_invoice")
+            && errors[0].contains("public.invoice_v2")
+            && errors[0].contains("rename it back"),
+        "{log}"
+    );
+    assert_eq!(
+        metric(
+            &http.metrics(),
+            "walhook_renamed_tables{table=\"public.account_invoice\"}"
+        ),
+        Some(1.0)
+    );
+
+    // A restart with the config unchanged is refused, not started without the table.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(30)), Some(0));
+    let out = run_walhook(&config, &["run"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("public.account_invoice does not exist")
+            && out.stderr.contains("rename it back"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn after_a_rename_setting_the_configs_table_to_the_new_name_clears_the_renamed_metric() {
+    let db = TestDb::new(ERP);
+    let invoice = |table: &str| {
+        format!(
+            "{}[objects.invoice]\ntable = \"{table}\"\n{}",
+            source(&db),
+            subscription("all", "invoice", "")
+        )
+    };
+    let config = config_file(&invoice("public.account_invoice"));
+    let daemon = start_daemon(&config);
+    let http = Http::of(&daemon);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
+    wait_for_deliveries(&db, &daemon, 1);
+    db.sql("ALTER TABLE account_invoice RENAME TO invoice_v2");
+    db.sql("INSERT INTO invoice_v2 VALUES (2, 'INV-2', 10, 'draft', 200)");
+    wait_for_deliveries(&db, &daemon, 2);
+    let renamed = "walhook_renamed_tables{table=\"public.account_invoice\"}";
+    assert_eq!(metric(&http.metrics(), renamed), Some(1.0));
+
+    std::fs::write(&config.path, invoice("public.invoice_v2")).unwrap();
+    wait_until(Duration::from_secs(20), "the reload is logged", || {
+        daemon.log_text().contains("config reloaded")
+    });
+    db.sql("INSERT INTO invoice_v2 VALUES (3, 'INV-3', 10, 'draft', 300)");
+    let rows = wait_for_deliveries(&db, &daemon, 3);
+    assert_eq!(rows[2].1["type"], "invoice.created", "{rows:?}");
+    assert_eq!(rows[2].1["key"]["id"], 3, "{rows:?}");
+    assert_eq!(metric(&http.metrics(), renamed), Some(0.0));
+}
+
+#[test]
 fn two_subscriptions_with_their_own_fields_get_their_own_deliveries_and_share_the_event_id() {
     let db = TestDb::new(ERP);
     let config = config_file(&format!(

@@ -79,6 +79,28 @@ pub struct MatcherError {
 pub struct Matcher {
     /// schema → table → routes; two levels so a lookup by `&str` allocates nothing.
     tables: HashMap<String, HashMap<String, Table>>,
+    /// Configured tables by the OID they had when resolved ([`Matcher::bind`]): a renamed
+    /// table is still found by its OID, so its changes are not lost.
+    oids: HashMap<u32, TableName>,
+    /// Bound tables last seen under a name other than the configured one, by OID.
+    renamed: HashMap<u32, (TableName, String)>,
+}
+
+/// A bound table's name on the source changed ([`Matcher::notice_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameChange {
+    /// The table is now called `now` (`schema.table`), not what the config says.
+    Renamed {
+        /// The table as configured.
+        configured: TableName,
+        /// Its name on the source now.
+        now: String,
+    },
+    /// The table's name and the config agree again (renamed back, or the config edited).
+    Restored {
+        /// The table as configured when the rename was noticed.
+        configured: TableName,
+    },
 }
 
 /// The active subscriptions of one table.
@@ -90,6 +112,8 @@ struct Table {
     subscriptions: Vec<Subscription>,
     /// Names resolved to column indexes for the Relation last seen.
     resolved: Option<Resolved>,
+    /// The table's OID once bound: then a table that took over its name is not it.
+    oid: Option<u32>,
 }
 
 /// An object as configured: subscriptions that share one get one envelope.
@@ -170,17 +194,116 @@ impl Matcher {
             });
         }
         if problems.is_empty() {
-            Ok(Matcher { tables })
+            Ok(Matcher {
+                tables,
+                oids: HashMap::new(),
+                renamed: HashMap::new(),
+            })
         } else {
             Err(MatcherError { problems })
         }
     }
 
     /// Whether any active subscription watches this table (lets the caller skip work).
-    pub fn watches(&self, schema: &str, table: &str) -> bool {
-        self.tables
-            .get(schema)
-            .is_some_and(|tables| tables.contains_key(table))
+    pub fn watches(&self, relation: &Relation) -> bool {
+        self.configured_name(relation).is_some()
+    }
+
+    /// The configured tables that are not yet bound to an OID.
+    pub fn unbound(&self) -> Vec<TableName> {
+        let mut unbound = Vec::new();
+        for (schema, tables) in &self.tables {
+            for (name, table) in tables {
+                if table.oid.is_none() {
+                    unbound.push(TableName {
+                        schema: schema.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+        unbound
+    }
+
+    /// Binds a configured table to its OID: from now on its changes are matched by OID, so a
+    /// rename does not lose them.
+    pub fn bind(&mut self, table: &TableName, oid: u32) {
+        if let Some(t) = self
+            .tables
+            .get_mut(&table.schema)
+            .and_then(|tables| tables.get_mut(&table.name))
+        {
+            t.oid = Some(oid);
+            self.oids.insert(oid, table.clone());
+        }
+    }
+
+    /// The OIDs bound so far, by configured table (to carry them over to a reloaded config).
+    pub fn bound(&self) -> impl Iterator<Item = (&TableName, u32)> {
+        self.oids.iter().map(|(oid, table)| (table, *oid))
+    }
+
+    /// Keeps what `old` knew of the tables both configs watch: their OIDs (a renamed table
+    /// could not be found again by its configured name) and the names they were last seen
+    /// under.
+    pub fn carry_over(&mut self, old: &Matcher) {
+        for (table, oid) in old.bound() {
+            self.bind(table, oid);
+        }
+        // Kept even when the new config names the table by its new name: seeing it then
+        // under its configured name says the rename is dealt with.
+        self.renamed.extend(old.renamed.clone());
+    }
+
+    /// Tells whether this change's table is now known under another name than configured
+    /// (or under its own again) since it was last seen; `None` when nothing changed.
+    pub fn notice_name(&mut self, relation: &Relation) -> Option<NameChange> {
+        let configured = self.oids.get(&relation.oid)?;
+        let now = relation.qualified_name();
+        if relation.schema == configured.schema && relation.name == configured.name {
+            self.renamed
+                .remove(&relation.oid)
+                .map(|(configured, _)| NameChange::Restored { configured })
+        } else if self
+            .renamed
+            .get(&relation.oid)
+            .is_some_and(|(_, seen)| *seen == now)
+        {
+            None
+        } else {
+            let configured = configured.clone();
+            self.renamed
+                .insert(relation.oid, (configured.clone(), now.clone()));
+            Some(NameChange::Renamed { configured, now })
+        }
+    }
+
+    /// The configured `(schema, table)` this relation is, if watched: by OID once bound
+    /// (whatever the table is called now), else by name.
+    pub fn configured_name<'a>(&'a self, relation: &'a Relation) -> Option<(&'a str, &'a str)> {
+        if let Some(table) = self.oids.get(&relation.oid) {
+            return Some((table.schema.as_str(), table.name.as_str()));
+        }
+        let table = self
+            .tables
+            .get(relation.schema.as_str())?
+            .get(relation.name.as_str())?;
+        // Bound to another OID: this is a different table that took the configured name.
+        match table.oid {
+            Some(_) => None,
+            None => Some((relation.schema.as_str(), relation.name.as_str())),
+        }
+    }
+
+    fn table_mut(&mut self, relation: &Relation) -> Option<&mut Table> {
+        let (schema, name) = self.configured_name(relation)?;
+        let (schema, name) = (schema.to_owned(), name.to_owned());
+        self.tables.get_mut(&schema)?.get_mut(&name)
+    }
+
+    fn table(&self, relation: &Relation) -> Option<&Table> {
+        let (schema, name) = self.configured_name(relation)?;
+        self.tables.get(schema)?.get(name)
     }
 
     /// Routes one change: the events it becomes (possibly none) and any problems.
@@ -190,11 +313,7 @@ impl Matcher {
         commit: Commit,
     ) -> (Vec<RoutedEvent>, Vec<RouteProblem>) {
         let relation = &change.relation;
-        let Some(table) = self
-            .tables
-            .get_mut(relation.schema.as_str())
-            .and_then(|tables| tables.get_mut(relation.name.as_str()))
-        else {
+        let Some(table) = self.table_mut(relation) else {
             return (Vec::new(), Vec::new());
         };
         table.refresh(relation);
@@ -363,11 +482,7 @@ impl Matcher {
         commit: Commit,
     ) -> TruncateRoute {
         let relation = &truncation.relations[index];
-        let Some(table) = self
-            .tables
-            .get(relation.schema.as_str())
-            .and_then(|tables| tables.get(relation.name.as_str()))
-        else {
+        let Some(table) = self.table(relation) else {
             return TruncateRoute::default();
         };
         let position = truncation.position + index as u32;
@@ -1422,22 +1537,72 @@ fields = ["number", "state"]
         assert_eq!(events[0].event_id, events[1].event_id);
     }
 
+    /// The invoice table under another schema and name, same OID.
+    fn named(schema: &str, name: &str) -> Relation {
+        let mut relation = (*full()).clone();
+        relation.schema = schema.into();
+        relation.name = name.into();
+        relation
+    }
+
+    #[test]
+    fn a_bound_table_is_found_by_oid_after_a_rename_and_its_old_name_is_not_reused() {
+        let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
+        let configured: TableName = "public.account_invoice".parse().unwrap();
+        assert_eq!(m.unbound(), std::slice::from_ref(&configured));
+        m.bind(&configured, full().oid);
+        assert!(m.unbound().is_empty());
+        let renamed = Arc::new(named("archive", "invoice_v2"));
+        assert_eq!(
+            m.configured_name(&renamed),
+            Some(("public", "account_invoice"))
+        );
+        assert_eq!(route(&mut m, &created(&renamed, row(&[]))).len(), 1);
+        let mut impostor = named("public", "account_invoice");
+        impostor.oid += 1;
+        assert!(!m.watches(&impostor));
+    }
+
+    #[test]
+    fn a_rename_is_noticed_once_and_so_is_the_rename_back() {
+        let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
+        let configured: TableName = "public.account_invoice".parse().unwrap();
+        m.bind(&configured, full().oid);
+        assert_eq!(m.notice_name(&full()), None);
+        let renamed = named("public", "invoice_v2");
+        assert_eq!(
+            m.notice_name(&renamed),
+            Some(NameChange::Renamed {
+                configured: configured.clone(),
+                now: "public.invoice_v2".into()
+            })
+        );
+        assert_eq!(m.notice_name(&renamed), None);
+        let mut reloaded = matcher(&subscription("invoices", "object = \"invoice\""));
+        reloaded.carry_over(&m);
+        assert_eq!(reloaded.notice_name(&renamed), None);
+        assert_eq!(
+            reloaded.notice_name(&full()),
+            Some(NameChange::Restored { configured })
+        );
+    }
+
     #[test]
     fn an_inactive_subscription_never_fires() {
         let mut m = matcher(&subscription(
             "paused",
             "object = \"invoice\"\nactive = false",
         ));
-        assert!(!m.watches("public", "account_invoice"));
+        assert!(!m.watches(&named("public", "account_invoice")));
         assert!(route(&mut m, &created(&full(), row(&[]))).is_empty());
     }
 
     #[test]
     fn a_table_no_subscription_watches_routes_nothing() {
         let mut m = matcher(&subscription("invoices", "object = \"invoice\""));
-        assert!(m.watches("public", "account_invoice"));
-        assert!(!m.watches("public", "res_partner"));
-        assert!(!m.watches("erp", "account_invoice"));
+        assert!(m.watches(&named("public", "account_invoice")));
+        assert!(!m.watches(&named("public", "res_partner")));
+        assert!(!m.watches(&named("erp", "account_invoice")));
         let mut partner = (*full()).clone();
         partner.name = "res_partner".into();
         let change = created(&Arc::new(partner), row(&[]));

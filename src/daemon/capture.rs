@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::sampler::Health;
 use super::startup::{self, StartupError};
-use crate::capture::matcher::{Matcher, MatcherError};
+use crate::capture::matcher::{Matcher, MatcherError, NameChange};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
@@ -51,6 +51,9 @@ pub enum SessionError {
     /// A connection could not be opened.
     #[error(transparent)]
     Connect(#[from] tls::ConnectError),
+    /// The configured tables' OIDs could not be looked up.
+    #[error("looking up the OIDs of the configured tables: {0}")]
+    Bind(Box<StartupError>),
 }
 
 impl SessionError {
@@ -63,6 +66,7 @@ impl SessionError {
             // says what is wrong.
             SessionError::Outbox(_) => true,
             SessionError::Connect(_) => true,
+            SessionError::Bind(_) => true,
         }
     }
 }
@@ -127,6 +131,9 @@ impl Session<'_> {
             catalog,
             mut reader,
         } = opened;
+        startup::bind_tables(matcher, &catalog)
+            .await
+            .map_err(|e| SessionError::Bind(Box::new(e)))?;
         let mut writer = OutboxPipeline::start(writer, &config.outbox.schema);
         let _connected = Connected::new(self.health, self.metrics);
         *backoff = Duration::from_millis(200);
@@ -170,7 +177,7 @@ impl Session<'_> {
                         return self.stop(writer, reader, open, handled).await;
                     }
                     Some(new) = reloads.recv() => {
-                        match validate(&new, &catalog).await {
+                        match validate(&new, matcher, &catalog).await {
                             Ok(new_matcher) => {
                                 self.metrics.reload_applied();
                                 for sub in &new.subscriptions {
@@ -212,8 +219,11 @@ impl Session<'_> {
                             operation: change.operation.as_str(),
                         })
                         .inc();
-                    if !matcher.watches(&change.relation.schema, &change.relation.name) {
+                    if !matcher.watches(&change.relation) {
                         continue;
+                    }
+                    if let Some(name_change) = matcher.notice_name(&change.relation) {
+                        self.renamed(&name_change);
                     }
                     let (events, problems) = matcher.route(&change, commit);
                     for problem in problems {
@@ -235,7 +245,7 @@ impl Session<'_> {
                 Item::Truncate(t) => {
                     let commit = open.expect("a truncate arrives inside a transaction");
                     for (index, relation) in t.relations.iter().enumerate() {
-                        if !matcher.watches(&relation.schema, &relation.name) {
+                        if !matcher.watches(relation) {
                             continue;
                         }
                         let table = relation.qualified_name();
@@ -350,6 +360,41 @@ impl Drop for Connected<'_> {
 }
 
 impl Session<'_> {
+    /// A watched table was renamed (or renamed back): its events keep flowing (matched by
+    /// OID), but the config names a table that no longer exists, which the next start refuses.
+    fn renamed(&self, change: &NameChange) {
+        match change {
+            NameChange::Renamed { configured, now } => {
+                self.metrics
+                    .renamed_tables
+                    .get_or_create(&SourceTableLabels {
+                        table: configured.to_string(),
+                    })
+                    .set(1);
+                tracing::error!(
+                    table = %configured,
+                    renamed_to = %now,
+                    "table {configured} was renamed to {now} on the source; its events keep \
+                     flowing while walhook runs (matched by OID, source.table says {now}), but a \
+                     restart would refuse the config; fix: rename it back, or set the config's \
+                     table to {now:?} and reload"
+                );
+            }
+            NameChange::Restored { configured } => {
+                self.metrics
+                    .renamed_tables
+                    .get_or_create(&SourceTableLabels {
+                        table: configured.to_string(),
+                    })
+                    .set(0);
+                tracing::info!(
+                    table = %configured,
+                    "the renamed table {configured}: its name and the config agree again"
+                );
+            }
+        }
+    }
+
     /// Asks for the outbox commit through the last handled source commit; the slot is
     /// acknowledged when it is reported done ([`Session::committed`]).
     async fn flush(
@@ -433,12 +478,16 @@ impl Session<'_> {
 
 async fn validate(
     config: &Config,
+    running: &Matcher,
     catalog: &tokio_postgres::Client,
 ) -> Result<Matcher, ReloadError> {
-    let matcher = Matcher::new(config)?;
+    let mut matcher = Matcher::new(config)?;
     startup::check_replica_identity(config, catalog).await?;
     startup::check_when_columns(config, catalog).await?;
     startup::sync_publication(config, catalog).await?;
+    // A table renamed under the running config is no longer found by name: keep its OID.
+    matcher.carry_over(running);
+    startup::bind_tables(&mut matcher, catalog).await?;
     Ok(matcher)
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::capture::matcher::needs_old_values;
+use crate::capture::matcher::{needs_old_values, Matcher};
 use crate::commands::setup::ensure_slot;
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
@@ -243,4 +243,27 @@ pub(super) async fn check_replica_identity(
     } else {
         Err(StartupError::ReplicaIdentity { problems })
     }
+}
+
+/// Binds each configured table not yet bound to its OID, so that its changes are matched by
+/// OID from then on and a rename does not lose them. A table missing by name stays unbound
+/// (preflight refuses it at start; a reload's publication sync fails on it).
+pub(super) async fn bind_tables(
+    matcher: &mut Matcher,
+    catalog: &tokio_postgres::Client,
+) -> Result<(), StartupError> {
+    for table in matcher.unbound() {
+        let oid: Option<u32> = catalog
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&table.schema, &table.name],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if let Some(oid) = oid {
+            matcher.bind(&table, oid);
+        }
+    }
+    Ok(())
 }

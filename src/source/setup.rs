@@ -53,7 +53,8 @@ pub enum SetupError {
     /// A configured table does not exist.
     #[error(
         "table {table} does not exist (or is not a table); correct it in the config or create \
-         it (`walhook check` suggests close names)"
+         it (`walhook check` suggests close names); if it was renamed, rename it back or set \
+         the config's `table` to its new name"
     )]
     MissingTable {
         /// The table as configured.
