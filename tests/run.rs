@@ -848,3 +848,46 @@ fn a_non_utf8_byte_in_a_sql_ascii_database_is_captured_as_a_replacement_characte
     assert_eq!(rows[0].1["values"]["number"], "caf\u{fffd}");
     assert_eq!(rows[1].1["values"]["number"], "after");
 }
+
+#[test]
+fn a_when_on_a_renamed_column_makes_the_delivery_dead_with_the_error_and_replayable() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}\n[objects.partner]\ntable = \"public.res_partner\"\n{}",
+        source(&db),
+        subscription("acme", "partner", "when = \"values.name == 'ACME'\""),
+    ));
+    let daemon = start_daemon(&config);
+    db.sql("INSERT INTO res_partner VALUES (1, 'ACME')");
+    wait_for_deliveries(&db, &daemon, 1);
+
+    // The ERP renames the column the filter reads: before, every later change was dropped
+    // with a line in the log and nothing else.
+    db.sql("ALTER TABLE res_partner RENAME COLUMN name TO title");
+    db.sql("INSERT INTO res_partner VALUES (2, 'ACME')");
+    let rows = wait_for_deliveries(&db, &daemon, 2);
+    assert_eq!(rows[1].1["key"], json!({"id": 2}), "{rows:?}");
+    let dead = db
+        .sql("SELECT status || ' ' || last_error FROM walhook.deliveries WHERE key = '{\"id\":2}'");
+    assert!(
+        dead.starts_with("dead not evaluated at capture: ") && dead.contains("name"),
+        "{dead}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("recorded as a dead delivery, replay it once the config is fixed"),
+        "{}",
+        daemon.log_text()
+    );
+    let out = run_walhook(
+        &config,
+        &["replay", "--subscription", "acme", "--status", "dead"],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        db.sql("SELECT status FROM walhook.deliveries WHERE key = '{\"id\":2}'")
+            .trim(),
+        "pending"
+    );
+}

@@ -39,11 +39,27 @@ pub struct RoutedEvent {
     pub body: Vec<u8>,
     /// Names of the subscriptions that receive it, in config order.
     pub subscriptions: Vec<Arc<str>>,
+    /// Subscriptions that could not be evaluated for this change, with why: their delivery
+    /// is recorded dead with that error, to be replayed once the config is fixed.
+    pub dead: Vec<(Arc<str>, String)>,
+}
+
+impl RoutedEvent {
+    /// Adds a subscription: receiving it, or dead with the error when it could not be
+    /// evaluated.
+    fn receive(&mut self, subscription: Arc<str>, dead: Option<String>) {
+        match dead {
+            None => self.subscriptions.push(subscription),
+            Some(error) => self.dead.push((subscription, error)),
+        }
+    }
 }
 
 /// A subscription that could not be evaluated for a change (bad `when` at runtime, missing
 /// column, `watch` without old values, `when` reading a value the WAL did not carry, a key
-/// the WAL did not carry). It did not fire; the caller logs and counts it.
+/// the WAL did not carry). The caller logs and counts it; the change is recorded for the
+/// subscription as a dead delivery (see [`RoutedEvent::dead`]) whenever its event could be
+/// built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteProblem {
     /// The subscription.
@@ -353,66 +369,66 @@ impl Matcher {
                     continue;
                 }
             };
-            let columns = match &resolved.columns[index] {
-                Ok(columns) => columns,
-                Err(message) => {
-                    problem(message.clone());
-                    continue;
-                }
-            };
-
-            if operation == Operation::Update {
-                let fires = match &columns.watch {
-                    Some(watched) => match watched_column_changed(change, watched) {
-                        Some(fires) => fires,
-                        None => {
-                            problem(format!(
-                                "watch {:?} cannot be evaluated: {}",
-                                sub.watch.as_deref().unwrap_or_default(),
-                                old_values_unknown(relation)
-                            ));
-                            continue;
-                        }
-                    },
-                    // Without the old row nothing says what changed, and SPEC §3 says a
-                    // subscription without watch then fires on every update.
-                    None => field_changed(change, &view.fields).unwrap_or(true),
+            // Whether the subscription fires; an error when it cannot be told for this change
+            // (a column gone, a `when` that fails on this row): the event is then recorded
+            // for it as a dead delivery with the error, so nothing vanishes and a replay after
+            // the fix sends it.
+            let verdict: Result<bool, String> = 'decide: {
+                let columns = match &resolved.columns[index] {
+                    Ok(columns) => columns,
+                    Err(message) => break 'decide Err(message.clone()),
                 };
-                if !fires {
-                    continue;
+                if operation == Operation::Update {
+                    let fires = match &columns.watch {
+                        Some(watched) => match watched_column_changed(change, watched) {
+                            Some(fires) => fires,
+                            None => {
+                                break 'decide Err(format!(
+                                    "watch {:?} cannot be evaluated: {}",
+                                    sub.watch.as_deref().unwrap_or_default(),
+                                    old_values_unknown(relation)
+                                ))
+                            }
+                        },
+                        // Without the old row nothing says what changed, and SPEC §3 says a
+                        // subscription without watch then fires on every update.
+                        None => field_changed(change, &view.fields).unwrap_or(true),
+                    };
+                    if !fires {
+                        break 'decide Ok(false);
+                    }
                 }
-            }
-
-            if let Some(when) = &sub.when {
+                let Some(when) = &sub.when else {
+                    break 'decide Ok(true);
+                };
                 if when.reads_previous()
                     && operation != Operation::Create
                     && !change.old_row_known()
                 {
-                    problem(format!(
+                    break 'decide Err(format!(
                         "when reads previous, which cannot be known: {}",
                         old_values_unknown(relation)
                     ));
-                    continue;
                 }
                 // Left out of the scope, an unknown value would be undefined, and
                 // `undefined != ''` is true: the filter would decide on a value no one knows.
                 if let Some(message) = when_reads_unknown(change, view, when, &columns.when_reads) {
-                    problem(message);
-                    continue;
+                    break 'decide Err(message);
                 }
                 if scopes.is_empty() {
                     scopes.resize(table.objects.len(), None);
                 }
                 let scope = scopes[sub.object].get_or_insert_with(|| when::scope(change, view));
-                match when.eval(scope) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => {
-                        problem(format!("when: {error}"));
-                        continue;
-                    }
+                when.eval(scope).map_err(|error| format!("when: {error}"))
+            };
+            let dead = match verdict {
+                Ok(true) => None,
+                Ok(false) => continue,
+                Err(message) => {
+                    problem(message.clone());
+                    Some(message)
                 }
-            }
+            };
 
             // Without its key the event could not say which row it is about, and per-key
             // ordering would lump rows together.
@@ -432,7 +448,7 @@ impl Matcher {
                 .zip(&event_objects)
                 .find(|(event, &object)| object == sub.object && event.event_type == *event_type)
             {
-                event.subscriptions.push(sub.name.clone());
+                event.receive(sub.name.clone(), dead);
                 continue;
             }
             // The id is the change's, and the key the object's: computed once, then copied.
@@ -448,14 +464,17 @@ impl Matcher {
                 Some((event, _)) => event.key.clone(),
                 None => key_json(change, &view.key),
             };
-            events.push(RoutedEvent {
+            let mut event = RoutedEvent {
                 event_id: id,
                 event_type: event_type.clone(),
                 object: view.name.clone(),
                 key,
                 body: envelope(change, view, event_type, commit),
-                subscriptions: vec![sub.name.clone()],
-            });
+                subscriptions: Vec::new(),
+                dead: Vec::new(),
+            };
+            event.receive(sub.name.clone(), dead);
+            events.push(event);
             event_objects.push(sub.object);
         }
         (events, problems)
@@ -518,6 +537,7 @@ impl Matcher {
                     commit,
                 ),
                 subscriptions: vec![sub.name.clone()],
+                dead: Vec::new(),
             });
             event_objects.push(sub.object);
         }
@@ -889,6 +909,15 @@ fn key_json(change: &RowChange, key: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A change no subscription could be evaluated for: recorded for them as dead, sent to none.
+    fn assert_only_dead(events: &[super::RoutedEvent]) {
+        assert!(!events.is_empty(), "the change is recorded, not dropped");
+        for event in events {
+            assert!(event.subscriptions.is_empty(), "{event:?}");
+            assert!(!event.dead.is_empty(), "{event:?}");
+        }
+    }
+
     use bytes::Bytes;
     use serde_json::json;
 
@@ -1129,7 +1158,7 @@ fields = ["number", "state"]
         ));
         let change = updated(&default_identity(), row(&[]), row(&[("partner_id", "2")]));
         let (events, problems) = m.route(&change, COMMIT);
-        assert!(events.is_empty());
+        assert_only_dead(&events);
         assert_eq!(problems.len(), 1);
         let problem = &problems[0];
         assert_eq!(&*problem.subscription, "partner-sync");
@@ -1328,7 +1357,7 @@ fields = ["number", "state"]
             &updated(&table, row(&[]), row(&[("partner_id", "2")])),
             COMMIT,
         );
-        assert!(events.is_empty());
+        assert_only_dead(&events);
         assert_eq!(problems.len(), 1);
         assert!(
             problems[0].message.starts_with("when reads previous"),
@@ -1406,7 +1435,7 @@ fields = ["number", "state"]
         let table = default_identity();
         let paid = toast_unchanged(row(&[("state", "paid")]), "notes");
         let (events, problems) = m.route(&updated(&table, row(&[]), paid), COMMIT);
-        assert!(events.is_empty());
+        assert_only_dead(&events);
         assert_eq!(problems.len(), 1);
         assert!(
             problems[0].message.starts_with(
@@ -1654,7 +1683,7 @@ fields = ["number", "state"]
         );
         let change = updated(&full(), row(&[]), row(&[("partner_id", "2")]));
         let (events, problems) = m.route(&change, COMMIT);
-        assert!(events.is_empty());
+        assert_only_dead(&events);
         let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(
             messages,

@@ -227,11 +227,22 @@ impl Session<'_> {
                     }
                     let (events, problems) = matcher.route(&change, commit);
                     for problem in problems {
+                        let recorded = events.iter().any(|event| {
+                            event
+                                .dead
+                                .iter()
+                                .any(|(sub, _)| *sub == problem.subscription)
+                        });
+                        let outcome = if recorded {
+                            "recorded as a dead delivery, replay it once the config is fixed"
+                        } else {
+                            "no event"
+                        };
                         tracing::error!(
                             subscription = %problem.subscription,
                             table = %problem.table,
                             key = %problem.key,
-                            "no event: {}",
+                            "{outcome}: {}",
                             problem.message
                         );
                     }

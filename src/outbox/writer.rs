@@ -93,6 +93,8 @@ struct Buffer {
     ordering_keys: Vec<i64>,
     /// For each event, the subscriptions that receive it.
     subscriptions: Vec<Vec<Arc<str>>>,
+    /// For each event, the subscriptions it is recorded dead for, with the error.
+    dead: Vec<Vec<(Arc<str>, String)>>,
 }
 
 impl Buffer {
@@ -109,6 +111,7 @@ struct Statements {
     allocate: Statement,
     events: Statement,
     deliveries: Statement,
+    dead_deliveries: Statement,
     checkpoint: Statement,
     read_checkpoint: Statement,
 }
@@ -179,6 +182,18 @@ impl OutboxWriter {
                 ))
                 .await
                 .map_err(err("preparing the delivery insert"))?,
+            // Settled at once, so they hold no key back (a dead delivery never does) and
+            // retention treats them like any other dead delivery.
+            dead_deliveries: client
+                .prepare(&format!(
+                    "INSERT INTO {s}.delivery \
+                       (subscription, event_seq, ordering_key, status, last_error, settled_at) \
+                     SELECT subscription, seq, key, 'dead', error, now() \
+                     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) \
+                          AS t(subscription, seq, key, error)"
+                ))
+                .await
+                .map_err(err("preparing the dead delivery insert"))?,
             checkpoint: client
                 .prepare(&format!(
                     "INSERT INTO {s}.checkpoint AS c (slot, commit_lsn) \
@@ -238,6 +253,7 @@ impl OutboxWriter {
         b.commit_lsns.push(commit.lsn.to_string());
         b.commit_times.push(commit.time);
         b.subscriptions.push(event.subscriptions);
+        b.dead.push(event.dead);
     }
 
     /// Events buffered in memory, not yet written.
@@ -313,6 +329,30 @@ impl OutboxWriter {
             .map_err(|source| self.error("inserting deliveries", source))?;
         self.written.events += seqs.len() as u64;
         self.written.deliveries += deliveries;
+        if b.dead.iter().any(|dead| !dead.is_empty()) {
+            let mut subscriptions: Vec<&str> = Vec::new();
+            let mut dead_seqs: Vec<i64> = Vec::new();
+            let mut ordering_keys: Vec<i64> = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
+            for ((seq, dead), key) in seqs.iter().zip(&b.dead).zip(&b.ordering_keys) {
+                for (sub, error) in dead {
+                    subscriptions.push(sub);
+                    dead_seqs.push(*seq);
+                    ordering_keys.push(*key);
+                    errors.push(format!(
+                        "not evaluated at capture: {error} (replay once the config is fixed)"
+                    ));
+                }
+            }
+            self.written.deliveries += self
+                .client
+                .execute(
+                    &self.statements.dead_deliveries,
+                    &[&subscriptions, &dead_seqs, &ordering_keys, &errors],
+                )
+                .await
+                .map_err(|source| self.error("inserting dead deliveries", source))?;
+        }
         Ok(())
     }
 

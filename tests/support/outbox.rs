@@ -89,5 +89,6 @@ pub fn ledger_event(n: u32) -> walhook::capture::matcher::RoutedEvent {
         key: format!("{{\"id\":{n}}}"),
         body: b"{}".to_vec(),
         subscriptions: vec!["ledger".into()],
+        dead: Vec::new(),
     }
 }
