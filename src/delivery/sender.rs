@@ -148,12 +148,19 @@ pub async fn send(
 /// hide the body, and a credential that short protects nothing.
 const MIN_SCRUBBED: usize = 4;
 
-/// Every credential the request carries, as the receiver may echo it: the auth token, basic
-/// password and its base64 `user:pass`, custom header values, and the URL's password and
-/// query values (raw and percent-decoded). Longest first, so a value inside another goes too.
+/// Every credential the request carries, as the receiver may echo it: the signing secrets,
+/// the auth token, the basic password and its base64 `user:pass`, custom header values, and
+/// the URL's password and query values (raw and percent-decoded). Longest first, so a value inside another goes too.
 fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
     use base64::Engine as _;
     let mut secrets = Vec::new();
+    for secret in &sub.secrets {
+        let whole = secret.expose();
+        secrets.push(whole.to_owned());
+        if let Some(key) = whole.strip_prefix("whsec_") {
+            secrets.push(key.to_owned());
+        }
+    }
     match &sub.auth {
         Some(Auth::Bearer { token }) => secrets.push(token.expose().to_owned()),
         Some(Auth::Basic { username, password }) => {
@@ -188,6 +195,12 @@ fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
     secrets
+}
+
+/// `text` with every credential of `sub` (see `secrets_of`) replaced by `***`: for text a
+/// receiver sent that was stored before attempts were scrubbed in the sender.
+pub fn scrubbed(sub: &SubscriptionConfig, text: &str) -> String {
+    scrub(text, &secrets_of(sub))
 }
 
 /// `text` with every occurrence of each of `secrets` replaced by `***`.

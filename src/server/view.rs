@@ -198,56 +198,10 @@ fn is_variable(text: &str) -> bool {
         })
 }
 
-/// Secret values shorter than this are not scrubbed: they would mangle ordinary text, and
-/// a credential is longer.
-const SCRUB_MIN: usize = 6;
-
-/// `text` with every secret value of `sub` (signing secrets, auth credentials, header
-/// values, the expanded URL's credentials) replaced by `***`: a receiver may echo a request
-/// back.
+/// `text` with every secret value of `sub` replaced by `***`: a receiver may echo a request
+/// back, and attempts recorded before the sender scrubbed them are still in the log.
 pub(super) fn scrub(sub: &SubscriptionConfig, text: &str) -> String {
-    let mut secrets: Vec<String> = Vec::new();
-    for secret in &sub.secrets {
-        let whole = secret.expose();
-        secrets.push(whole.to_owned());
-        if let Some(key) = whole.strip_prefix("whsec_") {
-            secrets.push(key.to_owned());
-        }
-    }
-    match &sub.auth {
-        None => {}
-        Some(Auth::Bearer { token }) => secrets.push(token.expose().to_owned()),
-        Some(Auth::Basic { username, password }) => {
-            use base64::Engine;
-            secrets.push(password.expose().to_owned());
-            secrets.push(
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose())),
-            );
-        }
-        Some(Auth::Header { value, .. }) => secrets.push(value.expose().to_owned()),
-    }
-    for (_, value) in &sub.headers {
-        secrets.push(value.expose().to_owned());
-    }
-    // The URL as sent may carry an expanded token in its path or query.
-    let url = sub.url.expose();
-    if let Some((_, query)) = url.split_once('?') {
-        for pair in query.split('&') {
-            let value = pair.split_once('=').map_or(pair, |(_, v)| v);
-            secrets.push(value.to_owned());
-        }
-    }
-    secrets.retain(|s| s.len() >= SCRUB_MIN);
-    // Longest first, so that a secret containing another is replaced whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in &secrets {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "***");
-        }
-    }
-    out
+    crate::delivery::sender::scrubbed(sub, text)
 }
 
 /// RFC 3339 in UTC, to the microsecond.
