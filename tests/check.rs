@@ -35,6 +35,28 @@ url = "https://partner.example.com/hooks/invoice"
     )
 }
 
+/// A REPLICATION role that may create the outbox schema and nothing else, plus `grants`
+/// (where `{role}` stands for its name); its name, a config logging in as it, and the
+/// config's publication name.
+fn replication_role(db: &TestDb<'_>, grants: &str) -> (String, String, String) {
+    let role = unique("lp");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
+         GRANT CREATE ON DATABASE \"{}\" TO {role}; {}",
+        db.name,
+        grants.replace("{role}", &role)
+    ));
+    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
+    let text = config(&url, "");
+    let publication = text
+        .lines()
+        .find_map(|l| l.strip_prefix("publication = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    (role, text, publication)
+}
+
 fn check(text: &str) -> Finished {
     let file = config_file(text);
     run_walhook(&file, &["check"])
@@ -379,20 +401,7 @@ fn subscriber_urls_on_private_or_metadata_addresses_are_problems_unless_allowed(
 #[test]
 fn a_replication_role_without_grants_gets_each_missing_privilege_with_its_grant() {
     let db = TestDb::new(ERP);
-    let role = unique("lp");
-    db.sql(&format!(
-        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
-         GRANT CREATE ON DATABASE \"{}\" TO {role};",
-        db.name
-    ));
-    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
-    let text = config(&url, "");
-    let publication = text
-        .lines()
-        .find_map(|l| l.strip_prefix("publication = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let (role, text, publication) = replication_role(&db, "");
 
     let out = check(&text);
     assert_problem(
@@ -431,21 +440,10 @@ fn a_replication_role_without_grants_gets_each_missing_privilege_with_its_grant(
 #[test]
 fn a_publication_owned_by_someone_else_is_reported_with_the_owner_change() {
     let db = TestDb::new(ERP);
-    let role = unique("lp");
-    db.sql(&format!(
-        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
-         GRANT CREATE ON DATABASE \"{}\" TO {role}; \
-         GRANT SELECT ON TABLE public.account_invoice TO {role};",
-        db.name
-    ));
-    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
-    let text = config(&url, "");
-    let publication = text
-        .lines()
-        .find_map(|l| l.strip_prefix("publication = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let (role, text, publication) = replication_role(
+        &db,
+        "GRANT SELECT ON TABLE public.account_invoice TO {role};",
+    );
     db.sql(&format!(
         "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice"
     ));

@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::outbox::{since_condition, Since, Status};
+use super::replay::{known_in_outbox, ReplayError};
 use crate::config::Config;
 use crate::pg::quote_ident;
 
@@ -32,16 +33,10 @@ pub struct DeliveriesOptions {
 /// Why the delivery log could not be shown.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveriesError {
-    /// The name is neither in the config nor in the outbox (exit 2, as for `replay`).
-    #[error(
-        "unknown subscription {name:?}: not in the config and no deliveries in the outbox{hint}"
-    )]
-    UnknownSubscription {
-        /// The name given.
-        name: String,
-        /// `; did you mean "x"?`, or empty.
-        hint: String,
-    },
+    /// The name is neither in the config nor in the outbox (exit 2): `replay`'s own error,
+    /// found by the same check.
+    #[error(transparent)]
+    UnknownSubscription(ReplayError),
     /// The outbox could not be read (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -51,7 +46,7 @@ impl DeliveriesError {
     /// The exit code of SPEC §1: a bad name is a usage error (2), anything else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DeliveriesError::UnknownSubscription { .. } => 2,
+            DeliveriesError::UnknownSubscription(_) => 2,
             DeliveriesError::Failed(_) => 1,
         }
     }
@@ -224,24 +219,21 @@ async fn check_known(
     db: &tokio_postgres::Client,
     name: &str,
 ) -> Result<(), DeliveriesError> {
-    if config.subscriptions.iter().any(|s| s.name == name) {
+    let configured: Vec<&str> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    if configured.contains(&name) {
         return Ok(());
     }
-    let only_name = Filter {
-        subscription: Some(name.to_owned()),
-        ..Filter::default()
-    };
-    let counts = counts(db, &config.outbox.schema, &only_name).await?;
-    if counts.iter().any(|(_, n)| *n > 0) {
-        return Ok(());
-    }
-    Err(DeliveriesError::UnknownSubscription {
-        name: name.to_owned(),
-        hint: crate::suggest::did_you_mean(
-            name,
-            config.subscriptions.iter().map(|s| s.name.as_str()),
-        ),
-    })
+    let schema = quote_ident(&config.outbox.schema);
+    known_in_outbox(db, &schema, name, &configured)
+        .await
+        .map_err(|e| match e {
+            ReplayError::Failed(message) => DeliveriesError::Failed(message),
+            unknown => DeliveriesError::UnknownSubscription(unknown),
+        })
 }
 
 /// SQL giving a timestamptz column as RFC 3339 text in UTC, microsecond precision.
