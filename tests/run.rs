@@ -56,6 +56,14 @@ fn outbox(db: &TestDb<'_>) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The bodies `subscription` received, in delivery order.
+fn bodies_for<'a>(rows: &'a [(String, Value)], subscription: &str) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|(s, _)| s == subscription)
+        .map(|(_, b)| b)
+        .collect()
+}
+
 /// Waits until the outbox holds `n` deliveries, and returns them.
 fn wait_for_deliveries(db: &TestDb<'_>, daemon: &Daemon, n: usize) -> Vec<(String, Value)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -162,12 +170,7 @@ fields = [\"state\"]
     db.sql("UPDATE account_invoice SET amount = 5 WHERE id = 1");
     db.sql("DELETE FROM account_invoice WHERE id = 1");
     let rows = settle(&db, &daemon, "all");
-    let of = |name: &str| -> Vec<&Value> {
-        rows.iter()
-            .filter(|(s, _)| s == name)
-            .map(|(_, b)| b)
-            .collect()
-    };
+    let of = |name: &str| bodies_for(&rows, name);
 
     let created = of("created-only");
     assert_eq!(created.len(), 1);
@@ -249,12 +252,7 @@ fn a_truncate_is_an_event_for_subscriptions_listing_it_and_a_warning_for_the_oth
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     db.sql("TRUNCATE account_invoice");
     let rows = settle(&db, &daemon, "all");
-    let of = |name: &str| -> Vec<&Value> {
-        rows.iter()
-            .filter(|(s, _)| s == name)
-            .map(|(_, b)| b)
-            .collect()
-    };
+    let of = |name: &str| bodies_for(&rows, name);
     let wipes = of("wipes");
     assert_eq!(wipes.len(), 2, "{rows:?}");
     assert_eq!(wipes[1]["type"], "invoice.truncated");
