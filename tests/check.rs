@@ -475,6 +475,32 @@ fn check_refuses_every_when_that_run_would_refuse_or_fail_on_with_its_config_lin
 }
 
 #[test]
+fn a_when_that_would_spin_or_exhaust_memory_is_refused_by_check_and_run_with_its_line() {
+    let db = TestDb::new(ERP);
+    // Both once spun a core (or aborted on a 240 TB allocation) for every change, at every
+    // restart, with SIGTERM ignored.
+    for when in [
+        "(range(100000) * 100000000000)|sum > 0",
+        "(range(100000) * 100000000000)|list|length > 0",
+    ] {
+        let text = config(&db.url, &format!("when = \"{when}\""));
+        assert_problem(
+            &check(&text),
+            &["walhook.toml:15: subscriptions[0].when: `*` (column 2) multiplies numbers only"],
+        );
+        let file = support::config_file(&text);
+        let mut daemon = support::Daemon::start(&file);
+        let code = daemon.wait(std::time::Duration::from_secs(30));
+        let log = daemon.log_text();
+        assert_eq!(code, Some(2), "{log}");
+        assert!(
+            log.contains("walhook.toml:15: subscriptions[0].when: `*` (column 2)"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
 fn a_when_reading_a_column_the_table_lacks_is_a_problem_when_the_object_takes_every_column() {
     let db = TestDb::new(ERP);
     let text = format!(

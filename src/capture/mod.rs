@@ -1,6 +1,7 @@
 //! The capture side: decoded pgoutput messages become committed transactions of typed row
 //! changes, and row changes become event envelopes.
 
+pub mod bounds;
 pub mod change;
 pub mod envelope;
 pub mod matcher;

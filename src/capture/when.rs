@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
+use super::bounds::{self, BoundError};
 use super::change::{Cell, Operation, RowChange};
 use super::envelope::ObjectView;
 use crate::source::types::TypeKind;
@@ -28,6 +29,7 @@ fn environment() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         // `debug()` dumps engine state: useless in a filter and noisy in a log line.
         env.remove_global("debug");
+        env.set_fuel(Some(bounds::FUEL));
         env
     })
 }
@@ -39,6 +41,8 @@ pub struct When {
     fields_read: Vec<(&'static str, String)>,
     /// `values` / `previous` read other than as `.field` (`values['notes']`, `values|length`).
     reads_whole: [bool; 2],
+    /// Fields that are operands of `*`: they must hold numbers when it runs.
+    multiplied: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for When {
@@ -67,6 +71,9 @@ pub enum WhenError {
         /// `; did you mean "x"?` or empty.
         hint: String,
     },
+    /// The expression could grow without bound (see [`bounds`]).
+    #[error("{0}")]
+    Unbounded(#[from] BoundError),
 }
 
 impl When {
@@ -76,6 +83,10 @@ impl When {
         let expression = env
             .compile_expression_owned(source.to_owned())
             .map_err(|e| WhenError::Syntax(describe(&e)))?;
+        // It compiled, so it parses; the tree is read only for the bounds.
+        let tree = minijinja::machinery::parse_expr(source)
+            .map_err(|e| WhenError::Syntax(describe(&e)))?;
+        let multiplied = bounds::check(&tree)?.multiplied;
         // A misspelt variable would silently be undefined (and `undefined != 'draft'` is
         // true), so unknown names are refused here rather than firing on everything.
         let variables = expression.undeclared_variables(false);
@@ -116,6 +127,7 @@ impl When {
             reads_previous,
             fields_read,
             reads_whole,
+            multiplied,
         })
     }
 
@@ -143,6 +155,7 @@ impl When {
 
     /// Evaluates against a [`scope`]; truthy fires. An error is described for the log.
     pub fn eval(&self, scope: &Value) -> Result<bool, String> {
+        bounds::check_multiplied(&self.multiplied, scope)?;
         self.expression
             .eval(scope)
             .map(|v| v.is_true())
@@ -395,16 +408,48 @@ mod tests {
             "values": {"number": "INV-42"}, "operation": "create"
         }));
         assert_eq!(
-            eval("values.number + 1 > 0", scope.clone()),
+            eval("values.number + 1 > 0", scope),
             Err(
                 "invalid operation: tried to use + operator on unsupported types string and \
                  number"
                     .to_owned()
             )
         );
-        // Filters are looked up when they run, so an unknown one fails here, not at compile.
-        let error = eval("values.number|nosuchfilter", scope).unwrap_err();
-        assert!(error.contains("nosuchfilter"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_filter_is_refused_at_compile_with_a_suggestion() {
+        let error = When::compile("values.number|lowr == 'x'").unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "filter \"lowr\" (column 15) is not available in an expression; \
+                 did you mean \"lower\"?; available: abs, bool,"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_expression_that_would_run_forever_is_refused_at_compile() {
+        for source in [
+            "(range(100000) * 100000000000)|sum > 0",
+            "(range(100000) * 100000000000)|list|length > 0",
+        ] {
+            let error = When::compile(source).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("`*` (column 2) multiplies numbers only"),
+                "{source}: {error}"
+            );
+        }
+        // A field multiplied at runtime must hold a number: text would repeat.
+        let when = When::compile("values.code * 1000000 == ''").unwrap();
+        let scope = scope_of(serde_json::json!({"values": {"code": "x"}, "operation": "create"}));
+        assert_eq!(
+            when.eval(&scope),
+            Err("values.code holds a string, and `*` multiplies numbers only".to_owned())
+        );
     }
 
     #[test]
