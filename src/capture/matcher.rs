@@ -20,7 +20,7 @@ use super::change::{Cell, Operation, RowChange};
 use super::envelope::{envelope, event_id, truncate_envelope, Commit, ObjectView};
 use super::relation::{Identity, Relation};
 use super::when::{self, When};
-use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName};
+use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName, Target};
 use crate::pg::quote_ident;
 use crate::suggest::did_you_mean;
 
@@ -42,6 +42,9 @@ pub struct RoutedEvent {
     /// Subscriptions that could not be evaluated for this change, with why: their delivery
     /// is recorded dead with that error, to be replayed once the config is fixed.
     pub dead: Vec<(Arc<str>, String)>,
+    /// The URL and method of this event, for a subscription that routes per event (then
+    /// the event is that subscription's alone); `None`: each subscription's own.
+    pub target: Option<Target>,
 }
 
 impl RoutedEvent {
@@ -472,6 +475,7 @@ impl Matcher {
                 body: envelope(change, view, event_type, commit),
                 subscriptions: Vec::new(),
                 dead: Vec::new(),
+                target: None,
             };
             event.receive(sub.name.clone(), dead);
             events.push(event);
@@ -538,6 +542,7 @@ impl Matcher {
                 ),
                 subscriptions: vec![sub.name.clone()],
                 dead: Vec::new(),
+                target: None,
             });
             event_objects.push(sub.object);
         }

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use super::terminal::printable;
 use crate::capture::envelope::pg_micros_to_rfc3339;
-use crate::config::{Auth, Config, Method, Operation, SubscriptionConfig};
+use crate::config::{Auth, Config, Operation, SubscriptionConfig};
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::sender::{self, Attempt};
 use crate::pg::{quote_ident, quote_table};
@@ -124,10 +124,11 @@ pub async fn send_test(
         None => synthetic_row(&source, sub).await?,
     };
     let event_id = format!("evt_test_{:016x}", rand::random::<u64>());
-    let body = match sub.method {
-        Method::Post => envelope(sub, &event_id, event_key, values),
-        // A GET is a bare ping (SPEC §4).
-        Method::Get => Vec::new(),
+    // A GET is a bare ping (SPEC §4).
+    let body = if sub.method.has_body() {
+        envelope(sub, &event_id, event_key, values)
+    } else {
+        Vec::new()
     };
 
     before_send(&event_id, &body);
@@ -401,10 +402,7 @@ fn envelope(
 
 /// The request as sent, except secrets: auth and custom headers by name only.
 fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8]) {
-    let method = match sub.method {
-        Method::Post => "POST",
-        Method::Get => "GET",
-    };
+    let method = sub.method.as_str();
     println!("request: {method} {}", sub.url);
     println!("  webhook-id: {id}");
     match sub.secrets.len() {

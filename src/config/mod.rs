@@ -33,7 +33,7 @@ pub use error::{ConfigError, Finding};
 pub use model::{
     table_list, Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method, ObjectConfig,
     Operation, Ordering, OutboxConfig, RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig,
-    TableName, DEFAULT_RETRY_SCHEDULE,
+    TableName, Target, DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};

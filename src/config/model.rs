@@ -215,13 +215,61 @@ impl fmt::Display for Operation {
     }
 }
 
-/// HTTP method of a subscription.
+/// HTTP method of a subscription (SPEC §4a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// JSON body.
+    /// The body (the event, a batch or the rendered template).
     Post,
+    /// The body, to replace a resource.
+    Put,
+    /// The body, to amend a resource.
+    Patch,
+    /// The body, to remove a resource.
+    Delete,
     /// A ping without body.
     Get,
+}
+
+impl Method {
+    /// Every method, in the order error messages list them.
+    pub const ALL: [Method; 5] = [
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+        Method::Get,
+    ];
+
+    /// The method as sent: `POST`, `PUT`, `PATCH`, `DELETE` or `GET`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Get => "GET",
+        }
+    }
+
+    /// The method named `text` exactly (upper case, as sent).
+    pub fn parse(text: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+
+    /// Whether requests carry a body: every method but GET.
+    pub fn has_body(self) -> bool {
+        self != Method::Get
+    }
+}
+
+/// Where one event goes when its subscription routes per event (a `url` with `{{ … }}` or a
+/// `method` per operation): rendered at capture and stored with the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The rendered URL (checked by the network policy when it is sent, like any URL).
+    pub url: String,
+    /// The method for this event's operation.
+    pub method: Method,
 }
 
 /// Delivery ordering of a subscription.

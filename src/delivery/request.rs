@@ -23,14 +23,14 @@ pub fn build(
 ) -> reqwest::RequestBuilder {
     let url = sub.url.expose();
     let (mut request, signed_body) = match sub.method {
-        Method::Post => (
+        Method::Get => (client.get(url), &b""[..]),
+        method => (
             client
-                .post(url)
+                .request(http_method(method), url)
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec()),
             body,
         ),
-        Method::Get => (client.get(url), &b""[..]),
     };
     request = request
         .header("webhook-id", id)
@@ -53,6 +53,16 @@ pub fn build(
         request = sensitive(request, name, value.expose());
     }
     request
+}
+
+fn http_method(method: Method) -> reqwest::Method {
+    match method {
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
+        Method::Get => reqwest::Method::GET,
+    }
 }
 
 /// Adds a header whose value is hidden from `Debug` output. An invalid value is handed to

@@ -29,7 +29,7 @@ use crate::commands::deliveries::{self, Filter};
 use crate::commands::outbox::{parse_since, Status};
 use crate::commands::replay::{self, known_in_outbox, ReplayError, Replayed, Target};
 use crate::commands::test::{self, TestError};
-use crate::config::{Config, Method as HttpMethod};
+use crate::config::Config;
 use crate::outbox::queue::{is_pause, pause_reason_sql};
 use crate::pg::quote_ident;
 use crate::suggest::did_you_mean;
@@ -434,10 +434,7 @@ async fn test_event(
         "subscription": name,
         "event_id": sent.event_id,
         "request": {
-            "method": match sub.method {
-                HttpMethod::Post => "POST",
-                HttpMethod::Get => "GET",
-            },
+            "method": sub.method.as_str(),
             "url": view::redact_url(&sub.url.to_string()),
             "signatures": sub.secrets.len(),
             "auth": view::auth_type(sub),

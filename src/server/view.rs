@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{format_duration, Auth, Method, Ordering, SubscriptionConfig};
+use crate::config::{format_duration, Auth, Ordering, SubscriptionConfig};
 use crate::outbox::queue::is_pause;
 
 /// A `subscription_state` row: why a subscription is switched off, and since when.
@@ -79,14 +79,7 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         .collect();
     map.insert("event_types".into(), Value::Object(event_types));
     map.insert("url".into(), redact_url(&sub.url.to_string()).into());
-    map.insert(
-        "method".into(),
-        match sub.method {
-            Method::Post => "POST",
-            Method::Get => "GET",
-        }
-        .into(),
-    );
+    map.insert("method".into(), sub.method.as_str().into());
     map.insert("signed".into(), (!sub.secrets.is_empty()).into());
     map.insert("secrets".into(), sub.secrets.len().into());
     map.insert("auth".into(), auth_type(sub));

@@ -90,5 +90,6 @@ pub fn ledger_event(n: u32) -> walhook::capture::matcher::RoutedEvent {
         body: b"{}".to_vec(),
         subscriptions: vec!["ledger".into()],
         dead: Vec::new(),
+        target: None,
     }
 }
