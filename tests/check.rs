@@ -35,18 +35,10 @@ url = "https://partner.example.com/hooks/invoice"
     )
 }
 
-/// A REPLICATION role that may create the outbox schema and nothing else, plus `grants`
-/// (where `{role}` stands for its name); its name, a config logging in as it, and the
-/// config's publication name.
+/// [`support::replication_role`] with `grants`; its name, a config logging in as it, and
+/// the config's publication name.
 fn replication_role(db: &TestDb<'_>, grants: &str) -> (String, String, String) {
-    let role = unique("lp");
-    db.sql(&format!(
-        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}'; \
-         GRANT CREATE ON DATABASE \"{}\" TO {role}; {}",
-        db.name,
-        grants.replace("{role}", &role)
-    ));
-    let url = support::cluster().url_as(&role, TEST_PASSWORD, &db.name);
+    let (role, url) = support::replication_role(db, grants);
     let text = config(&url, "");
     let publication = text
         .lines()

@@ -40,6 +40,11 @@ impl Names {
 
 /// A config for `db` with `names` and `body` (objects and subscriptions).
 fn config(db: &TestDb<'_>, names: &Names, body: &str) -> ConfigFile {
+    config_at(&db.url, names, body)
+}
+
+/// [`config`] logging in with `url`, e.g. as a least-privilege role.
+fn config_at(url: &str, names: &Names, body: &str) -> ConfigFile {
     config_file(&format!(
         r#"
 [source]
@@ -49,7 +54,6 @@ publication = "{publication}"
 
 {body}
 "#,
-        url = db.url,
         slot = names.slot,
         publication = names.publication,
     ))
@@ -790,6 +794,67 @@ fn teardown_drops_slot_publication_and_schema_and_tolerates_missing_pieces() {
             again.stdout
         );
     }
+}
+
+#[test]
+fn teardown_by_a_role_that_does_not_own_the_publication_refuses_up_front_names_the_owner_fix_and_drops_nothing(
+) {
+    let db = TestDb::new(ERP);
+    let names = Names::new();
+    let _guard = SlotGuard::new(&db, &names.slot);
+    let (role, url) = support::replication_role(&db, "");
+    // The README's recipe: the DBA publishes the table, which only its owner may do, and
+    // here forgets to hand the publication over.
+    let publication = &names.publication;
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice"
+    ));
+    let file = config_at(
+        &url,
+        &names,
+        r#"
+[objects.invoice]
+table = "public.account_invoice"
+
+[[subscriptions]]
+name = "erp"
+object = "invoice"
+url = "https://partner.example.com/hooks"
+"#,
+    );
+    walhook_ok(&file, &["setup"]);
+
+    let out = walhook_fails(&file, &["teardown"]);
+    for part in [
+        format!("does not own publication \"{publication}\" (owner: postgres)"),
+        format!("ALTER PUBLICATION {publication} OWNER TO {role};"),
+        "dropped nothing".to_owned(),
+    ] {
+        assert!(out.stderr.contains(&part), "{part:?} in:\n{}", out.stderr);
+    }
+    assert!(!out.stdout.contains("dropped"), "{}", out.stdout);
+    assert!(slot_exists(&db, &names.slot), "the slot stays");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{publication}'"
+        )),
+        "1",
+        "the publication stays"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "1",
+        "the outbox schema stays"
+    );
+
+    // The fix it names is the whole fix.
+    db.sql(&format!("ALTER PUBLICATION {publication} OWNER TO {role};"));
+    walhook_ok(&file, &["teardown"]);
+    assert!(!slot_exists(&db, &names.slot));
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'"),
+        "0"
+    );
 }
 
 #[test]

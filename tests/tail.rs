@@ -300,3 +300,49 @@ fn tail_refuses_to_publish_a_table_whose_updates_would_then_fail() {
     assert_eq!(db.sql("SELECT count(*) FROM pg_publication"), "0");
     db.sql("UPDATE account_invoice SET state = 'x'");
 }
+
+#[test]
+fn tail_by_a_role_without_table_ownership_refuses_up_front_with_the_owner_fix_and_creates_no_slot_or_publication(
+) {
+    let db = TestDb::new(ERP);
+    let (role, url) = support::replication_role(&db, "");
+    let publication = unique("absent_pub");
+    let config = config_file(&format!(
+        r#"
+[source]
+url = "{url}"
+publication = "{publication}"
+
+[objects.invoice]
+table = "public.account_invoice"
+"#
+    ));
+    let out = support::run_walhook(&config, &["tail"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for part in [
+        "does not own table public.account_invoice (owner: postgres)",
+        &format!("GRANT postgres TO {role};"),
+        &format!(
+            "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice; \
+             ALTER PUBLICATION {publication} OWNER TO {role};"
+        ),
+        "created no slot and no publication",
+    ] {
+        assert!(out.stderr.contains(part), "{part:?} in:\n{}", out.stderr);
+    }
+    assert_eq!(tail_slots(&db), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_publication"), "0");
+
+    // The DBA runs the statement it names once; then tail streams as that role.
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice; \
+         ALTER PUBLICATION {publication} OWNER TO {role};"
+    ));
+    let tail = Tail::start(&config, &db);
+    db.sql("INSERT INTO account_invoice VALUES (8, 'INV-8', 1, 'draft')");
+    assert_eq!(
+        tail.next_event(Duration::from_secs(20))["type"],
+        "invoice.created"
+    );
+    assert_eq!(tail.terminate(), 0);
+}

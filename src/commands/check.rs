@@ -11,6 +11,7 @@ use crate::config::{format_size, table_list, Config, Operation, TableName};
 use crate::delivery::network::{check_url, NetworkPolicy, PolicyError, PolicyResolver};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
+use crate::source::privileges::{self, Missing, Role};
 use crate::source::replication::ReplicationConnection;
 use crate::source::tls;
 use crate::suggest::did_you_mean;
@@ -90,6 +91,10 @@ impl Report {
 
     fn problem(&mut self, message: impl Into<String>, fix: impl Into<String>) {
         self.push(Level::Problem, message, Some(fix.into()));
+    }
+
+    fn missing(&mut self, missing: Missing) {
+        self.problem(missing.problem, missing.fix);
     }
 }
 
@@ -268,53 +273,27 @@ async fn check_wal_level(sql: &Sql<'_>, report: &mut Report) {
 }
 
 async fn check_role(sql: &Sql<'_>, report: &mut Report) {
-    let rows = sql
-        .rows(
-            "SELECT current_user, rolreplication, rolsuper FROM pg_roles \
-             WHERE rolname = current_user",
-        )
-        .await;
-    let Some(row) = rows.first() else {
-        report.problem(
-            "could not read the role's attributes",
-            "check pg_roles access",
-        );
-        return;
+    let role = match Role::current(sql.0).await {
+        Ok(role) => role,
+        Err(e) => {
+            tracing::debug!("check query failed: {e}");
+            report.problem(
+                "could not read the role's attributes",
+                "check pg_roles access",
+            );
+            return;
+        }
     };
-    let role = row[0].clone().unwrap_or_default();
-    let replication = row[1].as_deref() == Some("t");
-    let superuser = row[2].as_deref() == Some("t");
-    if replication || superuser {
-        report.ok(format!(
-            "role {role:?} may replicate{}",
-            if superuser { " (superuser)" } else { "" }
-        ));
-    } else {
-        report.problem(
-            format!("role {role:?} may not start replication"),
-            format!(
-                "ALTER ROLE {} REPLICATION; (on AWS RDS: GRANT rds_replication TO {};)",
-                quote_ident(&role),
-                quote_ident(&role)
-            ),
-        );
+    match role.replication("start replication") {
+        None => report.ok(format!(
+            "role {:?} may replicate{}",
+            role.name,
+            if role.superuser { " (superuser)" } else { "" }
+        )),
+        Some(missing) => report.missing(missing),
     }
-    let can_create = sql
-        .one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')")
-        .await;
-    if can_create.as_deref() != Some("t") && !superuser {
-        report.problem(
-            format!("role {role:?} may not create the walhook schema and publication"),
-            format!(
-                "GRANT CREATE ON DATABASE {} TO {};",
-                quote_ident(
-                    &sql.one("SELECT current_database()")
-                        .await
-                        .unwrap_or_default()
-                ),
-                quote_ident(&role)
-            ),
-        );
+    if let Some(missing) = role.create_in_database("the walhook schema and publication") {
+        report.missing(missing);
     }
 }
 
@@ -816,134 +795,78 @@ async fn check_encoding(sql: &Sql<'_>, report: &mut Report) {
 /// Each privilege the next commands need and the role lacks, with the exact statement that
 /// grants it (SPEC §1). A superuser needs none of this.
 async fn check_privileges(sql: &Sql<'_>, config: &Config, report: &mut Report) {
-    let superuser = sql
-        .one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        .await;
-    if superuser.as_deref() != Some("f") {
-        return;
-    }
-    let role = quote_ident(&sql.one("SELECT current_user").await.unwrap_or_default());
+    let client = sql.0;
+    let role = match Role::current(client).await {
+        Ok(role) if !role.superuser => role,
+        Ok(_) => return,
+        Err(e) => return tracing::debug!("check query failed: {e}"),
+    };
     let publication = &config.source.publication;
-    // (owner role, whether current_user has its rights), when the publication exists.
-    let pub_row = sql
-        .rows(&format!(
-            "SELECT pg_get_userbyid(pubowner), pg_has_role(current_user, pubowner, 'USAGE'), \
-                    puballtables \
-             FROM pg_publication WHERE pubname = {}",
-            quote_literal(publication)
-        ))
-        .await;
-    let pub_exists = !pub_row.is_empty();
-    let all_tables = pub_row
-        .first()
-        .is_some_and(|r| r[2].as_deref() == Some("t"));
-    if let Some(row) = pub_row.first() {
-        if row[1].as_deref() != Some("t") && !all_tables {
-            report.problem(
-                format!(
-                    "role {role} does not own publication {publication:?} (owner: {}): setup and \
-                     reloads that add or remove a table will fail",
-                    row[0].clone().unwrap_or_default()
-                ),
-                format!(
-                    "ALTER PUBLICATION {} OWNER TO {role};",
-                    quote_ident(publication)
-                ),
-            );
+    let owner = privileges::publication_owner(client, publication)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!("check query failed: {e}");
+            None
+        });
+    let all_tables = owner.as_ref().is_some_and(|o| o.all_tables);
+    if let Some(owner) = owner.as_ref().filter(|o| !o.all_tables) {
+        if let Some(missing) = privileges::publication_ownership(
+            &role,
+            publication,
+            owner,
+            "setup and reloads that add or remove a table will fail",
+        ) {
+            report.missing(missing);
         }
     }
     let needs_identity: Vec<TableName> = needs_old_values(config)
         .into_iter()
         .map(|(table, _, _)| table)
         .collect();
+    let tables = config.tables();
     let mut missing = 0;
-    for table in config.tables() {
-        let rows = sql
-            .rows(&format!(
-                "SELECT has_table_privilege(c.oid, 'SELECT'), \
-                        pg_has_role(current_user, c.relowner, 'USAGE'), \
-                        pg_get_userbyid(c.relowner), c.relreplident::text, \
-                        EXISTS (SELECT 1 FROM pg_publication_tables p \
-                                WHERE p.pubname = {} AND p.schemaname = n.nspname \
-                                  AND p.tablename = c.relname) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = {} AND c.relname = {}",
-                quote_literal(publication),
-                quote_literal(&table.schema),
-                quote_literal(&table.name)
-            ))
-            .await;
-        let Some(row) = rows.first() else { continue };
-        let quoted = quote_table(&table);
-        let owner = row[2].clone().unwrap_or_default();
-        let owns = row[1].as_deref() == Some("t");
-        if row[0].as_deref() != Some("t") {
+    for table in &tables {
+        let access = match privileges::table_access(client, table, publication).await {
+            Ok(Some(access)) => access,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!("check query failed: {e}");
+                continue;
+            }
+        };
+        if !access.select {
             missing += 1;
-            report.problem(
-                format!(
-                    "role {role} may not SELECT from table {table}: `walhook test` and the \
-                     catalog reads of capture need it"
-                ),
-                format!("GRANT SELECT ON TABLE {quoted} TO {role};"),
-            );
+            report.missing(privileges::select(
+                &role,
+                table,
+                "`walhook test` and the catalog reads of capture need it",
+            ));
         }
-        let published = all_tables || row[4].as_deref() == Some("t");
-        if !published && !owns {
+        if !all_tables && !access.published && !access.owned {
             missing += 1;
-            let action = if pub_exists {
-                "add"
-            } else {
-                "create publication"
-            };
-            report.problem(
-                format!(
-                    "role {role} does not own table {table} (owner: {owner}), so setup cannot \
-                     {action} {publication:?} for it: Postgres lets only a table's owner publish it"
+            let exists = owner.is_some();
+            report.missing(privileges::publish(
+                &role,
+                table,
+                &access,
+                publication,
+                exists,
+                &tables,
+                &format!(
+                    "setup cannot {} {publication:?} for it",
+                    if exists { "add" } else { "create publication" }
                 ),
-                format!(
-                    "GRANT {} TO {role}; (membership in the owner role), or have the owner run \
-                     walhook's publication statement once: {}",
-                    quote_ident(&owner),
-                    if pub_exists {
-                        format!(
-                            "ALTER PUBLICATION {} ADD TABLE {quoted};",
-                            quote_ident(publication)
-                        )
-                    } else {
-                        format!(
-                            "CREATE PUBLICATION {} FOR TABLE {}; ALTER PUBLICATION {} OWNER TO \
-                             {role};",
-                            quote_ident(publication),
-                            table_list_sql(config),
-                            quote_ident(publication)
-                        )
-                    }
-                ),
-            );
+            ));
         }
-        if needs_identity.contains(&table) && row[3].as_deref() != Some("f") && !owns {
+        if needs_identity.contains(table) && access.replica_identity != 'f' && !access.owned {
             missing += 1;
-            report.problem(
-                format!(
-                    "role {role} does not own table {table} (owner: {owner}), so `setup \
-                     --replica-identity` cannot set REPLICA IDENTITY FULL on it"
-                ),
-                format!("have the owner run: ALTER TABLE {quoted} REPLICA IDENTITY FULL;"),
-            );
+            report.missing(privileges::replica_identity(&role, table, &access));
         }
     }
     if missing == 0 {
         report.ok(format!(
-            "role {role} has the table privileges setup, test and tail need"
+            "role {} has the table privileges setup, test and tail need",
+            role.quoted()
         ));
     }
-}
-
-fn table_list_sql(config: &Config) -> String {
-    config
-        .tables()
-        .iter()
-        .map(quote_table)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -17,6 +17,7 @@ use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::preflight::preflight;
+use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
@@ -387,6 +388,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
             )),
         });
     }
+    teardown_privileges(&db, config, outbox.exists).await?;
     let own = own_relations();
     if outbox.exists {
         drop_outbox(db.outbox(), schema, &own, DropMode::DryRun).await?;
@@ -434,6 +436,73 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
          teardown drops it)"
     );
     Ok(())
+}
+
+/// Refuses, before anything is dropped, when the role may not drop all that teardown would:
+/// otherwise Postgres' permission error would stop it half-way (the slot gone, the
+/// publication still there).
+async fn teardown_privileges(
+    db: &Databases,
+    config: &Config,
+    outbox_exists: bool,
+) -> Result<(), SetupError> {
+    let failed = |e: tokio_postgres::Error| {
+        SetupError::sql("reading the role's privileges for teardown", &e, None)
+    };
+    let role = Role::current(&db.source).await.map_err(failed)?;
+    let slot = &config.source.slot;
+    let publication = &config.source.publication;
+    let mut missing = Vec::new();
+    let slot_exists = db
+        .source
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(failed)?
+        .is_some();
+    if slot_exists {
+        missing.extend(role.replication(&format!("drop replication slot {slot:?}")));
+    }
+    if let Some(owner) = privileges::publication_owner(&db.source, publication)
+        .await
+        .map_err(failed)?
+    {
+        missing.extend(privileges::publication_ownership(
+            &role,
+            publication,
+            &owner,
+            "only its owner may drop it",
+        ));
+    }
+    if outbox_exists {
+        let outbox_role = match &db.outbox {
+            Some(outbox) => Role::current(outbox).await.map_err(failed)?,
+            None => role.clone(),
+        };
+        let schema = &config.outbox.schema;
+        missing.extend(
+            privileges::schema_ownership(
+                db.outbox(),
+                &outbox_role,
+                schema,
+                "only its owner may drop it",
+            )
+            .await
+            .map_err(failed)?,
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal {
+        role: role.quoted(),
+        command: "teardown",
+        untouched: "dropped nothing",
+        missing,
+    }
+    .into())
 }
 
 /// What `teardown` needs to know about the outbox schema before dropping anything.

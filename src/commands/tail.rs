@@ -25,6 +25,7 @@ use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
 use crate::pg::{quote_ident, quote_table};
 use crate::source::conninfo::ConnInfo;
+use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication;
 use crate::source::replication::ReplicationConnection;
 use crate::source::{tls, Lsn};
@@ -38,6 +39,9 @@ pub enum TailError {
     /// Could not set up the slot or publication.
     #[error("{0}")]
     Setup(String),
+    /// The role may not create what tail needs; found before anything was created.
+    #[error(transparent)]
+    Privileges(#[from] Refusal),
     /// Reading changes failed for good.
     #[error(transparent)]
     Capture(Box<CaptureError>),
@@ -67,6 +71,7 @@ pub async fn run(config: &Config, durable_slot: Option<&str>) -> Result<(), Tail
         .await
         .map_err(|e| TailError::Setup(e.to_string()))?;
     let tables = config.tables();
+    refuse_missing_privileges(&catalog, config, &tables).await?;
     let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
     let publication = pick_publication(&catalog, config, &tables, &suffix).await?;
     let slot = match durable_slot {
@@ -100,6 +105,66 @@ pub async fn run(config: &Config, durable_slot: Option<&str>) -> Result<(), Tail
     drop(catalog);
     cleanup(&info, &publication).await;
     result
+}
+
+/// Refuses, before anything is created, when the role may not stream (tail reads through a
+/// replication slot, temporary or `--slot`) or, when the configured publication does not
+/// exist, may not create tail's own for the tables. tail reads no table itself: the
+/// changes come from the slot, and relation details from the catalog, so SELECT is not asked.
+async fn refuse_missing_privileges(
+    catalog: &tokio_postgres::Client,
+    config: &Config,
+    tables: &[TableName],
+) -> Result<(), TailError> {
+    let failed = |e: tokio_postgres::Error| {
+        TailError::Setup(format!("reading the role's privileges: {}", db_error(&e)))
+    };
+    let role = Role::current(catalog).await.map_err(failed)?;
+    if role.superuser {
+        return Ok(());
+    }
+    let mut missing: Vec<_> = role
+        .replication("stream changes: tail reads them through a replication slot")
+        .into_iter()
+        .collect();
+    let configured = &config.source.publication;
+    let exists = privileges::publication_owner(catalog, configured)
+        .await
+        .map_err(failed)?
+        .is_some();
+    if !exists {
+        let blocked = format!(
+            "tail cannot create a publication of its own for it (publication {configured:?} \
+             does not exist)"
+        );
+        missing.extend(role.create_in_database(&format!(
+            "tail's own publication (publication {configured:?} does not exist)"
+        )));
+        for table in tables {
+            // A missing table is reported, with its own fix, when the publication is made.
+            let Some(access) = privileges::table_access(catalog, table, configured)
+                .await
+                .map_err(failed)?
+            else {
+                continue;
+            };
+            if !access.owned {
+                missing.push(privileges::publish(
+                    &role, table, &access, configured, false, tables, &blocked,
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal {
+        role: role.quoted(),
+        command: "tail",
+        untouched: "created no slot and no publication",
+        missing,
+    }
+    .into())
 }
 
 /// The slot tail reads through.

@@ -5,12 +5,14 @@
 //! text into JSON per the type mapping of SPEC §3, with `types` saying which type is which.
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
 //! `setup` holding what they share (errors, quoting); `preflight` checks the source before
-//! anything is created.
+//! anything is created; `privileges` knows what a role that is not a superuser needs for each
+//! command, and the statement that grants it.
 
 pub mod conninfo;
 pub mod lsn;
 pub mod pgoutput;
 pub mod preflight;
+pub mod privileges;
 pub mod publication;
 pub mod replication;
 pub mod setup;

@@ -7,6 +7,7 @@
 use crate::config::TableName;
 use crate::outbox::migrate::MigrateError;
 use crate::source::conninfo::ConnInfoError;
+use crate::source::privileges::Refusal;
 use crate::source::replication::ReplicationError;
 use crate::source::tls::ConnectError;
 use crate::source::Lsn;
@@ -68,6 +69,9 @@ pub enum SetupError {
         /// The statement or step that fixes it.
         fix: String,
     },
+    /// The role lacks privileges the command needs; found before anything was changed.
+    #[error(transparent)]
+    Privileges(#[from] Refusal),
     /// Publishing the table would make UPDATE and DELETE on it fail on the source.
     #[error(
         "table {table} has {identity}: once it is in publication {publication:?}, UPDATE and \

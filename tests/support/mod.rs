@@ -77,6 +77,24 @@ impl<'a> TestDb<'a> {
     }
 }
 
+/// A role with least privilege (SPEC §1): it may log in with a password, replicate, and
+/// create in `db` (the outbox schema, a publication), plus `grants` (where `{role}` stands
+/// for its name). Returns its name and a URL logging in as it.
+pub fn replication_role(db: &TestDb<'_>, grants: &str) -> (String, String) {
+    let role = unique("lp");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{}'; \
+         GRANT CREATE ON DATABASE \"{}\" TO {role}; {}",
+        walhook::ephemeral::TEST_PASSWORD,
+        db.name,
+        grants.replace("{role}", &role)
+    ));
+    let url = db
+        .pg
+        .url_as(&role, walhook::ephemeral::TEST_PASSWORD, &db.name);
+    (role, url)
+}
+
 /// A config file in a temporary directory, deleted on drop.
 pub struct ConfigFile {
     _dir: tempfile::TempDir,
