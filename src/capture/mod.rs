@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod matcher;
 pub mod reader;
 pub mod relation;
+pub mod render;
 pub mod template;
 pub mod when;
 
