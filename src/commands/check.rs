@@ -573,7 +573,7 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
                 format!("subscriptions.{}.key", subscription.name),
                 key.as_slice(),
             ),
-            Some(key) => (format!("objects.{}.key", object.name), key.as_slice()),
+            Some(key) => (format!("objects.{}.key", object.config_key), key.as_slice()),
             None => ("the primary key".to_owned(), facts.primary_key.as_slice()),
         };
         if key.is_empty() || key.iter().all(|c| identity.contains(c)) {

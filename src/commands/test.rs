@@ -125,14 +125,14 @@ pub async fn send_test(
     };
     let event_id = format!("evt_test_{:016x}", rand::random::<u64>());
     // A GET is a bare ping (SPEC §4).
-    let body = if sub.method.has_body() {
+    let body = if sub.method.for_operation(Operation::Update).has_body() {
         envelope(sub, &event_id, event_key, values)
     } else {
         Vec::new()
     };
 
     before_send(&event_id, &body);
-    let attempt = sender::send(client, policy, sub, &event_id, &body).await;
+    let attempt = sender::send(client, policy, sub, None, &event_id, &body).await;
 
     let not_recorded = match &config.outbox.url {
         Some(url) if url.expose() != config.source.url.expose() => {
@@ -402,7 +402,7 @@ fn envelope(
 
 /// The request as sent, except secrets: auth and custom headers by name only.
 fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8]) {
-    let method = sub.method.as_str();
+    let method = sub.method.for_operation(Operation::Update).as_str();
     println!("request: {method} {}", sub.url);
     println!("  webhook-id: {id}");
     match sub.secrets.len() {

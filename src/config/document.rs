@@ -98,6 +98,26 @@ impl<'a> Document<'a> {
         }
     }
 
+    /// The file as the user named it.
+    pub(crate) fn file(&self) -> &str {
+        self.file
+    }
+
+    /// The config-file line that holds line 1 of the string value at `path`: its own line,
+    /// or the next one for a multi-line string that opens with a line break (TOML drops
+    /// that line break from the value).
+    pub(crate) fn string_first_line(&self, path: &str) -> Option<usize> {
+        let offset = *self.positions.get(path)?;
+        let value = &self.text[offset.min(self.text.len())..];
+        let line = self.line_col(offset).0;
+        let opens_with_break = ["'''", "\"\"\""].iter().any(|quotes| {
+            value
+                .strip_prefix(quotes)
+                .is_some_and(|rest| rest.starts_with('\n') || rest.starts_with("\r\n"))
+        });
+        Some(line + usize::from(opens_with_break))
+    }
+
     /// The string at `path` as written in the file, if `${…}` expansion changed it.
     ///
     /// Messages and logs show this form so that values taken from the environment (tokens
@@ -330,5 +350,16 @@ mod tests {
         assert_eq!(doc.line_of("subs[0].list[1]"), Some(7));
         assert_eq!(doc.line_of("subs[0].missing"), Some(4));
         assert_eq!(doc.line_of("nothing"), None);
+    }
+
+    #[test]
+    fn first_line_of_a_string_skips_the_line_break_toml_drops() {
+        let text = "a = 'x'\nb = '''\nline 1\n'''\nc = \"\"\"\r\nline 1\"\"\"\nd = '''same\n'''\n";
+        let (_, doc) = Document::parse("f.toml", text, &|_| None, &[]).unwrap();
+        assert_eq!(doc.string_first_line("a"), Some(1));
+        assert_eq!(doc.string_first_line("b"), Some(3));
+        assert_eq!(doc.string_first_line("c"), Some(6));
+        assert_eq!(doc.string_first_line("d"), Some(7));
+        assert_eq!(doc.string_first_line("nothing"), None);
     }
 }

@@ -31,9 +31,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, Finding};
 pub use model::{
-    table_list, Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method, ObjectConfig,
-    Operation, Ordering, OutboxConfig, RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig,
-    TableName, Target, DEFAULT_RETRY_SCHEDULE,
+    is_json_media_type, table_list, Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method,
+    Methods, ObjectConfig, Operation, Ordering, OutboxConfig, RateLimit, ResolvedObject,
+    SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin, TemplateText,
+    DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -95,6 +96,9 @@ pub const DEFAULT_RETRY_SCHEDULE: [Duration; 9] = [
 /// A business object: a table and how its rows are keyed and shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectConfig {
+    /// `name = …`: the `object` in events and the default event type prefix (may contain
+    /// dots, `account.invoice`); `None` means the object's config key.
+    pub name: Option<String>,
     /// The table the rows come from.
     pub table: TableName,
     /// Key columns; `None` means the table's primary key.
@@ -106,8 +110,12 @@ pub struct ObjectConfig {
 /// The object a subscription receives events for, named or made from `table = …`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedObject {
-    /// The `[objects.NAME]` name, or for `table = …` the table name as `schema.table`.
+    /// The name events carry as `object`: the object's `name = …` when set, else the
+    /// `[objects.NAME]` key, or for `table = …` the table name as `schema.table`.
     pub name: String,
+    /// The `[objects.NAME]` key (for `table = …` the table name), for messages that point
+    /// into the config file.
+    pub config_key: String,
     /// True when the subscription named a table rather than an object.
     pub unnamed: bool,
     /// Table, key and fields.
@@ -134,10 +142,23 @@ pub struct SubscriptionConfig {
     pub when_at: String,
     /// Fixed event type; `None` means `<object>.<created|updated|deleted>`.
     pub event_type: Option<String>,
-    /// Subscriber URL (http or https, with a host); prints as written in the file.
+    /// Subscriber URL (http or https, with a host); prints as written in the file. With
+    /// [`SubscriptionConfig::url_template`] it holds `{{ … }}` and is rendered per event.
     pub url: WebhookUrl,
-    /// `POST` (JSON body) or `GET` (ping without body); default `POST`.
-    pub method: Method,
+    /// The URL contains `{{ … }}`: it is a template rendered per event (SPEC §4a).
+    pub url_template: bool,
+    /// Where `url` is written (`walhook.toml:14: subscriptions[0].url`), for render errors;
+    /// empty for a config not read from a file.
+    pub url_at: String,
+    /// One method, or one per operation; default `POST`.
+    pub method: Methods,
+    /// `Content-Type` of requests with a body, sent exactly as given; default
+    /// `application/json`.
+    pub content_type: String,
+    /// `template` or `template_file`: renders the body; `None` sends the envelope.
+    pub template: Option<TemplateText>,
+    /// Answers that mean the data is wrong: the delivery is dead after that attempt.
+    pub dead_on_status: Vec<u16>,
     /// Signing secrets; several while rotating keys, none to send unsigned.
     pub secrets: Vec<SigningSecret>,
     /// Authentication added to every request.
@@ -171,6 +192,169 @@ impl SubscriptionConfig {
         match &self.event_type {
             Some(fixed) => fixed.clone(),
             None => format!("{}.{}", self.object.name, operation.past_tense()),
+        }
+    }
+
+    /// Whether request bodies are JSON by their `content_type` (see [`is_json_media_type`]).
+    pub fn sends_json(&self) -> bool {
+        is_json_media_type(&self.content_type)
+    }
+}
+
+/// Whether a `Content-Type` names JSON: `application/json`, or any `…/json` or `…+json`
+/// type, with or without parameters (`; charset=utf-8`); case-insensitive as RFC 9110 says.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some((kind, subtype)) => {
+            !kind.is_empty() && (subtype == "json" || subtype.ends_with("+json"))
+        }
+        None => false,
+    }
+}
+
+/// A template's text and where it was written, for its compile and render errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateText {
+    /// The template source.
+    pub text: String,
+    /// Where it comes from.
+    pub origin: TemplateOrigin,
+}
+
+/// Where a template was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// `template = …` in the config file.
+    Inline {
+        /// `walhook.toml:23: subscriptions[0].template`, like `when_at`; empty for a config
+        /// not read from a file.
+        at: String,
+        /// The config-file line that holds the template's line 1: the key's line, or the
+        /// next one for a multi-line string that starts with a line break (TOML drops it).
+        first_line: usize,
+    },
+    /// `template_file = …`, read when the config loads.
+    File {
+        /// The path as written in the config.
+        path: String,
+        /// The path read (relative paths are taken from the config file's directory).
+        resolved: PathBuf,
+        /// `walhook.toml:23: subscriptions[0].template_file`.
+        at: String,
+    },
+}
+
+/// `method`: one for every request, or one per operation (SPEC §4a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    /// `method = "PUT"`: the same method for every event.
+    Single(Method),
+    /// `method = { create = "POST", … }`. Validation makes sure every operation the
+    /// subscription fires on has one.
+    PerOperation {
+        /// For `create` events.
+        create: Option<Method>,
+        /// For `update` events.
+        update: Option<Method>,
+        /// For `delete` events.
+        delete: Option<Method>,
+        /// For `truncate` events.
+        truncate: Option<Method>,
+    },
+}
+
+impl Methods {
+    /// The method of an event of `operation`. An operation the map leaves out cannot fire
+    /// (validation refuses that); `POST` stands in.
+    pub fn for_operation(&self, operation: Operation) -> Method {
+        match *self {
+            Methods::Single(method) => method,
+            Methods::PerOperation {
+                create,
+                update,
+                delete,
+                ..
+            } => match operation {
+                Operation::Create => create,
+                Operation::Update => update,
+                Operation::Delete => delete,
+            }
+            .unwrap_or(Method::Post),
+        }
+    }
+
+    /// The method of a truncate event (`POST` when the map leaves it out, which validation
+    /// refuses for a subscription that fires on truncate).
+    pub fn for_truncate(&self) -> Method {
+        match *self {
+            Methods::Single(method) => method,
+            Methods::PerOperation { truncate, .. } => truncate.unwrap_or(Method::Post),
+        }
+    }
+
+    /// The one method of every request, or `None` for a map per operation.
+    pub fn single(&self) -> Option<Method> {
+        match *self {
+            Methods::Single(method) => Some(method),
+            Methods::PerOperation { .. } => None,
+        }
+    }
+
+    /// The operations a map names with their methods, in create/update/delete/truncate
+    /// order; empty for a single method.
+    pub fn per_operation(&self) -> Vec<(&'static str, Method)> {
+        match *self {
+            Methods::Single(_) => Vec::new(),
+            Methods::PerOperation {
+                create,
+                update,
+                delete,
+                truncate,
+            } => [
+                ("create", create),
+                ("update", update),
+                ("delete", delete),
+                ("truncate", truncate),
+            ]
+            .into_iter()
+            .filter_map(|(name, method)| method.map(|m| (name, m)))
+            .collect(),
+        }
+    }
+
+    /// As the API and the console show it: `"POST"`, or `{"create":"POST",…}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self.single() {
+            Some(method) => method.as_str().into(),
+            None => self
+                .per_operation()
+                .into_iter()
+                .map(|(name, m)| (name.to_owned(), serde_json::Value::from(m.as_str())))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        }
+    }
+}
+
+impl fmt::Display for Methods {
+    /// `POST`, or `create=POST, update=PUT, delete=DELETE`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.single() {
+            Some(method) => f.write_str(method.as_str()),
+            None => {
+                let parts: Vec<String> = self
+                    .per_operation()
+                    .into_iter()
+                    .map(|(name, m)| format!("{name}={}", m.as_str()))
+                    .collect();
+                f.write_str(&parts.join(", "))
+            }
         }
     }
 }

@@ -134,6 +134,38 @@ pub(crate) fn is_host_name(text: &str) -> bool {
 ///
 /// Hand-written rather than pulling in the `url` crate (and its IDNA tables) for a syntax
 /// check; the HTTP client parses the URL again when it sends.
+/// Checks a URL with `{{ … }}` (rendered per event, SPEC §4a) as far as it can be checked
+/// before an event exists: every `{{ … }}` stands for `1`, and the result must be a valid
+/// webhook URL; when the host itself is templated only the scheme can be checked (the
+/// rendered URL is checked again, by the network policy, when it is sent).
+pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
+    let mut example = String::with_capacity(url.len());
+    let mut host_templated = false;
+    let mut rest = url;
+    while let Some(open) = rest.find("{{") {
+        let Some(close) = rest[open..].find("}}") else {
+            return Err("\"{{\" without a closing \"}}\"".into());
+        };
+        example.push_str(&rest[..open]);
+        // Still inside (or before) scheme://host: the host is not known yet.
+        host_templated |= match example.split_once("://") {
+            None => true,
+            Some((_, after)) => !after.contains(['/', '?', '#']),
+        };
+        example.push('1');
+        rest = &rest[open + close + 2..];
+    }
+    example.push_str(rest);
+    if host_templated {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(());
+        }
+        return Err("scheme must be http or https (write it out before any {{ … }})".into());
+    }
+    check_webhook_url(&example)
+}
+
 pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or control characters".into());
@@ -283,6 +315,31 @@ mod tests {
             "10.0.0/8".parse::<Cidr>(),
             Err("\"10.0.0\" is not an IP address".into())
         );
+    }
+
+    #[test]
+    fn url_templates_are_checked_with_every_placeholder_as_1() {
+        for ok in [
+            "https://api.example.com/orders/{{ key.id }}",
+            "http://h.example/{{ object }}/{{ key.id }}?op={{ operation }}",
+            "https://{{ values.tenant }}.example.com/hook",
+            "https://{{ values.host }}/hook",
+        ] {
+            assert_eq!(check_webhook_url_template(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_webhook_url_template("ftp://h.example/{{ key.id }}"),
+            Err("scheme must be http or https".into())
+        );
+        assert_eq!(
+            check_webhook_url_template("{{ values.url }}"),
+            Err("scheme must be http or https (write it out before any {{ … }})".into())
+        );
+        assert_eq!(
+            check_webhook_url_template("https://h.example/{{ key.id"),
+            Err("\"{{\" without a closing \"}}\"".into())
+        );
+        assert!(check_webhook_url_template("https:///{{ key.id }}").is_err());
     }
 
     #[test]

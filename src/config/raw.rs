@@ -65,6 +65,7 @@ pub(crate) struct RawDelivery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawObject {
+    pub(crate) name: Option<String>,
     pub(crate) table: Option<String>,
     pub(crate) key: Option<Vec<String>>,
     pub(crate) fields: Option<Vec<String>>,
@@ -82,7 +83,11 @@ pub(crate) struct RawSubscription {
     pub(crate) when: Option<String>,
     pub(crate) event_type: Option<String>,
     pub(crate) url: Option<String>,
-    pub(crate) method: Option<String>,
+    pub(crate) method: Option<RawMethod>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) template: Option<String>,
+    pub(crate) template_file: Option<String>,
+    pub(crate) dead_on_status: Option<Vec<i64>>,
     pub(crate) secret: Option<OneOrMany>,
     pub(crate) auth: Option<RawAuth>,
     pub(crate) headers: Option<Entries<String>>,
@@ -188,6 +193,41 @@ impl<'de> Deserialize<'de> for OneOrMany {
         }
 
         deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// `method = "PUT"` or `method = { create = "POST", … }` (entries in file order).
+#[derive(Debug)]
+pub(crate) enum RawMethod {
+    One(String),
+    PerOperation(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for RawMethod {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawMethodVisitor;
+
+        impl<'de> Visitor<'de> for RawMethodVisitor {
+            type Value = RawMethod;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a method such as \"POST\" or a table of methods per operation")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(RawMethod::One(value.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(RawMethod::PerOperation(entries))
+            }
+        }
+
+        deserializer.deserialize_any(RawMethodVisitor)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Checks one `[[subscriptions]]` entry and resolves its object and delivery settings.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -8,11 +9,12 @@ use indexmap::IndexMap;
 use super::document::{child_index, child_key};
 use super::headers::{check_header_name, check_header_value};
 use super::model::{
-    Auth, BatchConfig, DeliveryConfig, Method, ObjectConfig, Operation, Ordering, RateLimit,
-    ResolvedObject, SubscriptionConfig,
+    is_json_media_type, Auth, BatchConfig, DeliveryConfig, Method, Methods, ObjectConfig,
+    Operation, Ordering, RateLimit, ResolvedObject, SubscriptionConfig, TemplateOrigin,
+    TemplateText,
 };
-use super::net::check_webhook_url;
-use super::raw::{OneOrMany, RawAuth, RawBatch, RawRateLimit, RawSubscription};
+use super::net::{check_webhook_url, check_webhook_url_template};
+use super::raw::{OneOrMany, RawAuth, RawBatch, RawMethod, RawRateLimit, RawSubscription};
 use super::secret::{Secret, SigningSecret, WebhookUrl};
 use super::validate::{placeholder_table, Checker};
 use crate::suggest::closest;
@@ -86,6 +88,7 @@ pub(crate) fn check_subscription(
         }
     }
 
+    let url_template = raw.url.as_deref().is_some_and(|u| u.contains("{{"));
     let url = match raw.url {
         None => {
             checker.error(&path, "missing key \"url\"");
@@ -93,24 +96,41 @@ pub(crate) fn check_subscription(
         }
         Some(url) => {
             let url = WebhookUrl::new(url.clone(), checker.display_url(&url, &at("url")));
-            if let Err(reason) = check_webhook_url(url.expose()) {
+            let checked = if url_template {
+                check_webhook_url_template(url.expose())
+            } else {
+                check_webhook_url(url.expose())
+            };
+            if let Err(reason) = checked {
                 // Quote the URL as written: its expanded form may contain a token.
                 checker.error(&at("url"), format!("invalid URL \"{url}\": {reason}"));
             }
             url
         }
     };
-    let method = match raw.method.as_deref() {
-        None | Some("POST") => Method::Post,
-        Some("GET") => Method::Get,
-        Some(other) => {
-            checker.error(
-                &at("method"),
-                format!("unknown method {other:?}; use \"POST\" or \"GET\""),
-            );
-            Method::Post
+    let method = methods(checker, raw.method, &at("method"), &operations, truncate);
+    let content_type = match raw.content_type {
+        None => "application/json".to_owned(),
+        Some(text) => {
+            if text.trim().is_empty() {
+                checker.error(
+                    &at("content_type"),
+                    "must not be empty; leave it out for application/json",
+                );
+            } else if let Err(reason) = check_header_value(&text) {
+                checker.error(&at("content_type"), reason);
+            }
+            text
         }
     };
+    let template = template(checker, raw.template, raw.template_file, &path);
+    if let (Some(_), Some(Method::Get)) = (&template, method.single()) {
+        checker.error(
+            &at("template"),
+            "GET sends no body; a template needs POST, PUT, PATCH or DELETE",
+        );
+    }
+    let dead_on_status = dead_on_status(checker, raw.dead_on_status, &at("dead_on_status"));
     let secrets = secrets(checker, raw.secret, &at("secret"));
     let auth = raw.auth.and_then(|a| auth(checker, a, &at("auth")));
     let headers = headers(
@@ -120,6 +140,26 @@ pub(crate) fn check_subscription(
         &at("headers"),
     );
     let batch = raw.batch.map(|b| batch(checker, b, &at("batch")));
+    if batch.is_some() {
+        // GET sends one request per event whatever `batch` says (SPEC §4).
+        let refusal = if !is_json_media_type(&content_type) {
+            Some(format!(
+                "needs a JSON content_type (the request is a JSON array of the bodies), \
+                 not {content_type:?}"
+            ))
+        } else if url_template {
+            Some("a batch goes to one URL with one method; the url contains {{ … }}".to_owned())
+        } else if method.single().is_none() {
+            Some(
+                "a batch goes to one URL with one method; method is a map per operation".to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            checker.error(&at("batch"), refusal);
+        }
+    }
     let rate_limit = raw
         .rate_limit
         .map(|r| rate_limit(checker, r, &at("rate_limit")));
@@ -164,16 +204,19 @@ pub(crate) fn check_subscription(
         truncate,
         watch,
         when_at: if raw.when.is_some() {
-            // The finding's own text minus its empty message: `file:line: key`.
-            let at = checker.doc.finding(&at("when"), "").to_string();
-            at.trim_end_matches(": ").to_owned()
+            place(checker, &at("when"))
         } else {
             String::new()
         },
         when: raw.when,
         event_type: raw.event_type,
+        url_at: place(checker, &at("url")),
         url,
+        url_template,
         method,
+        content_type,
+        template,
+        dead_on_status,
         secrets,
         auth,
         headers,
@@ -187,6 +230,192 @@ pub(crate) fn check_subscription(
     }
 }
 
+/// `file:line: key` of `path`, for errors found after loading (`when`, templates): the
+/// finding's own text minus its empty message; empty for a config not read from a file.
+fn place(checker: &Checker<'_, '_>, path: &str) -> String {
+    let at = checker.doc.finding(path, "").to_string();
+    at.trim_end_matches(": ").to_owned()
+}
+
+/// The method names in the order messages list them.
+fn method_names() -> String {
+    Method::ALL.map(Method::as_str).join(", ")
+}
+
+/// One method, or when `path` is a map entry the method of that operation.
+fn method(checker: &mut Checker<'_, '_>, text: &str, path: &str) -> Method {
+    Method::parse(text).unwrap_or_else(|| {
+        checker.error(
+            path,
+            format!(
+                "unknown method {text:?}; use one of {} (upper case)",
+                method_names()
+            ),
+        );
+        Method::Post
+    })
+}
+
+/// `method`: one method, or a map naming a method for every operation the subscription
+/// fires on (an event must never go out with a method nobody chose).
+fn methods(
+    checker: &mut Checker<'_, '_>,
+    raw: Option<RawMethod>,
+    path: &str,
+    operations: &[Operation],
+    truncate: bool,
+) -> Methods {
+    let entries = match raw {
+        None => return Methods::Single(Method::Post),
+        Some(RawMethod::One(text)) => return Methods::Single(method(checker, &text, path)),
+        Some(RawMethod::PerOperation(entries)) => entries,
+    };
+    let (mut create, mut update, mut delete, mut truncate_method) = (None, None, None, None);
+    for (key, text) in entries {
+        let item = child_key(path, &key);
+        let slot = match key.as_str() {
+            "create" => &mut create,
+            "update" => &mut update,
+            "delete" => &mut delete,
+            "truncate" => &mut truncate_method,
+            other => {
+                let hint = closest(other, ["create", "update", "delete", "truncate"])
+                    .map_or_else(String::new, |s| format!("did you mean {s:?}? "));
+                checker.error(
+                    &item,
+                    format!("unknown operation {other:?}; {hint}(use create, update, delete or truncate)"),
+                );
+                continue;
+            }
+        };
+        *slot = Some(method(checker, &text, &item));
+    }
+    let named = [
+        (
+            Operation::Create.as_str(),
+            create.is_some(),
+            operations.contains(&Operation::Create),
+        ),
+        (
+            Operation::Update.as_str(),
+            update.is_some(),
+            operations.contains(&Operation::Update),
+        ),
+        (
+            Operation::Delete.as_str(),
+            delete.is_some(),
+            operations.contains(&Operation::Delete),
+        ),
+        ("truncate", truncate_method.is_some(), truncate),
+    ];
+    for (operation, given, fires) in named {
+        if fires && !given {
+            checker.error(
+                path,
+                format!(
+                    "no method for {operation:?}, which this subscription fires on; \
+                     add {operation} = \"POST\" (or another of {})",
+                    method_names()
+                ),
+            );
+        }
+    }
+    Methods::PerOperation {
+        create,
+        update,
+        delete,
+        truncate: truncate_method,
+    }
+}
+
+/// `template` or `template_file` (read now, relative to the config file's directory).
+fn template(
+    checker: &mut Checker<'_, '_>,
+    inline: Option<String>,
+    file: Option<String>,
+    path: &str,
+) -> Option<TemplateText> {
+    let inline_path = child_key(path, "template");
+    let file_path = child_key(path, "template_file");
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            checker.error(
+                &file_path,
+                "cannot be combined with \"template\"; give one of them",
+            );
+            None
+        }
+        (None, None) => None,
+        (Some(text), None) => {
+            if text.trim().is_empty() {
+                checker.error(
+                    &inline_path,
+                    "must not be empty; leave it out to send the event envelope",
+                );
+            }
+            let first_line = checker.doc.string_first_line(&inline_path).unwrap_or(1);
+            Some(TemplateText {
+                text,
+                origin: TemplateOrigin::Inline {
+                    at: place(checker, &inline_path),
+                    first_line,
+                },
+            })
+        }
+        (None, Some(written)) => {
+            if written.trim().is_empty() {
+                checker.error(&file_path, "must not be empty");
+                return None;
+            }
+            let base = Path::new(checker.doc.file())
+                .parent()
+                .unwrap_or_else(|| Path::new(""));
+            let resolved = base.join(&written);
+            match std::fs::read_to_string(&resolved) {
+                Ok(text) => Some(TemplateText {
+                    text,
+                    origin: TemplateOrigin::File {
+                        path: written,
+                        at: place(checker, &file_path),
+                        resolved,
+                    },
+                }),
+                Err(error) => {
+                    let shown = if resolved.as_os_str() == written.as_str() {
+                        format!("{written:?}")
+                    } else {
+                        format!("{written:?} ({})", resolved.display())
+                    };
+                    checker.error(
+                        &file_path,
+                        format!("cannot read template file {shown}: {error}"),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// `dead_on_status`: distinct HTTP statuses from 300 to 599 (a 2xx is a success).
+fn dead_on_status(checker: &mut Checker<'_, '_>, raw: Option<Vec<i64>>, path: &str) -> Vec<u16> {
+    let mut statuses: Vec<u16> = Vec::new();
+    for (i, status) in raw.unwrap_or_default().into_iter().enumerate() {
+        let item = child_index(path, i);
+        match u16::try_from(status) {
+            Ok(code @ 300..=599) if statuses.contains(&code) => {
+                checker.error(&item, format!("{code} is listed twice"));
+            }
+            Ok(code @ 300..=599) => statuses.push(code),
+            _ => checker.error(
+                &item,
+                format!("must be an HTTP status from 300 to 599, found {status}"),
+            ),
+        }
+    }
+    statuses
+}
+
 /// The object named by `object = …`, or the unnamed object of `table = …`.
 fn resolve_object(
     checker: &mut Checker<'_, '_>,
@@ -196,9 +425,11 @@ fn resolve_object(
     objects: &IndexMap<String, ObjectConfig>,
 ) -> ResolvedObject {
     let unresolved = |name: String| ResolvedObject {
+        config_key: name.clone(),
         name,
         unnamed: false,
         config: ObjectConfig {
+            name: None,
             table: placeholder_table(),
             key: None,
             fields: None,
@@ -223,8 +454,10 @@ fn resolve_object(
             let table = checker.table(&table, &child_key(path, "table"));
             ResolvedObject {
                 name: table.to_string(),
+                config_key: table.to_string(),
                 unnamed: true,
                 config: ObjectConfig {
+                    name: None,
                     table,
                     key: None,
                     fields: None,
@@ -233,7 +466,8 @@ fn resolve_object(
         }
         (Some(name), None) => match objects.get(&name) {
             Some(config) => ResolvedObject {
-                name,
+                name: config.name.clone().unwrap_or_else(|| name.clone()),
+                config_key: name,
                 unnamed: false,
                 config: config.clone(),
             },

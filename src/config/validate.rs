@@ -316,7 +316,16 @@ impl Checker<'_, '_> {
                 placeholder_table()
             }
         };
+        if let Some(display) = &raw.name {
+            if display.is_empty() || display.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    &child_key(&path, "name"),
+                    "must be non-empty and contain no whitespace; leave it out to use the object's key",
+                );
+            }
+        }
         ObjectConfig {
+            name: raw.name,
             table,
             key: self.columns(
                 raw.key,

@@ -28,14 +28,25 @@ pub enum Outcome {
     },
     /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay.
     Gone,
+    /// A status in the subscription's `dead_on_status`: the receiver says the data is
+    /// wrong, so the delivery is dead after this attempt, without retries.
+    Dead,
 }
 
 /// Classifies an attempt by its HTTP status; `None` is a network error or timeout.
 ///
 /// `retry_after` is the raw `Retry-After` header, honoured for 429 and 503 only.
-pub fn classify(status: Option<u16>, retry_after: Option<&str>, now: SystemTime) -> Outcome {
+/// `dead_on_status` is the subscription's list: a status in it is [`Outcome::Dead`], before
+/// any other meaning that status has (the user listed it on purpose).
+pub fn classify(
+    status: Option<u16>,
+    retry_after: Option<&str>,
+    dead_on_status: &[u16],
+    now: SystemTime,
+) -> Outcome {
     match status {
         Some(200..=299) => Outcome::Delivered,
+        Some(code) if dead_on_status.contains(&code) => Outcome::Dead,
         Some(410) => Outcome::Gone,
         Some(429 | 503) => Outcome::Retry {
             after: retry_after.and_then(|value| parse_retry_after(value, now)),
@@ -273,6 +284,30 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_RETRY_SCHEDULE;
 
+    #[test]
+    fn a_status_in_dead_on_status_is_dead_and_nothing_else_changes() {
+        let listed = [400, 422, 503];
+        let cases: [(Option<u16>, Outcome); 8] = [
+            (Some(400), Outcome::Dead),
+            (Some(422), Outcome::Dead),
+            // Listed on purpose: the user's word wins over "slow down".
+            (Some(503), Outcome::Dead),
+            (Some(200), Outcome::Delivered),
+            (Some(404), ON_SCHEDULE),
+            (Some(500), ON_SCHEDULE),
+            (Some(410), Outcome::Gone),
+            (None, ON_SCHEDULE),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(
+                classify(status, None, &listed, now()),
+                expected,
+                "{status:?}"
+            );
+        }
+        assert_eq!(classify(Some(400), None, &[], now()), ON_SCHEDULE);
+    }
+
     /// `Sun, 06 Nov 1994 08:49:37 GMT`, the RFC's example date.
     const RFC_EXAMPLE: i64 = 784_111_777;
 
@@ -320,7 +355,7 @@ mod tests {
     fn a_2xx_response_delivers_the_event() {
         for status in [200, 201, 202, 204, 299] {
             assert_eq!(
-                classify(Some(status), None, now()),
+                classify(Some(status), None, &[], now()),
                 Outcome::Delivered,
                 "{status}"
             );
@@ -333,7 +368,7 @@ mod tests {
         // and a Retry-After on it is not one of the two statuses that honour it.
         for status in [301, 302, 303, 307, 308] {
             assert_eq!(
-                classify(Some(status), Some("60"), now()),
+                classify(Some(status), Some("60"), &[], now()),
                 ON_SCHEDULE,
                 "{status}"
             );
@@ -343,31 +378,39 @@ mod tests {
     #[test]
     fn client_errors_are_retried_because_a_human_usually_fixes_them_in_time() {
         for status in [400, 401, 403, 404, 405, 413, 415, 422, 451, 499] {
-            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+            assert_eq!(
+                classify(Some(status), None, &[], now()),
+                ON_SCHEDULE,
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn request_timeout_conflict_and_too_early_are_retried() {
         for status in [408, 409, 425] {
-            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+            assert_eq!(
+                classify(Some(status), None, &[], now()),
+                ON_SCHEDULE,
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn gone_deactivates_the_subscription() {
-        assert_eq!(classify(Some(410), None, now()), Outcome::Gone);
-        assert_eq!(classify(Some(410), Some("60"), now()), Outcome::Gone);
+        assert_eq!(classify(Some(410), None, &[], now()), Outcome::Gone);
+        assert_eq!(classify(Some(410), Some("60"), &[], now()), Outcome::Gone);
     }
 
     #[test]
     fn too_many_requests_waits_the_seconds_asked_and_slows_the_subscription() {
         assert_eq!(
-            classify(Some(429), Some("120"), now()),
+            classify(Some(429), Some("120"), &[], now()),
             retry(Some(Duration::from_secs(120)), true)
         );
         assert_eq!(
-            classify(Some(429), Some(" 0 "), now()),
+            classify(Some(429), Some(" 0 "), &[], now()),
             retry(Some(Duration::ZERO), true)
         );
     }
@@ -375,21 +418,21 @@ mod tests {
     #[test]
     fn too_many_requests_waits_until_the_date_asked() {
         assert_eq!(
-            classify(Some(429), Some("Sun, 01 Mar 2026 12:30:00 GMT"), now()),
+            classify(Some(429), Some("Sun, 01 Mar 2026 12:30:00 GMT"), &[], now()),
             retry(Some(Duration::from_secs(30 * 60)), true)
         );
     }
 
     #[test]
     fn too_many_requests_without_retry_after_still_slows_the_subscription() {
-        assert_eq!(classify(Some(429), None, now()), retry(None, true));
+        assert_eq!(classify(Some(429), None, &[], now()), retry(None, true));
     }
 
     #[test]
     fn server_errors_are_retried_on_schedule() {
         for status in [500, 501, 502, 504, 599] {
             assert_eq!(
-                classify(Some(status), Some("60"), now()),
+                classify(Some(status), Some("60"), &[], now()),
                 ON_SCHEDULE,
                 "{status}"
             );
@@ -399,22 +442,26 @@ mod tests {
     #[test]
     fn service_unavailable_honours_retry_after_and_slows_the_subscription() {
         assert_eq!(
-            classify(Some(503), Some("300"), now()),
+            classify(Some(503), Some("300"), &[], now()),
             retry(Some(Duration::from_secs(300)), true)
         );
-        assert_eq!(classify(Some(503), None, now()), retry(None, true));
+        assert_eq!(classify(Some(503), None, &[], now()), retry(None, true));
     }
 
     #[test]
     fn a_network_error_or_timeout_is_retried_on_schedule() {
-        assert_eq!(classify(None, None, now()), ON_SCHEDULE);
-        assert_eq!(classify(None, Some("60"), now()), ON_SCHEDULE);
+        assert_eq!(classify(None, None, &[], now()), ON_SCHEDULE);
+        assert_eq!(classify(None, Some("60"), &[], now()), ON_SCHEDULE);
     }
 
     #[test]
     fn unusual_statuses_are_failures_too() {
         for status in [0, 100, 199, 600, 999] {
-            assert_eq!(classify(Some(status), None, now()), ON_SCHEDULE, "{status}");
+            assert_eq!(
+                classify(Some(status), None, &[], now()),
+                ON_SCHEDULE,
+                "{status}"
+            );
         }
     }
 
@@ -427,7 +474,7 @@ mod tests {
             "Tue, 03 Mar 2026 12:00:00 GMT",
         ] {
             assert_eq!(
-                classify(Some(429), Some(value), now()),
+                classify(Some(429), Some(value), &[], now()),
                 retry(Some(MAX_RETRY_AFTER), true),
                 "{value}"
             );
@@ -445,7 +492,7 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT",
         ] {
             assert_eq!(
-                classify(Some(503), Some(value), now()),
+                classify(Some(503), Some(value), &[], now()),
                 retry(Some(Duration::ZERO), true),
                 "{value}"
             );
@@ -472,7 +519,7 @@ mod tests {
             "2026-03-01T12:30:00Z",
         ] {
             assert_eq!(
-                classify(Some(429), Some(value), now()),
+                classify(Some(429), Some(value), &[], now()),
                 retry(None, true),
                 "{value:?}"
             );

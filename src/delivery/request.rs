@@ -3,13 +3,33 @@
 use reqwest::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 
 use super::signing;
-use crate::config::{Auth, Method, SubscriptionConfig};
+use crate::config::{Auth, Method, SubscriptionConfig, Target};
 
 /// `User-Agent` of every webhook request.
 pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 
-/// A request to `sub`'s URL carrying `body` as event (or batch) `id`, signed for the attempt
-/// made at `timestamp` (unix seconds).
+/// The URL and method a request goes to: the event's stored `target` when it has one (the
+/// stored method is authoritative, whatever the config says now), else the subscription's.
+/// A subscription without a target has one method (validation refuses a method map without
+/// routing at capture), so the map's create entry stands in only for what cannot happen.
+pub fn destination<'a>(
+    sub: &'a SubscriptionConfig,
+    target: Option<&'a Target>,
+) -> (&'a str, Method) {
+    match target {
+        Some(target) => (target.url.as_str(), target.method),
+        None => (
+            sub.url.expose(),
+            sub.method
+                .single()
+                .unwrap_or_else(|| sub.method.for_operation(crate::config::Operation::Create)),
+        ),
+    }
+}
+
+/// A request to the event's `target` (or `sub`'s URL and method) carrying `body` as event
+/// (or batch) `id` with `sub`'s `Content-Type`, signed for the attempt made at `timestamp`
+/// (unix seconds).
 ///
 /// A GET carries no body and is signed over an empty one. Credentials (auth and custom header
 /// values) are marked sensitive so that nothing that prints headers shows them. An invalid
@@ -17,17 +37,18 @@ pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION")
 pub fn build(
     client: &reqwest::Client,
     sub: &SubscriptionConfig,
+    target: Option<&Target>,
     id: &str,
     body: &[u8],
     timestamp: i64,
 ) -> reqwest::RequestBuilder {
-    let url = sub.url.expose();
-    let (mut request, signed_body) = match sub.method {
+    let (url, method) = destination(sub, target);
+    let (mut request, signed_body) = match method {
         Method::Get => (client.get(url), &b""[..]),
         method => (
             client
                 .request(http_method(method), url)
-                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_TYPE, sub.content_type.as_str())
                 .body(body.to_vec()),
             body,
         ),
@@ -83,8 +104,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::config::{
-        ObjectConfig, Operation, Ordering, ResolvedObject, Secret, SigningSecret, TableName,
-        WebhookUrl,
+        Methods, ObjectConfig, Operation, Ordering, ResolvedObject, Secret, SigningSecret,
+        TableName, WebhookUrl,
     };
 
     const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -97,8 +118,10 @@ pub(crate) mod tests {
             name: "s".into(),
             object: ResolvedObject {
                 name: "invoice".into(),
+                config_key: "invoice".into(),
                 unnamed: false,
                 config: ObjectConfig {
+                    name: None,
                     table: "public.invoice".parse::<TableName>().unwrap(),
                     key: None,
                     fields: None,
@@ -111,7 +134,12 @@ pub(crate) mod tests {
             when_at: String::new(),
             event_type: None,
             url: WebhookUrl::new(url, url),
-            method: Method::Post,
+            url_template: false,
+            url_at: String::new(),
+            method: Methods::Single(Method::Post),
+            content_type: "application/json".into(),
+            template: None,
+            dead_on_status: Vec::new(),
             secrets: Vec::new(),
             auth: None,
             headers: Vec::new(),
@@ -126,7 +154,7 @@ pub(crate) mod tests {
     }
 
     fn built(sub: &SubscriptionConfig) -> reqwest::Request {
-        build(&reqwest::Client::new(), sub, ID, BODY, TS)
+        build(&reqwest::Client::new(), sub, None, ID, BODY, TS)
             .build()
             .unwrap()
     }
@@ -147,7 +175,7 @@ pub(crate) mod tests {
     #[test]
     fn get_has_no_body_and_is_signed_over_an_empty_one() {
         let mut sub = subscription("http://example.com/hook");
-        sub.method = Method::Get;
+        sub.method = Methods::Single(Method::Get);
         sub.secrets = vec![SigningSecret::parse(SECRET).unwrap()];
         let request = built(&sub);
         assert_eq!(request.method(), reqwest::Method::GET);
@@ -158,6 +186,53 @@ pub(crate) mod tests {
             header(&request, "webhook-signature"),
             Some(expected.as_str())
         );
+    }
+
+    #[test]
+    fn a_stored_target_decides_url_and_method_and_content_type_is_sent_as_given() {
+        let mut sub = subscription("https://api.example.com/orders/{{ key.id }}");
+        sub.url_template = true;
+        sub.method = Methods::PerOperation {
+            create: Some(Method::Post),
+            update: Some(Method::Put),
+            delete: Some(Method::Delete),
+            truncate: None,
+        };
+        sub.content_type = "application/xml; charset=windows-1257".into();
+        sub.secrets = vec![SigningSecret::parse(SECRET).unwrap()];
+        for (method, expected) in [
+            (Method::Put, reqwest::Method::PUT),
+            (Method::Delete, reqwest::Method::DELETE),
+            (Method::Patch, reqwest::Method::PATCH),
+        ] {
+            let target = Target {
+                url: "https://api.example.com/orders/7".into(),
+                method,
+            };
+            let request = build(&reqwest::Client::new(), &sub, Some(&target), ID, BODY, TS)
+                .build()
+                .unwrap();
+            assert_eq!(request.method(), expected);
+            assert_eq!(request.url().as_str(), "https://api.example.com/orders/7");
+            assert_eq!(
+                header(&request, "content-type"),
+                Some("application/xml; charset=windows-1257")
+            );
+            assert_eq!(request.body().unwrap().as_bytes(), Some(BODY));
+            let signed = signing::signature(&sub.secrets[0], ID, TS, BODY);
+            assert_eq!(header(&request, "webhook-signature"), Some(signed.as_str()));
+        }
+        let ping = Target {
+            url: "https://api.example.com/orders/7".into(),
+            method: Method::Get,
+        };
+        let request = build(&reqwest::Client::new(), &sub, Some(&ping), ID, BODY, TS)
+            .build()
+            .unwrap();
+        assert!(request.body().is_none());
+        assert_eq!(header(&request, "content-type"), None);
+        let signed = signing::signature(&sub.secrets[0], ID, TS, b"");
+        assert_eq!(header(&request, "webhook-signature"), Some(signed.as_str()));
     }
 
     #[test]
@@ -251,7 +326,7 @@ pub(crate) mod tests {
     fn an_invalid_header_value_is_an_error_that_hides_the_value() {
         let mut sub = subscription("http://example.com/hook");
         sub.headers = vec![("X-Bad".into(), Secret::new("line\nbreak-secret"))];
-        let error = build(&reqwest::Client::new(), &sub, ID, BODY, TS)
+        let error = build(&reqwest::Client::new(), &sub, None, ID, BODY, TS)
             .build()
             .unwrap_err();
         assert!(!format!("{error:?}").contains("break-secret"));

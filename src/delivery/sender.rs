@@ -10,7 +10,7 @@ use tokio::time::timeout_at;
 use super::network::{self, NetworkPolicy};
 use super::policy::{self, Outcome};
 use super::request;
-use crate::config::{Auth, SubscriptionConfig};
+use crate::config::{Auth, SubscriptionConfig, Target};
 
 /// How much of a response body is read; the rest is never pulled off the socket, so a huge
 /// (or endless) body cannot exhaust memory.
@@ -43,13 +43,15 @@ pub struct Attempt {
     pub outcome: Outcome,
 }
 
-/// Sends `body` as event (or batch) `id` to `sub`, once: checks the URL against `policy`,
+/// Sends `body` as event (or batch) `id` to `sub` (at the event's `target` when it has one),
+/// once: checks the URL actually sent against `policy`,
 /// limits the whole request to `sub.timeout`, and never follows a redirect (`client` is
 /// expected to come from [`network::http_client`]).
 pub async fn send(
     client: &reqwest::Client,
     policy: &NetworkPolicy,
     sub: &SubscriptionConfig,
+    target: Option<&Target>,
     id: &str,
     body: &[u8],
 ) -> Attempt {
@@ -63,9 +65,10 @@ pub async fn send(
         response_excerpt: String::new(),
         location: None,
         retry_after: None,
-        outcome: policy::classify(None, None, started_at),
+        outcome: policy::classify(None, None, &[], started_at),
     };
-    if let Err(error) = network::check_url(sub.url.expose(), policy) {
+    let (url, _) = request::destination(sub, target);
+    if let Err(error) = network::check_url(url, policy) {
         attempt.error = Some(error.to_string());
         return attempt;
     }
@@ -77,7 +80,7 @@ pub async fn send(
     let deadline = tokio::time::Instant::from_std(
         start.checked_add(sub.timeout).unwrap_or(start + FAR_FUTURE),
     );
-    let request = request::build(client, sub, id, body, timestamp).send();
+    let request = request::build(client, sub, target, id, body, timestamp).send();
     let mut response = match timeout_at(deadline, request).await {
         Err(_) => {
             attempt.error = Some(timed_out(sub.timeout));
@@ -136,7 +139,7 @@ pub async fn send(
         || attempt.error.is_some()
         || attempt.location.is_some();
     if received_text {
-        let secrets = secrets_of(sub);
+        let secrets = secrets_of(sub, url);
         attempt.response_excerpt = scrub(&attempt.response_excerpt, &secrets);
         attempt.error = attempt.error.map(|e| scrub(&e, &secrets));
         attempt.location = attempt.location.map(|l| scrub(&l, &secrets));
@@ -145,8 +148,14 @@ pub async fn send(
     attempt.outcome = policy::classify(
         attempt.status,
         attempt.retry_after.as_deref(),
+        &sub.dead_on_status,
         SystemTime::now(),
     );
+    if let (Outcome::Dead, Some(status)) = (attempt.outcome, attempt.status) {
+        attempt.error = Some(format!(
+            "{status} is in dead_on_status: dead after this attempt, not retried"
+        ));
+    }
     attempt
 }
 
@@ -157,7 +166,7 @@ const MIN_SCRUBBED: usize = 4;
 /// Every credential the request carries, as the receiver may echo it: the signing secrets,
 /// the auth token, the basic password and its base64 `user:pass`, custom header values, and
 /// the URL's password and query values (raw and percent-decoded). Longest first, so a value inside another goes too.
-fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
+fn secrets_of(sub: &SubscriptionConfig, url: &str) -> Vec<String> {
     use base64::Engine as _;
     let mut secrets = Vec::new();
     for secret in &sub.secrets {
@@ -182,7 +191,7 @@ fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
     for (_, value) in &sub.headers {
         secrets.push(value.expose().to_owned());
     }
-    if let Ok(url) = reqwest::Url::parse(sub.url.expose()) {
+    if let Ok(url) = reqwest::Url::parse(url) {
         if let Some(password) = url.password() {
             secrets.push(password.to_owned());
         }
@@ -206,7 +215,7 @@ fn secrets_of(sub: &SubscriptionConfig) -> Vec<String> {
 /// `text` with every credential of `sub` (see `secrets_of`) replaced by `***`: for text a
 /// receiver sent that was stored before attempts were scrubbed in the sender.
 pub fn scrubbed(sub: &SubscriptionConfig, text: &str) -> String {
-    scrub(text, &secrets_of(sub))
+    scrub(text, &secrets_of(sub, sub.url.expose()))
 }
 
 /// `text` with every occurrence of each of `secrets` replaced by `***`.
@@ -328,7 +337,7 @@ mod tests {
 
     async fn send_to(sub: &SubscriptionConfig) -> Attempt {
         let client = network::http_client(policy()).unwrap();
-        send(&client, &policy(), sub, "evt_1", b"{}").await
+        send(&client, &policy(), sub, None, "evt_1", b"{}").await
     }
 
     #[tokio::test]
@@ -486,10 +495,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_network_policy_checks_the_url_of_the_target_not_the_configured_one() {
+        // The configured URL is allowed (loopback is, here); the event's rendered URL is a
+        // cloud-metadata address, which is always refused before anything is sent.
+        let sub = sub_for("127.0.0.1:9".parse().unwrap());
+        let target = Target {
+            url: "http://169.254.169.254/latest/meta-data".into(),
+            method: crate::config::Method::Put,
+        };
+        let client = network::http_client(policy()).unwrap();
+        let attempt = send(&client, &policy(), &sub, Some(&target), "evt_1", b"{}").await;
+        assert_eq!(attempt.status, None);
+        let error = attempt.error.unwrap();
+        assert!(error.contains("169.254.169.254"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_status_in_dead_on_status_is_dead_with_the_reason() {
+        let addr = server(Some(response("400 Bad Request", "", b"bad data"))).await;
+        let mut sub = sub_for(addr);
+        sub.dead_on_status = vec![400, 422];
+        let attempt = send_to(&sub).await;
+        assert_eq!(attempt.status, Some(400));
+        assert_eq!(attempt.outcome, Outcome::Dead);
+        assert_eq!(
+            attempt.error.as_deref(),
+            Some("400 is in dead_on_status: dead after this attempt, not retried")
+        );
+    }
+
+    #[tokio::test]
     async fn a_refused_address_is_not_contacted() {
         let sub = sub_for("127.0.0.1:9".parse().unwrap());
         let client = network::http_client(NetworkPolicy::default()).unwrap();
-        let attempt = send(&client, &NetworkPolicy::default(), &sub, "evt_1", b"{}").await;
+        let attempt = send(
+            &client,
+            &NetworkPolicy::default(),
+            &sub,
+            None,
+            "evt_1",
+            b"{}",
+        )
+        .await;
         assert_eq!(attempt.status, None);
         let error = attempt.error.unwrap();
         assert!(error.contains("127.0.0.1"), "{error}");

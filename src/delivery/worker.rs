@@ -17,7 +17,7 @@ use super::dispatcher::{Finished, Shared};
 use super::limits::{Allowance, Breaker, TokenBucket};
 use super::policy::{self, Outcome};
 use super::sender::{self, Attempt};
-use crate::config::{Method, Ordering, SubscriptionConfig};
+use crate::config::{Ordering, SubscriptionConfig};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::outbox::queue::{is_pause, Claim, Claimed, Completion, QueueError, Settled, Trigger};
 
@@ -367,8 +367,11 @@ impl Worker {
 
     /// `(max_events, max_wait)` when requests carry JSON arrays.
     fn batching(&self) -> Option<(usize, Duration)> {
-        match (&self.sub.batch, self.sub.method) {
-            (Some(batch), Method::Post) => Some((batch.max_events.max(1), batch.max_wait)),
+        // Validation refuses `batch` with a method per operation; a GET pings per event.
+        match (&self.sub.batch, self.sub.method.single()) {
+            (Some(batch), Some(method)) if method.has_body() => {
+                Some((batch.max_events.max(1), batch.max_wait))
+            }
             _ => None,
         }
     }
@@ -629,15 +632,22 @@ impl Worker {
                 key: c.key.clone(),
             })
             .collect();
-        let body = match &batch_id {
-            Some(_) => array(&rows),
-            None => rows.into_iter().next().map(|c| c.body).unwrap_or_default(),
+        // A batch goes to the subscription's URL (validation refuses batches that route);
+        // a single event to its own stored target, if it has one.
+        let (body, target) = match &batch_id {
+            Some(_) => (array(&rows), None),
+            None => rows
+                .into_iter()
+                .next()
+                .map(|c| (c.body, c.target))
+                .unwrap_or_default(),
         };
         let sub = self.sub.clone();
         let net = self.shared.net();
         let done = self.sent_tx.clone();
         let task = tokio::spawn(async move {
-            let attempt = sender::send(&net.client, &net.policy, &sub, &id, &body).await;
+            let attempt =
+                sender::send(&net.client, &net.policy, &sub, target.as_ref(), &id, &body).await;
             drop(permit);
             let _ = done.send(Sent {
                 request,
@@ -671,6 +681,12 @@ impl Worker {
             Outcome::Delivered => {
                 self.breaker.success();
                 sent.carried.iter().map(|_| Settled::Delivered).collect()
+            }
+            Outcome::Dead => {
+                // The receiver answered, and said the data is wrong: it is up, and sending
+                // this again would not help (the attempt's error says which status).
+                self.breaker.success();
+                sent.carried.iter().map(|_| Settled::Dead).collect()
             }
             Outcome::Gone => {
                 let reason = format!("the receiver answered 410 Gone at {}", rfc3339(wall));
@@ -931,6 +947,7 @@ mod tests {
             committed_at: SystemTime::UNIX_EPOCH,
             key: String::new(),
             ordering_key,
+            target: None,
         }
     }
 

@@ -40,6 +40,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_outbox.sql"),
     migration!(3, "0003_checkpoint_source.sql"),
+    migration!(4, "0004_event_target.sql"),
 ];
 
 /// The highest schema version this binary knows.

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
+use crate::config::{Method, Target};
 use crate::pg::quote_ident;
 
 /// How the `reason` of a `subscription_state` row written by the admin API's pause starts
@@ -129,6 +130,9 @@ pub struct Claimed {
     pub key: String,
     /// The hash the claims order by (see `delivery.ordering_key`).
     pub ordering_key: i64,
+    /// The event's own URL and method, stored at capture for a subscription that routes
+    /// per event; `None`: the subscription's.
+    pub target: Option<Target>,
 }
 
 /// The new state of a delivery after an attempt.
@@ -229,7 +233,7 @@ impl DeliveryQueue {
                  FROM c, {s}.event e \
                  WHERE d.id = c.id AND e.seq = d.event_seq \
                  RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                           d.batch_id, e.committed_at, e.key, d.ordering_key"
+                           d.batch_id, e.committed_at, e.key, d.ordering_key, e.url, e.method"
             )
         };
         let unbatched = "AND d.batch_id IS NULL";
@@ -270,7 +274,7 @@ impl DeliveryQueue {
              FROM c, {s}.event e \
              WHERE d.id = c.id AND e.seq = d.event_seq \
              RETURNING d.id, d.event_seq, e.event_id, e.body, d.attempts, d.trigger, \
-                       d.batch_id, e.committed_at, e.key, d.ordering_key"
+                       d.batch_id, e.committed_at, e.key, d.ordering_key, e.url, e.method"
         );
         // A result settles its delivery; the attempt log gets a row beside it, or (when that
         // row was refused) the delivery settles alone.
@@ -523,6 +527,14 @@ fn pg_text(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
+/// The stored target of an event: its URL, and the method as stored (authoritative: the
+/// config's method for that operation may have changed since). Capture writes both or neither.
+fn target(url: Option<String>, method: Option<&str>) -> Option<Target> {
+    let url = url?;
+    let method = method.and_then(Method::parse).unwrap_or(Method::Post);
+    Some(Target { url, method })
+}
+
 fn claimed(row: &Row) -> Claimed {
     let trigger: &str = row.get(5);
     Claimed {
@@ -540,5 +552,6 @@ fn claimed(row: &Row) -> Claimed {
         committed_at: row.get(7),
         key: row.get(8),
         ordering_key: row.get(9),
+        target: target(row.get(10), row.get(11)),
     }
 }

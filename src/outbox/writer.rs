@@ -91,6 +91,11 @@ struct Buffer {
     commit_lsns: Vec<String>,
     commit_times: Vec<i64>,
     ordering_keys: Vec<i64>,
+    /// For each event, its own URL and method when its subscription routes per event.
+    urls: Vec<Option<String>>,
+    methods: Vec<Option<&'static str>>,
+    /// Whether any event buffered has a target (the insert then writes those columns).
+    routed: bool,
     /// For each event, the subscriptions that receive it.
     subscriptions: Vec<Vec<Arc<str>>>,
     /// For each event, the subscriptions it is recorded dead for, with the error.
@@ -110,6 +115,7 @@ impl Buffer {
 struct Statements {
     allocate: Statement,
     events: Statement,
+    routed_events: Statement,
     deliveries: Statement,
     dead_deliveries: Statement,
     checkpoint: Statement,
@@ -155,6 +161,22 @@ impl OutboxWriter {
             .batch_execute("SET synchronous_commit = on")
             .await
             .map_err(err("setting synchronous_commit"))?;
+        // Most events do not route: they are inserted without the url and method columns
+        // (NULL), so the common insert sends no arrays of NULLs.
+        let events = |extra_columns: &str, extra_params: &str, extra_names: &str| {
+            format!(
+                "INSERT INTO {s}.event \
+                   (seq, event_id, event_type, object, key, body, commit_lsn, committed_at\
+                    {extra_columns}) \
+                 SELECT seq, event_id, event_type, object, key, body, lsn::pg_lsn, \
+                        timestamptz '2000-01-01 00:00:00+00' + micros * interval '1 microsecond'\
+                        {extra_columns} \
+                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                             $6::bytea[], $7::text[], $8::int8[]{extra_params}) \
+                      AS t(seq, event_id, event_type, object, key, body, lsn, micros\
+                           {extra_names})"
+            )
+        };
         let statements = Statements {
             allocate: client
                 .prepare(&format!(
@@ -164,14 +186,14 @@ impl OutboxWriter {
                 .await
                 .map_err(err("preparing the sequence query"))?,
             events: client
-                .prepare(&format!(
-                    "INSERT INTO {s}.event \
-                       (seq, event_id, event_type, object, key, body, commit_lsn, committed_at) \
-                     SELECT seq, event_id, event_type, object, key, body, lsn::pg_lsn, \
-                            timestamptz '2000-01-01 00:00:00+00' + micros * interval '1 microsecond' \
-                     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                 $6::bytea[], $7::text[], $8::int8[]) \
-                          AS t(seq, event_id, event_type, object, key, body, lsn, micros)"
+                .prepare(&events("", "", ""))
+                .await
+                .map_err(err("preparing the event insert"))?,
+            routed_events: client
+                .prepare(&events(
+                    ", url, method",
+                    ", $9::text[], $10::text[]",
+                    ", url, method",
                 ))
                 .await
                 .map_err(err("preparing the event insert"))?,
@@ -250,6 +272,17 @@ impl OutboxWriter {
         b.objects.push(event.object);
         b.keys.push(event.key);
         b.bodies.push(event.body);
+        match event.target {
+            Some(target) => {
+                b.routed = true;
+                b.urls.push(Some(target.url));
+                b.methods.push(Some(target.method.as_str()));
+            }
+            None => {
+                b.urls.push(None);
+                b.methods.push(None);
+            }
+        }
         b.commit_lsns.push(commit.lsn.to_string());
         b.commit_times.push(commit.time);
         b.subscriptions.push(event.subscriptions);
@@ -299,10 +332,17 @@ impl OutboxWriter {
             &b.commit_lsns,
             &b.commit_times,
         ];
-        self.client
-            .execute(&self.statements.events, &params)
-            .await
-            .map_err(|source| self.error("inserting events", source))?;
+        let inserted = if b.routed {
+            let [p1, p2, p3, p4, p5, p6, p7, p8] = params;
+            let routed: [&(dyn ToSql + Sync); 10] =
+                [p1, p2, p3, p4, p5, p6, p7, p8, &b.urls, &b.methods];
+            self.client
+                .execute(&self.statements.routed_events, &routed)
+                .await
+        } else {
+            self.client.execute(&self.statements.events, &params).await
+        };
+        inserted.map_err(|source| self.error("inserting events", source))?;
         let mut subscriptions: Vec<&str> = Vec::new();
         let mut delivery_seqs: Vec<i64> = Vec::new();
         let mut ordering_keys: Vec<i64> = Vec::new();

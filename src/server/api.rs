@@ -434,7 +434,7 @@ async fn test_event(
         "subscription": name,
         "event_id": sent.event_id,
         "request": {
-            "method": sub.method.as_str(),
+            "method": sub.method.to_json(),
             "url": view::redact_url(&sub.url.to_string()),
             "signatures": sub.secrets.len(),
             "auth": view::auth_type(sub),

@@ -79,7 +79,7 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         .collect();
     map.insert("event_types".into(), Value::Object(event_types));
     map.insert("url".into(), redact_url(&sub.url.to_string()).into());
-    map.insert("method".into(), sub.method.as_str().into());
+    map.insert("method".into(), sub.method.to_json());
     map.insert("signed".into(), (!sub.secrets.is_empty()).into());
     map.insert("secrets".into(), sub.secrets.len().into());
     map.insert("auth".into(), auth_type(sub));

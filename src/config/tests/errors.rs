@@ -86,7 +86,7 @@ fn unknown_nested_key() {
     );
     assert_eq!(
         error("[objects.invoice]\ntable = \"x\"\ncolumns = [\"a\"]\n"),
-        "walhook.toml:3: objects.invoice.columns: unknown key; expected one of: table, key, fields"
+        "walhook.toml:3: objects.invoice.columns: unknown key; expected one of: name, table, key, fields"
     );
 }
 
@@ -458,7 +458,150 @@ fn bad_url() {
 fn bad_method() {
     assert_eq!(
         extra_error("method = \"post\"\n"),
-        "walhook.toml:12: subscriptions[0].method: unknown method \"post\"; use \"POST\" or \"GET\""
+        "walhook.toml:12: subscriptions[0].method: unknown method \"post\"; \
+         use one of POST, PUT, PATCH, DELETE, GET (upper case)"
+    );
+    assert_eq!(
+        extra_error("method = 5\n"),
+        "walhook.toml:12: subscriptions[0].method: expected a method such as \"POST\" or a table \
+         of methods per operation, found integer 5"
+    );
+}
+
+#[test]
+fn a_method_map_names_every_operation_that_fires_and_nothing_else() {
+    assert_eq!(
+        extra_error("method = { create = \"POST\", updte = \"PUT\", delete = \"remove\" }\n"),
+        "walhook.toml:12: subscriptions[0].method.updte: unknown operation \"updte\"; did you mean \"update\"? \
+         (use create, update, delete or truncate)\n\
+         walhook.toml:12: subscriptions[0].method.delete: unknown method \"remove\"; \
+         use one of POST, PUT, PATCH, DELETE, GET (upper case)\n\
+         walhook.toml:12: subscriptions[0].method: no method for \"update\", which this subscription \
+         fires on; add update = \"POST\" (or another of POST, PUT, PATCH, DELETE, GET)"
+    );
+    assert_eq!(
+        extra_error(
+            "operations = [\"update\", \"truncate\"]\nmethod = { update = \"PATCH\" }\n"
+        ),
+        "walhook.toml:13: subscriptions[0].method: no method for \"truncate\", which this \
+         subscription fires on; add truncate = \"POST\" (or another of POST, PUT, PATCH, DELETE, GET)"
+    );
+}
+
+#[test]
+fn bad_object_display_name() {
+    assert_eq!(
+        error(&format!(
+            "{}name = \"account invoice\"\n",
+            "[source]\nurl = \"postgres://walhook@db/erp\"\n[objects.invoice]\ntable = \"x\"\n"
+        )),
+        "walhook.toml:5: objects.invoice.name: must be non-empty and contain no whitespace; \
+         leave it out to use the object's key"
+    );
+    assert_eq!(
+        error("[source]\nurl = \"postgres://walhook@db/erp\"\n[objects.invoice]\ntable = \"x\"\nname = \"\"\n"),
+        "walhook.toml:5: objects.invoice.name: must be non-empty and contain no whitespace; \
+         leave it out to use the object's key"
+    );
+}
+
+#[test]
+fn bad_content_type() {
+    assert_eq!(
+        extra_error("content_type = \" \"\n"),
+        "walhook.toml:12: subscriptions[0].content_type: must not be empty; leave it out for application/json"
+    );
+    assert_eq!(
+        extra_error("content_type = \"text/xml\\nX-Evil: 1\"\n"),
+        "walhook.toml:12: subscriptions[0].content_type: header value contains a line break or other control character"
+    );
+}
+
+#[test]
+fn bad_template_keys() {
+    assert_eq!(
+        extra_error("template = \"{{ id }}\"\ntemplate_file = \"t.j2\"\n"),
+        "walhook.toml:13: subscriptions[0].template_file: cannot be combined with \"template\"; give one of them"
+    );
+    assert_eq!(
+        extra_error("template = \"\"\n"),
+        "walhook.toml:12: subscriptions[0].template: must not be empty; leave it out to send the event envelope"
+    );
+    assert_eq!(
+        extra_error("method = \"GET\"\ntemplate = \"{{ id }}\"\n"),
+        "walhook.toml:13: subscriptions[0].template: GET sends no body; a template needs POST, PUT, PATCH or DELETE"
+    );
+}
+
+#[test]
+fn a_template_file_that_cannot_be_read_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walhook.toml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}{TARGET}template_file = \"templates/missing.j2\"\n"),
+    )
+    .unwrap();
+    let error = Config::load(&config).unwrap_err().to_string();
+    let file = config.display();
+    let resolved = dir.path().join("templates/missing.j2");
+    assert_eq!(
+        error,
+        format!(
+            "{file}:12: subscriptions[0].template_file: cannot read template file \
+             \"templates/missing.j2\" ({}): No such file or directory (os error 2)",
+            resolved.display()
+        )
+    );
+}
+
+#[test]
+fn bad_url_templates() {
+    assert_eq!(
+        sub_error("object = \"invoice\"\nurl = \"ftp://h.example/orders/{{ key.id }}\"\n"),
+        "walhook.toml:11: subscriptions[0].url: invalid URL \"ftp://h.example/orders/{{ key.id }}\": \
+         scheme must be http or https"
+    );
+    assert_eq!(
+        sub_error("object = \"invoice\"\nurl = \"https://h.example/orders/{{ key.id\"\n"),
+        "walhook.toml:11: subscriptions[0].url: invalid URL \"https://h.example/orders/{{ key.id\": \
+         \"{{\" without a closing \"}}\""
+    );
+    assert_eq!(
+        sub_error("object = \"invoice\"\nurl = \"{{ values.url }}\"\n"),
+        "walhook.toml:11: subscriptions[0].url: invalid URL \"{{ values.url }}\": \
+         scheme must be http or https (write it out before any {{ … }})"
+    );
+}
+
+#[test]
+fn bad_dead_on_status() {
+    assert_eq!(
+        extra_error("dead_on_status = [200, 400, 400, 600]\n"),
+        "walhook.toml:12: subscriptions[0].dead_on_status[0]: must be an HTTP status from 300 to 599, found 200\n\
+         walhook.toml:12: subscriptions[0].dead_on_status[2]: 400 is listed twice\n\
+         walhook.toml:12: subscriptions[0].dead_on_status[3]: must be an HTTP status from 300 to 599, found 600"
+    );
+}
+
+#[test]
+fn a_batch_goes_to_one_url_with_one_method_and_is_json() {
+    assert_eq!(
+        extra_error("content_type = \"application/xml\"\nbatch = { max_events = 10 }\n"),
+        "walhook.toml:13: subscriptions[0].batch: needs a JSON content_type (the request is a JSON \
+         array of the bodies), not \"application/xml\""
+    );
+    assert_eq!(
+        sub_error(
+            "object = \"invoice\"\nurl = \"https://h.example/o/{{ key.id }}\"\nbatch = { max_events = 10 }\n"
+        ),
+        "walhook.toml:12: subscriptions[0].batch: a batch goes to one URL with one method; the url contains {{ … }}"
+    );
+    assert_eq!(
+        extra_error(
+            "method = { create = \"POST\", update = \"PUT\", delete = \"DELETE\" }\nbatch = { max_events = 10 }\n"
+        ),
+        "walhook.toml:13: subscriptions[0].batch: a batch goes to one URL with one method; method is a map per operation"
     );
 }
 
@@ -602,7 +745,8 @@ fn process_wide_keys_cannot_be_overridden() {
     assert_eq!(
         extra_error("max_in_flight = 4\nheartbeat = \"5s\"\n"),
         "walhook.toml:13: subscriptions[0].heartbeat: unknown key; expected one of: name, object, table, operations, \
-         watch, when, event_type, url, method, secret, auth, headers, batch, rate_limit, max_in_flight, ordering, \
+         watch, when, event_type, url, method, content_type, template, template_file, dead_on_status, secret, auth, \
+         headers, batch, rate_limit, max_in_flight, ordering, \
          active, timeout, retry_schedule, allow_networks, shutdown_timeout"
     );
 }

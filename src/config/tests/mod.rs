@@ -148,7 +148,7 @@ fn spec_example_loads_with_its_values() {
         sub.url.to_string(),
         "https://partner.example.com/hooks/invoice"
     );
-    assert_eq!(sub.method, Method::Post);
+    assert_eq!(sub.method, Methods::Single(Method::Post));
     assert_eq!(sub.secrets.len(), 1);
     assert_eq!(sub.secrets[0].expose(), SECRET);
     assert_eq!(sub.secrets[0].key().len(), 24);
@@ -217,7 +217,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(sub.when, None);
     assert_eq!(sub.event_type_for(Operation::Create), "invoice.created");
     assert_eq!(sub.event_type_for(Operation::Delete), "invoice.deleted");
-    assert_eq!(sub.method, Method::Post);
+    assert_eq!(sub.method, Methods::Single(Method::Post));
     assert!(sub.secrets.is_empty());
     assert_eq!(sub.auth, None);
     assert!(sub.headers.is_empty());
@@ -324,7 +324,7 @@ url = "https://example.com/m"
         ping.event_type_for(Operation::Delete),
         "public.res_partner.deleted"
     );
-    assert_eq!(ping.method, Method::Get);
+    assert_eq!(ping.method, Methods::Single(Method::Get));
     assert_eq!(
         ping.secrets
             .iter()
@@ -536,4 +536,187 @@ fn load_reads_the_file_and_names_it() {
         .to_string()
         .starts_with(&format!("{}: cannot read config file: ", missing.display())));
     assert_eq!(error.line(), None);
+}
+
+/// Lines 1–8 of the template stories: a source, an object with a display name, and the
+/// start of a subscription.
+const ROUTED_HEAD: &str = r#"[source]
+url = "postgres://walhook@db/erp"
+[objects.invoice]
+table = "public.account_move"
+name = "account.invoice"
+[[subscriptions]]
+name = "rivile"
+object = "invoice"
+"#;
+
+#[test]
+fn an_object_name_is_the_events_object_and_type_prefix() {
+    let config = load(&format!("{ROUTED_HEAD}url = \"https://h.example/x\"\n")).unwrap();
+    let sub = &config.subscriptions[0];
+    assert_eq!(sub.object.name, "account.invoice");
+    assert_eq!(sub.object.config_key, "invoice");
+    assert_eq!(sub.object.config.name.as_deref(), Some("account.invoice"));
+    assert_eq!(
+        sub.event_type_for(Operation::Update),
+        "account.invoice.updated"
+    );
+    let plain = load(MINIMAL).unwrap();
+    assert_eq!(plain.subscriptions[0].object.name, "invoice");
+    assert_eq!(plain.subscriptions[0].object.config_key, "invoice");
+}
+
+#[test]
+fn a_method_per_operation_and_a_url_template_route_each_event() {
+    let config = load(&format!(
+        "{ROUTED_HEAD}url = \"https://api.example.com/orders/{{{{ key.id }}}}\"\n\
+         method = {{ create = \"POST\", update = \"PUT\", delete = \"DELETE\" }}\n"
+    ))
+    .unwrap();
+    let sub = &config.subscriptions[0];
+    assert!(sub.url_template);
+    assert_eq!(
+        sub.url.expose(),
+        "https://api.example.com/orders/{{ key.id }}"
+    );
+    assert_eq!(sub.url_at, "walhook.toml:9: subscriptions[0].url");
+    assert_eq!(sub.method.single(), None);
+    assert_eq!(sub.method.for_operation(Operation::Create), Method::Post);
+    assert_eq!(sub.method.for_operation(Operation::Update), Method::Put);
+    assert_eq!(sub.method.for_operation(Operation::Delete), Method::Delete);
+    assert_eq!(
+        sub.method.to_json().to_string(),
+        r#"{"create":"POST","update":"PUT","delete":"DELETE"}"#
+    );
+    assert_eq!(
+        sub.method.to_string(),
+        "create=POST, update=PUT, delete=DELETE"
+    );
+
+    let plain = load(MINIMAL).unwrap();
+    let sub = &plain.subscriptions[0];
+    assert!(!sub.url_template);
+    assert_eq!(sub.method.single(), Some(Method::Post));
+    assert_eq!(sub.method.to_json().to_string(), r#""POST""#);
+    for method in Method::ALL {
+        let text = format!(
+            "{ROUTED_HEAD}url = \"https://h.example/x\"\nmethod = \"{}\"\n",
+            method.as_str()
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.subscriptions[0].method, Methods::Single(method));
+    }
+}
+
+#[test]
+fn content_type_defaults_to_json_and_is_kept_as_written() {
+    let plain = load(MINIMAL).unwrap();
+    assert_eq!(plain.subscriptions[0].content_type, "application/json");
+    assert!(plain.subscriptions[0].sends_json());
+    let config = load(&format!(
+        "{ROUTED_HEAD}url = \"https://h.example/x\"\ncontent_type = \"application/xml; charset=UTF-8\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.subscriptions[0].content_type,
+        "application/xml; charset=UTF-8"
+    );
+    assert!(!config.subscriptions[0].sends_json());
+    for json in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "Application/JSON",
+        "text/json",
+    ] {
+        assert!(is_json_media_type(json), "{json}");
+    }
+    for other in [
+        "application/xml",
+        "text/plain",
+        "json",
+        "application/jsonl",
+        "/json",
+    ] {
+        assert!(!is_json_media_type(other), "{other}");
+    }
+    // A batch with any JSON type loads.
+    load(&format!(
+        "{ROUTED_HEAD}url = \"https://h.example/x\"\ncontent_type = \"application/vnd.api+json; charset=utf-8\"\n\
+         batch = {{ max_events = 5 }}\ntemplate = \"{{{{ values | tojson }}}}\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn an_inline_template_knows_the_config_line_of_its_first_line() {
+    let text = format!(
+        "{ROUTED_HEAD}url = \"https://h.example/x\"\ncontent_type = \"application/xml\"\n\
+         template = '''\n<body>\n  <oper>{{{{ operation }}}}</oper>\n</body>'''\n"
+    );
+    let config = load(&text).unwrap();
+    let template = config.subscriptions[0].template.as_ref().unwrap();
+    assert_eq!(
+        template.text,
+        "<body>\n  <oper>{{ operation }}</oper>\n</body>"
+    );
+    assert_eq!(
+        template.origin,
+        TemplateOrigin::Inline {
+            at: "walhook.toml:11: subscriptions[0].template".into(),
+            first_line: 12,
+        }
+    );
+    let one_line = load(&format!(
+        "{ROUTED_HEAD}url = \"https://h.example/x\"\ntemplate = \"{{{{ id }}}}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        one_line.subscriptions[0].template.as_ref().unwrap().origin,
+        TemplateOrigin::Inline {
+            at: "walhook.toml:10: subscriptions[0].template".into(),
+            first_line: 10,
+        }
+    );
+    assert!(load(MINIMAL).unwrap().subscriptions[0].template.is_none());
+}
+
+#[test]
+fn a_template_file_is_read_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    std::fs::write(
+        dir.path().join("templates/i13.xml.j2"),
+        "<I13>{{ key.id }}</I13>\n",
+    )
+    .unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(
+        &path,
+        format!("{ROUTED_HEAD}url = \"https://h.example/x\"\ntemplate_file = \"templates/i13.xml.j2\"\n"),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let template = config.subscriptions[0].template.as_ref().unwrap();
+    assert_eq!(template.text, "<I13>{{ key.id }}</I13>\n");
+    assert_eq!(
+        template.origin,
+        TemplateOrigin::File {
+            path: "templates/i13.xml.j2".into(),
+            resolved: dir.path().join("templates/i13.xml.j2"),
+            at: format!("{}:10: subscriptions[0].template_file", path.display()),
+        }
+    );
+}
+
+#[test]
+fn dead_on_status_is_kept_in_file_order() {
+    let config = load(&format!(
+        "{ROUTED_HEAD}url = \"https://h.example/x\"\ndead_on_status = [422, 400]\n"
+    ))
+    .unwrap();
+    assert_eq!(config.subscriptions[0].dead_on_status, vec![422, 400]);
+    assert!(load(MINIMAL).unwrap().subscriptions[0]
+        .dead_on_status
+        .is_empty());
 }
