@@ -17,9 +17,11 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
+#[cfg(test)]
+use super::envelope::envelope;
 use super::envelope::{envelope_fields, event_id, serialise, truncate_fields, Commit, ObjectView};
-use super::render::Rendering;
 use super::relation::{Identity, Relation};
+use super::render::Rendering;
 use super::when::{self, When};
 use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName, Target};
 use crate::pg::quote_ident;

@@ -74,7 +74,11 @@ impl Rendering {
     }
 
     /// Renders one event, given as its envelope's fields.
-    pub fn render(&self, envelope: &Map<String, Value>, operation: Operation) -> Result<Rendered, String> {
+    pub fn render(
+        &self,
+        envelope: &Map<String, Value>,
+        operation: Operation,
+    ) -> Result<Rendered, String> {
         let event = super::template::context(envelope);
         let body = match self.templates.has_body() {
             true => {
@@ -152,7 +156,10 @@ pub fn placed(sub: &SubscriptionConfig, error: &TemplateError) -> String {
             }
         }
         (Part::Body, Some(TemplateOrigin::File { path, at, .. })) => match error.line {
-            Some(line) => format!("{path}:{line}{}: {message} ({at})", column.replace(", column ", ":")),
+            Some(line) => format!(
+                "{path}:{line}{}: {message} ({at})",
+                column.replace(", column ", ":")
+            ),
             None => format!("{path}: {message} ({at})"),
         },
         _ => {
@@ -161,10 +168,13 @@ pub fn placed(sub: &SubscriptionConfig, error: &TemplateError) -> String {
             } else {
                 sub.url_at.clone()
             };
-            format!("{at}: {message}{}", match error.column {
-                Some(c) => format!(" (column {c})"),
-                None => String::new(),
-            })
+            format!(
+                "{at}: {message}{}",
+                match error.column {
+                    Some(c) => format!(" (column {c})"),
+                    None => String::new(),
+                }
+            )
         }
     }
 }
@@ -181,7 +191,11 @@ fn split_at(at: &str) -> (Option<&str>, &str) {
 /// operation it fires on, built from the table's real columns: one message per template
 /// that fails (or reads a field the event cannot have), naming where it is written.
 /// Run at start, at reloads and by `check`, beside [`super::matcher::when_column_problems`].
-pub fn synthetic_problems(config: &Config, table: &TableName, columns: &TableColumns) -> Vec<String> {
+pub fn synthetic_problems(
+    config: &Config,
+    table: &TableName,
+    columns: &TableColumns,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for sub in &config.subscriptions {
         if sub.object.config.table != *table {
@@ -255,7 +269,11 @@ pub(super) fn template_at(sub: &SubscriptionConfig) -> String {
     }
 }
 
-fn synthetic_relation(table: &TableName, columns: &TableColumns, sub: &SubscriptionConfig) -> Relation {
+fn synthetic_relation(
+    table: &TableName,
+    columns: &TableColumns,
+    sub: &SubscriptionConfig,
+) -> Relation {
     let key_names = sub
         .object
         .config

@@ -166,7 +166,8 @@ pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
     check_webhook_url(&example)
 }
 
-pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
+/// Whether `url` is one walhook can send to: absolute, http or https, with a host.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or control characters".into());
     }
