@@ -919,6 +919,15 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             probe,
             "delivery failed, will retry"
         ),
+        Settled::Dead if a.outcome == Outcome::Dead => tracing::error!(
+            subscription,
+            delivery,
+            event_id,
+            key,
+            status,
+            error,
+            "delivery dead: the receiver's answer is in dead_on_status"
+        ),
         Settled::Dead => tracing::error!(
             subscription,
             delivery,
