@@ -214,3 +214,35 @@ async fn an_outbox_from_before_the_event_target_migration_still_delivers_its_pen
         "the old event has no target: it went to the subscription's URL"
     );
 }
+
+#[test]
+fn an_objects_display_name_is_the_object_and_type_prefix_of_its_events() {
+    let db = TestDb::new(LEDGER);
+    let receiver = Subscriber::start();
+    let config = config_file(&format!(
+        r#"
+{source}
+[objects.ledger]
+table = "public.ledger"
+name = "account.move.line"
+
+[[subscriptions]]
+name = "ledger"
+object = "ledger"
+url = "{url}"
+"#,
+        source = loopback_source(&db),
+        url = receiver.url("/hooks"),
+    ));
+    let _daemon = start_daemon(&config);
+
+    db.sql("INSERT INTO ledger VALUES (1, 10)");
+    let seen = receiver.wait_for(1, PATIENCE);
+    let event = seen[0].json();
+    assert_eq!(event["object"], "account.move.line");
+    assert_eq!(event["type"], "account.move.line.created");
+    assert_eq!(
+        db.sql("SELECT object || ' ' || event_type FROM walhook.deliveries"),
+        "account.move.line account.move.line.created"
+    );
+}
