@@ -9,7 +9,9 @@
 //!   loopback (the examples expect receivers on the internet, and say where to add a
 //!   private network; the compose one allows its `receiver` service by name);
 //! - `[http] listen` is `127.0.0.1:0` (appended by `config_file`, or replaced where the
-//!   example has one) so that daemons running at once don't compete for the admin port.
+//!   example has one) so that daemons running at once don't compete for the admin port;
+//! - a `template_file` is given as the path of the shipped file, because the config is
+//!   written to a directory of its own.
 //!
 //! URLs and secrets come from the `${NAME}`s of each example, set for the child process.
 
@@ -58,6 +60,12 @@ fn set_placeholder_env() {
         ("STOCK_WEBHOOK_URL", "https://stock.example.com/hooks"),
         ("STOCK_WEBHOOK_SECRET", SECRET),
         ("RECEIVER_URL", "http://receiver:8080"),
+        ("RIVILE_API_URL", "https://api.manorivile.lt/client/v2"),
+        ("RIVILE_API_KEY", "USERABC.rivile-key"),
+        ("RIVILE_WEBHOOK_SECRET", SECRET),
+        ("CARBOOK_URL", "https://api.carbook.example"),
+        ("CARBOOK_TOKEN", "carbook-token"),
+        ("CARBOOK_WEBHOOK_SECRET", SECRET),
         ("WEBHOOK_SECRET", SECRET),
     ] {
         std::env::set_var(name, value);
@@ -136,6 +144,9 @@ impl Example {
                     "allow_networks = [\"127.0.0.0/8\"]".to_owned()
                 } else if line.starts_with("listen = ") {
                     "listen = \"127.0.0.1:0\"".to_owned()
+                } else if let Some(path) = line.strip_prefix("template_file = \"") {
+                    let path = repo_file("examples").join(path.trim_end_matches('"'));
+                    format!("template_file = {:?}", path.display().to_string())
                 } else {
                     line.to_owned()
                 }
@@ -413,4 +424,164 @@ fn compose_config_delivers_invoice_changes() {
     let body = event(&seen[0]);
     assert_eq!(body["type"], "invoice.changed", "{body}");
     assert_eq!(body["previous"]["state"], "draft", "{body}");
+}
+
+/// The text of each element named `tag` in `xml`, unescaped, after checking that the
+/// whole document is well-formed XML.
+fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    reader.config_mut().check_end_names = true;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed XML ({e}): {xml}"),
+        }
+    }
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .map(|rest| {
+            let text = rest.split(&close).next().expect("closed");
+            quick_xml::escape::unescape(text)
+                .expect("known entities")
+                .into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn rivile_gets_each_insert_update_and_delete_as_its_xml_with_oper_i_u_d() {
+    let receiver = Subscriber::start();
+    let url = receiver.url("/client/v2");
+    // Rivile's answers: 400 for data it refuses, a 502 once while its gateway restarts.
+    let flaked = std::sync::atomic::AtomicBool::new(false);
+    receiver.respond(move |seen| {
+        let text = seen.text();
+        if text.contains("REJECTED") {
+            support::Reply::status(400)
+                .body("<RET_DOK><errorMessage>Nėra operacijos</errorMessage></RET_DOK>")
+        } else if text.contains("FLAKY") && !flaked.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            support::Reply::status(502)
+        } else {
+            support::Reply::status(200)
+        }
+    });
+    let example = Example::new(
+        "rivile-i13",
+        include_str!("../examples/rivile-i13.sql"),
+        &[
+            ("RIVILE_API_URL", &url),
+            ("RIVILE_API_KEY", "USERABC.rivile-key"),
+            ("RIVILE_WEBHOOK_SECRET", SECRET),
+        ],
+    );
+    example.check();
+    let daemon = example.start();
+
+    // A document number holding every character XML must escape.
+    let number = r#"INV<&>"'1"#;
+    example.db.sql(&format!(
+        "INSERT INTO account_payment (invoice_number, account_code, amount) \
+         VALUES ('{}', '2703', 19.62)",
+        number.replace('\'', "''")
+    ));
+    example
+        .db
+        .sql("UPDATE account_payment SET amount = 20.05 WHERE id = 1");
+    example.db.sql("DELETE FROM account_payment WHERE id = 1");
+    let seen = receiver.wait_for(3, WAIT);
+    for (request, oper) in seen.iter().zip(["I", "U", "D"]) {
+        verify(request, SECRET).unwrap_or_else(|e| panic!("signature: {e}"));
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/client/v2");
+        assert_eq!(request.header("content-type"), Some("application/xml"));
+        assert_eq!(request.header("apikey"), Some("USERABC.rivile-key"));
+        let xml = request.text();
+        assert_eq!(xml_texts(&xml, "method"), ["EDIT_I13"], "{xml}");
+        assert_eq!(xml_texts(&xml, "oper"), [oper], "{xml}");
+        assert_eq!(xml_texts(&xml, "I13_KODAS_PO"), [number], "{xml}");
+        assert_eq!(xml_texts(&xml, "I13_EIL_NR"), ["1"], "{xml}");
+    }
+    assert_eq!(xml_texts(&seen[0].text(), "I13_SUMA"), ["19.62"]);
+    assert_eq!(xml_texts(&seen[1].text(), "I13_SUMA"), ["20.05"]);
+    assert!(xml_texts(&seen[2].text(), "I13_SUMA").is_empty());
+
+    // Refused data is dead after its one attempt; a gateway error is retried.
+    example.db.sql(
+        "INSERT INTO account_payment (invoice_number, account_code, amount) VALUES \
+         ('REJECTED-1', '2703', 1), ('FLAKY-1', '2703', 2)",
+    );
+    let outcome = |number: &str| {
+        example.db.sql(&format!(
+            "SELECT d.status || ' ' || d.attempts FROM walhook.delivery d \
+             JOIN walhook.event e ON e.seq = d.event_seq \
+             WHERE convert_from(e.body, 'UTF8') LIKE '%{number}%'"
+        ))
+    };
+    support::wait_until(WAIT, "the refused and the flaky payment settle", || {
+        outcome("REJECTED-1") == "dead 1" && outcome("FLAKY-1") == "delivered 2"
+    });
+    let rejected = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.text().contains("REJECTED-1"))
+        .count();
+    assert_eq!(rejected, 1, "log:\n{}", daemon.log_text());
+}
+
+#[test]
+fn carbook_orders_reach_their_rest_paths_in_camel_case() {
+    let receiver = Subscriber::start();
+    let base = receiver.url("");
+    let example = Example::new(
+        "carbook-rest",
+        include_str!("../examples/carbook-rest.sql"),
+        &[
+            ("CARBOOK_URL", base.trim_end_matches('/')),
+            ("CARBOOK_TOKEN", "carbook-token"),
+            ("CARBOOK_WEBHOOK_SECRET", SECRET),
+        ],
+    );
+    example.check();
+    let _daemon = example.start();
+
+    example.db.sql(
+        "INSERT INTO service_order (business_id, client_vehicle_id, vehicle_number, \
+         begin_datetime) VALUES (4958, 77, 'AA1234BB', '2025-04-25 17:07:00')",
+    );
+    example
+        .db
+        .sql("UPDATE service_order SET status = 'in_progress' WHERE id = 1");
+    example.db.sql("DELETE FROM service_order WHERE id = 1");
+    let seen = receiver.wait_for(3, WAIT);
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST", "/orders/1"),
+            ("PUT", "/orders/1"),
+            ("DELETE", "/orders/1")
+        ]
+    );
+    for request in &seen {
+        verify(request, SECRET).unwrap_or_else(|e| panic!("signature: {e}"));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer carbook-token")
+        );
+    }
+    let created = seen[0].json();
+    assert_eq!(created["businessId"], 4958, "{created}");
+    assert_eq!(created["clientVehicleId"], 77, "{created}");
+    assert_eq!(created["beginDatetime"], "2025-04-25 17:07:00", "{created}");
+    assert!(created.get("business_id").is_none(), "{created}");
+    assert_eq!(seen[1].json()["status"], "in_progress");
+    // A delete has no values: its body is JSON null.
+    assert_eq!(seen[2].json(), Value::Null);
 }

@@ -19,7 +19,7 @@
 //! This reads minijinja's unstable syntax tree (feature `unstable_machinery`); the crate is
 //! pinned to an exact version in Cargo.toml so an upgrade is a deliberate, tested step.
 
-use minijinja::machinery::ast::{BinOpKind, CallArg, Expr};
+use minijinja::machinery::ast::{BinOpKind, CallArg, Expr, Stmt};
 use minijinja::machinery::Span;
 
 /// Instructions one evaluation may run: a `when` of a few hundred characters runs a few
@@ -66,13 +66,32 @@ const NUMBER_FILTERS: &[&str] = &["abs", "count", "float", "int", "length", "rou
 /// Functions an expression may call.
 const FUNCTIONS: &[&str] = &["range"];
 
-/// What an expression was refused for, with its column in the expression.
+/// What an expression was refused for, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BoundError {
+#[error("{kind} ({})", place(*line, *column))]
+pub struct BoundError {
+    /// What is refused.
+    pub kind: Refused,
+    /// 1-based line in the expression or template.
+    pub line: u16,
+    /// 1-based column in that line.
+    pub column: u16,
+}
+
+/// `column C` on an expression's first line, else `line L, column C`.
+fn place(line: u16, column: u16) -> String {
+    match line {
+        1 => format!("column {column}"),
+        _ => format!("line {line}, column {column}"),
+    }
+}
+
+/// What an expression may not do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
     /// A filter outside [`FILTERS`].
     #[error(
-        "filter {name:?} (column {column}) is not available in an expression{hint}; \
-         available: {}",
+        "filter {name:?} is not available in an expression{hint}; available: {}",
         FILTERS.join(", ")
     )]
     Filter {
@@ -80,25 +99,16 @@ pub enum BoundError {
         name: String,
         /// `; did you mean "x"?` or empty.
         hint: String,
-        /// 1-based column of the filter in the expression.
-        column: u16,
     },
     /// A call of anything but [`FUNCTIONS`].
-    #[error("only range() may be called in an expression (column {column})")]
-    Call {
-        /// 1-based column of the call.
-        column: u16,
-    },
+    #[error("only range() may be called")]
+    Call,
     /// `*` with an operand that may be a string or a list.
     #[error(
-        "`*` (column {column}) multiplies numbers only: its operands must be numbers, \
-         values.x / previous.x fields or arithmetic of those, since repeating a string or \
-         a list has no bound"
+        "`*` multiplies numbers only: its operands must be numbers, values.x / previous.x \
+         fields or arithmetic of those, since repeating a string or a list has no bound"
     )]
-    Repetition {
-        /// 1-based column of the `*` expression.
-        column: u16,
-    },
+    Repetition,
 }
 
 /// What the checks found that must still hold when the expression runs.
@@ -108,6 +118,9 @@ pub struct Bounds {
     /// the row decides whether they hold numbers, so [`check_multiplied`] is asked before
     /// each evaluation.
     pub multiplied: Vec<(&'static str, String)>,
+    /// Checking a template: every filter is allowed, not only [`FILTERS`], and a `*` may
+    /// multiply any variable (a loop's `line.qty * line.price`), not only the row's fields.
+    template: bool,
 }
 
 /// Checks `expr` against the rules in the module doc.
@@ -117,6 +130,62 @@ pub fn check(expr: &Expr<'_>) -> Result<Bounds, BoundError> {
     bounds.multiplied.sort();
     bounds.multiplied.dedup();
     Ok(bounds)
+}
+
+/// Checks every expression of a payload template (SPEC §4a) for the `*` and call rules.
+/// Templates may use every filter: building a body needs `join`, `replace` and `tojson`,
+/// and what they build is capped by the template's fuel and output limit instead.
+pub fn check_template(template: &Stmt<'_>) -> Result<Bounds, BoundError> {
+    let mut bounds = Bounds {
+        template: true,
+        ..Bounds::default()
+    };
+    walk_stmt(template, &mut bounds)?;
+    bounds.multiplied.sort();
+    bounds.multiplied.dedup();
+    Ok(bounds)
+}
+
+fn walk_stmt(stmt: &Stmt<'_>, bounds: &mut Bounds) -> Result<(), BoundError> {
+    let body = |stmts: &[Stmt<'_>], bounds: &mut Bounds| {
+        stmts.iter().try_for_each(|stmt| walk_stmt(stmt, bounds))
+    };
+    match stmt {
+        Stmt::Template(t) => body(&t.children, bounds),
+        Stmt::EmitExpr(e) => walk(&e.expr, bounds),
+        Stmt::EmitRaw(_) => Ok(()),
+        Stmt::ForLoop(l) => {
+            walk(&l.iter, bounds)?;
+            l.filter_expr.iter().try_for_each(|e| walk(e, bounds))?;
+            body(&l.body, bounds)?;
+            body(&l.else_body, bounds)
+        }
+        Stmt::IfCond(c) => {
+            walk(&c.expr, bounds)?;
+            body(&c.true_body, bounds)?;
+            body(&c.false_body, bounds)
+        }
+        Stmt::WithBlock(w) => {
+            w.assignments
+                .iter()
+                .try_for_each(|(_, value)| walk(value, bounds))?;
+            body(&w.body, bounds)
+        }
+        Stmt::Set(s) => walk(&s.expr, bounds),
+        Stmt::SetBlock(s) => {
+            s.filter.iter().try_for_each(|e| walk(e, bounds))?;
+            body(&s.body, bounds)
+        }
+        Stmt::AutoEscape(a) => {
+            walk(&a.enabled, bounds)?;
+            body(&a.body, bounds)
+        }
+        Stmt::FilterBlock(f) => {
+            walk(&f.filter, bounds)?;
+            body(&f.body, bounds)
+        }
+        Stmt::Do(d) => Err(refused(Refused::Call, d.span())),
+    }
 }
 
 /// Whether each multiplied field of `scope` holds a number (or nothing), else why not.
@@ -142,8 +211,12 @@ pub fn check_multiplied(
     Ok(())
 }
 
-fn column(span: Span) -> u16 {
-    span.start_col + 1
+fn refused(kind: Refused, span: Span) -> BoundError {
+    BoundError {
+        kind,
+        line: span.start_line,
+        column: span.start_col + 1,
+    }
 }
 
 fn walk(expr: &Expr<'_>, bounds: &mut Bounds) -> Result<(), BoundError> {
@@ -164,9 +237,7 @@ fn walk(expr: &Expr<'_>, bounds: &mut Bounds) -> Result<(), BoundError> {
             if matches!(op.op, BinOpKind::Mul) {
                 for operand in [&op.left, &op.right] {
                     if !numeric(operand, bounds) {
-                        return Err(BoundError::Repetition {
-                            column: column(op.span()),
-                        });
+                        return Err(refused(Refused::Repetition, op.span()));
                     }
                 }
             }
@@ -186,12 +257,10 @@ fn walk(expr: &Expr<'_>, bounds: &mut Bounds) -> Result<(), BoundError> {
                 .try_for_each(|expr| walk(expr, bounds))
         }
         Expr::Filter(filter) => {
-            if !FILTERS.contains(&filter.name) {
-                return Err(BoundError::Filter {
-                    name: filter.name.to_owned(),
-                    hint: crate::suggest::did_you_mean(filter.name, FILTERS.iter().copied()),
-                    column: column(filter.span()),
-                });
+            if !bounds.template && !FILTERS.contains(&filter.name) {
+                let hint = crate::suggest::did_you_mean(filter.name, FILTERS.iter().copied());
+                let name = filter.name.to_owned();
+                return Err(refused(Refused::Filter { name, hint }, filter.span()));
             }
             filter.expr.iter().try_for_each(|expr| walk(expr, bounds))?;
             walk_args(&filter.args, bounds)
@@ -207,9 +276,7 @@ fn walk(expr: &Expr<'_>, bounds: &mut Bounds) -> Result<(), BoundError> {
         }
         Expr::Call(call) => match &call.expr {
             Expr::Var(var) if FUNCTIONS.contains(&var.id) => walk_args(&call.args, bounds),
-            _ => Err(BoundError::Call {
-                column: column(call.span()),
-            }),
+            _ => Err(refused(Refused::Call, call.span())),
         },
         Expr::List(list) => list.items.iter().try_for_each(|item| walk(item, bounds)),
         Expr::Map(map) => map
@@ -256,14 +323,15 @@ fn numeric(expr: &Expr<'_>, bounds: &mut Bounds) -> bool {
                     .as_ref()
                     .is_none_or(|expr| numeric(expr, bounds))
         }
-        Expr::GetAttr(lookup) => row_field(&lookup.expr, lookup.name, bounds),
+        Expr::GetAttr(lookup) => row_field(&lookup.expr, lookup.name, bounds) || bounds.template,
         Expr::GetItem(lookup) => match &lookup.subscript_expr {
             Expr::Const(key) => match key.value.as_str() {
-                Some(name) => row_field(&lookup.expr, name, bounds),
-                None => false,
+                Some(name) => row_field(&lookup.expr, name, bounds) || bounds.template,
+                None => bounds.template,
             },
-            _ => false,
+            _ => bounds.template,
         },
+        Expr::Var(_) => bounds.template,
         _ => false,
     }
 }
@@ -285,6 +353,14 @@ mod tests {
     use super::*;
     use minijinja::machinery::parse_expr;
 
+    fn at(kind: Refused, column: u16) -> BoundError {
+        BoundError {
+            kind,
+            line: 1,
+            column,
+        }
+    }
+
     fn checked(source: &str) -> Result<Bounds, BoundError> {
         check(&parse_expr(source).expect(source))
     }
@@ -294,47 +370,47 @@ mod tests {
         for (source, error) in [
             (
                 "(range(100000) * 100000000000)|sum > 0",
-                BoundError::Repetition { column: 2 },
+                at(Refused::Repetition, 2),
             ),
             (
                 "(range(100000) * 100000000000)|list|length > 0",
-                BoundError::Repetition { column: 2 },
+                at(Refused::Repetition, 2),
             ),
-            ("[1, 2] * 3 == []", BoundError::Repetition { column: 1 }),
-            ("3 * 'x' != ''", BoundError::Repetition { column: 1 }),
-            (
-                "(values.tags|list) * 2 == []",
-                BoundError::Repetition { column: 1 },
-            ),
+            ("[1, 2] * 3 == []", at(Refused::Repetition, 1)),
+            ("3 * 'x' != ''", at(Refused::Repetition, 1)),
+            ("(values.tags|list) * 2 == []", at(Refused::Repetition, 1)),
             (
                 "values.a|replace('a', 'aaaaaaaaaa') != ''",
-                BoundError::Filter {
-                    name: "replace".into(),
-                    hint: String::new(),
-                    column: 10,
-                },
+                at(
+                    Refused::Filter {
+                        name: "replace".into(),
+                        hint: String::new(),
+                    },
+                    10,
+                ),
             ),
             (
                 "values.a|join(',') != ''",
-                BoundError::Filter {
-                    name: "join".into(),
-                    hint: String::new(),
-                    column: 10,
-                },
+                at(
+                    Refused::Filter {
+                        name: "join".into(),
+                        hint: String::new(),
+                    },
+                    10,
+                ),
             ),
             (
                 "range(10)|map('string')|list",
-                BoundError::Filter {
-                    name: "map".into(),
-                    hint: "; did you mean \"max\"?".into(),
-                    column: 11,
-                },
+                at(
+                    Refused::Filter {
+                        name: "map".into(),
+                        hint: "; did you mean \"max\"?".into(),
+                    },
+                    11,
+                ),
             ),
-            ("dict(a=1) != {}", BoundError::Call { column: 1 }),
-            (
-                "values.name.upper() == 'X'",
-                BoundError::Call { column: 12 },
-            ),
+            ("dict(a=1) != {}", at(Refused::Call, 1)),
+            ("values.name.upper() == 'X'", at(Refused::Call, 12)),
         ] {
             assert_eq!(checked(source), Err(error), "{source}");
         }
@@ -364,7 +440,11 @@ mod tests {
                 .into_iter()
                 .map(|(v, f)| (v, f.to_owned()))
                 .collect();
-            assert_eq!(checked(source), Ok(Bounds { multiplied }), "{source}");
+            assert_eq!(
+                checked(source).map(|b| b.multiplied),
+                Ok(multiplied),
+                "{source}"
+            );
         }
     }
 

@@ -109,6 +109,17 @@ pub fn envelope(
     event_type: &str,
     commit: Commit,
 ) -> Vec<u8> {
+    serialise(envelope_fields(change, object, event_type, commit))
+}
+
+/// The SPEC §3 envelope's fields in their order: what [`envelope`] serialises and what a
+/// payload template reads.
+pub fn envelope_fields(
+    change: &RowChange,
+    object: &ObjectView,
+    event_type: &str,
+    commit: Commit,
+) -> Map<String, Value> {
     let relation = &change.relation;
     let column = |i: usize| relation.columns[i].name.clone();
     let mut body = header(
@@ -188,19 +199,19 @@ pub fn envelope(
     if !unavailable.is_empty() {
         body.insert("unavailable".into(), unavailable.into());
     }
-    finish(body, relation, commit)
+    with_source(body, relation, commit)
 }
 
-/// Serialises a TRUNCATE of one table (`<object>.truncated`, operation `truncate`). A
-/// TRUNCATE of several tables is one event per table, each with its own position.
-pub fn truncate_envelope(
+/// The envelope of a TRUNCATE of one table (`<object>.truncated`, operation `truncate`).
+/// A TRUNCATE of several tables is one event per table, each with its own position.
+pub fn truncate_fields(
     relation: &Relation,
     object: &ObjectView,
     position: u32,
     cascade: bool,
     restart_identity: bool,
     commit: Commit,
-) -> Vec<u8> {
+) -> Map<String, Value> {
     let event_type = format!("{}.truncated", object.name);
     let mut body = header(
         event_id(commit.lsn, position),
@@ -213,7 +224,7 @@ pub fn truncate_envelope(
     body.insert("values".into(), Value::Null);
     body.insert("cascade".into(), cascade.into());
     body.insert("restart_identity".into(), restart_identity.into());
-    finish(body, relation, commit)
+    with_source(body, relation, commit)
 }
 
 /// The fields every envelope starts with, in SPEC §3 order.
@@ -233,13 +244,22 @@ fn header(
     body
 }
 
-/// Appends `source` and serialises.
-fn finish(mut body: Map<String, Value>, relation: &Relation, commit: Commit) -> Vec<u8> {
+/// Appends `source`, the last field.
+fn with_source(
+    mut body: Map<String, Value>,
+    relation: &Relation,
+    commit: Commit,
+) -> Map<String, Value> {
     let mut source = Map::new();
     source.insert("table".into(), relation.qualified_name().into());
     source.insert("lsn".into(), commit.lsn.to_string().into());
     source.insert("txid".into(), commit.xid.into());
     body.insert("source".into(), source.into());
+    body
+}
+
+/// The envelope's bytes: minified JSON, fields in order.
+pub fn serialise(body: Map<String, Value>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
 }
 

@@ -17,8 +17,11 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
-use super::envelope::{envelope, event_id, truncate_envelope, Commit, ObjectView};
+#[cfg(test)]
+use super::envelope::envelope;
+use super::envelope::{envelope_fields, event_id, serialise, truncate_fields, Commit, ObjectView};
 use super::relation::{Identity, Relation};
+use super::render::Rendering;
 use super::when::{self, When};
 use crate::config::{Config, ResolvedObject, SubscriptionConfig, TableName, Target};
 use crate::pg::quote_ident;
@@ -154,6 +157,8 @@ struct Subscription {
     truncate: bool,
     watch: Option<Vec<String>>,
     when: Option<When>,
+    /// Its templates and per-event routing; `None` sends the envelope to its URL.
+    rendering: Option<Rendering>,
     /// Indexed by [`op_index`], computed once instead of per change.
     event_types: [String; 3],
 }
@@ -192,6 +197,13 @@ impl Matcher {
                     continue;
                 }
             };
+            let rendering = match compile_rendering(sub) {
+                Ok(rendering) => rendering,
+                Err(mut errors) => {
+                    problems.append(&mut errors);
+                    continue;
+                }
+            };
             if !sub.active {
                 continue;
             }
@@ -209,6 +221,7 @@ impl Matcher {
                 truncate: sub.truncate,
                 watch: sub.watch.clone(),
                 when,
+                rendering,
                 event_types: Operation::ALL.map(|op| sub.event_type_for(op)),
             });
         }
@@ -446,6 +459,44 @@ impl Matcher {
             }
 
             let event_type = &sub.event_types[op];
+            if let Some(rendering) = &sub.rendering {
+                // Its own event: the body, URL or method are this subscription's alone.
+                let id = match events.first() {
+                    Some(event) => event.event_id.clone(),
+                    None => event_id(commit.lsn, change.position),
+                };
+                let fields = envelope_fields(change, view, event_type, commit);
+                let (body, target, dead) = match dead {
+                    // Stored as the envelope, which a replay renders once the config is fixed.
+                    Some(error) => (serialise(fields), None, Some(error)),
+                    None => match rendering.render(&fields, operation) {
+                        Ok(rendered) => (
+                            rendered.body.unwrap_or_else(|| serialise(fields)),
+                            rendered.target,
+                            None,
+                        ),
+                        Err(error) => {
+                            problem(error.clone());
+                            (serialise(fields), None, Some(error))
+                        }
+                    },
+                };
+                let mut event = RoutedEvent {
+                    event_id: id,
+                    event_type: event_type.clone(),
+                    object: view.name.clone(),
+                    key: key_json(change, &view.key),
+                    body,
+                    subscriptions: Vec::new(),
+                    dead: Vec::new(),
+                    target,
+                };
+                event.receive(sub.name.clone(), dead);
+                events.push(event);
+                // No later subscription shares it.
+                event_objects.push(usize::MAX);
+                continue;
+            }
             if let Some((event, _)) = events
                 .iter_mut()
                 .zip(&event_objects)
@@ -472,7 +523,7 @@ impl Matcher {
                 event_type: event_type.clone(),
                 object: view.name.clone(),
                 key,
-                body: envelope(change, view, event_type, commit),
+                body: serialise(envelope_fields(change, view, event_type, commit)),
                 subscriptions: Vec::new(),
                 dead: Vec::new(),
                 target: None,
@@ -532,14 +583,14 @@ impl Matcher {
                 event_type: format!("{}.truncated", view.name),
                 object: view.name.clone(),
                 key: "null".to_owned(),
-                body: truncate_envelope(
+                body: serialise(truncate_fields(
                     relation,
                     &view,
                     position,
                     truncation.cascade,
                     truncation.restart_identity,
                     commit,
-                ),
+                )),
                 subscriptions: vec![sub.name.clone()],
                 dead: Vec::new(),
                 target: None,
@@ -664,6 +715,34 @@ fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
         }
     }
     Ok(Some(when))
+}
+
+/// Compiles a subscription's templates, and checks the fields they read against the
+/// object's fields when those are listed (else against the table, at start and by `check`).
+fn compile_rendering(sub: &SubscriptionConfig) -> Result<Option<Rendering>, Vec<String>> {
+    let Some(rendering) = Rendering::compile(sub).map_err(|e| vec![e])? else {
+        return Ok(None);
+    };
+    if let Some(fields) = &sub.object.config.fields {
+        let errors: Vec<String> = rendering
+            .fields_read()
+            .iter()
+            .filter(|(_, field)| !fields.contains(field))
+            .map(|(variable, field)| {
+                format!(
+                    "{}: reads {variable}.{field}, but {field:?} is not a field of object \
+                     {:?}{}",
+                    super::render::template_at(sub),
+                    sub.object.name,
+                    did_you_mean(field, fields.iter().map(String::as_str))
+                )
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
+    Ok(Some(rendering))
 }
 
 /// Where a subscription's `when` is, for its errors: file and line when read from a file.

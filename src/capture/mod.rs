@@ -7,6 +7,8 @@ pub mod envelope;
 pub mod matcher;
 pub mod reader;
 pub mod relation;
+pub mod render;
+pub mod template;
 pub mod when;
 
 pub use change::{Cell, Operation, RowChange};

@@ -257,7 +257,7 @@ fn decimal(text: &str) -> Value {
 }
 
 /// A JSON value as a template value. Numbers keep their integer-ness so `== 2` works.
-fn json(value: &serde_json::Value) -> Value {
+pub(super) fn json(value: &serde_json::Value) -> Value {
     use serde_json::Value as Json;
     match value {
         Json::Null => Value::from(()),
@@ -422,8 +422,8 @@ mod tests {
         let error = When::compile("values.number|lowr == 'x'").unwrap_err();
         assert!(
             error.to_string().starts_with(
-                "filter \"lowr\" (column 15) is not available in an expression; \
-                 did you mean \"lower\"?; available: abs, bool,"
+                "filter \"lowr\" is not available in an expression; did you mean \"lower\"?; \
+                 available: abs, bool,"
             ),
             "{error}"
         );
@@ -436,10 +436,9 @@ mod tests {
             "(range(100000) * 100000000000)|list|length > 0",
         ] {
             let error = When::compile(source).unwrap_err();
+            let text = error.to_string();
             assert!(
-                error
-                    .to_string()
-                    .starts_with("`*` (column 2) multiplies numbers only"),
+                text.starts_with("`*` multiplies numbers only") && text.ends_with("(column 2)"),
                 "{source}: {error}"
             );
         }

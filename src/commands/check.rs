@@ -468,6 +468,16 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
         {
             report.problem(problem, "correct the column name in the when expression");
         }
+        match crate::source::columns::table_columns(sql.0, &table).await {
+            Ok(Some(columns)) => {
+                for problem in crate::capture::render::synthetic_problems(config, &table, &columns)
+                {
+                    report.problem(problem, "correct the template");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => report.problem(e.to_string(), "check the role's privileges"),
+        }
         check_delete_keys(config, &table, &facts, report);
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::capture::envelope::{envelope, truncate_envelope};
+use crate::capture::envelope::{envelope, serialise, truncate_fields};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
@@ -465,14 +465,14 @@ async fn read(
                 for (i, relation) in t.relations.iter().enumerate() {
                     if watched(tables, relation) {
                         let view = views.get(relation);
-                        lines.extend(truncate_envelope(
+                        lines.extend(serialise(truncate_fields(
                             relation,
                             view,
                             t.position + i as u32,
                             t.cascade,
                             t.restart_identity,
                             c,
-                        ));
+                        )));
                         lines.push(b'\n');
                     }
                 }

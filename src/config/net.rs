@@ -176,7 +176,7 @@ pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
 ///
 /// Hand-written rather than pulling in the `url` crate (and its IDNA tables) for a syntax
 /// check; the HTTP client parses the URL again when it sends.
-pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or control characters".into());
     }

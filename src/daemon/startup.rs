@@ -43,7 +43,8 @@ pub enum StartupError {
         /// One message per table, each with its `ALTER TABLE`.
         problems: Vec<String>,
     },
-    /// A `when` reads a column its table does not have.
+    /// A `when` or template reads a column its table does not have, or a template fails
+    /// on a synthetic event of its object.
     #[error("refusing to start: {}", problems.join("\n"))]
     WhenColumns {
         /// One message per lookup, with where the `when` is written.
@@ -183,19 +184,21 @@ pub(super) async fn check_when_columns(
 ) -> Result<(), StartupError> {
     let mut problems = Vec::new();
     for table in config.tables() {
-        let columns: Vec<String> = catalog
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a \
-                 JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table.schema, &table.name],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let columns = match crate::source::columns::table_columns(catalog, &table).await {
+            Ok(Some(columns)) => columns,
+            // A missing table is reported by the table checks.
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
         problems.extend(crate::capture::matcher::when_column_problems(
+            config,
+            &table,
+            &columns.names(),
+        ));
+        problems.extend(crate::capture::render::synthetic_problems(
             config, &table, &columns,
         ));
     }

@@ -8,6 +8,7 @@
 //! anything is created; `privileges` knows what a role that is not a superuser needs for each
 //! command, and the statement that grants it.
 
+pub mod columns;
 pub mod conninfo;
 pub mod lsn;
 pub mod pgoutput;
