@@ -402,7 +402,7 @@ fn a_url_template_is_checked_with_its_placeholders_and_a_templated_host_is_a_not
         ],
     );
 
-    let out = check(&with_url("https://{{ values.state }}.example.com/hook"));
+    let out = check(&with_url("https://tenant-{{ key.id }}.example.com/hook"));
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(
         out.stdout.contains(
