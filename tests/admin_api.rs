@@ -272,6 +272,8 @@ fn on_loopback_reads_are_open_and_writes_need_the_token() {
     );
     assert_eq!(flow["event_types"]["update"], "ledger.updated");
     assert_eq!(flow["method"], "POST");
+    assert_eq!(flow["content_type"], "application/json");
+    assert_eq!(flow["dead_on_status"], serde_json::json!([]));
     assert_eq!(flow["auth"], "bearer");
     assert_eq!(flow["headers"], serde_json::json!(["X-Tenant"]));
     assert_eq!(flow["signed"], true);

@@ -387,6 +387,32 @@ fn subscriber_urls_on_private_or_metadata_addresses_are_problems_unless_allowed(
     assert_problem(&out, &["metadata", "never allowed"]);
 }
 
+#[test]
+fn a_url_template_is_checked_with_its_placeholders_and_a_templated_host_is_a_note() {
+    let db = TestDb::new(ERP);
+    let with_url =
+        |url: &str| config(&db.url, "").replace("https://partner.example.com/hooks/invoice", url);
+    let out = check(&with_url("http://127.0.0.1:9/orders/{{ key.id }}"));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync.url",
+            "loopback",
+            "allow_networks",
+        ],
+    );
+
+    let out = check(&with_url("https://tenant-{{ key.id }}.example.com/hook"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "subscriptions.partner-sync.url: the host is rendered per event (checked at every delivery)"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Privileges of a least-privilege role
 

@@ -334,6 +334,76 @@ fn a_400_is_retried_and_delivered_once_the_receiver_accepts_it() {
 }
 
 #[test]
+fn a_status_in_dead_on_status_is_dead_after_one_attempt_while_a_500_is_retried() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    // Invoice 1 is refused as invalid data (Rivile's 400); invoice 2 meets a server error
+    // once, then is accepted.
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let flag = failed_once.clone();
+    receiver.respond(move |seen| {
+        if seen.json()["key"]["id"] == 1 {
+            Reply::status(400).body("invalid I13 data")
+        } else if !flag.swap(true, Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let config = invoice_config(
+        &db,
+        &receiver.url("/hooks"),
+        "dead_on_status = [400, 422]\nretry_schedule = [\"200ms\", \"300ms\"]\nordering = \"none\"",
+    );
+    let _daemon = start_daemon(&config);
+
+    db.sql("UPDATE account_invoice SET partner_id = 7 WHERE id = 1");
+    db.sql("UPDATE account_invoice SET partner_id = 7 WHERE id = 2");
+    let deadline = Instant::now() + PATIENCE;
+    let (dead, delivered) = loop {
+        let now = deliveries(&db);
+        let by_key = |key| now.iter().find(|d| d.key == key).cloned();
+        if let (Some(one), Some(two)) = (by_key(1), by_key(2)) {
+            if one.status == "dead" && two.status == "delivered" {
+                break (one, two);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled within {PATIENCE:?}: {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dead.attempts, 1, "{dead:#?}");
+    assert_eq!(dead.last_status_code, Some(400));
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("400 is in dead_on_status: dead after this attempt, not retried")
+    );
+    assert_eq!(delivered.attempts, 2, "{delivered:#?}");
+    // Invoice 2's retry came after 200 ms; a retry of invoice 1 would have been due then too.
+    let to_one = receiver
+        .requests()
+        .iter()
+        .filter(|seen| seen.json()["key"]["id"] == 1)
+        .count();
+    assert_eq!(to_one, 1, "invoice 1 was sent once");
+    let log: Vec<_> = attempts(&db)
+        .iter()
+        .filter(|a| a.delivery_id == dead.id)
+        .map(|a| (a.attempt, a.status_code, a.error.clone()))
+        .collect();
+    assert_eq!(
+        log,
+        vec![(
+            1,
+            Some(400),
+            Some("400 is in dead_on_status: dead after this attempt, not retried".to_owned())
+        )]
+    );
+}
+
+#[test]
 fn a_410_gone_switches_the_subscription_off_and_its_deliveries_wait_for_replay() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();

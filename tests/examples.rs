@@ -79,7 +79,10 @@ fn config_example_parses_with_every_section() {
     let config = walhook::config::Config::load(&repo_file("config.example.toml"))
         .unwrap_or_else(|e| panic!("config.example.toml: {e}"));
     assert_eq!(config.source.slot, "walhook");
-    assert_eq!(config.subscriptions.len(), 4);
+    assert_eq!(config.subscriptions.len(), 5);
+    let rest = config.subscription("orders-rest").expect("orders-rest");
+    assert_eq!(rest.object.name, "sale.order");
+    assert!(rest.url_template && rest.method.single().is_none() && rest.template.is_some());
     let full = config.subscription("partner-sync").expect("partner-sync");
     assert!(full.batch.is_some() && full.rate_limit.is_some());
     assert_eq!(full.event_type.as_deref(), Some("invoice.partner-changed"));

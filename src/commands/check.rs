@@ -185,7 +185,25 @@ async fn check_subscriber_urls(config: &Config, report: &mut Report) {
     let resolver = PolicyResolver::new(policy());
     for subscription in &config.subscriptions {
         let place = format!("subscriptions.{}.url", subscription.name);
-        let url = subscription.url.expose();
+        // A URL template is checked with every {{ … }} as `1`; a templated host can only be
+        // checked per event, which delivery does at every connection.
+        let example;
+        let url = if subscription.url_template {
+            match crate::config::url_template_example(subscription.url.expose()) {
+                Ok(Some(url)) => {
+                    example = url;
+                    example.as_str()
+                }
+                _ => {
+                    report.note(format!(
+                        "{place}: the host is rendered per event (checked at every delivery)"
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            subscription.url.expose()
+        };
         if let Err(e) = check_url(url, &policy()) {
             report.problem(
                 format!("{place} ({}): {e}", subscription.url),

@@ -36,7 +36,7 @@ pub use model::{
     SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin, TemplateText,
     DEFAULT_RETRY_SCHEDULE,
 };
-pub use net::{check_webhook_url, AllowedNetwork, Cidr};
+pub use net::{check_webhook_url, url_template_example, AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 

@@ -130,15 +130,10 @@ pub(crate) fn is_host_name(text: &str) -> bool {
         })
 }
 
-/// Checks a subscriber URL: `http`/`https`, a host, an optional numeric port.
-///
-/// Hand-written rather than pulling in the `url` crate (and its IDNA tables) for a syntax
-/// check; the HTTP client parses the URL again when it sends.
-/// Checks a URL with `{{ … }}` (rendered per event, SPEC §4a) as far as it can be checked
-/// before an event exists: every `{{ … }}` stands for `1`, and the result must be a valid
-/// webhook URL; when the host itself is templated only the scheme can be checked (the
-/// rendered URL is checked again, by the network policy, when it is sent).
-pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
+/// A URL with `{{ … }}` with every placeholder standing for `1`, to check what can be
+/// checked before an event exists; `None` when the host itself is templated (then only the
+/// scheme is known). `Err` when a `{{` is never closed.
+pub fn url_template_example(url: &str) -> Result<Option<String>, String> {
     let mut example = String::with_capacity(url.len());
     let mut host_templated = false;
     let mut rest = url;
@@ -156,17 +151,31 @@ pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
         rest = &rest[open + close + 2..];
     }
     example.push_str(rest);
-    if host_templated {
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            return Ok(());
-        }
-        return Err("scheme must be http or https (write it out before any {{ … }})".into());
-    }
-    check_webhook_url(&example)
+    Ok((!host_templated).then_some(example))
 }
 
-/// Whether `url` is one walhook can send to: absolute, http or https, with a host.
+/// Checks a URL with `{{ … }}` (rendered per event, SPEC §4a) as far as it can be checked
+/// before an event exists: every `{{ … }}` stands for `1`, and the result must be a valid
+/// webhook URL; when the host itself is templated only the scheme can be checked (the
+/// rendered URL is checked again, by the network policy, when it is sent).
+pub(crate) fn check_webhook_url_template(url: &str) -> Result<(), String> {
+    match url_template_example(url)? {
+        Some(example) => check_webhook_url(&example),
+        None => {
+            let lower = url.to_ascii_lowercase();
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                Ok(())
+            } else {
+                Err("scheme must be http or https (write it out before any {{ … }})".into())
+            }
+        }
+    }
+}
+
+/// Checks a subscriber URL: `http`/`https`, a host, an optional numeric port.
+///
+/// Hand-written rather than pulling in the `url` crate (and its IDNA tables) for a syntax
+/// check; the HTTP client parses the URL again when it sends.
 pub fn check_webhook_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or control characters".into());

@@ -10,8 +10,9 @@ pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION")
 
 /// The URL and method a request goes to: the event's stored `target` when it has one (the
 /// stored method is authoritative, whatever the config says now), else the subscription's.
-/// A subscription without a target has one method (validation refuses a method map without
-/// routing at capture), so the map's create entry stands in only for what cannot happen.
+/// Capture stores a target for every event of a subscription with a method map, so an event
+/// without one under a map was stored before the map was configured (a reload); it goes with
+/// the map's `create` method, the operation is not known here.
 pub fn destination<'a>(
     sub: &'a SubscriptionConfig,
     target: Option<&'a Target>,

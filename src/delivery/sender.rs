@@ -67,6 +67,18 @@ pub async fn send(
         retry_after: None,
         outcome: policy::classify(None, None, &[], started_at),
     };
+    if target.is_none() && sub.url_template {
+        // The template as written is no address: sending to it would reach a URL with the
+        // braces percent-encoded. Only an event stored before `url` became a template (or
+        // one capture could not route) gets here, and no retry can change that.
+        attempt.error = Some(
+            "the url is a template and this event was stored without a rendered URL \
+             (it was captured before the url became a template); not sent"
+                .to_owned(),
+        );
+        attempt.outcome = Outcome::Dead;
+        return attempt;
+    }
     let (url, _) = request::destination(sub, target);
     if let Err(error) = network::check_url(url, policy) {
         attempt.error = Some(error.to_string());
@@ -508,6 +520,23 @@ mod tests {
         assert_eq!(attempt.status, None);
         let error = attempt.error.unwrap();
         assert!(error.contains("169.254.169.254"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_event_without_a_rendered_url_under_a_url_template_is_dead_and_not_sent() {
+        let mut sub = subscription("http://127.0.0.1:9/orders/{{ key.id }}");
+        sub.url_template = true;
+        let attempt = send_to(&sub).await;
+        assert_eq!(attempt.status, None);
+        assert_eq!(attempt.outcome, Outcome::Dead);
+        assert!(
+            attempt
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("the url is a template")),
+            "{:?}",
+            attempt.error
+        );
     }
 
     #[tokio::test]

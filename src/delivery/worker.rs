@@ -684,8 +684,11 @@ impl Worker {
             }
             Outcome::Dead => {
                 // The receiver answered, and said the data is wrong: it is up, and sending
-                // this again would not help (the attempt's error says which status).
-                self.breaker.success();
+                // this again would not help (the attempt's error says which status). Without
+                // a status nothing was sent, and the breaker learns nothing.
+                if a.status.is_some() {
+                    self.breaker.success();
+                }
                 sent.carried.iter().map(|_| Settled::Dead).collect()
             }
             Outcome::Gone => {
@@ -918,6 +921,23 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             error,
             probe,
             "delivery failed, will retry"
+        ),
+        Settled::Dead if a.outcome == Outcome::Dead && status.is_some() => tracing::error!(
+            subscription,
+            delivery,
+            event_id,
+            key,
+            status,
+            error,
+            "delivery dead: the receiver's answer is in dead_on_status"
+        ),
+        Settled::Dead if a.outcome == Outcome::Dead => tracing::error!(
+            subscription,
+            delivery,
+            event_id,
+            key,
+            error,
+            "delivery dead: it cannot be sent"
         ),
         Settled::Dead => tracing::error!(
             subscription,

@@ -79,7 +79,10 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         .collect();
     map.insert("event_types".into(), Value::Object(event_types));
     map.insert("url".into(), redact_url(&sub.url.to_string()).into());
+    map.insert("url_template".into(), sub.url_template.into());
     map.insert("method".into(), sub.method.to_json());
+    map.insert("content_type".into(), sub.content_type.clone().into());
+    map.insert("template".into(), sub.template.is_some().into());
     map.insert("signed".into(), (!sub.secrets.is_empty()).into());
     map.insert("secrets".into(), sub.secrets.len().into());
     map.insert("auth".into(), auth_type(sub));
@@ -120,6 +123,7 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
             .map(|d| format_duration(*d))
             .collect(),
     );
+    map.insert("dead_on_status".into(), json!(sub.dead_on_status));
     map
 }
 
@@ -236,5 +240,31 @@ mod tests {
             redact_url("https://h.example/a@b?x=1"),
             "https://h.example/a@b?x=***"
         );
+    }
+
+    #[test]
+    fn a_routed_subscription_shows_its_method_map_content_type_and_dead_on_status() {
+        use crate::config::{Method, Methods};
+        let mut sub =
+            crate::delivery::request::tests::subscription("https://h.example/orders/{{ key.id }}");
+        sub.url_template = true;
+        sub.method = Methods::PerOperation {
+            create: Some(Method::Post),
+            update: Some(Method::Put),
+            delete: Some(Method::Delete),
+            truncate: None,
+        };
+        sub.content_type = "application/xml".into();
+        sub.dead_on_status = vec![400, 422];
+        let shown = settings(&sub);
+        assert_eq!(
+            shown["method"],
+            json!({"create": "POST", "update": "PUT", "delete": "DELETE"})
+        );
+        assert_eq!(shown["url"], "https://h.example/orders/{{ key.id }}");
+        assert_eq!(shown["url_template"], true);
+        assert_eq!(shown["content_type"], "application/xml");
+        assert_eq!(shown["template"], false);
+        assert_eq!(shown["dead_on_status"], json!([400, 422]));
     }
 }
