@@ -157,7 +157,13 @@ impl Bench {
         let mut rows = Vec::new();
         if wanted(Figure::Capture) {
             for per_txn in [1, 100] {
-                rows.push(self.capture(args.changes, per_txn, args.repeat).await?);
+                // The template's cost is measured on the 1-row workload, where capture is
+                // per change and any cost of rendering shows most.
+                let templated = per_txn == 1;
+                rows.extend(
+                    self.capture(args.changes, per_txn, args.repeat, templated)
+                        .await?,
+                );
             }
         }
         if wanted(Figure::KeepUp) {
@@ -187,29 +193,43 @@ impl Bench {
 
     /// Capture of `changes` changes in transactions of `per_txn` rows: pairs of slots, one
     /// for pg_recvlogical and one for walhook, are created at the same position before the
-    /// workload, and drained in turn, `repeat` pairs; the median ratio is reported.
-    async fn capture(&self, changes: u64, per_txn: u32, repeat: usize) -> Result<Row> {
+    /// workload, and drained in turn, `repeat` pairs; the median ratio is reported. With
+    /// `templated`, as many more pairs drain the same changes with a JSON template on every
+    /// subscription, and a second row compares the two walhook rates.
+    async fn capture(
+        &self,
+        changes: u64,
+        per_txn: u32,
+        repeat: usize,
+        templated: bool,
+    ) -> Result<Vec<Row>> {
         let label = format!("capture, {per_txn}-row transactions");
         eprintln!("{label}: generating {} changes…", thousands(changes));
         let mut db = self.database(&format!("capture_{per_txn}")).await?;
+        let mut variants = vec![(INSTANCE.to_owned(), "")];
+        if templated {
+            variants.push((format!("{INSTANCE}_tpl"), TEMPLATE));
+        }
         let mut instances = Vec::new();
-        for i in 1..=repeat.max(1) {
-            let instance = match i {
-                1 => INSTANCE.to_owned(),
-                i => format!("{INSTANCE}_{i}"),
-            };
-            let config = db.config(&self.dir, &instance, PAUSED_URL, "")?;
-            Walhook::command(&self.walhook, &config, &["setup"])?;
-            db.create_baseline_slot(&instance).await?;
-            db.pause_subscriptions(&instance).await?;
-            instances.push((instance, config));
+        for (prefix, extra) in &variants {
+            for i in 1..=repeat.max(1) {
+                let instance = match i {
+                    1 => prefix.clone(),
+                    i => format!("{prefix}_{i}"),
+                };
+                let config = db.config(&self.dir, &instance, PAUSED_URL, extra)?;
+                Walhook::command(&self.walhook, &config, &["setup"])?;
+                db.create_baseline_slot(&instance).await?;
+                db.pause_subscriptions(&instance).await?;
+                instances.push((instance, config, !extra.is_empty()));
+            }
         }
         db.generate(changes, per_txn).await?;
         let marker = db.marker().await?;
         let events = changes + 1;
 
-        let mut runs = Vec::new();
-        for (instance, config) in &instances {
+        let (mut plain, mut rendered) = (Vec::new(), Vec::new());
+        for (instance, config, with_template) in &instances {
             eprintln!("{label}: pg_recvlogical ({instance})…");
             let baseline = process::pg_recvlogical(
                 &self.bindir,
@@ -229,45 +249,54 @@ impl Bench {
             let pg_cpu = process::postgres_cpu().saturating_sub(pg_before);
             walhook.stop()?;
             db.expect_outbox(instance, events).await?;
-            runs.push(CaptureRun {
+            let run = CaptureRun {
                 baseline,
                 took,
                 cpu,
                 pg_cpu,
-            });
+            };
+            match with_template {
+                false => plain.push(run),
+                true => rendered.push(run),
+            }
         }
         let floor = db.rewrite_outbox().await?;
         self.drop_database(db).await?;
 
-        runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-        let median = &runs[runs.len() / 2];
-        let all = runs
-            .iter()
-            .map(|r| format!("{:.2}", r.ratio()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        Ok(Row {
+        let workload = format!(
+            "{} changes (½ inserts, ⅖ updates of 1–2 columns, ⅒ deletes) over 3 tables",
+            thousands(events)
+        );
+        let plain = median(plain);
+        let mut rows = vec![Row {
             figure: label,
-            workload: format!(
-                "{} changes (½ inserts, ⅖ updates of 1–2 columns, ⅒ deletes) over 3 tables",
-                thousands(events)
-            ),
+            workload: workload.clone(),
             measured: format!(
-                "walhook {} changes/s, pg_recvlogical {} changes/s: **{:.2}** (median of {} \
-                 drains of the same changes: {all}; CPU per change: walhook {:.1} µs, Postgres \
-                 {:.1} µs; Postgres alone inserts the same outbox rows at {} changes/s: {:.2} \
+                "{}; Postgres alone inserts the same outbox rows at {} changes/s: {:.2} \
                  of pg_recvlogical)",
-                rate(events, median.took),
-                rate(events, median.baseline),
-                median.ratio(),
-                runs.len(),
-                median.cpu.as_secs_f64() * 1e6 / events as f64,
-                median.pg_cpu.as_secs_f64() * 1e6 / events as f64,
+                plain.describe(events),
                 rate(events, floor),
-                median.baseline.as_secs_f64() / floor.as_secs_f64()
+                plain.median.baseline.as_secs_f64() / floor.as_secs_f64()
             ),
             target: if per_txn == 1 { "≥ 0.80" } else { "≥ 0.50" },
-        })
+        }];
+        if templated {
+            let rendered = median(rendered);
+            rows.push(Row {
+                figure: format!("capture with a JSON template, {per_txn}-row transactions"),
+                workload: format!(
+                    "the same changes, every subscription with `{}`",
+                    TEMPLATE.trim_start_matches("template = ").trim_matches('\'')
+                ),
+                measured: format!(
+                    "{}); **{:.2}** of the plain envelope's rate on the same changes",
+                    rendered.describe(events),
+                    plain.median.took.as_secs_f64() / rendered.median.took.as_secs_f64()
+                ),
+                target: "≥ 0.80 of the plain rate",
+            });
+        }
+        Ok(rows)
     }
 
     /// The fastest single writer (100-row transactions from one session) while walhook
@@ -620,6 +649,51 @@ impl Bench {
             ),
             ("run", format!("{date}, load average before: {load}")),
         ])
+    }
+}
+
+/// The template of the templated capture figure: a receiver's camelCase JSON of the row.
+const TEMPLATE: &str = "template = '{{ values|camel_keys|tojson }}'";
+
+/// The median of some drains, and all their ratios.
+struct Drains {
+    median: CaptureRun,
+    all: String,
+    count: usize,
+}
+
+impl Drains {
+    /// "walhook … changes/s, pg_recvlogical …: **ratio** (median of …; CPU per change …"
+    /// (left open for the caller to add to).
+    fn describe(&self, events: u64) -> String {
+        let m = &self.median;
+        format!(
+            "walhook {} changes/s, pg_recvlogical {} changes/s: **{:.2}** (median of {} \
+             drains of the same changes: {}; CPU per change: walhook {:.1} µs, Postgres \
+             {:.1} µs",
+            rate(events, m.took),
+            rate(events, m.baseline),
+            m.ratio(),
+            self.count,
+            self.all,
+            m.cpu.as_secs_f64() * 1e6 / events as f64,
+            m.pg_cpu.as_secs_f64() * 1e6 / events as f64,
+        )
+    }
+}
+
+fn median(mut runs: Vec<CaptureRun>) -> Drains {
+    runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let all = runs
+        .iter()
+        .map(|r| format!("{:.2}", r.ratio()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let count = runs.len();
+    Drains {
+        median: runs.swap_remove(count / 2),
+        all,
+        count,
     }
 }
 

@@ -8,6 +8,12 @@
 -- row is updated on every claim and attempt; keeping text columns off it keeps those HOT
 -- updates as narrow as they were. Nullable without a default, so adding them rewrites
 -- nothing.
+--
+-- `unrendered`: the body is the plain envelope because the subscription's templates could
+-- not render it (or its delivery went dead before they ran); `walhook replay` renders it
+-- with the config of that moment, so a replay after a fix sends what the receiver expects.
+-- NULL means the body is final.
 ALTER TABLE event
     ADD COLUMN url text,
-    ADD COLUMN method text;
+    ADD COLUMN method text,
+    ADD COLUMN unrendered boolean;

@@ -38,6 +38,10 @@ enum Command {
         /// temporary one that goes when tail does.
         #[arg(long, value_name = "NAME")]
         slot: Option<String>,
+        /// Only the changes this subscription fires on, as it would send them (its
+        /// templates rendered) instead of envelopes.
+        #[arg(long, value_name = "NAME")]
+        subscription: Option<String>,
     },
     /// The daemon: capture matching changes into the outbox, exactly once.
     Run {
@@ -282,13 +286,18 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Tail { slot } => match commands::tail::run(&config, slot.as_deref()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::from(exit::RUNTIME)
+            Command::Tail { slot, subscription } => {
+                match commands::tail::run(&config, slot.as_deref(), subscription.as_deref()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        ExitCode::from(match e {
+                            commands::tail::TailError::Usage(_) => exit::CONFIG,
+                            _ => exit::RUNTIME,
+                        })
+                    }
                 }
-            },
+            }
             Command::Setup {
                 replica_identity,
                 recreate_slot,

@@ -29,6 +29,7 @@ fn the_benchmark_produces_every_figure_on_a_small_workload() {
     assert!(written.starts_with("# Benchmarks\n\nProse that the harness keeps.\n"));
     for figure in [
         "| capture, 1-row transactions | 3,001 changes",
+        "| capture with a JSON template, 1-row transactions | the same changes",
         "| capture, 100-row transactions | 3,001 changes",
         "| capture keeps up with one writer |",
         "| end to end, batch mode | 2,001 changes",

@@ -908,7 +908,7 @@ fn a_when_on_a_renamed_column_makes_the_delivery_dead_with_the_error_and_replaya
     let dead = db
         .sql("SELECT status || ' ' || last_error FROM walhook.deliveries WHERE key = '{\"id\":2}'");
     assert!(
-        dead.starts_with("dead not evaluated at capture: ") && dead.contains("name"),
+        dead.starts_with("dead failed at capture: ") && dead.contains("name"),
         "{dead}"
     );
     assert!(

@@ -156,6 +156,76 @@ fn tail_prints_each_change_as_a_json_line_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn tail_of_a_subscription_prints_only_what_it_fires_on_as_its_template_renders_it() {
+    let db = TestDb::new(ERP);
+    let text = format!(
+        r#"
+[source]
+url = "{url}"
+publication = "{publication}"
+
+[objects.invoice]
+table = "public.account_invoice"
+name = "account.invoice"
+fields = ["number", "partner_id", "state"]
+
+[[subscriptions]]
+name = "posted"
+object = "invoice"
+operations = ["update"]
+when = "values.state == 'posted'"
+url = "https://erp.example.com/invoices/{{{{ key.id }}}}"
+method = {{ update = "PUT" }}
+template = '{{{{ {{"invoiceNumber": values.number, "object": object}}|tojson }}}}'
+
+[[subscriptions]]
+name = "everything"
+object = "invoice"
+url = "https://erp.example.com/all"
+"#,
+        url = db.url,
+        publication = unique("absent_pub"),
+    );
+    let config = config_file(&text);
+    let tail = Tail::start_with(
+        &config,
+        &db,
+        &["--subscription", "posted"],
+        "walhook_tail_%",
+        Stdio::inherit(),
+    );
+
+    db.sql("INSERT INTO account_invoice VALUES (7, 'INV-7', 1, 'draft')");
+    db.sql("UPDATE account_invoice SET partner_id = 2 WHERE id = 7");
+    db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 7");
+
+    // Only the update its `when` lets through, as its template renders it.
+    let rendered = tail.next_event(Duration::from_secs(20));
+    assert_eq!(
+        rendered,
+        json!({"invoiceNumber": "INV-7", "object": "account.invoice"})
+    );
+    assert!(
+        tail.lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing else"
+    );
+    assert_eq!(tail.terminate(), 0);
+
+    // A name that is no subscription is a usage error.
+    let out = walhook(&config)
+        .args(["tail", "--subscription", "postd"])
+        .output()
+        .expect("run walhook tail");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown subscription \"postd\"; did you mean \"posted\"?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn tail_uses_the_configured_publication_when_it_exists() {
     let db = TestDb::new(ERP);
     let publication = unique("pub");

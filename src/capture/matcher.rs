@@ -48,6 +48,10 @@ pub struct RoutedEvent {
     /// The URL and method of this event, for a subscription that routes per event (then
     /// the event is that subscription's alone); `None`: each subscription's own.
     pub target: Option<Target>,
+    /// The body is the envelope where the subscription's templates should have rendered
+    /// it (they failed, or its delivery is dead for another reason): `walhook replay`
+    /// renders it then.
+    pub unrendered: bool,
 }
 
 impl RoutedEvent {
@@ -490,6 +494,7 @@ impl Matcher {
                     subscriptions: Vec::new(),
                     dead: Vec::new(),
                     target,
+                    unrendered: dead.is_some(),
                 };
                 event.receive(sub.name.clone(), dead);
                 events.push(event);
@@ -527,6 +532,7 @@ impl Matcher {
                 subscriptions: Vec::new(),
                 dead: Vec::new(),
                 target: None,
+                unrendered: false,
             };
             event.receive(sub.name.clone(), dead);
             events.push(event);
@@ -568,9 +574,11 @@ impl Matcher {
                 route.ignored_by.push(sub.name.clone());
                 continue;
             }
-            if let Some(at) = event_objects.iter().position(|&o| o == sub.object) {
-                route.events[at].subscriptions.push(sub.name.clone());
-                continue;
+            if sub.rendering.is_none() {
+                if let Some(at) = event_objects.iter().position(|&o| o == sub.object) {
+                    route.events[at].subscriptions.push(sub.name.clone());
+                    continue;
+                }
             }
             // Only the object's name is read: a TRUNCATE has no row, so no key or fields.
             let view = ObjectView {
@@ -578,24 +586,50 @@ impl Matcher {
                 key: Vec::new(),
                 fields: Vec::new(),
             };
-            route.events.push(RoutedEvent {
+            let fields = truncate_fields(
+                relation,
+                &view,
+                position,
+                truncation.cascade,
+                truncation.restart_identity,
+                commit,
+            );
+            let mut event = RoutedEvent {
                 event_id: event_id(commit.lsn, position),
                 event_type: format!("{}.truncated", view.name),
                 object: view.name.clone(),
                 key: "null".to_owned(),
-                body: serialise(truncate_fields(
-                    relation,
-                    &view,
-                    position,
-                    truncation.cascade,
-                    truncation.restart_identity,
-                    commit,
-                )),
-                subscriptions: vec![sub.name.clone()],
+                body: Vec::new(),
+                subscriptions: Vec::new(),
                 dead: Vec::new(),
                 target: None,
+                unrendered: false,
+            };
+            let dead = match &sub.rendering {
+                None => {
+                    event.body = serialise(fields);
+                    None
+                }
+                Some(rendering) => match rendering.render_truncate(&fields) {
+                    Ok(rendered) => {
+                        event.body = rendered.body.unwrap_or_else(|| serialise(fields));
+                        event.target = rendered.target;
+                        None
+                    }
+                    Err(error) => {
+                        event.body = serialise(fields);
+                        event.unrendered = true;
+                        Some(error)
+                    }
+                },
+            };
+            event.receive(sub.name.clone(), dead);
+            route.events.push(event);
+            // A rendered event is this subscription's alone.
+            event_objects.push(match sub.rendering {
+                None => sub.object,
+                Some(_) => usize::MAX,
             });
-            event_objects.push(sub.object);
         }
         route
     }

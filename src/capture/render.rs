@@ -22,6 +22,8 @@ pub struct Rendering {
     templates: Templates,
     /// Indexed like [`Operation::ALL`].
     methods: [Method; 3],
+    /// For `<object>.truncated` events.
+    truncate_method: Method,
     /// The event carries its own [`Target`]: a URL template or a method per operation.
     routed: bool,
     /// The URL as configured, for a routed subscription without a URL template.
@@ -57,6 +59,7 @@ impl Rendering {
         Ok(Some(Rendering {
             templates,
             methods: Operation::ALL.map(|op| sub.method.for_operation(op)),
+            truncate_method: sub.method.for_truncate(),
             routed: url_template.is_some() || per_operation,
             url: sub.url.expose().to_owned(),
             json_bodies: sub.batch.is_some(),
@@ -73,11 +76,28 @@ impl Rendering {
         self.templates.has_body()
     }
 
-    /// Renders one event, given as its envelope's fields.
+    /// Renders one event of `operation`, given as its envelope's fields.
     pub fn render(
         &self,
         envelope: &Map<String, Value>,
         operation: Operation,
+    ) -> Result<Rendered, String> {
+        let index = Operation::ALL
+            .iter()
+            .position(|&op| op == operation)
+            .expect("every operation is in ALL");
+        self.render_with(envelope, self.methods[index])
+    }
+
+    /// Renders a TRUNCATE's `<object>.truncated` event, given as its envelope's fields.
+    pub fn render_truncate(&self, envelope: &Map<String, Value>) -> Result<Rendered, String> {
+        self.render_with(envelope, self.truncate_method)
+    }
+
+    fn render_with(
+        &self,
+        envelope: &Map<String, Value>,
+        method: Method,
     ) -> Result<Rendered, String> {
         let event = super::template::context(envelope);
         let body = match self.templates.has_body() {
@@ -113,10 +133,6 @@ impl Rendering {
                     }
                     false => self.url.clone(),
                 };
-                let method = self.methods[Operation::ALL
-                    .iter()
-                    .position(|&op| op == operation)
-                    .expect("every operation is in ALL")];
                 Some(Target { url, method })
             }
         };

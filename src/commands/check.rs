@@ -122,7 +122,12 @@ async fn check(config: &Config, report: &mut Report) {
     ));
     if let Err(error) = crate::capture::matcher::Matcher::new(config) {
         for problem in error.problems {
-            report.problem(problem, "correct the when expression");
+            let fix = if problem.contains(".when: ") {
+                "correct the when expression"
+            } else {
+                "correct the template"
+            };
+            report.problem(problem, fix);
         }
     }
     check_subscriber_urls(config, report).await;

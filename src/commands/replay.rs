@@ -2,14 +2,19 @@
 //! delivered) one of a subscription, optionally `--since` a time.
 //!
 //! A replayed delivery becomes pending and due now with a fresh retry schedule and trigger
-//! `replay`; its event row is not touched, so the receiver sees the same event id (and the
-//! same body). Replaying a subscription also switches it back on when a 410 Gone had
-//! deactivated it. Everything for one call commits in one transaction.
+//! `replay`; the receiver sees the same event id (and the same body). One exception: an
+//! event whose templates could not render it at capture (SPEC §4a) is rendered now, with
+//! the config of now, so a replay after the fix sends what the receiver expects; one that
+//! still does not render stays dead and is named. Replaying a subscription also switches it
+//! back on when a 410 Gone had deactivated it. Everything for one call commits in one
+//! transaction.
 
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Transaction};
 
 use super::outbox::{since_condition, Since, Status};
-use crate::config::Config;
+use crate::capture::render::Rendering;
+use crate::config::{Config, Operation};
 use crate::outbox::queue::PAUSED_REASON;
 use crate::pg::quote_ident;
 
@@ -128,16 +133,24 @@ pub struct Replayed {
     /// The reason, when the subscription is paused through the admin API: the replayed
     /// deliveries wait until it is resumed.
     pub paused: Option<String>,
+    /// Deliveries left dead because their templates still fail on them: (id, why).
+    pub still_failing: Vec<(i64, String)>,
 }
 
 /// Re-queues what `target` names in the outbox `schema`, in one transaction. A subscription
-/// name that is not among the `configured` ones must be known to the outbox.
+/// name that is not in `config` must be known to the outbox.
 pub async fn replay(
     db: &mut Client,
     schema: &str,
     target: &Target,
-    configured: &[&str],
+    config: &Config,
 ) -> Result<Replayed, ReplayError> {
+    let configured: Vec<&str> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let configured = configured.as_slice();
     let s = quote_ident(schema);
     let failed = |what: &str| {
         let what = what.to_owned();
@@ -164,7 +177,7 @@ pub async fn replay(
         .transaction()
         .await
         .map_err(failed("starting a transaction"))?;
-    let (subscription, count, single) = match target {
+    let (subscription, count, single, still_failing) = match target {
         Target::Id(id) => {
             let row = tx
                 .query_opt(
@@ -180,14 +193,20 @@ pub async fn replay(
                 .ok_or(ReplayError::UnknownDelivery(*id))?;
             let event_id: Option<String> = row.get(2);
             let was: String = row.get(1);
+            let failing = render_again(&tx, &s, config, "d.id = $1", &[id]).await?;
+            let skip: Vec<i64> = failing.iter().map(|(id, _)| *id).collect();
             let count = tx
-                .execute(&format!("{requeue} WHERE id = $1"), &[id])
+                .execute(
+                    &format!("{requeue} WHERE id = $1 AND NOT (id = ANY($2))"),
+                    &[id, &skip],
+                )
                 .await
                 .map_err(failed("re-queueing the delivery"))?;
             (
                 row.get::<_, String>(0),
                 count,
                 Some((event_id.unwrap_or_else(|| "?".into()), was)),
+                failing,
             )
         }
         Target::Subscription {
@@ -196,17 +215,30 @@ pub async fn replay(
             since,
         } => {
             let (since_at, since_micros) = Since::params(since.as_ref());
+            let failing = render_again(
+                &tx,
+                &s,
+                config,
+                &format!(
+                    "d.subscription = $1 AND d.status = $2 AND {}",
+                    since_condition(3, 4).replace("created_at", "d.created_at")
+                ),
+                &[name, &status.as_str(), &since_at, &since_micros],
+            )
+            .await?;
+            let skip: Vec<i64> = failing.iter().map(|(id, _)| *id).collect();
             let count = tx
                 .execute(
                     &format!(
-                        "{requeue} WHERE subscription = $1 AND status = $2 AND {}",
+                        "{requeue} WHERE subscription = $1 AND status = $2 AND {} \
+                         AND NOT (id = ANY($5))",
                         since_condition(3, 4)
                     ),
-                    &[name, &status.as_str(), &since_at, &since_micros],
+                    &[name, &status.as_str(), &since_at, &since_micros, &skip],
                 )
                 .await
                 .map_err(failed("re-queueing the deliveries"))?;
-            (name.clone(), count, None)
+            (name.clone(), count, None, failing)
         }
     };
     let reactivated = !tx
@@ -229,7 +261,91 @@ pub async fn replay(
         single,
         reactivated,
         paused,
+        still_failing,
     })
+}
+
+/// Renders, with each subscription's templates of now, the bodies capture stored as
+/// envelopes among the deliveries `condition` selects (on `d`, with `params`), and stores
+/// the result on their events. Returns the deliveries that still do not render, with why.
+async fn render_again(
+    tx: &Transaction<'_>,
+    s: &str,
+    config: &Config,
+    condition: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<(i64, String)>, ReplayError> {
+    let failed = |e: tokio_postgres::Error| {
+        ReplayError::Failed(format!("reading the events to render: {e}"))
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT d.id, d.subscription, e.seq, e.body FROM {s}.delivery d \
+                 JOIN {s}.event e ON e.seq = d.event_seq \
+                 WHERE {condition} AND e.unrendered FOR UPDATE OF e"
+            ),
+            params,
+        )
+        .await
+        .map_err(failed)?;
+    let mut still_failing = Vec::new();
+    for row in rows {
+        let (id, name, seq, body): (i64, String, i64, Vec<u8>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        // A subscription no longer configured has no templates to render with; its
+        // deliveries wait, as they are, until it is added back.
+        let Some(sub) = config.subscription(&name) else {
+            continue;
+        };
+        let rendered = match Rendering::compile(sub) {
+            // The templates are gone: the envelope is what the subscription sends now.
+            Ok(None) => Ok((body, None)),
+            Ok(Some(rendering)) => render_envelope(&rendering, &body),
+            Err(e) => Err(e),
+        };
+        match rendered {
+            Ok((body, target)) => {
+                let (url, method) = match target {
+                    Some(t) => (Some(t.url), Some(t.method.as_str())),
+                    None => (None, None),
+                };
+                tx.execute(
+                    &format!(
+                        "UPDATE {s}.event SET body = $1, url = $2, method = $3, \
+                         unrendered = NULL WHERE seq = $4"
+                    ),
+                    &[&body, &url, &method, &seq],
+                )
+                .await
+                .map_err(|e| ReplayError::Failed(format!("storing a rendered event: {e}")))?;
+            }
+            Err(error) => still_failing.push((id, error)),
+        }
+    }
+    Ok(still_failing)
+}
+
+/// A stored envelope rendered by `rendering`: the body and the target.
+fn render_envelope(
+    rendering: &Rendering,
+    envelope: &[u8],
+) -> Result<(Vec<u8>, Option<crate::config::Target>), String> {
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(envelope)
+        .map_err(|e| format!("the stored event is not an envelope: {e}"))?;
+    let operation = fields
+        .get("operation")
+        .and_then(|o| o.as_str())
+        .unwrap_or_default();
+    let rendered = match Operation::ALL
+        .into_iter()
+        .find(|op| op.as_str() == operation)
+    {
+        Some(op) => rendering.render(&fields, op),
+        None => rendering.render_truncate(&fields),
+    }?;
+    let body = rendered.body.unwrap_or_else(|| envelope.to_vec());
+    Ok((body, rendered.target))
 }
 
 /// Ok when `name` has deliveries or a deactivation in the outbox; otherwise the error with
@@ -284,18 +400,26 @@ pub async fn run(config: &Config, target: &Target) -> Result<(), ReplayError> {
     let mut db = super::outbox::connect(config, "delivery")
         .await
         .map_err(ReplayError::Failed)?;
-    let configured: Vec<&str> = config
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    let replayed = replay(&mut db, &config.outbox.schema, target, &configured).await?;
+    let replayed = replay(&mut db, &config.outbox.schema, target, config).await?;
     println!("{}", summary(config, target, &replayed));
     Ok(())
 }
 
 /// The one line `run` prints (and the admin API's replay answers with).
 pub fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
+    let line = requeued(config, target, r);
+    match r.still_failing.as_slice() {
+        [] => line,
+        [(id, why), ..] => format!(
+            "{line}\n{} delivery(s) stay dead because the subscription's templates still fail \
+             on them (delivery {id}: {why}); fix the template and replay again",
+            r.still_failing.len()
+        ),
+    }
+}
+
+/// What was re-queued, and who will send it.
+fn requeued(config: &Config, target: &Target, r: &Replayed) -> String {
     let name = &r.subscription;
     let (them, wait) = if r.count == 1 {
         ("it", "waits")
@@ -323,6 +447,9 @@ pub fn summary(config: &Config, target: &Target, r: &Replayed) -> String {
         String::new()
     };
     match (target, &r.single) {
+        (Target::Id(id), Some(_)) if r.count == 0 => {
+            format!("delivery {id} of subscription {name:?} was not re-queued")
+        }
         (Target::Id(id), Some((event_id, was))) => {
             let what = if was == "pending" {
                 "made due now"

@@ -8,6 +8,9 @@
 //! tail says loudly on stderr that changes in the gap may be missing. `--slot NAME` reads
 //! through a durable slot instead, which the user owns: created if missing, never dropped.
 //!
+//! With `--subscription S` tail shows what `run` would store for S instead of envelopes:
+//! only the changes S fires on, rendered by its templates (SPEC §4a).
+//!
 //! When the configured publication does not exist, tail creates one of its own for the
 //! configured tables and drops it on a normal exit. After a SIGKILL that publication stays
 //! (a publication holds no WAL and costs nothing); `walhook check` lists such leftovers.
@@ -20,6 +23,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::capture::envelope::{envelope, serialise, truncate_fields};
+use crate::capture::matcher::Matcher;
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
@@ -36,6 +40,9 @@ pub const TAIL_PREFIX: &str = "walhook_tail_";
 /// Why tail stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
+    /// `--subscription` names no subscription, or one whose templates do not compile.
+    #[error("{0}")]
+    Usage(String),
     /// Could not set up the slot or publication.
     #[error("{0}")]
     Setup(String),
@@ -58,7 +65,22 @@ impl From<CaptureError> for TailError {
 
 /// Streams changes of the configured tables to stdout until a signal or a fatal error.
 /// `durable_slot` is `--slot`: a permanent slot the user owns, used instead of a temporary one.
-pub async fn run(config: &Config, durable_slot: Option<&str>) -> Result<(), TailError> {
+/// `subscription` is `--subscription`: only its table, and what it would be sent.
+pub async fn run(
+    config: &Config,
+    durable_slot: Option<&str>,
+    subscription: Option<&str>,
+) -> Result<(), TailError> {
+    let only;
+    let (config, matcher) = match subscription {
+        Some(name) => {
+            only = only_subscription(config, name)?;
+            let matcher =
+                Matcher::new(&only).map_err(|e| TailError::Usage(e.problems.join("\n")))?;
+            (&only, Some(matcher))
+        }
+        None => (config, None),
+    };
     // Installed before anything is created, so that Ctrl-C during setup still cleans up
     // instead of killing the process and leaving a publication behind.
     let mut signals = Signals {
@@ -89,12 +111,13 @@ pub async fn run(config: &Config, durable_slot: Option<&str>) -> Result<(), Tail
     };
     let result = match ready {
         Ok(true) => {
+            let mut views = Views::new(config, matcher);
             stream(
-                config,
                 &info,
                 &slot,
                 &publication.name,
                 &tables,
+                &mut views,
                 &mut signals,
             )
             .await
@@ -336,15 +359,14 @@ enum Stop {
 }
 
 async fn stream(
-    config: &Config,
     info: &ConnInfo,
     slot: &SlotKind,
     publication: &str,
     tables: &[TableName],
+    views: &mut Views<'_>,
     signals: &mut Signals,
 ) -> Result<(), TailError> {
     let mut progress = Progress::default();
-    let mut views = Views::new(config);
     let mut backoff = Duration::from_millis(100);
     let mut reconnect = false;
     loop {
@@ -361,7 +383,7 @@ async fn stream(
         reconnect = true;
         let outcome = tokio::select! {
             () = signals.recv() => Ok(Stop::Signal),
-            r = read(info, &options, connect, tables, &mut views, &mut progress, &mut backoff) => r,
+            r = read(info, &options, connect, tables, views, &mut progress, &mut backoff) => r,
         };
         match outcome {
             Ok(Stop::Signal) | Ok(Stop::StdoutClosed) => return Ok(()),
@@ -455,15 +477,27 @@ async fn read(
                     continue;
                 }
                 let c = commit.expect("changes come inside a transaction");
-                let view = views.get(&change.relation);
-                let event_type = view.default_event_type(change.operation);
-                envelope(&change, view, &event_type, c)
+                if let Some(matcher) = &mut views.matcher {
+                    match routed_bodies(matcher, &change, c) {
+                        Some(lines) => lines,
+                        None => continue,
+                    }
+                } else {
+                    let view = views.get(&change.relation);
+                    let event_type = view.default_event_type(change.operation);
+                    envelope(&change, view, &event_type, c)
+                }
             }
             Item::Truncate(t) => {
                 let c = commit.expect("truncates come inside a transaction");
                 let mut lines = Vec::new();
                 for (i, relation) in t.relations.iter().enumerate() {
-                    if watched(tables, relation) {
+                    if let Some(matcher) = &views.matcher {
+                        for event in matcher.route_truncate(&t, i, c).events {
+                            lines.extend(event.body);
+                            lines.push(b'\n');
+                        }
+                    } else if watched(tables, relation) {
                         let view = views.get(relation);
                         lines.extend(serialise(truncate_fields(
                             relation,
@@ -510,17 +544,63 @@ fn watched(tables: &[TableName], relation: &Relation) -> bool {
         .any(|t| t.schema == relation.schema && t.name == relation.name)
 }
 
-/// Object views per table, rebuilt when the table's description changes.
+/// `config` with only subscription `name`, active, and its table: what `--subscription`
+/// shows.
+fn only_subscription(config: &Config, name: &str) -> Result<Config, TailError> {
+    let sub = super::test::find(config, name).map_err(|e| TailError::Usage(e.to_string()))?;
+    let mut sub = sub.clone();
+    sub.active = true;
+    let mut only = config.clone();
+    only.objects
+        .retain(|_, object| object.table == sub.object.config.table);
+    only.subscriptions = vec![sub];
+    Ok(only)
+}
+
+/// The bodies `matcher` would store for `change`, one per line, or `None` when none fires;
+/// what cannot be evaluated or rendered is said on stderr.
+fn routed_bodies(
+    matcher: &mut Matcher,
+    change: &crate::capture::RowChange,
+    commit: crate::capture::Commit,
+) -> Option<Vec<u8>> {
+    let (events, problems) = matcher.route(change, commit);
+    for problem in problems {
+        eprintln!(
+            "walhook tail: subscription {}: {} (key {}): {}",
+            problem.subscription, problem.table, problem.key, problem.message
+        );
+    }
+    let mut lines = Vec::new();
+    for event in events.into_iter().filter(|e| !e.subscriptions.is_empty()) {
+        if let Some(target) = &event.target {
+            eprintln!(
+                "walhook tail: {} {}",
+                target.method.as_str(),
+                crate::config::redact_url(&target.url)
+            );
+        }
+        lines.extend(event.body);
+        lines.push(b'\n');
+    }
+    lines.pop();
+    (!lines.is_empty()).then_some(lines)
+}
+
+/// Object views per table, rebuilt when the table's description changes; with
+/// `--subscription`, the matcher that routes and renders for it instead.
 struct Views<'a> {
     config: &'a Config,
     cache: HashMap<u32, (Arc<Relation>, ObjectView)>,
+    matcher: Option<Matcher>,
 }
 
 impl<'a> Views<'a> {
-    fn new(config: &'a Config) -> Self {
+    fn new(config: &'a Config, matcher: Option<Matcher>) -> Self {
         Views {
             config,
             cache: HashMap::new(),
+            matcher,
         }
     }
 
@@ -541,7 +621,8 @@ impl<'a> Views<'a> {
             .iter()
             .find(|(_, o)| o.table.schema == relation.schema && o.table.name == relation.name);
         match object {
-            Some((name, o)) => {
+            Some((key, o)) => {
+                let name = o.name.as_ref().unwrap_or(key);
                 match ObjectView::resolve(name, relation, o.key.as_deref(), o.fields.as_deref()) {
                     Ok(view) => view,
                     Err(e) => {

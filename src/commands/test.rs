@@ -2,7 +2,8 @@
 //! request and the response, and records the attempt with trigger `test` (SPEC §1, §5).
 //!
 //! The event is an `update` of the subscription's object: the real row with `--key`, or
-//! sample values made from the table's columns. It is sent once and never retried.
+//! sample values made from the table's columns, rendered by the subscription's templates
+//! as a real event would be. It is sent once and never retried.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,8 +11,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
 use super::terminal::printable;
-use crate::capture::envelope::pg_micros_to_rfc3339;
-use crate::config::{Auth, Config, Operation, SubscriptionConfig};
+use crate::capture::envelope::{pg_micros_to_rfc3339, serialise};
+use crate::capture::render::Rendering;
+use crate::config::{redact_url, Auth, Config, Operation, SubscriptionConfig, Target};
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::sender::{self, Attempt};
 use crate::pg::{quote_ident, quote_table};
@@ -58,8 +60,10 @@ impl TestError {
 pub struct TestSent {
     /// The event id (`evt_test_…`), also the `webhook-id`.
     pub event_id: String,
-    /// The body sent: the event, or nothing for a GET ping.
+    /// The body sent: the event or its rendering, or nothing for a GET ping.
     pub body: Vec<u8>,
+    /// The URL and method, when the subscription routes per event.
+    pub target: Option<Target>,
     /// The request's result.
     pub attempt: Attempt,
     /// Why the attempt is missing from the attempt log, when it is.
@@ -108,15 +112,15 @@ pub fn key_object(value: Value) -> Result<Map<String, Value>, TestError> {
 
 /// Sends one signed test event for `sub` now, with `client` and `policy` (from
 /// [`network::http_client`]), and records the attempt with trigger `test`. The event is the
-/// row with `key`, or sample values. `before_send` sees the event id and the body just
-/// before the request goes out. Never retried.
+/// row with `key`, or sample values. `before_send` sees the event id, the body and the
+/// target just before the request goes out. Never retried.
 pub async fn send_test(
     config: &Config,
     sub: &SubscriptionConfig,
     key: Option<Map<String, Value>>,
     client: &reqwest::Client,
     policy: &NetworkPolicy,
-    before_send: impl FnOnce(&str, &[u8]),
+    before_send: impl FnOnce(&str, &[u8], Option<&Target>),
 ) -> Result<TestSent, TestError> {
     let source = connect(config.source.url.expose(), "source.url").await?;
     let (event_key, values) = match key {
@@ -124,15 +128,25 @@ pub async fn send_test(
         None => synthetic_row(&source, sub).await?,
     };
     let event_id = format!("evt_test_{:016x}", rand::random::<u64>());
-    // A GET is a bare ping (SPEC §4).
-    let body = if sub.method.for_operation(Operation::Update).has_body() {
-        envelope(sub, &event_id, event_key, values)
-    } else {
-        Vec::new()
+    let fields = envelope(sub, &event_id, event_key, values);
+    let (body, target) = match Rendering::compile(sub).map_err(TestError::Failed)? {
+        Some(rendering) => {
+            let rendered = rendering
+                .render(&fields, Operation::Update)
+                .map_err(TestError::Failed)?;
+            let body = rendered.body.unwrap_or_else(|| serialise(fields));
+            (body, rendered.target)
+        }
+        None => (serialise(fields), None),
     };
+    let method = target
+        .as_ref()
+        .map_or_else(|| sub.method.for_operation(Operation::Update), |t| t.method);
+    // A GET is a bare ping (SPEC §4).
+    let body = if method.has_body() { body } else { Vec::new() };
 
-    before_send(&event_id, &body);
-    let attempt = sender::send(client, policy, sub, None, &event_id, &body).await;
+    before_send(&event_id, &body, target.as_ref());
+    let attempt = sender::send(client, policy, sub, target.as_ref(), &event_id, &body).await;
 
     let not_recorded = match &config.outbox.url {
         Some(url) if url.expose() != config.source.url.expose() => {
@@ -147,6 +161,7 @@ pub async fn send_test(
     Ok(TestSent {
         event_id,
         body,
+        target,
         attempt,
         not_recorded,
     })
@@ -159,8 +174,8 @@ pub async fn run(config: &Config, name: &str, key: Option<&str>) -> Result<bool,
     let policy = NetworkPolicy::new(&config.delivery.allow_networks);
     let client = network::http_client(policy.clone())
         .map_err(|e| TestError::Failed(format!("HTTP client: {}", e.without_url())))?;
-    let sent = send_test(config, sub, key, &client, &policy, |id, body| {
-        print_request(sub, id, body)
+    let sent = send_test(config, sub, key, &client, &policy, |id, body, target| {
+        print_request(sub, id, body, target)
     })
     .await?;
     print_response(&sent.attempt);
@@ -380,7 +395,7 @@ fn envelope(
     id: &str,
     key: Map<String, Value>,
     values: Map<String, Value>,
-) -> Vec<u8> {
+) -> Map<String, Value> {
     let now_micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
@@ -397,13 +412,30 @@ fn envelope(
         "changed": [],
         "source": {"table": table.to_string(), "lsn": null, "txid": null},
     });
-    serde_json::to_vec(&body).expect("a JSON value serialises")
+    match body {
+        Value::Object(fields) => fields,
+        _ => unreachable!("built as an object"),
+    }
 }
 
-/// The request as sent, except secrets: auth and custom headers by name only.
-fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8]) {
-    let method = sub.method.for_operation(Operation::Update).as_str();
-    println!("request: {method} {}", sub.url);
+/// The request as sent, except secrets: auth and custom headers by name only, and a
+/// rendered URL with its credentials hidden.
+fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8], target: Option<&Target>) {
+    match target {
+        Some(target) => println!(
+            "request: {} {}",
+            target.method.as_str(),
+            printable(&redact_url(&target.url), false)
+        ),
+        None => println!(
+            "request: {} {}",
+            sub.method.for_operation(Operation::Update).as_str(),
+            sub.url
+        ),
+    }
+    if !body.is_empty() {
+        println!("  Content-Type: {}", sub.content_type);
+    }
     println!("  webhook-id: {id}");
     match sub.secrets.len() {
         0 => println!("  webhook-signature: (none: the subscription has no secret)"),

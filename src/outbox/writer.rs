@@ -94,7 +94,10 @@ struct Buffer {
     /// For each event, its own URL and method when its subscription routes per event.
     urls: Vec<Option<String>>,
     methods: Vec<Option<&'static str>>,
-    /// Whether any event buffered has a target (the insert then writes those columns).
+    /// For each event, `Some(true)` when its body still needs the templates' rendering.
+    unrendered: Vec<Option<bool>>,
+    /// Whether any event buffered has a target or needs rendering (the insert then writes
+    /// those columns).
     routed: bool,
     /// For each event, the subscriptions that receive it.
     subscriptions: Vec<Vec<Arc<str>>>,
@@ -191,9 +194,9 @@ impl OutboxWriter {
                 .map_err(err("preparing the event insert"))?,
             routed_events: client
                 .prepare(&events(
-                    ", url, method",
-                    ", $9::text[], $10::text[]",
-                    ", url, method",
+                    ", url, method, unrendered",
+                    ", $9::text[], $10::text[], $11::bool[]",
+                    ", url, method, unrendered",
                 ))
                 .await
                 .map_err(err("preparing the event insert"))?,
@@ -283,6 +286,8 @@ impl OutboxWriter {
                 b.methods.push(None);
             }
         }
+        b.routed |= event.unrendered;
+        b.unrendered.push(event.unrendered.then_some(true));
         b.commit_lsns.push(commit.lsn.to_string());
         b.commit_times.push(commit.time);
         b.subscriptions.push(event.subscriptions);
@@ -334,8 +339,19 @@ impl OutboxWriter {
         ];
         let inserted = if b.routed {
             let [p1, p2, p3, p4, p5, p6, p7, p8] = params;
-            let routed: [&(dyn ToSql + Sync); 10] =
-                [p1, p2, p3, p4, p5, p6, p7, p8, &b.urls, &b.methods];
+            let routed: [&(dyn ToSql + Sync); 11] = [
+                p1,
+                p2,
+                p3,
+                p4,
+                p5,
+                p6,
+                p7,
+                p8,
+                &b.urls,
+                &b.methods,
+                &b.unrendered,
+            ];
             self.client
                 .execute(&self.statements.routed_events, &routed)
                 .await
@@ -380,7 +396,7 @@ impl OutboxWriter {
                     dead_seqs.push(*seq);
                     ordering_keys.push(*key);
                     errors.push(format!(
-                        "not evaluated at capture: {error} (replay once the config is fixed)"
+                        "failed at capture: {error} (replay once the config is fixed)"
                     ));
                 }
             }

@@ -412,7 +412,7 @@ async fn test_event(
             key,
             &app.state.http,
             &app.state.policy,
-            |_, _| {},
+            |_, _, _| {},
         ),
     )
     .await
@@ -434,8 +434,10 @@ async fn test_event(
         "subscription": name,
         "event_id": sent.event_id,
         "request": {
-            "method": sub.method.to_json(),
-            "url": view::redact_url(&sub.url.to_string()),
+            "method": sent.target.as_ref().map_or_else(|| sub.method.to_json(), |t| t.method.as_str().into()),
+            "url": view::redact_url(&sent.target.as_ref().map_or_else(|| sub.url.to_string(), |t| t.url.clone())),
+            "content_type": (!sent.body.is_empty()).then_some(sub.content_type.as_str()),
+            "body": String::from_utf8_lossy(&sent.body),
             "signatures": sub.secrets.len(),
             "auth": view::auth_type(sub),
             "headers": sub.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
@@ -737,10 +739,9 @@ async fn replay_subscription(
 /// Runs `replay()` on the admin API's connection with the running config.
 async fn run_replay(app: &App, target: &Target) -> Result<(Arc<Config>, Replayed), ApiError> {
     let config = app.state.config.borrow().clone();
-    let configured = configured_names(&config);
     let mut conn = app.db.conn().await?;
     let replayed = timed("replaying", async {
-        replay::replay(conn.client(), &app.state.schema, target, &configured)
+        replay::replay(conn.client(), &app.state.schema, target, &config)
             .await
             .map_err(replay_error)
     })

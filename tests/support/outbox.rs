@@ -91,5 +91,6 @@ pub fn ledger_event(n: u32) -> walhook::capture::matcher::RoutedEvent {
         subscriptions: vec!["ledger".into()],
         dead: Vec::new(),
         target: None,
+        unrendered: false,
     }
 }
