@@ -183,9 +183,9 @@ async fn an_outbox_from_before_the_event_target_migration_still_delivers_its_pen
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
     write(&db, vec![event(3, "evt_old", br#"{"id":"evt_old"}"#, None)]).await;
-    // The outbox as walhook made it at version 3: no target columns, no version 4.
+    // The outbox as walhook made it at version 3: none of the columns of 0004, no version 4.
     db.sql(
-        "ALTER TABLE walhook.event DROP COLUMN url, DROP COLUMN method; \
+        "ALTER TABLE walhook.event DROP COLUMN url, DROP COLUMN method, DROP COLUMN unrendered; \
          DELETE FROM walhook.schema_version WHERE version = 4",
     );
     assert_eq!(

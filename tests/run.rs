@@ -561,6 +561,46 @@ fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
 }
 
 #[test]
+fn editing_a_template_file_takes_effect_without_restart_and_a_broken_one_is_refused() {
+    let db = TestDb::new(ERP);
+    let config = config_file(&format!(
+        "{}{INVOICE}{}",
+        source(&db),
+        subscription(
+            "all",
+            "invoice",
+            "template_file = \"templates/invoice.json.j2\""
+        )
+    ));
+    let templates = config.path.parent().unwrap().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    let template = templates.join("invoice.json.j2");
+    std::fs::write(&template, r#"{"v": 1, "id": {{ key.id | tojson }}}"#).unwrap();
+    let daemon = start_daemon(&config);
+    db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &daemon, 1);
+    assert_eq!(rows[0].1, json!({"v": 1, "id": 1}));
+
+    // Only the template changes, not the config file.
+    std::fs::write(&template, r#"{"v": 2, "id": {{ key.id | tojson }}}"#).unwrap();
+    wait_until(Duration::from_secs(20), "the reload is logged", || {
+        daemon.log_text().contains("config reloaded")
+    });
+    db.sql("INSERT INTO account_invoice VALUES (2, 'INV-2', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &daemon, 2);
+    assert_eq!(rows[1].1, json!({"v": 2, "id": 2}), "{}", daemon.log_text());
+
+    // A template that does not compile is refused; the running one stays.
+    std::fs::write(&template, r#"{"v": 3, "id": {{ key.id | tojson }"#).unwrap();
+    wait_until(Duration::from_secs(20), "the broken edit is logged", || {
+        daemon.log_text().contains("config reload rejected")
+    });
+    db.sql("INSERT INTO account_invoice VALUES (3, 'INV-3', 1, 'draft', 1)");
+    let rows = wait_for_deliveries(&db, &daemon, 3);
+    assert_eq!(rows[2].1, json!({"v": 2, "id": 3}));
+}
+
+#[test]
 fn a_watch_the_replica_identity_cannot_serve_is_refused_at_start_with_the_fix() {
     let db = TestDb::new(ERP);
     db.sql("ALTER TABLE account_invoice REPLICA IDENTITY DEFAULT");
