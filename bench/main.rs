@@ -286,7 +286,9 @@ impl Bench {
                 figure: format!("capture with a JSON template, {per_txn}-row transactions"),
                 workload: format!(
                     "the same changes, every subscription with `{}`",
-                    TEMPLATE.trim_start_matches("template = ").trim_matches('\'')
+                    TEMPLATE
+                        .trim_start_matches("template = ")
+                        .trim_matches('\'')
                 ),
                 measured: format!(
                     "{}); **{:.2}** of the plain envelope's rate on the same changes",

@@ -4,9 +4,9 @@
 -- subscription that does not route) means the subscription's own URL and method.
 --
 -- On the event row rather than the delivery row: a routed event belongs to that one
--- subscription alone, and an event row is written once and never updated, while a delivery
--- row is updated on every claim and attempt; keeping text columns off it keeps those HOT
--- updates as narrow as they were. Nullable without a default, so adding them rewrites
+-- subscription alone, and an event row is written once (and rewritten only by a replay that
+-- renders an `unrendered` one), while a delivery row is updated on every claim and attempt;
+-- keeping text columns off it keeps those HOT updates as narrow as they were. Nullable without a default, so adding them rewrites
 -- nothing.
 --
 -- `unrendered`: the body is the plain envelope because the subscription's templates could
