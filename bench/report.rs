@@ -34,10 +34,15 @@ impl Report {
         }
         md.push_str(&format!("\nCommand: `{}`\n\n", self.command));
         md.push_str("| figure | workload | measured | SPEC §9 target |\n|---|---|---|---|\n");
+        // A `|` inside a cell (a template's filters) would end the cell.
+        let cell = |text: &str| text.replace('|', "\\|");
         for row in &self.rows {
             md.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
-                row.figure, row.workload, row.measured, row.target
+                cell(&row.figure),
+                cell(&row.workload),
+                cell(&row.measured),
+                cell(row.target)
             ));
         }
         md

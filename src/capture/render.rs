@@ -11,7 +11,8 @@ use super::envelope::{envelope_fields, Commit, ObjectView};
 use super::relation::{Column, Identity, Relation};
 use super::template::{Part, TemplateError, Templates};
 use crate::config::{
-    Config, Method, Operation, SubscriptionConfig, TableName, Target, TemplateOrigin,
+    is_xml_media_type, Config, Method, Operation, SubscriptionConfig, TableName, Target,
+    TemplateOrigin,
 };
 use crate::source::columns::TableColumns;
 use crate::source::types::TypeKind;
@@ -53,7 +54,7 @@ impl Rendering {
         let templates = Templates::compile(
             sub.template.as_ref().map(|t| t.text.as_str()),
             url_template,
-            is_xml(&sub.content_type),
+            is_xml_media_type(&sub.content_type),
         )
         .map_err(|e| placed(sub, &e))?;
         Ok(Some(Rendering {
@@ -69,11 +70,6 @@ impl Rendering {
     /// The `values.X` / `previous.X` lookups of the templates, as (variable, field).
     pub fn fields_read(&self) -> &[(&'static str, String)] {
         self.templates.fields_read()
-    }
-
-    /// Whether a template renders the body (so the event is this subscription's alone).
-    pub fn renders_body(&self) -> bool {
-        self.templates.has_body()
     }
 
     /// Renders one event of `operation`, given as its envelope's fields.
@@ -138,18 +134,6 @@ impl Rendering {
         };
         Ok(Rendered { body, target })
     }
-}
-
-/// Whether `content_type` is XML (`application/xml`, `text/xml`, `…+xml`), so values
-/// are escaped for it.
-pub fn is_xml(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence.ends_with("/xml") || essence.ends_with("+xml")
 }
 
 /// A template error as the user should read it: for an inline template the config file

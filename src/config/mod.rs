@@ -31,10 +31,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, Finding};
 pub use model::{
-    is_json_media_type, table_list, Auth, BatchConfig, Config, DeliveryConfig, HttpConfig, Method,
-    Methods, ObjectConfig, Operation, Ordering, OutboxConfig, RateLimit, ResolvedObject,
-    SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin, TemplateText,
-    DEFAULT_RETRY_SCHEDULE,
+    is_json_media_type, is_xml_media_type, table_list, Auth, BatchConfig, Config, DeliveryConfig,
+    HttpConfig, Method, Methods, ObjectConfig, Operation, Ordering, OutboxConfig, RateLimit,
+    ResolvedObject, SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin,
+    TemplateText, DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{check_webhook_url, url_template_example, AllowedNetwork, Cidr};
 pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};

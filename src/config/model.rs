@@ -204,6 +204,18 @@ impl SubscriptionConfig {
 /// Whether a `Content-Type` names JSON: `application/json`, or any `…/json` or `…+json`
 /// type, with or without parameters (`; charset=utf-8`); case-insensitive as RFC 9110 says.
 pub fn is_json_media_type(content_type: &str) -> bool {
+    media_subtype_is(content_type, "json")
+}
+
+/// Whether a `Content-Type` names XML: `application/xml`, `text/xml` or any `…+xml` type,
+/// with or without parameters; a template's values are then XML-escaped (SPEC §4a).
+pub fn is_xml_media_type(content_type: &str) -> bool {
+    media_subtype_is(content_type, "xml")
+}
+
+/// Whether the media type's subtype is `suffix` or ends in `+suffix`, ignoring parameters
+/// and case.
+fn media_subtype_is(content_type: &str, suffix: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -212,7 +224,7 @@ pub fn is_json_media_type(content_type: &str) -> bool {
         .to_ascii_lowercase();
     match essence.split_once('/') {
         Some((kind, subtype)) => {
-            !kind.is_empty() && (subtype == "json" || subtype.ends_with("+json"))
+            !kind.is_empty() && (subtype == suffix || subtype.ends_with(&format!("+{suffix}")))
         }
         None => false,
     }
