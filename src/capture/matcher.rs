@@ -730,24 +730,7 @@ fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
     };
     let at = when_at(sub);
     let when = When::compile(text).map_err(|e| vec![format!("{at}: {e}")])?;
-    if let Some(fields) = &sub.object.config.fields {
-        let errors: Vec<String> = when
-            .fields_read()
-            .iter()
-            .filter(|(_, field)| !fields.contains(field))
-            .map(|(variable, field)| {
-                format!(
-                    "{at}: reads {variable}.{field}, but {field:?} is not a field of object \
-                     {:?}{}",
-                    sub.object.name,
-                    did_you_mean(field, fields.iter().map(String::as_str))
-                )
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-    }
+    unknown_fields(sub, &at, when.fields_read())?;
     Ok(Some(when))
 }
 
@@ -757,26 +740,37 @@ fn compile_rendering(sub: &SubscriptionConfig) -> Result<Option<Rendering>, Vec<
     let Some(rendering) = Rendering::compile(sub).map_err(|e| vec![e])? else {
         return Ok(None);
     };
-    if let Some(fields) = &sub.object.config.fields {
-        let errors: Vec<String> = rendering
-            .fields_read()
-            .iter()
-            .filter(|(_, field)| !fields.contains(field))
-            .map(|(variable, field)| {
-                format!(
-                    "{}: reads {variable}.{field}, but {field:?} is not a field of object \
-                     {:?}{}",
-                    super::render::template_at(sub),
-                    sub.object.name,
-                    did_you_mean(field, fields.iter().map(String::as_str))
-                )
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-    }
+    let at = super::render::template_at(sub);
+    unknown_fields(sub, &at, rendering.fields_read())?;
     Ok(Some(rendering))
+}
+
+/// One message per `values.X` / `previous.X` in `read` that is not among the object's
+/// listed fields, written at `at`; nothing when the object takes every column (the table's
+/// columns are checked at start and by `check`).
+fn unknown_fields(
+    sub: &SubscriptionConfig,
+    at: &str,
+    read: &[(&'static str, String)],
+) -> Result<(), Vec<String>> {
+    let Some(fields) = &sub.object.config.fields else {
+        return Ok(());
+    };
+    let errors: Vec<String> = read
+        .iter()
+        .filter(|(_, field)| !fields.contains(field))
+        .map(|(variable, field)| {
+            format!(
+                "{at}: reads {variable}.{field}, but {field:?} is not a field of object {:?}{}",
+                sub.object.name,
+                did_you_mean(field, fields.iter().map(String::as_str))
+            )
+        })
+        .collect();
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors),
+    }
 }
 
 /// Where a subscription's `when` is, for its errors: file and line when read from a file.
