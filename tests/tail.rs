@@ -49,13 +49,23 @@ impl Tail {
         slot_like: &str,
         stderr: Stdio,
     ) -> Tail {
-        let mut child = walhook(config)
+        let mut command = walhook(config);
+        command
             .arg("tail")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start walhook tail");
+            .stderr(stderr);
+        // A closed terminal's SIGHUP must reach tail as it would from a shell, even when
+        // this test runs under `nohup` (which leaves SIGHUP ignored for every child).
+        // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("start walhook tail");
         let lines = support::stdout_lines(&mut child);
         // Changes count from the moment tail's slot exists and streams.
         wait_for(Duration::from_secs(20), || {
@@ -327,7 +337,9 @@ fn a_tail_whose_terminal_closed_leaves_no_slot_behind() {
     let config = config(&db, &unique("absent_pub"));
     let mut tail = Tail::start(&config, &db);
     tail.signal("HUP");
-    tail.child.wait().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        tail.child.try_wait().unwrap().is_some()
+    });
     wait_for(Duration::from_secs(20), || tail_slots(&db) == "0");
 }
 
