@@ -348,3 +348,27 @@ fn walhook_test_shows_the_rendered_request_before_anything_is_sent_for_real() {
     );
     assert_eq!(seen[0].text(), "<order><number>test</number></order>");
 }
+
+#[test]
+fn a_truncate_reaches_a_templated_subscription_rendered_with_its_options() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    let text = config(
+        &db,
+        &receiver.url("/erp"),
+        "operations = [\"truncate\"]\n\
+         method = { truncate = \"DELETE\" }\n\
+         template = '{\"wipe\": \"{{ object }}\", \"op\": \"{{ operation }}\", \"cascade\": {{ cascade|tojson }}}'",
+    );
+    let file = config_file(&text);
+    let _daemon = start_daemon(&file);
+    db.sql("INSERT INTO account_invoice (id, number) VALUES (1, 'INV-1')");
+    db.sql("TRUNCATE account_invoice");
+    let seen = receiver.wait_for(1, WAIT);
+    assert_eq!(seen[0].method, "DELETE");
+    assert_eq!(
+        seen[0].json(),
+        serde_json::json!({"wipe": "invoice", "op": "truncate", "cascade": false})
+    );
+    verify(&seen[0], WEBHOOK_SECRET).expect("signed");
+}

@@ -277,6 +277,15 @@ impl Session<'_> {
                             );
                         }
                         for event in route.events {
+                            for (subscription, error) in &event.dead {
+                                // Recorded dead, like a row change that fails; said as loudly.
+                                tracing::error!(
+                                    subscription = %subscription,
+                                    table = %table,
+                                    "TRUNCATE of {table}: {error}; the event is recorded as a \
+                                     dead delivery (replay once the config is fixed)"
+                                );
+                            }
                             writer.add(event, commit);
                         }
                     }
