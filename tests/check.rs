@@ -522,6 +522,34 @@ fn a_when_that_would_spin_or_exhaust_memory_is_refused_by_check_and_run_with_its
 }
 
 #[test]
+fn a_when_multiplying_a_text_column_is_refused_by_check_and_run() {
+    let db = TestDb::new(ERP);
+    let text = config(&db.url, "when = \"values.number * 2 == 'x'\"");
+    assert_problem(
+        &check(&text),
+        &[
+            "walhook.toml:15: subscriptions[0].when: multiplies values.number, but column \
+             \"number\" of public.account_invoice is not a number",
+        ],
+    );
+    let file = support::config_file(&text);
+    let mut daemon = support::Daemon::start(&file);
+    assert_eq!(
+        daemon.wait(std::time::Duration::from_secs(30)),
+        Some(2),
+        "{}",
+        daemon.log_text()
+    );
+    // A number column multiplies fine.
+    let out = check(&config(&db.url, "when = \"values.partner_id * 2 > 4\""));
+    assert!(
+        !problem_lines(&out).iter().any(|l| l.contains("multiplies")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn a_when_reading_a_column_the_table_lacks_is_a_problem_when_the_object_takes_every_column() {
     let db = TestDb::new(ERP);
     let text = format!(

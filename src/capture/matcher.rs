@@ -786,10 +786,19 @@ fn when_at(sub: &SubscriptionConfig) -> String {
 /// it, one message each, for subscriptions whose object takes every column (a configured
 /// `fields` list is checked when the config loads). Compiled at start, at reloads and by
 /// `check`, so a typo is refused before it can make every event of the table fail.
-pub fn when_column_problems(config: &Config, table: &TableName, columns: &[String]) -> Vec<String> {
+///
+/// Also refuses a `*` operand (`values.qty * 2`) whose column is not a number: text there
+/// would fail on every row.
+pub fn when_column_problems(
+    config: &Config,
+    table: &TableName,
+    catalog: &crate::source::columns::TableColumns,
+) -> Vec<String> {
+    use crate::source::types::TypeKind;
+    let columns = catalog.names();
     let mut problems = Vec::new();
     for sub in &config.subscriptions {
-        if sub.object.config.table != *table || sub.object.config.fields.is_some() {
+        if sub.object.config.table != *table {
             continue;
         }
         let Some(text) = &sub.when else { continue };
@@ -797,6 +806,30 @@ pub fn when_column_problems(config: &Config, table: &TableName, columns: &[Strin
         let Ok(when) = When::compile(text) else {
             continue;
         };
+        for (variable, field) in when.multiplied() {
+            let kind = catalog.columns.iter().find(|(name, _)| name == field);
+            if let Some((_, kind)) = kind {
+                if !matches!(
+                    kind,
+                    // A json value may hold a number; each row is checked when it runs.
+                    TypeKind::Integer
+                        | TypeKind::Float
+                        | TypeKind::Numeric
+                        | TypeKind::Bool
+                        | TypeKind::Json
+                ) {
+                    problems.push(format!(
+                        "{}: multiplies {variable}.{field}, but column {field:?} of {table} is \
+                         not a number, and `*` multiplies numbers only",
+                        when_at(sub)
+                    ));
+                }
+            }
+        }
+        // A configured `fields` list was checked when the config loaded.
+        if sub.object.config.fields.is_some() {
+            continue;
+        }
         for (variable, field) in when.fields_read() {
             if !columns.contains(field) {
                 problems.push(format!(

@@ -142,6 +142,11 @@ impl When {
         &self.fields_read
     }
 
+    /// The `values.X` / `previous.X` fields that are operands of `*`, as (variable, field).
+    pub fn multiplied(&self) -> &[(&'static str, String)] {
+        &self.multiplied
+    }
+
     /// Whether the expression reads `variable` (`"values"` or `"previous"`) other than
     /// through `.field` lookups: by subscript, through a filter or test, or as a whole.
     /// Which fields such a read depends on cannot be told before it runs.

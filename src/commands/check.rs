@@ -469,12 +469,13 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             .map(|(_, subscription, why)| format!("subscriptions.{subscription} ({why})"))
             .collect();
         check_columns(config, &table, &facts, report);
-        for problem in crate::capture::matcher::when_column_problems(config, &table, &facts.columns)
-        {
-            report.problem(problem, "correct the column name in the when expression");
-        }
         match crate::source::columns::table_columns(sql.0, &table).await {
             Ok(Some(columns)) => {
+                for problem in
+                    crate::capture::matcher::when_column_problems(config, &table, &columns)
+                {
+                    report.problem(problem, "correct the column in the when expression");
+                }
                 for problem in crate::capture::render::synthetic_problems(config, &table, &columns)
                 {
                     report.problem(problem, "correct the template");

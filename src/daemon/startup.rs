@@ -194,9 +194,7 @@ pub(super) async fn check_when_columns(
             }
         };
         problems.extend(crate::capture::matcher::when_column_problems(
-            config,
-            &table,
-            &columns.names(),
+            config, &table, &columns,
         ));
         problems.extend(crate::capture::render::synthetic_problems(
             config, &table, &columns,
