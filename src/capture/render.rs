@@ -95,7 +95,12 @@ impl Rendering {
         envelope: &Map<String, Value>,
         method: Method,
     ) -> Result<Rendered, String> {
-        let event = super::template::context(envelope);
+        // Only a template reads the event: a subscription that merely picks its method per
+        // operation gets no copy of it.
+        let event = match self.templates.has_body() || self.templates.has_url() {
+            true => super::template::context(envelope),
+            false => minijinja::Value::UNDEFINED,
+        };
         let body = match self.templates.has_body() {
             true => {
                 let body = self
@@ -215,28 +220,26 @@ pub fn synthetic_problems(
         ) else {
             continue; // A missing column is reported on its own.
         };
-        let fields: Vec<&str> = view
-            .fields
-            .iter()
-            .map(|&i| relation.columns[i].name.as_str())
-            .collect();
         let at = template_at(sub);
-        let unknown: Vec<String> = rendering
-            .fields_read()
-            .iter()
-            .filter(|(_, field)| !fields.contains(&field.as_str()))
-            .map(|(variable, field)| {
-                format!(
-                    "{at}: reads {variable}.{field}, but the events of object {:?} have no \
-                     field {field:?}{}",
-                    sub.object.name,
-                    crate::suggest::did_you_mean(field, fields.iter().copied())
-                )
-            })
-            .collect();
-        if !unknown.is_empty() {
-            problems.extend(unknown);
-            continue;
+        // A configured `fields` list was checked when the config loaded (`Matcher::new`).
+        if object.fields.is_none() {
+            let columns = || relation.columns.iter().map(|c| c.name.as_str());
+            let unknown: Vec<String> = rendering
+                .fields_read()
+                .iter()
+                .filter(|(_, field)| relation.column_index(field).is_none())
+                .map(|(variable, field)| {
+                    format!(
+                        "{at}: reads {variable}.{field}, but table {table} has no column \
+                         {field:?}{}",
+                        crate::suggest::did_you_mean(field, columns())
+                    )
+                })
+                .collect();
+            if !unknown.is_empty() {
+                problems.extend(unknown);
+                continue;
+            }
         }
         for operation in Operation::ALL.into_iter().filter(|&op| sub.fires_on(op)) {
             let change = synthetic_change(&relation, operation);

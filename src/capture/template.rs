@@ -374,12 +374,18 @@ fn oper(operation: Value, words: Kwargs) -> Result<Value, Error> {
     })
 }
 
-/// `kind: detail`, without minijinja's `(in body:1)` suffix: the caller says where.
-fn describe(error: &Error) -> String {
-    let mut text = match error.detail() {
+/// `kind: detail`, without minijinja's `(in <name>:1)` suffix, which says nothing to the
+/// user: the caller says where.
+pub(super) fn detail(error: &Error) -> String {
+    match error.detail() {
         Some(detail) => format!("{}: {detail}", error.kind()),
         None => error.kind().to_string(),
-    };
+    }
+}
+
+/// [`detail`] and the template line, for an error while rendering.
+fn describe(error: &Error) -> String {
+    let mut text = detail(error);
     if let Some(line) = error.line() {
         let _ = write!(text, " (line {line})");
     }
@@ -397,10 +403,7 @@ fn located(part: Part, source: &str, error: &Error) -> TemplateError {
         part,
         line: error.line(),
         column,
-        message: match error.detail() {
-            Some(detail) => format!("{}: {detail}", error.kind()),
-            None => error.kind().to_string(),
-        },
+        message: detail(error),
     }
 }
 

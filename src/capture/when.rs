@@ -13,6 +13,7 @@ use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 use super::bounds::{self, BoundError};
 use super::change::{Cell, Operation, RowChange};
 use super::envelope::ObjectView;
+use super::template::detail;
 use crate::source::types::TypeKind;
 
 /// The variables an expression may read.
@@ -82,10 +83,10 @@ impl When {
         let env = environment();
         let expression = env
             .compile_expression_owned(source.to_owned())
-            .map_err(|e| WhenError::Syntax(describe(&e)))?;
+            .map_err(|e| WhenError::Syntax(detail(&e)))?;
         // It compiled, so it parses; the tree is read only for the bounds.
-        let tree = minijinja::machinery::parse_expr(source)
-            .map_err(|e| WhenError::Syntax(describe(&e)))?;
+        let tree =
+            minijinja::machinery::parse_expr(source).map_err(|e| WhenError::Syntax(detail(&e)))?;
         let multiplied = bounds::check(&tree)?.multiplied;
         // A misspelt variable would silently be undefined (and `undefined != 'draft'` is
         // true), so unknown names are refused here rather than firing on everything.
@@ -164,15 +165,7 @@ impl When {
         self.expression
             .eval(scope)
             .map(|v| v.is_true())
-            .map_err(|e| describe(&e))
-    }
-}
-
-/// `kind: detail`, without minijinja's `(in <expression>:1)` suffix, which says nothing here.
-fn describe(error: &minijinja::Error) -> String {
-    match error.detail() {
-        Some(detail) => format!("{}: {detail}", error.kind()),
-        None => error.kind().to_string(),
+            .map_err(|e| detail(&e))
     }
 }
 

@@ -122,12 +122,7 @@ async fn check(config: &Config, report: &mut Report) {
     ));
     if let Err(error) = crate::capture::matcher::Matcher::new(config) {
         for problem in error.problems {
-            let fix = if problem.contains(".when: ") {
-                "correct the when expression"
-            } else {
-                "correct the template"
-            };
-            report.problem(problem, fix);
+            report.problem(problem, "correct the expression or template named there");
         }
     }
     check_subscriber_urls(config, report).await;

@@ -167,7 +167,7 @@ fn filters() -> String {
         "WHERE ($1::text IS NULL OR subscription = $1) \
          AND ($2::text IS NULL OR status = $2) AND {} \
          AND ($5::bigint IS NULL OR id < $5)",
-        since_condition(3, 4)
+        since_condition("created_at", 3, 4)
     )
 }
 

@@ -91,13 +91,14 @@ pub fn parse_since(text: &str) -> Result<Since, String> {
     ))
 }
 
-/// SQL keeping rows whose `created_at` is at or after `--since`, given as the bind
-/// parameters `$at` (timestamptz text) and `$ago` (microseconds) of [`Since::params`].
-pub fn since_condition(at: usize, ago: usize) -> String {
+/// SQL keeping rows whose `column` (a delivery's `created_at`, qualified as the query needs)
+/// is at or after `--since`, given as the bind parameters `$at` (timestamptz text) and
+/// `$ago` (microseconds) of [`Since::params`].
+pub fn since_condition(column: &str, at: usize, ago: usize) -> String {
     format!(
-        "(${at}::text IS NULL OR created_at >= ${at}::timestamptz) \
+        "(${at}::text IS NULL OR {column} >= ${at}::timestamptz) \
          AND (${ago}::bigint IS NULL \
-              OR created_at >= now() - ${ago}::bigint * interval '1 microsecond')"
+              OR {column} >= now() - ${ago}::bigint * interval '1 microsecond')"
     )
 }
 

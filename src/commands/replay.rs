@@ -221,7 +221,7 @@ pub async fn replay(
                 config,
                 &format!(
                     "d.subscription = $1 AND d.status = $2 AND {}",
-                    since_condition(3, 4).replace("created_at", "d.created_at")
+                    since_condition("d.created_at", 3, 4)
                 ),
                 &[name, &status.as_str(), &since_at, &since_micros],
             )
@@ -232,7 +232,7 @@ pub async fn replay(
                     &format!(
                         "{requeue} WHERE subscription = $1 AND status = $2 AND {} \
                          AND NOT (id = ANY($5))",
-                        since_condition(3, 4)
+                        since_condition("created_at", 3, 4)
                     ),
                     &[name, &status.as_str(), &since_at, &since_micros, &skip],
                 )
@@ -290,6 +290,9 @@ async fn render_again(
         .await
         .map_err(failed)?;
     let mut still_failing = Vec::new();
+    // Compiled once per subscription, not per event.
+    let mut renderings: std::collections::HashMap<String, Result<Option<Rendering>, String>> =
+        std::collections::HashMap::new();
     for row in rows {
         let (id, name, seq, body): (i64, String, i64, Vec<u8>) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -298,11 +301,14 @@ async fn render_again(
         let Some(sub) = config.subscription(&name) else {
             continue;
         };
-        let rendered = match Rendering::compile(sub) {
+        let rendering = renderings
+            .entry(name)
+            .or_insert_with(|| Rendering::compile(sub));
+        let rendered = match rendering {
             // The templates are gone: the envelope is what the subscription sends now.
             Ok(None) => Ok((body, None)),
-            Ok(Some(rendering)) => render_envelope(&rendering, &body),
-            Err(e) => Err(e),
+            Ok(Some(rendering)) => render_envelope(rendering, &body),
+            Err(e) => Err(e.clone()),
         };
         match rendered {
             Ok((body, target)) => {

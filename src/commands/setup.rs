@@ -493,16 +493,12 @@ async fn teardown_privileges(
             .map_err(failed)?,
         );
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(Refusal {
-        role: role.quoted(),
-        command: "teardown",
-        untouched: "dropped nothing",
+    Ok(Refusal::unless_empty(
+        &role,
+        "teardown",
+        "dropped nothing",
         missing,
-    }
-    .into())
+    )?)
 }
 
 /// What `teardown` needs to know about the outbox schema before dropping anything.

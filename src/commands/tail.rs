@@ -178,16 +178,12 @@ async fn refuse_missing_privileges(
             }
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(Refusal {
-        role: role.quoted(),
-        command: "tail",
-        untouched: "created no slot and no publication",
+    Ok(Refusal::unless_empty(
+        &role,
+        "tail",
+        "created no slot and no publication",
         missing,
-    }
-    .into())
+    )?)
 }
 
 /// The slot tail reads through.

@@ -356,17 +356,10 @@ async fn synthetic_row(
 /// The primary key columns of the subscription's table, in key order.
 async fn primary_key(db: &Client, sub: &SubscriptionConfig) -> Result<Vec<String>, TestError> {
     let table = &sub.object.config.table;
-    let rows = db
-        .query(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = to_regclass($1) AND i.indisprimary \
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[&quote_table(table)],
-        )
+    crate::source::columns::table_columns(db, table)
         .await
-        .map_err(|e| TestError::Failed(format!("reading the primary key of {table}: {e}")))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(|e| TestError::Failed(e.to_string()))
+        .map(|columns| columns.unwrap_or_default().primary_key)
 }
 
 /// A plausible value of a column of this `information_schema` data type, mapped as SPEC §3

@@ -45,6 +45,26 @@ pub struct Refusal {
     pub missing: Vec<Missing>,
 }
 
+impl Refusal {
+    /// Ok when nothing is `missing`; else the refusal of `command` for `role`.
+    pub fn unless_empty(
+        role: &Role,
+        command: &'static str,
+        untouched: &'static str,
+        missing: Vec<Missing>,
+    ) -> Result<(), Refusal> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Refusal {
+            role: role.quoted(),
+            command,
+            untouched,
+            missing,
+        })
+    }
+}
+
 fn list(missing: &[Missing]) -> String {
     missing.iter().map(|m| format!("\n  {m}")).collect()
 }
