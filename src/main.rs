@@ -94,8 +94,8 @@ enum Command {
         #[arg(long, value_enum)]
         status: Option<DeliveryStatus>,
         /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
-        #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
-        since: Option<commands::outbox::Since>,
+        #[arg(long, value_name = "TIME", value_parser = walhook::outbox::log::parse_since)]
+        since: Option<walhook::outbox::log::Since>,
         /// Show at most this many deliveries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -120,8 +120,8 @@ enum Command {
         #[arg(long, value_enum)]
         status: Option<ReplayStatus>,
         /// Only deliveries created since then: an RFC 3339 timestamp, or a duration ago (2h).
-        #[arg(long, value_name = "TIME", value_parser = commands::outbox::parse_since)]
-        since: Option<commands::outbox::Since>,
+        #[arg(long, value_name = "TIME", value_parser = walhook::outbox::log::parse_since)]
+        since: Option<walhook::outbox::log::Since>,
     },
     /// See it work: a throw-away Postgres with a sample ERP, walhook and a receiver.
     ///
@@ -177,7 +177,7 @@ enum ReplayStatus {
     Pending,
 }
 
-impl From<ReplayStatus> for commands::outbox::Status {
+impl From<ReplayStatus> for walhook::outbox::log::Status {
     fn from(status: ReplayStatus) -> Self {
         match status {
             ReplayStatus::Pending => Self::Pending,
@@ -187,7 +187,7 @@ impl From<ReplayStatus> for commands::outbox::Status {
     }
 }
 
-impl From<DeliveryStatus> for commands::outbox::Status {
+impl From<DeliveryStatus> for walhook::outbox::log::Status {
     fn from(status: DeliveryStatus) -> Self {
         match status {
             DeliveryStatus::Pending => Self::Pending,
@@ -238,7 +238,7 @@ fn main() -> ExitCode {
             status,
             since,
         } => {
-            let target = commands::replay::Target::from_args(
+            let target = commands::replay::target_from_args(
                 *id,
                 subscription.clone(),
                 status.map(Into::into),

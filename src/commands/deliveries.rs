@@ -3,14 +3,11 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
 
-use super::outbox::{since_condition, Since, Status};
-use super::replay::{known_in_outbox, ReplayError};
 use crate::config::Config;
-use crate::pg::quote_ident;
+use crate::outbox::log::{self, Delivery, Filter, Since, Status};
+use crate::outbox::replay::ReplayError;
 
 /// How much of `last_error` the table shows.
 const ERROR_WIDTH: usize = 60;
@@ -52,128 +49,9 @@ impl DeliveriesError {
     }
 }
 
-/// Which deliveries to read: the filters of `walhook deliveries` and the admin API's
-/// `GET /api/v1/deliveries`.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    /// Only this subscription.
-    pub subscription: Option<String>,
-    /// Only this status.
-    pub status: Option<Status>,
-    /// Only deliveries created at or after this.
-    pub since: Option<Since>,
-    /// Only deliveries with a smaller id (the page after one ending at this id).
-    pub before_id: Option<i64>,
-}
-
-impl Filter {
-    /// The bind parameters of [`filters`], `$1` to `$5`.
-    fn params(&self) -> FilterParams {
-        let (since_at, since_micros) = Since::params(self.since.as_ref());
-        FilterParams {
-            subscription: self.subscription.clone(),
-            status: self.status.map(|s| s.as_str().to_owned()),
-            since_at,
-            since_micros,
-            before_id: self.before_id,
-        }
-    }
-}
-
-/// Owned values of the filter parameters, for the lifetime of a query.
-struct FilterParams {
-    subscription: Option<String>,
-    status: Option<String>,
-    since_at: Option<String>,
-    since_micros: Option<i64>,
-    before_id: Option<i64>,
-}
-
-impl FilterParams {
-    fn refs(&self) -> [&(dyn ToSql + Sync); 5] {
-        [
-            &self.subscription,
-            &self.status,
-            &self.since_at,
-            &self.since_micros,
-            &self.before_id,
-        ]
-    }
-}
-
-/// Up to `limit` rows of the view `<schema>.deliveries` that pass `filter`, newest (highest
-/// id) first.
-pub async fn list(
-    db: &Client,
-    schema: &str,
-    filter: &Filter,
-    limit: u32,
-) -> Result<Vec<Delivery>, DeliveriesError> {
-    let view = format!("{}.deliveries", quote_ident(schema));
-    let params = filter.params();
-    let limit = i64::from(limit);
-    let mut refs: Vec<&(dyn ToSql + Sync)> = params.refs().to_vec();
-    refs.push(&limit);
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {} FROM {view} {} ORDER BY id DESC LIMIT $6",
-                columns(),
-                filters()
-            ),
-            &refs,
-        )
-        .await
-        .map_err(|e| DeliveriesError::Failed(format!("reading {view}: {e}")))?;
-    Ok(rows.iter().map(Delivery::from_row).collect())
-}
-
-/// How many deliveries that pass `filter` each status has.
-async fn counts(
-    db: &Client,
-    schema: &str,
-    filter: &Filter,
-) -> Result<Vec<(String, i64)>, DeliveriesError> {
-    let view = format!("{}.deliveries", quote_ident(schema));
-    let params = filter.params();
-    let rows = db
-        .query(
-            &format!(
-                "SELECT status, count(*) FROM {view} {} GROUP BY status",
-                filters()
-            ),
-            &params.refs(),
-        )
-        .await
-        .map_err(|e| DeliveriesError::Failed(format!("reading {view}: {e}")))?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
-
-/// The view's columns, timestamps as RFC 3339 text in UTC and `key` as JSON text.
-fn columns() -> String {
-    format!(
-        "id, subscription, event_id, event_type, object, key::text, status, attempts, {}, \
-         last_status_code, last_error, {}, {}",
-        rfc3339("next_attempt_at"),
-        rfc3339("created_at"),
-        rfc3339("delivered_at")
-    )
-}
-
-/// The filters, numbered from `$1`: subscription, status, since (timestamptz), since (µs
-/// ago), before id.
-fn filters() -> String {
-    format!(
-        "WHERE ($1::text IS NULL OR subscription = $1) \
-         AND ($2::text IS NULL OR status = $2) AND {} \
-         AND ($5::bigint IS NULL OR id < $5)",
-        since_condition("created_at", 3, 4)
-    )
-}
-
 /// Prints the delivery log.
 pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), DeliveriesError> {
-    let db = super::outbox::connect(config, "deliveries")
+    let db = crate::outbox::open::open(config, "deliveries")
         .await
         .map_err(DeliveriesError::Failed)?;
     let schema = &config.outbox.schema;
@@ -186,7 +64,9 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
         since: options.since.clone(),
         before_id: None,
     };
-    let deliveries = list(&db, schema, &filter, options.limit).await?;
+    let deliveries = log::list(&db, schema, &filter, options.limit)
+        .await
+        .map_err(|e| DeliveriesError::Failed(e.to_string()))?;
 
     if options.json {
         for delivery in &deliveries {
@@ -194,7 +74,9 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
         }
     } else {
         print!("{}", table(&deliveries));
-        let counts = counts(&db, schema, &filter).await?;
+        let counts = log::counts(&db, schema, &filter)
+            .await
+            .map_err(|e| DeliveriesError::Failed(e.to_string()))?;
         let count = |status: &str| {
             counts
                 .iter()
@@ -214,118 +96,45 @@ pub async fn run(config: &Config, options: &DeliveriesOptions) -> Result<(), Del
 }
 
 /// A name that is neither configured nor in the outbox is a typo, not an empty log.
-async fn check_known(
-    config: &Config,
-    db: &tokio_postgres::Client,
-    name: &str,
-) -> Result<(), DeliveriesError> {
-    let configured: Vec<&str> = config
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+async fn check_known(config: &Config, db: &Client, name: &str) -> Result<(), DeliveriesError> {
+    let configured = config.subscription_names();
     if configured.contains(&name) {
         return Ok(());
     }
-    let schema = quote_ident(&config.outbox.schema);
-    known_in_outbox(db, &schema, name, &configured)
-        .await
-        .map_err(|e| match e {
-            ReplayError::Failed(message) => DeliveriesError::Failed(message),
-            unknown => DeliveriesError::UnknownSubscription(unknown),
-        })
-}
-
-/// SQL giving a timestamptz column as RFC 3339 text in UTC, microsecond precision.
-fn rfc3339(column: &str) -> String {
-    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS {column}")
-}
-
-/// One row of the `deliveries` view.
-#[derive(Debug)]
-pub struct Delivery {
-    /// The delivery's id.
-    pub id: i64,
-    subscription: String,
-    event_id: String,
-    event_type: String,
-    object: String,
-    key: String,
-    status: String,
-    attempts: i32,
-    next_attempt_at: String,
-    last_status_code: Option<i32>,
-    last_error: Option<String>,
-    created_at: String,
-    delivered_at: Option<String>,
-}
-
-impl Delivery {
-    /// Reads a row selected with [`columns`].
-    fn from_row(row: &Row) -> Delivery {
-        Delivery {
-            id: row.get(0),
-            subscription: row.get(1),
-            event_id: row.get(2),
-            event_type: row.get(3),
-            object: row.get(4),
-            key: row.get(5),
-            status: row.get(6),
-            attempts: row.get(7),
-            next_attempt_at: row.get(8),
-            last_status_code: row.get(9),
-            last_error: row.get(10),
-            created_at: row.get(11),
-            delivered_at: row.get(12),
-        }
-    }
-
-    /// Exactly the view's columns, in its order; `key` as the JSON it holds.
-    pub fn to_json(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("id".into(), self.id.into());
-        map.insert("subscription".into(), self.subscription.clone().into());
-        map.insert("event_id".into(), self.event_id.clone().into());
-        map.insert("event_type".into(), self.event_type.clone().into());
-        map.insert("object".into(), self.object.clone().into());
-        let key = serde_json::from_str(&self.key).unwrap_or_else(|_| self.key.clone().into());
-        map.insert("key".into(), key);
-        map.insert("status".into(), self.status.clone().into());
-        map.insert("attempts".into(), self.attempts.into());
-        map.insert(
-            "next_attempt_at".into(),
-            self.next_attempt_at.clone().into(),
-        );
-        map.insert("last_status_code".into(), self.last_status_code.into());
-        map.insert("last_error".into(), self.last_error.clone().into());
-        map.insert("created_at".into(), self.created_at.clone().into());
-        map.insert("delivered_at".into(), self.delivered_at.clone().into());
-        Value::Object(map)
-    }
-
-    /// The cells of the human table, in [`HEADER`] order.
-    fn cells(&self) -> [String; 11] {
-        [
-            self.id.to_string(),
-            self.subscription.clone(),
-            self.event_id.clone(),
-            self.event_type.clone(),
-            self.key.clone(),
-            self.status.clone(),
-            self.attempts.to_string(),
-            if self.status == "pending" {
-                seconds(&self.next_attempt_at)
-            } else {
-                "-".into()
+    match log::unknown_subscription(db, &config.outbox.schema, name, &configured).await {
+        Ok(None) => Ok(()),
+        Ok(Some(hint)) => Err(DeliveriesError::UnknownSubscription(
+            ReplayError::UnknownSubscription {
+                name: name.to_owned(),
+                hint,
             },
-            self.last_status_code
-                .map_or_else(|| "-".into(), |code| code.to_string()),
-            self.last_error
-                .as_deref()
-                .map_or_else(|| "-".into(), |e| truncate(e, ERROR_WIDTH)),
-            seconds(&self.created_at),
-        ]
+        )),
+        Err(e) => Err(DeliveriesError::Failed(e.to_string())),
     }
+}
+
+/// The cells of the human table, in [`HEADER`] order.
+fn cells(d: &Delivery) -> [String; 11] {
+    [
+        d.id.to_string(),
+        d.subscription.clone(),
+        d.event_id.clone(),
+        d.event_type.clone(),
+        d.key.clone(),
+        d.status.clone(),
+        d.attempts.to_string(),
+        if d.status == "pending" {
+            seconds(&d.next_attempt_at)
+        } else {
+            "-".into()
+        },
+        d.last_status_code
+            .map_or_else(|| "-".into(), |code| code.to_string()),
+        d.last_error
+            .as_deref()
+            .map_or_else(|| "-".into(), |e| truncate(e, ERROR_WIDTH)),
+        seconds(&d.created_at),
+    ]
 }
 
 /// The human table's column titles.
@@ -348,7 +157,7 @@ fn table(deliveries: &[Delivery]) -> String {
     if deliveries.is_empty() {
         return "no deliveries\n".into();
     }
-    let rows: Vec<[String; 11]> = deliveries.iter().map(Delivery::cells).collect();
+    let rows: Vec<[String; 11]> = deliveries.iter().map(cells).collect();
     let mut widths = HEADER.map(|h| h.chars().count());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

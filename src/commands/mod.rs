@@ -2,7 +2,6 @@
 
 pub mod check;
 pub mod deliveries;
-pub mod outbox;
 pub mod receive;
 pub mod replay;
 pub mod setup;

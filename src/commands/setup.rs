@@ -10,10 +10,11 @@ use tokio_postgres::Client;
 
 use crate::capture::matcher::needs_old_values;
 
-use crate::config::{format_size, Config, TableName};
-use crate::outbox::checkpoint::claim_checkpoint;
-use crate::outbox::migrate::{migrate, MIGRATIONS};
-use crate::outbox::teardown::{drop_outbox, DropMode};
+use crate::config::{Config, TableName};
+use crate::daemon::slot::ensure_slot;
+use crate::outbox::checkpoint::{self, claim_checkpoint};
+use crate::outbox::migrate::{migrate, MigrateError};
+use crate::outbox::teardown::{self, drop_outbox, DropMode};
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::conninfo::ConnInfo;
 use crate::source::preflight::preflight;
@@ -21,7 +22,7 @@ use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
-use crate::source::{tls, Lsn};
+use crate::source::tls;
 
 /// The flags of `walhook setup`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,6 +38,18 @@ pub struct SetupOptions {
 /// source when walhook is gone.
 const SLOT_WARNING: &str = "the replication slot makes the source keep WAL until walhook has \
      read it: a slot nobody reads any more fills the source server's disk";
+
+/// Why `walhook setup` failed: a step on the source (or the slot), or the outbox's
+/// migrations.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupFailed {
+    /// The source, the publication or the slot.
+    #[error(transparent)]
+    Source(#[from] SetupError),
+    /// Applying the outbox migrations.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
 
 /// The source connection, and the outbox's when `outbox.url` names another database.
 struct Databases {
@@ -79,7 +92,7 @@ impl Databases {
 /// `walhook setup`: migrates the outbox schema, makes the publication hold exactly the
 /// configured tables, and creates the slot if it is missing. Safe to run again: what is in
 /// place is reported as such.
-pub async fn setup(config: &Config, options: &SetupOptions) -> Result<(), SetupError> {
+pub async fn setup(config: &Config, options: &SetupOptions) -> Result<(), SetupFailed> {
     let db = Databases::connect(config).await?;
     let schema = &config.outbox.schema;
 
@@ -114,67 +127,6 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<(), SetupE
     Ok(())
 }
 
-/// Creates slot `slot` if it is missing and reports it if it is in place, for `setup` and
-/// for `run` at start-up. Returns the lines to print.
-///
-/// A missing slot for which the outbox holds a checkpoint was dropped behind walhook's back:
-/// creating it anew would silently skip the changes since, so that is an error (SPEC §8)
-/// until the user runs `setup --recreate-slot`. So is a lost or foreign slot. A new slot's
-/// consistent point is recorded as its checkpoint, so that a later disappearance is noticed
-/// even before the first event.
-pub async fn ensure_slot(
-    info: &ConnInfo,
-    source: &Client,
-    outbox: &Client,
-    schema: &str,
-    slot: &str,
-) -> Result<Vec<String>, SetupError> {
-    let id = source_id(info).await?;
-    claim_checkpoint(outbox, schema, slot, &id).await?;
-    let lines = ensure_slot_of(info, source, outbox, schema, slot).await?;
-    // A checkpoint written just now (for a new slot) is claimed too.
-    claim_checkpoint(outbox, schema, slot, &id).await?;
-    Ok(lines)
-}
-
-async fn ensure_slot_of(
-    info: &ConnInfo,
-    source: &Client,
-    outbox: &Client,
-    schema: &str,
-    slot: &str,
-) -> Result<Vec<String>, SetupError> {
-    match slot_state(source, slot).await? {
-        SlotState::Missing => {
-            if let Some(checkpoint) = read_checkpoint(outbox, schema, slot).await? {
-                return Err(SetupError::SlotDropped {
-                    slot: slot.to_owned(),
-                    checkpoint,
-                });
-            }
-            let point = create_slot(info, slot).await?;
-            write_checkpoint(outbox, schema, slot, point).await?;
-            Ok(vec![format!("created slot {slot:?} at {point}")])
-        }
-        SlotState::Ready {
-            active_pid,
-            confirmed_flush,
-            retained_bytes,
-        } => Ok(vec![format!(
-            "slot {slot:?} already in place (pgoutput, confirmed up to {confirmed_flush}, \
-             retaining {} of WAL){}",
-            format_size(retained_bytes),
-            active_pid
-                .map(|pid| format!("; in use by process {pid} (a running walhook?)"))
-                .unwrap_or_default()
-        )]),
-        state @ (SlotState::Lost | SlotState::WrongKind { .. }) => Err(SetupError::SlotUnusable {
-            slot: slot.to_owned(),
-            reason: state.unusable_reason().unwrap_or_default(),
-        }),
-    }
-}
-
 /// `--recreate-slot`: drop whatever is there, create the slot anew, and move the checkpoint
 /// to its consistent point, so capture resumes from there instead of refusing.
 async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError> {
@@ -183,7 +135,7 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
     let id = source_id(&db.info).await?;
     claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     let state = slot_state(&db.source, slot).await?;
-    let checkpoint = read_checkpoint(db.outbox(), schema, slot).await?;
+    let checkpoint = checkpoint::read(db.outbox(), schema, slot).await?;
     // Where capture had got to: the outbox knows best; the slot's position is next best.
     let old = checkpoint.or(match &state {
         SlotState::Ready {
@@ -203,7 +155,7 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
     }
     let point = create_slot(&db.info, slot).await?;
     println!("created slot {slot:?} at {point}");
-    write_checkpoint(db.outbox(), schema, slot, point).await?;
+    checkpoint::write(db.outbox(), schema, slot, point).await?;
     claim_checkpoint(db.outbox(), schema, slot, &id).await?;
     println!("checkpoint of slot {slot:?} set to {point}");
     let gap = match old {
@@ -215,52 +167,6 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
          events; compare the source with your subscribers if they matter"
     );
     tracing::warn!(slot = %slot, %point, "slot recreated: {gap} are not captured");
-    Ok(())
-}
-
-/// The checkpoint of `slot` in the outbox: the last commit whose events it holds.
-async fn read_checkpoint(
-    outbox: &Client,
-    schema: &str,
-    slot: &str,
-) -> Result<Option<Lsn>, SetupError> {
-    let row = outbox
-        .query_opt(
-            &format!(
-                "SELECT commit_lsn::text FROM {}.checkpoint WHERE slot = $1",
-                quote_ident(schema)
-            ),
-            &[&slot],
-        )
-        .await
-        .map_err(|e| {
-            SetupError::sql(format!("reading the checkpoint of slot {slot:?}"), &e, None)
-        })?;
-    Ok(row.and_then(|row| row.get::<_, String>(0).parse().ok()))
-}
-
-/// Sets the checkpoint of `slot` to `lsn`: transactions committed at or before it are
-/// taken as captured.
-async fn write_checkpoint(
-    outbox: &Client,
-    schema: &str,
-    slot: &str,
-    lsn: Lsn,
-) -> Result<(), SetupError> {
-    outbox
-        .execute(
-            &format!(
-                "INSERT INTO {}.checkpoint (slot, commit_lsn) VALUES ($1, $2::text::pg_lsn) \
-                 ON CONFLICT (slot) DO UPDATE \
-                 SET commit_lsn = EXCLUDED.commit_lsn, updated_at = now()",
-                quote_ident(schema)
-            ),
-            &[&slot, &lsn.to_string()],
-        )
-        .await
-        .map_err(|e| {
-            SetupError::sql(format!("setting the checkpoint of slot {slot:?}"), &e, None)
-        })?;
     Ok(())
 }
 
@@ -357,7 +263,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
     let publication = &config.source.publication;
 
     // Check everything before dropping anything, so a refusal leaves all in place.
-    let outbox = outbox_facts(db.outbox(), schema).await?;
+    let outbox = teardown::outbox_facts(db.outbox(), schema).await?;
     if outbox.pending > 0 {
         if !force {
             return Err(SetupError::PendingDeliveries {
@@ -389,7 +295,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
         });
     }
     teardown_privileges(&db, config, outbox.exists).await?;
-    let own = own_relations();
+    let own = teardown::own_relations();
     if outbox.exists {
         drop_outbox(db.outbox(), schema, &own, DropMode::DryRun).await?;
     }
@@ -499,142 +405,4 @@ async fn teardown_privileges(
         "dropped nothing",
         missing,
     )?)
-}
-
-/// What `teardown` needs to know about the outbox schema before dropping anything.
-struct OutboxFacts {
-    exists: bool,
-    pending: i64,
-    /// Relations walhook's migrations did not create, when the schema has any.
-    foreign: Option<String>,
-}
-
-async fn outbox_facts(outbox: &Client, schema: &str) -> Result<OutboxFacts, SetupError> {
-    let context = || format!("looking at schema {schema}");
-    let relations: Option<Vec<String>> = outbox
-        .query_opt(
-            // Sequences owned by a column (identity, serial, OWNED BY) go with their table.
-            "SELECT array(SELECT c.relname::text FROM pg_class c \
-                          WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','f','S') \
-                            AND NOT EXISTS (SELECT 1 FROM pg_depend d \
-                                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid \
-                                    AND d.deptype IN ('a', 'i')) \
-                          ORDER BY 1) \
-             FROM pg_namespace n WHERE n.nspname = $1",
-            &[&schema],
-        )
-        .await
-        .map_err(|e| SetupError::sql(context(), &e, None))?
-        .map(|row| row.get(0));
-    let Some(relations) = relations else {
-        return Ok(OutboxFacts {
-            exists: false,
-            pending: 0,
-            foreign: None,
-        });
-    };
-    let own = own_relations();
-    let foreign: Vec<&String> = relations.iter().filter(|r| !own.contains(r)).collect();
-    let pending = if relations.iter().any(|r| r == "delivery") {
-        outbox
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM {}.delivery WHERE status = 'pending'",
-                    quote_ident(schema)
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| SetupError::sql(context(), &e, None))?
-            .get(0)
-    } else {
-        0
-    };
-    Ok(OutboxFacts {
-        exists: true,
-        pending,
-        foreign: (!foreign.is_empty()).then(|| {
-            foreign
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
-    })
-}
-
-/// The tables, views and sequences walhook creates in its schema: the version table and what
-/// the migration files create. Read from the files themselves, so a new migration needs no
-/// change here.
-fn own_relations() -> Vec<String> {
-    let mut names = vec!["schema_version".to_owned()];
-    for migration in MIGRATIONS {
-        let words: Vec<&str> = migration
-            .sql
-            .lines()
-            .map(|line| line.split("--").next().unwrap_or(""))
-            .flat_map(str::split_whitespace)
-            .collect();
-        for (i, word) in words.iter().enumerate() {
-            if !word.eq_ignore_ascii_case("CREATE") {
-                continue;
-            }
-            let mut rest = words[i + 1..].iter().copied().peekable();
-            if rest.peek().is_some_and(|w| w.eq_ignore_ascii_case("OR")) {
-                rest.next(); // OR
-                rest.next(); // REPLACE
-            }
-            if rest
-                .peek()
-                .is_some_and(|w| w.eq_ignore_ascii_case("MATERIALIZED"))
-            {
-                rest.next();
-            }
-            let Some(kind) = rest.next() else { continue };
-            if !["TABLE", "VIEW", "SEQUENCE"]
-                .iter()
-                .any(|k| kind.eq_ignore_ascii_case(k))
-            {
-                continue;
-            }
-            let mut name = rest.next().unwrap_or("");
-            if name.eq_ignore_ascii_case("IF") {
-                rest.next(); // NOT
-                rest.next(); // EXISTS
-                name = rest.next().unwrap_or("");
-            }
-            let name = name
-                .split(['(', ';'])
-                .next()
-                .unwrap_or("")
-                .trim_matches('"');
-            if !name.is_empty() {
-                names.push(name.to_owned());
-            }
-        }
-    }
-    names
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_relations_come_from_the_migration_files() {
-        let own = own_relations();
-        for name in [
-            "schema_version",
-            "checkpoint",
-            "event",
-            "event_seq",
-            "delivery",
-            "attempt",
-            "deliveries",
-            "attempts",
-        ] {
-            assert!(own.iter().any(|o| o == name), "{name} missing from {own:?}");
-        }
-        assert!(!own.iter().any(|o| o == "account_invoice"));
-    }
 }

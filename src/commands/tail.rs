@@ -543,7 +543,8 @@ fn watched(tables: &[TableName], relation: &Relation) -> bool {
 /// `config` with only subscription `name`, active, and its table: what `--subscription`
 /// shows.
 fn only_subscription(config: &Config, name: &str) -> Result<Config, TailError> {
-    let sub = super::test::find(config, name).map_err(|e| TailError::Usage(e.to_string()))?;
+    let sub = crate::delivery::test_event::find(config, name)
+        .map_err(|e| TailError::Usage(e.to_string()))?;
     let mut sub = sub.clone();
     sub.active = true;
     let mut only = config.clone();

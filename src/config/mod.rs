@@ -105,4 +105,9 @@ impl Config {
     pub fn subscription(&self, name: &str) -> Option<&SubscriptionConfig> {
         self.subscriptions.iter().find(|s| s.name == name)
     }
+
+    /// The names of the configured subscriptions, in config order.
+    pub fn subscription_names(&self) -> Vec<&str> {
+        self.subscriptions.iter().map(|s| s.name.as_str()).collect()
+    }
 }

@@ -8,6 +8,7 @@ mod capture;
 mod reload;
 mod retention;
 pub mod sampler;
+pub mod slot;
 mod startup;
 
 use std::path::PathBuf;

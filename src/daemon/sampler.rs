@@ -14,7 +14,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
-use crate::pg::quote_ident;
+use crate::outbox::{checkpoint, status};
 use crate::source::conninfo::ConnInfo;
 use crate::source::setup::server_message;
 use crate::source::tls;
@@ -205,17 +205,8 @@ impl Sampler {
             );
         }
         let db = self.outbox_db.as_ref().expect("connected above");
-        let s = quote_ident(&self.settings.schema);
-        let rows = db
-            .query(
-                &format!(
-                    "SELECT subscription, status, count(*), \
-                            coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 \
-                     FROM {s}.delivery WHERE status IN ('pending', 'dead') \
-                     GROUP BY subscription, status"
-                ),
-                &[],
-            )
+        let schema = &self.settings.schema;
+        let rows = status::backlog(db, schema)
             .await
             .map_err(|e| match e.code() {
                 // `run` samples from the start; migrations create the schema moments later.
@@ -227,23 +218,17 @@ impl Sampler {
                 _ => server_message(&e),
             })?;
         for row in rows {
-            let entry = sample.backlog.entry(row.get(0)).or_default();
-            match row.get::<_, &str>(1) {
-                "pending" => {
-                    entry.pending = row.get(2);
-                    entry.oldest_pending_seconds = row.get(3);
-                }
-                _ => entry.dead = row.get(2),
+            let entry = sample.backlog.entry(row.subscription).or_default();
+            if row.pending {
+                entry.pending = row.count;
+                entry.oldest_pending_seconds = row.oldest_seconds;
+            } else {
+                entry.dead = row.count;
             }
         }
-        let checkpoint = db
-            .query_opt(
-                &format!("SELECT commit_lsn::text FROM {s}.checkpoint WHERE slot = $1"),
-                &[&self.settings.slot],
-            )
+        sample.checkpoint_lsn = checkpoint::text(db, schema, &self.settings.slot)
             .await
             .map_err(|e| server_message(&e))?;
-        sample.checkpoint_lsn = checkpoint.map(|r| r.get(0));
         let standby: bool = db
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await

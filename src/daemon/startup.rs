@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::slot::ensure_slot;
 use crate::capture::matcher::{needs_old_values, Matcher};
-use crate::commands::setup::ensure_slot;
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
 use crate::source::conninfo::{ConnInfo, ConnInfoError};
@@ -133,21 +133,7 @@ async fn release_leases(
     outbox: &tokio_postgres::Client,
 ) -> Result<(), StartupError> {
     let schema = &config.outbox.schema;
-    let subscriptions: Vec<&str> = config
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    let released = outbox
-        .execute(
-            &format!(
-                "UPDATE {}.delivery SET leased_until = NULL \
-                 WHERE status = 'pending' AND leased_until IS NOT NULL \
-                   AND subscription = ANY($1::text[])",
-                crate::pg::quote_ident(schema)
-            ),
-            &[&subscriptions],
-        )
+    let released = crate::outbox::leases::release(outbox, schema, &config.subscription_names())
         .await
         .map_err(|e| StartupError::Leases {
             schema: schema.clone(),

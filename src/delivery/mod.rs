@@ -8,6 +8,7 @@ pub mod policy;
 pub mod request;
 pub mod sender;
 pub mod signing;
+pub mod test_event;
 mod worker;
 
 pub use dispatcher::{DispatchError, DispatchHandle};

@@ -1,4 +1,5 @@
-//! Whose a checkpoint is: the source (cluster system identifier and database) recorded with
+//! The capture checkpoint of a slot as `setup` and start-up read and move it (the writer
+//! advances it with every commit), and whose it is: the source (cluster system identifier and database) recorded with
 //! a slot's checkpoint, so that a second source sharing the outbox under the same slot name
 //! is refused instead of reading and moving the first one's position.
 
@@ -6,6 +7,7 @@ use tokio_postgres::Client;
 
 use crate::pg::quote_ident;
 use crate::source::setup::SetupError;
+use crate::source::Lsn;
 
 /// One source database: what `IDENTIFY_SYSTEM` says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,4 +68,50 @@ pub async fn claim_checkpoint(
                 .to_owned(),
         ),
     })
+}
+
+/// The checkpoint of `slot` in the outbox: the last commit whose events it holds.
+pub async fn read(outbox: &Client, schema: &str, slot: &str) -> Result<Option<Lsn>, SetupError> {
+    let lsn = text(outbox, schema, slot).await.map_err(|e| {
+        SetupError::sql(format!("reading the checkpoint of slot {slot:?}"), &e, None)
+    })?;
+    Ok(lsn.and_then(|lsn| lsn.parse().ok()))
+}
+
+/// The checkpoint of `slot` as Postgres prints an LSN (`0/16B3748`).
+pub async fn text(
+    outbox: &Client,
+    schema: &str,
+    slot: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(outbox
+        .query_opt(
+            &format!(
+                "SELECT commit_lsn::text FROM {}.checkpoint WHERE slot = $1",
+                quote_ident(schema)
+            ),
+            &[&slot],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// Sets the checkpoint of `slot` to `lsn`: transactions committed at or before it are
+/// taken as captured.
+pub async fn write(outbox: &Client, schema: &str, slot: &str, lsn: Lsn) -> Result<(), SetupError> {
+    outbox
+        .execute(
+            &format!(
+                "INSERT INTO {}.checkpoint (slot, commit_lsn) VALUES ($1, $2::text::pg_lsn) \
+                 ON CONFLICT (slot) DO UPDATE \
+                 SET commit_lsn = EXCLUDED.commit_lsn, updated_at = now()",
+                quote_ident(schema)
+            ),
+            &[&slot, &lsn.to_string()],
+        )
+        .await
+        .map_err(|e| {
+            SetupError::sql(format!("setting the checkpoint of slot {slot:?}"), &e, None)
+        })?;
+    Ok(())
 }

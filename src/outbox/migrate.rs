@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_outbox.sql"),
     migration!(3, "0003_checkpoint_source.sql"),
     migration!(4, "0004_event_target.sql"),
+    migration!(5, "0005_subscription_state.sql"),
 ];
 
 /// The highest schema version this binary knows.

@@ -349,11 +349,7 @@ impl DeliveryQueue {
                 .await
                 .map_err(err("preparing the completion without attempts"))?,
             deactivate: client
-                .prepare(&format!(
-                    "INSERT INTO {s}.subscription_state (subscription, reason) VALUES ($1, $2) \
-                     ON CONFLICT (subscription) DO UPDATE \
-                     SET reason = excluded.reason, deactivated_at = now()"
-                ))
+                .prepare(&super::state::mark_gone_sql(schema))
                 .await
                 .map_err(err("preparing the deactivation"))?,
             deactivated: client

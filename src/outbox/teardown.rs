@@ -5,6 +5,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::migrate::MIGRATIONS;
 use crate::pg::quote_ident;
 use crate::source::setup::SetupError;
 
@@ -106,5 +107,146 @@ pub async fn drop_outbox(
                 quote_ident(schema)
             )),
         )),
+    }
+}
+
+/// What `teardown` needs to know about the outbox schema before dropping anything.
+pub struct OutboxFacts {
+    /// Whether the schema exists.
+    pub exists: bool,
+    /// How many deliveries are pending.
+    pub pending: i64,
+    /// Relations walhook's migrations did not create, when the schema has any.
+    pub foreign: Option<String>,
+}
+
+/// What the schema holds: whether it exists, its pending deliveries, foreign relations.
+pub async fn outbox_facts(outbox: &Client, schema: &str) -> Result<OutboxFacts, SetupError> {
+    let context = || format!("looking at schema {schema}");
+    let relations: Option<Vec<String>> = outbox
+        .query_opt(
+            // Sequences owned by a column (identity, serial, OWNED BY) go with their table.
+            "SELECT array(SELECT c.relname::text FROM pg_class c \
+                          WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','f','S') \
+                            AND NOT EXISTS (SELECT 1 FROM pg_depend d \
+                                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid \
+                                    AND d.deptype IN ('a', 'i')) \
+                          ORDER BY 1) \
+             FROM pg_namespace n WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| SetupError::sql(context(), &e, None))?
+        .map(|row| row.get(0));
+    let Some(relations) = relations else {
+        return Ok(OutboxFacts {
+            exists: false,
+            pending: 0,
+            foreign: None,
+        });
+    };
+    let own = own_relations();
+    let foreign: Vec<&String> = relations.iter().filter(|r| !own.contains(r)).collect();
+    let pending = if relations.iter().any(|r| r == "delivery") {
+        outbox
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.delivery WHERE status = 'pending'",
+                    quote_ident(schema)
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| SetupError::sql(context(), &e, None))?
+            .get(0)
+    } else {
+        0
+    };
+    Ok(OutboxFacts {
+        exists: true,
+        pending,
+        foreign: (!foreign.is_empty()).then(|| {
+            foreign
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+    })
+}
+
+/// The tables, views and sequences walhook creates in its schema: the version table and what
+/// the migration files create. Read from the files themselves, so a new migration needs no
+/// change here.
+pub fn own_relations() -> Vec<String> {
+    let mut names = vec!["schema_version".to_owned()];
+    for migration in MIGRATIONS {
+        let words: Vec<&str> = migration
+            .sql
+            .lines()
+            .map(|line| line.split("--").next().unwrap_or(""))
+            .flat_map(str::split_whitespace)
+            .collect();
+        for (i, word) in words.iter().enumerate() {
+            if !word.eq_ignore_ascii_case("CREATE") {
+                continue;
+            }
+            let mut rest = words[i + 1..].iter().copied().peekable();
+            if rest.peek().is_some_and(|w| w.eq_ignore_ascii_case("OR")) {
+                rest.next(); // OR
+                rest.next(); // REPLACE
+            }
+            if rest
+                .peek()
+                .is_some_and(|w| w.eq_ignore_ascii_case("MATERIALIZED"))
+            {
+                rest.next();
+            }
+            let Some(kind) = rest.next() else { continue };
+            if !["TABLE", "VIEW", "SEQUENCE"]
+                .iter()
+                .any(|k| kind.eq_ignore_ascii_case(k))
+            {
+                continue;
+            }
+            let mut name = rest.next().unwrap_or("");
+            if name.eq_ignore_ascii_case("IF") {
+                rest.next(); // NOT
+                rest.next(); // EXISTS
+                name = rest.next().unwrap_or("");
+            }
+            let name = name
+                .split(['(', ';'])
+                .next()
+                .unwrap_or("")
+                .trim_matches('"');
+            if !name.is_empty() {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_relations_come_from_the_migration_files() {
+        let own = own_relations();
+        for name in [
+            "schema_version",
+            "checkpoint",
+            "event",
+            "event_seq",
+            "delivery",
+            "attempt",
+            "deliveries",
+            "attempts",
+        ] {
+            assert!(own.iter().any(|o| o == name), "{name} missing from {own:?}");
+        }
+        assert!(!own.iter().any(|o| o == "account_invoice"));
     }
 }

@@ -23,15 +23,13 @@ use axum::{middleware, Json, Router};
 use serde_json::{json, Map, Value};
 
 use super::db::{timed, DB_TIMEOUT};
-use super::view::{self, Stopped, StoppedMap};
+use super::view::{self, StoppedMap};
 use super::{auth, App};
-use crate::commands::deliveries::{self, Filter};
-use crate::commands::outbox::{parse_since, Status};
-use crate::commands::replay::{self, known_in_outbox, ReplayError, Replayed, Target};
-use crate::commands::test::{self, TestError};
 use crate::config::Config;
-use crate::outbox::queue::{is_pause, pause_reason_sql};
-use crate::pg::quote_ident;
+use crate::delivery::test_event::{self as test, TestError};
+use crate::outbox::log::{self, parse_since, Filter, Status};
+use crate::outbox::replay::{self, known, ReplayError, Replayed, Target};
+use crate::outbox::{state, StoreError};
 use crate::suggest::did_you_mean;
 
 /// Rows of the delivery log per page unless `limit` says otherwise.
@@ -42,10 +40,6 @@ const MAX_LIMIT: u32 = 1_000;
 
 /// How long the status and the subscription list wait for the subscriptions' state.
 const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// SQL giving `deactivated_at` as RFC 3339 text in UTC.
-const SINCE_SQL: &str =
-    "to_char(deactivated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 /// The admin API's routes, behind the token check.
 pub(super) fn router(app: Arc<App>) -> Router<Arc<App>> {
@@ -127,9 +121,11 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// Maps a database error to a 500 naming what was being done.
-fn db_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ApiError {
-    move |e| ApiError::database(format!("{what}: {e}"))
+impl From<StoreError> for ApiError {
+    /// A 500 naming what was being done.
+    fn from(e: StoreError) -> Self {
+        ApiError::database(e.to_string())
+    }
 }
 
 /// The endpoints, for the 404 and 405 answers.
@@ -286,29 +282,11 @@ async fn stopped_subscriptions(app: &App) -> Result<StoppedMap, ApiError> {
 
 async fn read_stopped(app: &App) -> Result<StoppedMap, ApiError> {
     let mut conn = app.db.conn().await?;
-    let s = quote_ident(&app.state.schema);
-    let rows = timed("reading the subscriptions' state", async {
-        conn.client()
-            .query(
-                &format!("SELECT subscription, reason, {SINCE_SQL} FROM {s}.subscription_state"),
-                &[],
-            )
-            .await
-            .map_err(db_error("reading the subscriptions' state"))
+    let schema = &app.state.schema;
+    timed("reading the subscriptions' state", async {
+        Ok(state::all(conn.client(), schema).await?)
     })
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get(0),
-                Stopped {
-                    reason: row.get(1),
-                    since: row.get(2),
-                },
-            )
-        })
-        .collect())
+    .await
 }
 
 /// `GET /api/v1/deliveries?subscription=&status=&since=&limit=&before_id=`: newest first;
@@ -364,9 +342,9 @@ async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     let mut conn = app.db.conn().await?;
     if let Some(name) = &filter.subscription {
         if config.subscription(name).is_none() {
-            let configured = configured_names(&config);
+            let configured = config.subscription_names();
             timed("reading the outbox", async {
-                known_in_outbox(conn.client(), &quote_ident(schema), name, &configured)
+                known(conn.client(), schema, name, &configured)
                     .await
                     .map_err(replay_error)
             })
@@ -374,9 +352,7 @@ async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         }
     }
     let rows = timed("reading the delivery log", async {
-        deliveries::list(conn.client(), schema, &filter, limit)
-            .await
-            .map_err(|e| ApiError::database(e.to_string()))
+        Ok(log::list(conn.client(), schema, &filter, limit).await?)
     })
     .await?;
     let next = if rows.len() == limit as usize {
@@ -385,7 +361,7 @@ async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         None
     };
     Ok(Json(json!({
-        "deliveries": rows.iter().map(deliveries::Delivery::to_json).collect::<Vec<_>>(),
+        "deliveries": rows.iter().map(log::Delivery::to_json).collect::<Vec<_>>(),
         "next": next,
     })))
 }
@@ -497,62 +473,13 @@ async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResu
     let Some(sub) = config.subscription(&name) else {
         return Err(unknown_subscription(&config, &name));
     };
-    let s = quote_ident(&app.state.schema);
     let mut conn = app.db.conn().await?;
-    let (previous, now) = timed("pausing the subscription", async {
-        let tx = conn
-            .client()
-            .transaction()
-            .await
-            .map_err(db_error("starting a transaction"))?;
-        let previous: Option<Stopped> = tx
-            .query_opt(
-                &format!(
-                    "SELECT reason, {SINCE_SQL} FROM {s}.subscription_state \
-                     WHERE subscription = $1 FOR UPDATE"
-                ),
-                &[&name],
-            )
-            .await
-            .map_err(db_error("reading the subscription's state"))?
-            .map(|row| Stopped {
-                reason: row.get(0),
-                since: row.get(1),
-            });
-        if let Some(paused) = previous.as_ref().filter(|p| is_pause(&p.reason)) {
-            let paused = paused.clone();
-            tx.commit()
-                .await
-                .map_err(db_error("committing the pause"))?;
-            return Ok((previous, paused));
-        }
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO {s}.subscription_state (subscription, reason) \
-                     VALUES ($1, {}) \
-                     ON CONFLICT (subscription) DO UPDATE \
-                     SET reason = excluded.reason, deactivated_at = now() \
-                     RETURNING reason, {SINCE_SQL}",
-                    pause_reason_sql()
-                ),
-                &[&name],
-            )
-            .await
-            .map_err(db_error("pausing the subscription"))?;
-        tx.commit()
-            .await
-            .map_err(db_error("committing the pause"))?;
-        Ok((
-            previous,
-            Stopped {
-                reason: row.get(0),
-                since: row.get(1),
-            },
-        ))
+    let schema = &app.state.schema;
+    let state::Paused { previous, now } = timed("pausing the subscription", async {
+        Ok(state::pause(conn.client(), schema, &name).await?)
     })
     .await?;
-    let already = previous.as_ref().is_some_and(|p| is_pause(&p.reason));
+    let already = previous.as_ref().is_some_and(state::Stopped::is_pause);
     let mut message = if already {
         format!(
             "subscription {name:?} was already {}; nothing changed",
@@ -566,7 +493,7 @@ async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResu
              pending deliveries until POST /api/v1/subscriptions/{name}/resume"
         )
     };
-    if let Some(deactivated) = previous.as_ref().filter(|p| !is_pause(&p.reason)) {
+    if let Some(deactivated) = previous.as_ref().filter(|p| !p.is_pause()) {
         message.push_str(&format!(
             "; it had been deactivated ({}), which resuming ends too",
             deactivated.reason
@@ -590,26 +517,15 @@ async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiRes
     let config = app.state.config.borrow().clone();
     let sub = config.subscription(&name);
     let schema = &app.state.schema;
-    let s = quote_ident(schema);
     let mut conn = app.db.conn().await?;
-    let removed: Option<String> = timed("resuming the subscription", async {
-        conn.client()
-            .query_opt(
-                &format!(
-                    "DELETE FROM {s}.subscription_state WHERE subscription = $1 \
-                     RETURNING reason"
-                ),
-                &[&name],
-            )
-            .await
-            .map_err(db_error("resuming the subscription"))
-            .map(|row| row.map(|r| r.get(0)))
+    let removed = timed("resuming the subscription", async {
+        Ok(state::resume(conn.client(), schema, &name).await?)
     })
     .await?;
     if removed.is_none() && sub.is_none() {
-        let configured = configured_names(&config);
+        let configured = config.subscription_names();
         timed("reading the outbox", async {
-            known_in_outbox(conn.client(), &s, &name, &configured)
+            known(conn.client(), schema, &name, &configured)
                 .await
                 .map_err(replay_error)
         })
@@ -641,18 +557,21 @@ async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiRes
     let mut answer = Map::new();
     answer.insert("subscription".into(), name.clone().into());
     answer.insert("resumed".into(), removed.is_some().into());
-    answer.insert("previous_reason".into(), json!(removed));
+    answer.insert(
+        "previous_reason".into(),
+        json!(removed.map(|stopped| stopped.reason)),
+    );
     merge(&mut answer, view::state(sub, None));
     answer.insert("message".into(), message.into());
     Ok(Json(Value::Object(answer)))
 }
 
 /// `paused through the admin API at …`, or `deactivated (the receiver answered 410 …)`.
-fn stopped_phrase(reason: &str) -> String {
-    if is_pause(reason) {
-        reason.to_owned()
+fn stopped_phrase(stopped: &state::Stopped) -> String {
+    if stopped.is_pause() {
+        stopped.reason.clone()
     } else {
-        format!("deactivated: {reason}")
+        format!("deactivated: {}", stopped.reason)
     }
 }
 
@@ -816,19 +735,11 @@ fn parse_status(text: &str) -> Result<Status, ApiError> {
     }
 }
 
-fn configured_names(config: &Config) -> Vec<&str> {
-    config
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect()
-}
-
 /// 404 for a name that is not a configured subscription.
 fn unknown_subscription(config: &Config, name: &str) -> ApiError {
     ApiError::not_found(format!(
         "unknown subscription {name:?}: not in the config{}",
-        did_you_mean(name, configured_names(config))
+        did_you_mean(name, config.subscription_names())
     ))
 }
 

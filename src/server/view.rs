@@ -8,16 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use crate::config::{format_duration, Auth, Ordering, SubscriptionConfig};
-use crate::outbox::queue::is_pause;
-
-/// A `subscription_state` row: why a subscription is switched off, and since when.
-#[derive(Debug, Clone)]
-pub(super) struct Stopped {
-    /// `paused through the admin API at …`, or the 410 deactivation's reason.
-    pub reason: String,
-    /// RFC 3339.
-    pub since: String,
-}
+use crate::outbox::state::Stopped;
 
 /// The state of a subscription: `active`, `paused` (admin API), `deactivated` (410 Gone),
 /// `inactive` (`active = false` in the config) or `removed` (no longer in the config; its
@@ -29,7 +20,7 @@ pub(super) fn state(configured: Option<&SubscriptionConfig>, stopped: Option<&St
             Some("not in the config; its deliveries are kept for replay".to_owned()),
             None,
         ),
-        (Some(_), Some(stopped)) if is_pause(&stopped.reason) => (
+        (Some(_), Some(stopped)) if stopped.is_pause() => (
             "paused",
             Some(stopped.reason.clone()),
             Some(stopped.since.clone()),

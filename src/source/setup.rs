@@ -5,7 +5,6 @@
 //! parameters for names, so names are quoted here; values go as parameters wherever they can.
 
 use crate::config::TableName;
-use crate::outbox::migrate::MigrateError;
 use crate::source::conninfo::ConnInfoError;
 use crate::source::privileges::Refusal;
 use crate::source::replication::ReplicationError;
@@ -28,9 +27,6 @@ pub enum SetupError {
     /// An SQL connection could not be opened.
     #[error("{0}")]
     Connect(#[from] ConnectError),
-    /// Applying the outbox migrations failed.
-    #[error(transparent)]
-    Migrate(#[from] MigrateError),
     /// A statement failed.
     #[error("{context}: {message}{}", fix_suffix(fix))]
     Sql {

@@ -1,0 +1,36 @@
+//! Opening the configured outbox for the commands that read or change it (`deliveries`,
+//! `replay`, `test`): the connection, and the check that `walhook setup` made the schema.
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::pg::quote_ident;
+use crate::source::conninfo::ConnInfo;
+use crate::source::tls;
+
+/// A connection to the outbox (`outbox.url`, else `source.url`) whose schema holds
+/// `relation`, a table or view of the migrations. Errors name the config key, never the URL
+/// (it may hold a password), and say to run `walhook setup` before the schema exists.
+pub async fn open(config: &Config, relation: &str) -> Result<Client, String> {
+    let (url, key) = match &config.outbox.url {
+        Some(url) => (url.expose(), "outbox.url"),
+        None => (config.source.url.expose(), "source.url"),
+    };
+    let info = ConnInfo::parse(url).map_err(|e| format!("{key}: {e}"))?;
+    let db = tls::connect_sql(&info)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    let schema = &config.outbox.schema;
+    let name = format!("{}.{}", quote_ident(schema), quote_ident(relation));
+    let exists: bool = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(|e| format!("reading the outbox: {e}"))?
+        .get(0);
+    if !exists {
+        return Err(format!(
+            "the outbox schema {schema} does not exist yet: run `walhook setup`"
+        ));
+    }
+    Ok(db)
+}
