@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod ephemeral;
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod os;
 pub mod outbox;

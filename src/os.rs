@@ -47,3 +47,12 @@ pub fn open_file_limit() -> Option<u64> {
     let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     read.then_some(limit.rlim_cur)
 }
+
+/// Writes a whole block at once under the stdout lock, so concurrent requests don't interleave.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) must not take the receiver down.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}

@@ -72,8 +72,8 @@ fn replayed_ids(db: &TestDb<'_>) -> Vec<i64> {
 /// Marks `subscription` as switched off by a 410 Gone, as the dispatcher does.
 fn deactivate(db: &TestDb<'_>, subscription: &str) {
     db.sql(&format!(
-        "INSERT INTO walhook.subscription_state (subscription, reason) \
-         VALUES ('{subscription}', 'the receiver answered 410 Gone')"
+        "INSERT INTO walhook.subscription_state (subscription, state, reason) \
+         VALUES ('{subscription}', 'gone', 'the receiver answered 410 Gone')"
     ));
 }
 

@@ -141,8 +141,7 @@ url = "{url}"
     let seen = receiver.wait_for(1, PATIENCE);
     assert_eq!(seen[0].event_ids(), vec!["evt_paused".to_owned()]);
     wait_until(PATIENCE, "the paused one's delivery is delivered", || {
-        db.sql("SELECT status FROM walhook.deliveries WHERE subscription = 'paused'")
-            == "delivered"
+        db.sql("SELECT status FROM walhook.deliveries WHERE subscription = 'paused'") == "delivered"
     });
     assert_eq!(
         db.sql("SELECT status FROM walhook.deliveries WHERE subscription = 'gone'"),

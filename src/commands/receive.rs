@@ -5,26 +5,23 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, CONTENT_TYPE};
+use hyper::header::CONTENT_TYPE;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::config::SigningSecret;
-use crate::delivery::signing;
+use crate::delivery::signing::{check_request, unix_now, Verdict};
 
-/// Largest request body accepted; larger ones get 413 (walhook's batches stay far below).
-pub const MAX_BODY: usize = 10 * 1024 * 1024;
+use crate::http::MAX_BODY;
+use crate::os::emit;
 
 /// The address `walhook receive` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -52,53 +49,6 @@ pub struct ReceiveOptions {
     pub tolerance: Duration,
 }
 
-/// The outcome of checking one request's signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// A signature matched a configured secret.
-    Verified,
-    /// No `--secret` was given, so nothing was checked.
-    Unchecked,
-    /// Verification failed; the one-line reason (never contains a secret).
-    Rejected(String),
-}
-
-/// Checks the Standard Webhooks headers of a request against `secrets` at `now` (unix s).
-pub fn check(
-    secrets: &[SigningSecret],
-    headers: &HeaderMap,
-    body: &[u8],
-    now: i64,
-    tolerance: Duration,
-) -> Verdict {
-    if secrets.is_empty() {
-        return Verdict::Unchecked;
-    }
-    let header = |name: &str| -> Result<&str, String> {
-        match headers.get(name) {
-            None => Err(format!("missing {name} header")),
-            Some(value) => value
-                .to_str()
-                .map_err(|_| format!("the {name} header is not printable ASCII")),
-        }
-    };
-    let result = (|| {
-        let id = header("webhook-id")?;
-        let timestamp = header("webhook-timestamp")?;
-        let timestamp: i64 = timestamp
-            .trim()
-            .parse()
-            .map_err(|_| "the webhook-timestamp header is not unix seconds".to_owned())?;
-        let signature = header("webhook-signature")?;
-        signing::verify(secrets, id, timestamp, body, signature, now, tolerance)
-            .map_err(|e| e.to_string())
-    })();
-    match result {
-        Ok(()) => Verdict::Verified,
-        Err(reason) => Verdict::Rejected(reason),
-    }
-}
-
 /// Serves until SIGINT or SIGTERM; an error only when the address cannot be bound.
 pub async fn run(options: ReceiveOptions) -> std::io::Result<()> {
     // Before anything is announced: a signal right after "listening" must stop us cleanly.
@@ -117,34 +67,18 @@ pub async fn run(options: ReceiveOptions) -> std::io::Result<()> {
     ));
 
     let state = Arc::new(options);
-    // Aborted when dropped: on a signal, open connections are simply closed.
-    let mut connections = JoinSet::new();
-    loop {
+    let make = || {
+        let state = Arc::clone(&state);
+        service_fn(move |req| handle(req, Arc::clone(&state)))
+    };
+    // On a signal, open connections are simply closed (no drain).
+    let until = async move {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Usually out of file descriptors: back off rather than spin.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let state = Arc::clone(&state);
-                connections.spawn(async move {
-                    let service = service_fn(move |req| handle(req, Arc::clone(&state)));
-                    // Clients that hang up mid-request are normal during development.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
+    };
+    crate::http::serve(listener, make, until, crate::http::Limits::default()).await;
     emit("walhook receive: stopped\n");
     Ok(())
 }
@@ -196,7 +130,7 @@ async fn handle(
         }
     };
 
-    let verdict = check(
+    let verdict = check_request(
         &options.secrets,
         &parts.headers,
         &body,
@@ -275,23 +209,10 @@ fn text_response(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Writes a whole block at once under the stdout lock, so concurrent requests don't interleave.
-pub(crate) fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (`| head`) must not take the receiver down.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
-
-/// Seconds since the Unix epoch, for checking a signature's timestamp.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderMap;
+
     use super::*;
 
     const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -309,11 +230,11 @@ mod tests {
         let secrets = [SigningSecret::parse(SECRET).unwrap()];
         let tol = Duration::from_secs(300);
         assert_eq!(
-            check(&secrets, &headers(&[]), b"", 0, tol),
+            check_request(&secrets, &headers(&[]), b"", 0, tol),
             Verdict::Rejected("missing webhook-id header".into())
         );
         assert_eq!(
-            check(
+            check_request(
                 &secrets,
                 &headers(&[("webhook-id", "x"), ("webhook-timestamp", "soon")]),
                 b"",
@@ -323,7 +244,7 @@ mod tests {
             Verdict::Rejected("the webhook-timestamp header is not unix seconds".into())
         );
         assert_eq!(
-            check(
+            check_request(
                 &secrets,
                 &headers(&[("webhook-id", "x"), ("webhook-timestamp", "0")]),
                 b"",
@@ -336,7 +257,7 @@ mod tests {
 
     #[test]
     fn without_secrets_nothing_is_checked() {
-        let verdict = check(&[], &headers(&[]), b"", 0, Duration::ZERO);
+        let verdict = check_request(&[], &headers(&[]), b"", 0, Duration::ZERO);
         assert_eq!(verdict, Verdict::Unchecked);
     }
 

@@ -14,13 +14,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-use super::sampler::Health;
 use super::startup::{self, StartupError};
 use crate::capture::matcher::{Matcher, MatcherError, NameChange};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
 use crate::delivery::DispatchHandle;
+use crate::health::Health;
 use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};

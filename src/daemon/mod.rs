@@ -7,7 +7,6 @@ mod active;
 mod capture;
 mod reload;
 mod retention;
-pub mod sampler;
 pub mod slot;
 mod startup;
 
@@ -23,10 +22,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::{self, DispatchError};
+use crate::health::{self as sampler, Health};
 use crate::metrics::Metrics;
 use crate::server::{self, ServeError, ServerState};
 use crate::source::conninfo::ConnInfo;
-use sampler::Health;
 
 pub use startup::StartupError;
 

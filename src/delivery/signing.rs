@@ -3,12 +3,14 @@
 //!
 //! The daemon signs with [`signature_header`]; `walhook receive` checks with [`verify`].
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+
+use hyper::header::HeaderMap;
 
 use crate::config::SigningSecret;
 
@@ -169,6 +171,59 @@ fn mac(secret: &SigningSecret, id: &str, timestamp: i64, body: &[u8]) -> HmacSha
     mac.update(b".");
     mac.update(body);
     mac
+}
+
+/// The outcome of checking one request's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A signature matched a configured secret.
+    Verified,
+    /// No `--secret` was given, so nothing was checked.
+    Unchecked,
+    /// Verification failed; the one-line reason (never contains a secret).
+    Rejected(String),
+}
+
+/// Checks the Standard Webhooks headers of a request against `secrets` at `now` (unix s).
+pub fn check_request(
+    secrets: &[SigningSecret],
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Verdict {
+    if secrets.is_empty() {
+        return Verdict::Unchecked;
+    }
+    let header = |name: &str| -> Result<&str, String> {
+        match headers.get(name) {
+            None => Err(format!("missing {name} header")),
+            Some(value) => value
+                .to_str()
+                .map_err(|_| format!("the {name} header is not printable ASCII")),
+        }
+    };
+    let result = (|| {
+        let id = header("webhook-id")?;
+        let timestamp = header("webhook-timestamp")?;
+        let timestamp: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| "the webhook-timestamp header is not unix seconds".to_owned())?;
+        let signature = header("webhook-signature")?;
+        verify(secrets, id, timestamp, body, signature, now, tolerance).map_err(|e| e.to_string())
+    })();
+    match result {
+        Ok(()) => Verdict::Verified,
+        Err(reason) => Verdict::Rejected(reason),
+    }
+}
+
+/// Seconds since the Unix epoch, for checking a signature's timestamp.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

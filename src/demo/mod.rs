@@ -23,15 +23,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
-use crate::commands::receive::{self, Verdict};
 use crate::config::{Config, SigningSecret};
 use crate::daemon::{self, DaemonError, RunOptions};
+use crate::delivery::signing::{self, Verdict};
 use crate::ephemeral::{self, EphemeralError, EphemeralPostgres};
 
 /// The database the sample ERP lives in.
@@ -447,29 +445,15 @@ async fn serve(
     arrivals: mpsc::UnboundedSender<Arrival>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let hooks = hooks.clone();
-                let arrivals = arrivals.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        handle(req, hooks.clone(), arrivals.clone())
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
+    let make = || {
+        let hooks = hooks.clone();
+        let arrivals = arrivals.clone();
+        service_fn(move |req| handle(req, hooks.clone(), arrivals.clone()))
+    };
+    let until = async move {
+        let _ = shutdown.changed().await;
+    };
+    crate::http::serve(listener, make, until, crate::http::Limits::default()).await;
 }
 
 async fn handle(
@@ -492,7 +476,7 @@ async fn handle(
         ));
         return reply(StatusCode::NOT_FOUND);
     }
-    let body = match Limited::new(body, receive::MAX_BODY).collect().await {
+    let body = match Limited::new(body, crate::http::MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             say(&format!("✗ {path}: could not read the body: {e}"));
@@ -509,11 +493,11 @@ async fn handle(
             &arrivals,
         );
     };
-    let verdict = receive::check(
+    let verdict = signing::check_request(
         std::slice::from_ref(&hook.secret),
         &parts.headers,
         &body,
-        receive::unix_now(),
+        signing::unix_now(),
         Duration::from_secs(300),
     );
     if let Verdict::Rejected(reason) = verdict {
@@ -663,7 +647,7 @@ fn io(what: &str, source: std::io::Error) -> DemoError {
 
 /// Prints a line to stdout at once (concurrent requests must not interleave).
 fn say(text: &str) {
-    receive::emit(&format!("{text}\n"));
+    crate::os::emit(&format!("{text}\n"));
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemon::sampler::{Health, Sample};
 use crate::delivery::network::NetworkPolicy;
+use crate::health::{Health, Sample};
 use crate::metrics::Metrics;
 use crate::source::conninfo::ConnInfo;
 
