@@ -39,8 +39,8 @@ pub struct SetupOptions {
 const SLOT_WARNING: &str = "the replication slot makes the source keep WAL until walhook has \
      read it: a slot nobody reads any more fills the source server's disk";
 
-/// Why `walhook setup` failed: a step on the source (or the slot), or the outbox's
-/// migrations.
+/// Why `walhook setup` or `teardown` failed: a step on the source (or the slot), the
+/// outbox's migrations, or deliveries still pending.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupFailed {
     /// The source, the publication or the slot.
@@ -49,6 +49,20 @@ pub enum SetupFailed {
     /// Applying the outbox migrations.
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    /// `teardown` found deliveries that have not been made yet.
+    #[error(
+        "{count} {} still pending in schema {schema}; see them with `walhook deliveries \
+         --status pending` (or SELECT * FROM {}.deliveries WHERE status = 'pending'); let \
+         walhook deliver them first, or run `walhook teardown --force` to drop them",
+        if *count == 1 { "delivery is" } else { "deliveries are" },
+        quote_ident(schema)
+    )]
+    PendingDeliveries {
+        /// The outbox schema.
+        schema: String,
+        /// How many.
+        count: i64,
+    },
 }
 
 /// The source connection, and the outbox's when `outbox.url` names another database.
@@ -256,7 +270,7 @@ async fn replica_identity(source: &Client, config: &Config, alter: bool) -> Resu
 
 /// `walhook teardown`: drops the slot, the publication and the outbox schema. Refuses while
 /// deliveries are pending unless `force`. What is already gone is reported, not an error.
-pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
+pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupFailed> {
     let db = Databases::connect(config).await?;
     let schema = &config.outbox.schema;
     let slot = &config.source.slot;
@@ -266,7 +280,7 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
     let outbox = teardown::outbox_facts(db.outbox(), schema).await?;
     if outbox.pending > 0 {
         if !force {
-            return Err(SetupError::PendingDeliveries {
+            return Err(SetupFailed::PendingDeliveries {
                 schema: schema.clone(),
                 count: outbox.pending,
             });
@@ -292,7 +306,8 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupError> {
                 "if walhook's outbox shares schema {schema} with other objects, drop walhook's \
                  tables by hand; give walhook a schema of its own with outbox.schema"
             )),
-        });
+        }
+        .into());
     }
     teardown_privileges(&db, config, outbox.exists).await?;
     let own = teardown::own_relations();

@@ -7,16 +7,8 @@ use tokio_postgres::Client;
 
 use crate::pg::quote_ident;
 use crate::source::setup::SetupError;
+use crate::source::slot::SourceId;
 use crate::source::Lsn;
-
-/// One source database: what `IDENTIFY_SYSTEM` says of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceId {
-    /// The cluster's system identifier.
-    pub system_identifier: String,
-    /// The database name.
-    pub database: String,
-}
 
 /// Makes the checkpoint of `slot`, if there is one, this source's: a row without a source
 /// (written before migration 0003, or just now by the writer) is claimed; a row of another

@@ -121,20 +121,6 @@ pub enum SetupError {
         /// The last commit the outbox holds events for.
         checkpoint: Lsn,
     },
-    /// `teardown` found deliveries that have not been made yet.
-    #[error(
-        "{count} {} still pending in schema {schema}; see them with `walhook deliveries \
-         --status pending` (or SELECT * FROM {}.deliveries WHERE status = 'pending'); let \
-         walhook deliver them first, or run `walhook teardown --force` to drop them",
-        if *count == 1 { "delivery is" } else { "deliveries are" },
-        crate::pg::quote_ident(schema)
-    )]
-    PendingDeliveries {
-        /// The outbox schema.
-        schema: String,
-        /// How many.
-        count: i64,
-    },
 }
 
 fn fix_suffix(fix: &Option<String>) -> String {

@@ -310,8 +310,17 @@ async fn holder(client: &Client, pid: i32) -> String {
     }
 }
 
+/// One source database: what `IDENTIFY_SYSTEM` says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceId {
+    /// The cluster's system identifier.
+    pub system_identifier: String,
+    /// The database name.
+    pub database: String,
+}
+
 /// Which source `info` connects to (`IDENTIFY_SYSTEM`), to tell whose a checkpoint is.
-pub async fn source_id(info: &ConnInfo) -> Result<crate::outbox::checkpoint::SourceId, SetupError> {
+pub async fn source_id(info: &ConnInfo) -> Result<SourceId, SetupError> {
     let context = || "identifying the source system (IDENTIFY_SYSTEM)".to_owned();
     let mut connection = crate::source::replication::ReplicationConnection::connect(info)
         .await
@@ -327,7 +336,7 @@ pub async fn source_id(info: &ConnInfo) -> Result<crate::outbox::checkpoint::Sou
             source,
         })?;
     let _ = connection.close().await;
-    Ok(crate::outbox::checkpoint::SourceId {
+    Ok(SourceId {
         system_identifier: system.systemid,
         database: system.dbname.unwrap_or_else(|| info.dbname().to_owned()),
     })
