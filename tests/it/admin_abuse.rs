@@ -2,13 +2,14 @@
 //! deliveries need (issue 12). Traffic stays on loopback and every loop is bounded.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use support::http::Http;
-use support::{config_file, loopback_source, wait_until, Daemon, Subscriber, TestDb};
+use support::{wait_until, Daemon, Subscriber, TestDb};
 
 /// Connections the slowloris opens: far more than the daemon's 256 file descriptors.
 const HALF_SENT: usize = 600;
@@ -17,12 +18,10 @@ const HALF_SENT: usize = 600;
 fn hundreds_of_half_sent_requests_to_the_admin_port_cannot_starve_deliveries() {
     let db = TestDb::new("CREATE TABLE ledger (id int PRIMARY KEY, n int NOT NULL);");
     let receiver = Subscriber::start();
-    let config = config_file(&format!(
-        "{}\n[objects.ledger]\ntable = \"public.ledger\"\n\n[[subscriptions]]\nname = \"flow\"\n\
-         object = \"ledger\"\nurl = \"{}\"\n",
-        loopback_source(&db),
-        receiver.url("/hooks")
-    ));
+    let config = Toml::new(&db)
+        .table("ledger", "public.ledger")
+        .subscription(Sub::new("flow", "ledger", &receiver.url("/hooks")))
+        .write();
     let daemon = Daemon::start_with_open_files(&config, 256);
     let http = Http::of(&daemon);
     let addr = http.base.trim_start_matches("http://").to_owned();

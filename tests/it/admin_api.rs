@@ -4,13 +4,12 @@
 //! both replays, the test event, and unknown names answered with a suggestion.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{
-    config_file, start_daemon, unique, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb,
-};
+use support::{start_daemon, wait_until, ConfigFile, Daemon, Reply, Subscriber, TestDb};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ADMIN_TOKEN: &str = "admin-token-s3cret-value";
@@ -30,37 +29,21 @@ INSERT INTO ledger SELECT g, 0 FROM generate_series(1, 5) g;
 /// A config with subscription `flow` on `url`, with auth, a custom header and a token in
 /// the URL; `http` is the `[http]` table's body.
 fn config(db: &TestDb<'_>, url: &str, http: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[http]
-{http}
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "flow"
-object = "ledger"
-url = "{url}?token={URL_TOKEN}"
-secret = "{SECRET}"
-auth = {{ type = "bearer", token = "{AUTH_TOKEN}" }}
-headers = {{ "X-Tenant" = "{HEADER_VALUE}" }}
-rate_limit = {{ per_second = 50, burst = 60 }}
-retry_schedule = ["100ms"]
-timeout = "3s"
-"#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
-    ))
+    Toml::new(db)
+        .table("ledger", "public.ledger")
+        .subscription(
+            Sub::new("flow", "ledger", &format!("{url}?token={URL_TOKEN}"))
+                .secret(SECRET)
+                .with(&format!(
+                    "auth = {{ type = \"bearer\", token = \"{AUTH_TOKEN}\" }}\n\
+                     headers = {{ \"X-Tenant\" = \"{HEADER_VALUE}\" }}\n\
+                     rate_limit = {{ per_second = 50, burst = 60 }}\n\
+                     retry_schedule = [\"100ms\"]\n\
+                     timeout = \"3s\""
+                )),
+        )
+        .tail(&format!("[http]\n{http}"))
+        .write()
 }
 
 /// `listen` on loopback with the admin token.

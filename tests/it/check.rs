@@ -2,6 +2,7 @@
 //! and a clean bill of health for a correct setup.
 
 use crate::support;
+use support::{Object, Sub, Toml};
 
 use support::{config_file, run_walhook, unique, Finished, TestDb};
 use walhook::ephemeral::{EphemeralPostgres, Options, SCRAM_USER, TEST_PASSWORD};
@@ -13,26 +14,22 @@ CREATE TABLE res_partner (id int PRIMARY KEY, name text);
 
 /// A config for `url` with one invoice object and the given subscription lines.
 fn config(url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "partner_id", "state"]
-
-[[subscriptions]]
-name = "partner-sync"
-object = "invoice"
-url = "https://partner.example.com/hooks/invoice"
-{extra}
-"#,
-        slot = unique("slot"),
-        publication = unique("pub"),
-    )
+    Toml::at(url)
+        .without_delivery()
+        .object(Object::new("invoice", "public.account_invoice").fields(&[
+            "number",
+            "partner_id",
+            "state",
+        ]))
+        .subscription(
+            Sub::new(
+                "partner-sync",
+                "invoice",
+                "https://partner.example.com/hooks/invoice",
+            )
+            .with(extra),
+        )
+        .text()
 }
 
 /// [`support::replication_role`] with `grants`; its name, a config logging in as it, and

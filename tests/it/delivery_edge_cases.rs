@@ -2,6 +2,7 @@
 //! Postgres, and a programmable receiver on 127.0.0.1.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::Duration;
 
@@ -23,30 +24,13 @@ fn config_text(db: &TestDb<'_>, names: &(String, String), url: &str, extra: &str
         Some((extra, delivery)) => (delivery, extra),
         None => ("", extra),
     };
-    format!(
-        r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-{delivery}
-
-[objects.invoice]
-table = "public.account_invoice"
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "{url}"
-{extra}
-"#,
-        db_url = db.url,
-        slot = names.0,
-        publication = names.1,
-    )
+    Toml::new(db)
+        .slot(&names.0)
+        .publication(&names.1)
+        .delivery(delivery)
+        .table("invoice", "public.account_invoice")
+        .subscription(Sub::new("invoices", "invoice", url).with(extra))
+        .text()
 }
 
 fn names() -> (String, String) {

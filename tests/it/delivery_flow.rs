@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{config_file, loopback_source, start_daemon, ConfigFile, Daemon, TestDb};
+use support::{start_daemon, ConfigFile, Daemon, Sub, TestDb, Toml};
 use support::{verify, Reply, Seen, Subscriber};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -28,21 +28,10 @@ INSERT INTO ledger SELECT g, 0 FROM generate_series(1, 5) g;
 
 /// A config with one subscription `flow` on `url`; `extra` goes into the subscription.
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "flow"
-object = "ledger"
-url = "{url}"
-secret = "{SECRET}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
+    Toml::new(db)
+        .table("ledger", "public.ledger")
+        .subscription(Sub::new("flow", "ledger", url).secret(SECRET).with(extra))
+        .write()
 }
 
 /// One row of `walhook.deliveries`.

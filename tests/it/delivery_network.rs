@@ -7,6 +7,7 @@
 //! judged on the address they resolve to, at connect time.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::Duration;
 
@@ -35,34 +36,20 @@ fn config_text(
     subscriptions: &[(&str, &str)],
     retry_schedule: &str,
 ) -> String {
-    let allow = if allow.is_empty() {
-        String::new()
-    } else {
+    let mut delivery = format!("retry_schedule = {retry_schedule}");
+    if !allow.is_empty() {
         let quoted: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
-        format!("allow_networks = [{}]", quoted.join(", "))
-    };
-    let mut text = format!(
-        r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-retry_schedule = {retry_schedule}
-{allow}
-
-[objects.invoice]
-table = "public.account_invoice"
-"#,
-        db_url = db.url,
-    );
-    for (name, url) in subscriptions {
-        text.push_str(&format!(
-            "\n[[subscriptions]]\nname = \"{name}\"\nobject = \"invoice\"\nurl = \"{url}\"\n"
-        ));
+        delivery.push_str(&format!("\nallow_networks = [{}]", quoted.join(", ")));
     }
-    text
+    let mut toml = Toml::new(db)
+        .slot(slot)
+        .publication(publication)
+        .delivery_only(&delivery)
+        .table("invoice", "public.account_invoice");
+    for (name, url) in subscriptions {
+        toml = toml.subscription(Sub::new(name, "invoice", url));
+    }
+    toml.text()
 }
 
 /// One row of `walhook.attempts`, with its delivery's subscription.

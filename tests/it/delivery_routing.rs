@@ -4,14 +4,12 @@
 //! hands them over, and the real daemon delivers them to a real receiver on 127.0.0.1.
 
 use crate::support;
+use support::{Object, Sub, Toml};
 
 use std::time::Duration;
 
 use support::outbox::ledger_event;
-use support::{
-    config_file, loopback_source, start_daemon, verify, ConfigFile, Subscriber, TestDb,
-    WEBHOOK_SECRET,
-};
+use support::{start_daemon, verify, ConfigFile, Subscriber, TestDb, WEBHOOK_SECRET};
 use walhook::capture::matcher::RoutedEvent;
 use walhook::capture::Commit;
 use walhook::config::{Method, Target};
@@ -47,21 +45,14 @@ async fn write(db: &TestDb<'_>, events: Vec<RoutedEvent>) {
 
 /// A config with subscription `ledger` on the `ledger` table; `extra` goes into it.
 fn ledger_config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "ledger"
-object = "ledger"
-url = "{url}"
-secret = "{WEBHOOK_SECRET}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
+    Toml::new(db)
+        .table("ledger", "public.ledger")
+        .subscription(
+            Sub::new("ledger", "ledger", url)
+                .secret(WEBHOOK_SECRET)
+                .with(extra),
+        )
+        .write()
 }
 
 /// Event `n` for subscription `ledger` with id `id`, body `body` and, when given, a target.
@@ -219,21 +210,10 @@ async fn an_outbox_from_before_the_event_target_migration_still_delivers_its_pen
 fn an_objects_display_name_is_the_object_and_type_prefix_of_its_events() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
-    let config = config_file(&format!(
-        r#"
-{source}
-[objects.ledger]
-table = "public.ledger"
-name = "account.move.line"
-
-[[subscriptions]]
-name = "ledger"
-object = "ledger"
-url = "{url}"
-"#,
-        source = loopback_source(&db),
-        url = receiver.url("/hooks"),
-    ));
+    let config = Toml::new(&db)
+        .object(Object::new("ledger", "public.ledger").with("name = \"account.move.line\""))
+        .subscription(Sub::new("ledger", "ledger", &receiver.url("/hooks")))
+        .write();
     let _daemon = start_daemon(&config);
 
     db.sql("INSERT INTO ledger VALUES (1, 10)");

@@ -5,15 +5,13 @@
 //! processes, real Postgres, a real receiver.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{
-    config_file, loopback_source, start_daemon, wait_until, ConfigFile, Daemon, Reply, Seen,
-    Subscriber, TestDb,
-};
+use support::{start_daemon, wait_until, ConfigFile, Daemon, Reply, Seen, Subscriber, TestDb};
 
 /// Requests in flight at most, for the subscription.
 const MAX_IN_FLIGHT: usize = 8;
@@ -44,22 +42,13 @@ END $$;
 ";
 
 fn config(db: &TestDb<'_>, url: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "ledger"
-object = "ledger"
-url = "{url}"
-timeout = "2s"
-max_in_flight = {MAX_IN_FLIGHT}
-retry_schedule = ["200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s"]
-"#,
-        source = loopback_source(db),
-    ))
+    Toml::new(db)
+        .table("ledger", "public.ledger")
+        .subscription(Sub::new("ledger", "ledger", url).with(&format!(
+            "timeout = \"2s\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\
+             retry_schedule = [\"200ms\", \"500ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]"
+        )))
+        .write()
 }
 
 /// Starts a second daemon on the same config and waits until it says it is a standby.

@@ -7,11 +7,12 @@
 //! receiver that answers 500 with no retries left, so a delivery goes dead.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{config_file, start_daemon_with, unique, verify, wait_until, Reply, Subscriber};
+use support::{start_daemon_with, verify, wait_until, Reply, Subscriber};
 use support::{ConfigFile, TestDb};
 use walhook::ephemeral::{SCRAM_USER, TEST_PASSWORD};
 
@@ -59,33 +60,26 @@ fn database() -> TestDb<'static> {
 
 fn config(db: &TestDb<'_>, receiver: &Subscriber) -> ConfigFile {
     let port = db.url.split(':').nth(2).unwrap().split('/').next().unwrap();
-    config_file(&format!(
-        r#"
-[source]
-url = "postgres://{SCRAM_USER}:${{LOGS_TEST_DB_PASSWORD}}@127.0.0.1:{port}/{database}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-retry_schedule = []
-
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "ledger-sync"
-object = "ledger"
-url = "{url}?token=${{LOGS_TEST_URL_TOKEN}}"
-secret = "${{LOGS_TEST_SIGNING_SECRET}}"
-auth = {{ type = "bearer", token = "${{LOGS_TEST_BEARER_TOKEN}}" }}
-headers = {{ "X-Api-Key" = "${{LOGS_TEST_HEADER_VALUE}}" }}
-"#,
-        database = db.name,
-        slot = unique("slot"),
-        publication = unique("pub"),
-        url = receiver.url("/hooks"),
+    let url = receiver.url("/hooks");
+    Toml::at(&format!(
+        "postgres://{SCRAM_USER}:${{LOGS_TEST_DB_PASSWORD}}@127.0.0.1:{port}/{}",
+        db.name
     ))
+    .delivery("retry_schedule = []")
+    .table("ledger", "public.ledger")
+    .subscription(
+        Sub::new(
+            "ledger-sync",
+            "ledger",
+            &format!("{url}?token=${{LOGS_TEST_URL_TOKEN}}"),
+        )
+        .secret("${LOGS_TEST_SIGNING_SECRET}")
+        .with(
+            "auth = { type = \"bearer\", token = \"${LOGS_TEST_BEARER_TOKEN}\" }\n\
+                 headers = { \"X-Api-Key\" = \"${LOGS_TEST_HEADER_VALUE}\" }",
+        ),
+    )
+    .write()
 }
 
 /// What one run left behind.

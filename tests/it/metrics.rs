@@ -3,11 +3,12 @@
 //! `source.max_retained_wal` warning.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::Duration;
 
 use support::http::{metric, Http};
-use support::{config_file, start_daemon, unique, wait_until, ConfigFile, TestDb};
+use support::{config_file, start_daemon, wait_until, ConfigFile, TestDb};
 use support::{Reply, Subscriber};
 use walhook::ephemeral::{EphemeralPostgres, Options};
 
@@ -19,45 +20,15 @@ CREATE TABLE mishap (id int PRIMARY KEY);
 /// `counted` gets every change of `ledger`; `dead_end` (no retries) and `parked` (a retry
 /// in an hour) get the changes of `mishap`, which the receiver answers with 500.
 fn workload_config(db: &TestDb<'_>, receiver: &Subscriber, extra: &str) -> String {
-    format!(
-        r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-{extra}
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.ledger]
-table = "public.ledger"
-
-[objects.mishap]
-table = "public.mishap"
-
-[[subscriptions]]
-name = "counted"
-object = "ledger"
-url = "{counted}"
-
-[[subscriptions]]
-name = "dead_end"
-object = "mishap"
-url = "{fail}"
-retry_schedule = []
-
-[[subscriptions]]
-name = "parked"
-object = "mishap"
-url = "{fail}"
-retry_schedule = ["1h"]
-"#,
-        db_url = db.url,
-        slot = unique("slot"),
-        publication = unique("pub"),
-        counted = receiver.url("/counted"),
-        fail = receiver.url("/fail"),
-    )
+    let fail = receiver.url("/fail");
+    Toml::new(db)
+        .source(extra)
+        .table("ledger", "public.ledger")
+        .table("mishap", "public.mishap")
+        .subscription(Sub::new("counted", "ledger", &receiver.url("/counted")))
+        .subscription(Sub::new("dead_end", "mishap", &fail).with("retry_schedule = []"))
+        .subscription(Sub::new("parked", "mishap", &fail).with("retry_schedule = [\"1h\"]"))
+        .text()
 }
 
 /// Waits until `series` reads `value` in `/metrics`; returns the text that did.

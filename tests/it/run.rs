@@ -2,6 +2,7 @@
 //! restarts and config edits. Real daemon process, real signals, real Postgres.
 
 use crate::support;
+use support::{Object, Sub, Toml};
 
 use std::time::Duration;
 
@@ -18,28 +19,25 @@ CREATE TABLE res_partner (id int PRIMARY KEY, name text);
 CREATE TABLE stock_move (id bigint PRIMARY KEY, qty int);
 ";
 
-/// `[source]` for `db` with a slot and publication of this test's own.
-fn source(db: &TestDb<'_>) -> String {
-    format!(
-        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n",
-        db.url,
-        unique("slot"),
-        unique("pub")
-    )
+/// A config on `db` (slot and publication of this test's own, no `[delivery]`) with the
+/// invoice object on `account_invoice`'s number, partner_id, state and amount.
+fn invoices(db: &TestDb<'_>) -> Toml {
+    Toml::new(db).without_delivery().object(invoice_object())
 }
 
-fn subscription(name: &str, object: &str, extra: &str) -> String {
-    format!(
-        "\n[[subscriptions]]\nname = \"{name}\"\nobject = \"{object}\"\n\
-         url = \"https://hooks.example.com/{name}\"\n{extra}\n"
-    )
+fn invoice_object() -> Object {
+    Object::new("invoice", "public.account_invoice").fields(&[
+        "number",
+        "partner_id",
+        "state",
+        "amount",
+    ])
 }
 
-const INVOICE: &str = "
-[objects.invoice]
-table = \"public.account_invoice\"
-fields = [\"number\", \"partner_id\", \"state\", \"amount\"]
-";
+/// Subscription `name` to `object` at `https://hooks.example.com/NAME`, plus `extra` lines.
+fn sub(name: &str, object: &str, extra: &str) -> Sub {
+    Sub::new(name, object, &format!("https://hooks.example.com/{name}")).with(extra)
+}
 
 /// The events each subscription received, as (subscription, body) in delivery order.
 fn outbox(db: &TestDb<'_>) -> Vec<(String, Value)> {
@@ -114,16 +112,14 @@ fn settle(db: &TestDb<'_>, daemon: &Daemon, marker_sub: &str) -> Vec<(String, Va
 fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send_nothing() {
     let db = TestDb::new(ERP);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
-    let config = config_file(&format!(
-        "{}{INVOICE}{}{}",
-        source(&db),
-        subscription(
+    let config = invoices(&db)
+        .subscription(sub(
             "partner-sync",
             "invoice",
-            "operations = [\"update\"]\nwatch = [\"partner_id\"]"
-        ),
-        subscription("all", "invoice", ""),
-    ));
+            "operations = [\"update\"]\nwatch = [\"partner_id\"]",
+        ))
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let daemon = start_daemon(&config);
     db.sql("UPDATE account_invoice SET amount = 120 WHERE id = 1");
     db.sql("UPDATE account_invoice SET partner_id = 11 WHERE id = 1");
@@ -148,22 +144,21 @@ fn updating_a_watched_column_sends_old_and_new_values_and_unwatched_columns_send
 #[test]
 fn operations_when_fields_and_event_type_each_shape_what_is_captured() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}
-[objects.invoice_state]
-table = \"public.account_invoice\"
-fields = [\"state\"]
-{}{}{}{}",
-        source(&db),
-        subscription("created-only", "invoice", "operations = [\"create\"]"),
-        subscription("posted", "invoice", "when = \"values.state == 'posted'\""),
-        subscription(
+    let config = invoices(&db)
+        .object(Object::new("invoice_state", "public.account_invoice").fields(&["state"]))
+        .subscription(sub("created-only", "invoice", "operations = [\"create\"]"))
+        .subscription(sub(
+            "posted",
+            "invoice",
+            "when = \"values.state == 'posted'\"",
+        ))
+        .subscription(sub(
             "state",
             "invoice_state",
-            "event_type = \"invoice.state-changed\""
-        ),
-        subscription("all", "invoice", ""),
-    ));
+            "event_type = \"invoice.state-changed\"",
+        ))
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     db.sql("UPDATE account_invoice SET state = 'posted' WHERE id = 1");
@@ -207,12 +202,10 @@ fields = [\"state\"]
 #[test]
 fn a_when_compares_a_numeric_column_as_a_number_while_the_event_keeps_its_text() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}{}",
-        source(&db),
-        subscription("large", "invoice", "when = \"values.amount > 100\""),
-        subscription("all", "invoice", ""),
-    ));
+    let config = invoices(&db)
+        .subscription(sub("large", "invoice", "when = \"values.amount > 100\""))
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let daemon = start_daemon(&config);
     for (id, amount) in [
         (1, "5"),
@@ -237,16 +230,14 @@ fn a_when_compares_a_numeric_column_as_a_number_while_the_event_keeps_its_text()
 #[test]
 fn a_truncate_is_an_event_for_subscriptions_listing_it_and_a_warning_for_the_others() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}{}",
-        source(&db),
-        subscription(
+    let config = invoices(&db)
+        .subscription(sub(
             "wipes",
             "invoice",
-            "operations = [\"create\", \"truncate\"]"
-        ),
-        subscription("all", "invoice", ""),
-    ));
+            "operations = [\"create\", \"truncate\"]",
+        ))
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let daemon = start_daemon(&config);
     let http = Http::of(&daemon);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
@@ -286,11 +277,9 @@ fn a_truncate_is_an_event_for_subscriptions_listing_it_and_a_warning_for_the_oth
 #[test]
 fn a_table_renamed_while_running_keeps_its_events_and_the_rename_is_an_error_with_a_metric() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", "")
-    ));
+    let config = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let mut daemon = start_daemon(&config);
     let http = Http::of(&daemon);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
@@ -351,12 +340,12 @@ fn a_table_renamed_while_running_keeps_its_events_and_the_rename_is_an_error_wit
 #[test]
 fn after_a_rename_setting_the_configs_table_to_the_new_name_clears_the_renamed_metric() {
     let db = TestDb::new(ERP);
+    let toml = Toml::new(&db).without_delivery();
     let invoice = |table: &str| {
-        format!(
-            "{}[objects.invoice]\ntable = \"{table}\"\n{}",
-            source(&db),
-            subscription("all", "invoice", "")
-        )
+        toml.clone()
+            .table("invoice", table)
+            .subscription(sub("all", "invoice", ""))
+            .text()
     };
     let config = config_file(&invoice("public.account_invoice"));
     let daemon = start_daemon(&config);
@@ -383,16 +372,11 @@ fn after_a_rename_setting_the_configs_table_to_the_new_name_clears_the_renamed_m
 #[test]
 fn two_subscriptions_with_their_own_fields_get_their_own_deliveries_and_share_the_event_id() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}
-[objects.invoice_state]
-table = \"public.account_invoice\"
-fields = [\"state\"]
-{}{}",
-        source(&db),
-        subscription("all", "invoice", ""),
-        subscription("state", "invoice_state", ""),
-    ));
+    let config = invoices(&db)
+        .object(Object::new("invoice_state", "public.account_invoice").fields(&["state"]))
+        .subscription(sub("all", "invoice", ""))
+        .subscription(sub("state", "invoice_state", ""))
+        .write();
     let daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 10, 'draft', 100)");
     let rows = settle(&db, &daemon, "all");
@@ -415,15 +399,13 @@ fn a_single_transaction_of_200000_rows_is_captured_completely() {
     // for many seconds, and no replication slot can be created in its cluster meanwhile.
     let pg = support::private_cluster();
     let db = TestDb::in_cluster(&pg, ERP);
-    let config = config_file(&format!(
-        "{}
-[objects.stock]
-table = \"public.stock_move\"
-{}{INVOICE}{}",
-        source(&db),
-        subscription("stock", "stock", ""),
-        subscription("all", "invoice", ""),
-    ));
+    let config = Toml::new(&db)
+        .without_delivery()
+        .table("stock", "public.stock_move")
+        .object(invoice_object())
+        .subscription(sub("stock", "stock", ""))
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let daemon = start_daemon(&config);
     db.sql("INSERT INTO stock_move SELECT g, 1 FROM generate_series(1, 200000) g");
     wait_until(
@@ -454,11 +436,11 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
            END LOOP;
          END $$;",
     );
-    let config = config_file(&format!(
-        "{}\n[objects.stock]\ntable = \"public.stock_move\"\n{}",
-        source(&db),
-        subscription("stock", "stock", ""),
-    ));
+    let config = Toml::new(&db)
+        .without_delivery()
+        .table("stock", "public.stock_move")
+        .subscription(sub("stock", "stock", ""))
+        .write();
     let mut daemon = start_daemon(&config);
     let url = db.name.clone();
     let workload = std::thread::spawn(move || {
@@ -510,19 +492,16 @@ fn exactly_once_into_the_outbox_through_repeated_sigkills() {
 #[test]
 fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
     let db = TestDb::new(ERP);
-    let base = format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", "")
-    );
+    let base = invoices(&db).subscription(sub("all", "invoice", "")).text();
     let config = config_file(&base);
     let daemon = start_daemon(&config);
 
     // Adding a subscription and a new object on another table.
     let edited = format!(
-        "{base}\n[objects.partner]\ntable = \"public.res_partner\"\n{}{}",
-        subscription("partners", "partner", ""),
-        subscription("late", "invoice", ""),
+        "{base}\n{}\n{}\n{}",
+        Object::new("partner", "public.res_partner").text(),
+        sub("partners", "partner", "").text(),
+        sub("late", "invoice", "").text(),
     );
     std::fs::write(&config.path, &edited).unwrap();
     wait_until(
@@ -563,15 +542,13 @@ fn a_config_edit_takes_effect_without_restart_and_a_broken_edit_is_refused() {
 #[test]
 fn editing_a_template_file_takes_effect_without_restart_and_a_broken_one_is_refused() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription(
+    let config = invoices(&db)
+        .subscription(sub(
             "all",
             "invoice",
-            "template_file = \"templates/invoice.json.j2\""
-        )
-    ));
+            "template_file = \"templates/invoice.json.j2\"",
+        ))
+        .write();
     let templates = config.path.parent().unwrap().join("templates");
     std::fs::create_dir(&templates).unwrap();
     let template = templates.join("invoice.json.j2");
@@ -604,11 +581,9 @@ fn editing_a_template_file_takes_effect_without_restart_and_a_broken_one_is_refu
 fn a_watch_the_replica_identity_cannot_serve_is_refused_at_start_with_the_fix() {
     let db = TestDb::new(ERP);
     db.sql("ALTER TABLE account_invoice REPLICA IDENTITY DEFAULT");
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("partner-sync", "invoice", "watch = [\"partner_id\"]"),
-    ));
+    let config = invoices(&db)
+        .subscription(sub("partner-sync", "invoice", "watch = [\"partner_id\"]"))
+        .write();
     let out = run_walhook(&config, &["run"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
@@ -622,11 +597,7 @@ fn a_watch_the_replica_identity_cannot_serve_is_refused_at_start_with_the_fix() 
 #[test]
 fn a_slot_dropped_behind_walhooks_back_is_a_loud_error_not_a_silent_restart() {
     let db = TestDb::new(ERP);
-    let text = format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", "")
-    );
+    let text = invoices(&db).subscription(sub("all", "invoice", "")).text();
     let config = config_file(&text);
     let mut daemon = start_daemon(&config);
     daemon.signal("TERM");
@@ -655,11 +626,9 @@ fn creating_the_slot_waits_for_open_transactions_says_which_and_sigterm_ends_the
     let pg = support::private_cluster();
     let db = TestDb::in_cluster(&pg, ERP);
     let elsewhere = TestDb::in_cluster(&pg, "CREATE TABLE t (id int)");
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", "")
-    ));
+    let config = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .write();
     std::thread::scope(|scope| {
         // A transaction with a transaction id, open in another database, until terminated.
         let holder = scope.spawn(|| {
@@ -732,11 +701,9 @@ impl Drop for Terminate<'_> {
 #[test]
 fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", ""),
-    ));
+    let config = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let mut first = start_daemon(&config);
     let mut second = Daemon::start(&config);
     std::thread::sleep(Duration::from_secs(3));
@@ -758,11 +725,9 @@ fn a_second_walhook_on_the_same_slot_waits_instead_of_crashing_and_takes_over() 
 #[test]
 fn sigterm_exits_zero_and_keeps_the_checkpoint() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", ""),
-    ));
+    let config = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let mut daemon = start_daemon(&config);
     db.sql("INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft', 1)");
     wait_for_deliveries(&db, &daemon, 1);
@@ -778,11 +743,9 @@ fn sigterm_exits_zero_and_keeps_the_checkpoint() {
 #[test]
 fn an_idle_slot_keeps_advancing_while_other_tables_write_wal() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("all", "invoice", ""),
-    ));
+    let config = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .write();
     let _daemon = start_daemon(&config);
     // res_partner is not watched: its WAL must not stay pinned by walhook's slot.
     db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
@@ -802,12 +765,10 @@ fn an_idle_slot_keeps_advancing_while_other_tables_write_wal() {
 #[test]
 fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_deliveries() {
     let db = TestDb::new(ERP);
-    let first = format!(
-        "{}{INVOICE}{}{}",
-        source(&db),
-        subscription("all", "invoice", ""),
-        subscription("leaving", "invoice", ""),
-    );
+    let first = invoices(&db)
+        .subscription(sub("all", "invoice", ""))
+        .subscription(sub("leaving", "invoice", ""))
+        .text();
     // The config path is a link into another directory: editing the target is invisible
     // to the file watch, so only SIGHUP can make walhook see it.
     let real = config_file(&first);
@@ -819,9 +780,10 @@ fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_delive
     settle(&db, &daemon, "all");
 
     let second = format!(
-        "{}{INVOICE}{}",
+        "{}\n{}\n{}",
         source_of(&first),
-        subscription("all", "invoice", "")
+        invoice_object().text(),
+        sub("all", "invoice", "").text()
     );
     std::fs::write(&real.path, second).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -848,9 +810,11 @@ fn sighup_rereads_the_config_and_a_removed_subscription_keeps_its_pending_delive
     );
 }
 
-/// The `[source]` section of a config written by [`source`], to keep slot and publication.
+/// The `[source]` section of a config written by [`invoices`], to keep slot and publication.
 fn source_of(config: &str) -> String {
-    config.lines().take(4).collect::<Vec<_>>().join("\n") + "\n"
+    let at = config.find("\npublication = ").expect("a publication") + 1;
+    let end = at + config[at..].find('\n').expect("a line end") + 1;
+    config[..end].to_owned()
 }
 
 #[test]
@@ -867,11 +831,9 @@ fn a_non_utf8_byte_in_a_sql_ascii_database_is_captured_as_a_replacement_characte
     .unwrap();
     pg.psql(&name, ERP).unwrap();
     let db = TestDb::existing(pg, &name);
-    let config = config_file(&format!(
-        "{}{INVOICE}{}",
-        source(&db),
-        subscription("invoices", "invoice", "")
-    ));
+    let config = invoices(&db)
+        .subscription(sub("invoices", "invoice", ""))
+        .write();
     let check = run_walhook(&config, &["check"]);
     assert!(
         check.stdout.contains("the database encoding is SQL_ASCII"),
@@ -890,11 +852,11 @@ fn a_non_utf8_byte_in_a_sql_ascii_database_is_captured_as_a_replacement_characte
 #[test]
 fn a_when_on_a_renamed_column_makes_the_delivery_dead_with_the_error_and_replayable() {
     let db = TestDb::new(ERP);
-    let config = config_file(&format!(
-        "{}\n[objects.partner]\ntable = \"public.res_partner\"\n{}",
-        source(&db),
-        subscription("acme", "partner", "when = \"values.name == 'ACME'\""),
-    ));
+    let config = Toml::new(&db)
+        .without_delivery()
+        .table("partner", "public.res_partner")
+        .subscription(sub("acme", "partner", "when = \"values.name == 'ACME'\""))
+        .write();
     let daemon = start_daemon(&config);
     db.sql("INSERT INTO res_partner VALUES (1, 'ACME')");
     wait_for_deliveries(&db, &daemon, 1);

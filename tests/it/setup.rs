@@ -2,6 +2,7 @@
 //! and the slot. Each test has its own database, slot and publication.
 
 use crate::support;
+use support::Toml;
 
 use std::time::Duration;
 
@@ -45,18 +46,12 @@ fn config(db: &TestDb<'_>, names: &Names, body: &str) -> ConfigFile {
 
 /// [`config`] logging in with `url`, e.g. as a least-privilege role.
 fn config_at(url: &str, names: &Names, body: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-
-{body}
-"#,
-        slot = names.slot,
-        publication = names.publication,
-    ))
+    Toml::at(url)
+        .slot(&names.slot)
+        .publication(&names.publication)
+        .without_delivery()
+        .tail(body)
+        .write()
 }
 
 const INVOICE_AND_PARTNER: &str = r#"

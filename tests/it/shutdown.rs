@@ -4,11 +4,12 @@
 //! finish or go back to the queue, and a restart loses nothing.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{config_file, loopback_source, start_daemon, wait_until, ConfigFile, Daemon, TestDb};
+use support::{start_daemon, wait_until, ConfigFile, Daemon, TestDb};
 use support::{Reply, Subscriber};
 
 /// How long walhook may take beyond `shutdown_timeout` to stop: the capture checkpoint,
@@ -20,21 +21,11 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A config with one subscription `stream` on `url`; `extra` goes into the subscription.
 fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}shutdown_timeout = "2s"
-
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "stream"
-object = "ledger"
-url = "{url}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
+    Toml::new(db)
+        .delivery("shutdown_timeout = \"2s\"")
+        .table("ledger", "public.ledger")
+        .subscription(Sub::new("stream", "ledger", url).with(extra))
+        .write()
 }
 
 /// SIGTERM; asserts exit code 0 within `shutdown_timeout` + [`MARGIN`] and returns how long

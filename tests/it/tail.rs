@@ -1,6 +1,7 @@
 //! `walhook tail`: the pg_recvlogical of walhook. Real process, real signals.
 
 use crate::support;
+use support::{Object, Toml};
 
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -16,18 +17,16 @@ CREATE TABLE res_partner (id int PRIMARY KEY, name text);
 ";
 
 fn config(db: &TestDb<'_>, publication: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{url}"
-publication = "{publication}"
-
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "partner_id", "state"]
-"#,
-        url = db.url
-    ))
+    Toml::new(db)
+        .without_slot()
+        .publication(publication)
+        .without_delivery()
+        .object(Object::new("invoice", "public.account_invoice").fields(&[
+            "number",
+            "partner_id",
+            "state",
+        ]))
+        .write()
 }
 
 /// A running `walhook tail` whose stdout lines arrive on a channel.

@@ -3,12 +3,13 @@
 //! replay after the fix sends rendered. Real Postgres, real daemon, real receiver.
 
 use crate::support;
+use support::{Object, Sub, Toml};
 
 use std::time::Duration;
 
 use support::{
-    config_file, loopback_source, run_walhook, start_daemon, verify, wait_until, walhook,
-    Subscriber, TestDb, WEBHOOK_SECRET,
+    config_file, run_walhook, start_daemon, verify, wait_until, walhook, Subscriber, TestDb,
+    WEBHOOK_SECRET,
 };
 
 const ERP: &str = "
@@ -20,21 +21,19 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A config with one `invoice` object and subscription `erp` to `url`, plus `lines`.
 fn config(db: &TestDb<'_>, url: &str, lines: &str) -> String {
-    format!(
-        "{source}
-[objects.invoice]
-table = \"public.account_invoice\"
-fields = [\"number\", \"partner_id\", \"state\", \"amount\"]
-
-[[subscriptions]]
-name = \"erp\"
-object = \"invoice\"
-url = \"{url}\"
-secret = \"{WEBHOOK_SECRET}\"
-{lines}
-",
-        source = loopback_source(db),
-    )
+    Toml::new(db)
+        .object(Object::new("invoice", "public.account_invoice").fields(&[
+            "number",
+            "partner_id",
+            "state",
+            "amount",
+        ]))
+        .subscription(
+            Sub::new("erp", "invoice", url)
+                .secret(WEBHOOK_SECRET)
+                .with(lines),
+        )
+        .text()
 }
 
 /// The 1-based line of `text` that starts with `prefix`.

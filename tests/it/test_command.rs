@@ -2,12 +2,11 @@
 //! the attempt log.
 
 use crate::support;
+use support::{Object, Sub, Toml};
 
 use std::time::Duration;
 
-use support::{
-    config_file, run_walhook, unique, ConfigFile, Receiver, Reply, SlotGuard, Subscriber, TestDb,
-};
+use support::{run_walhook, unique, ConfigFile, Receiver, Reply, SlotGuard, Subscriber, TestDb};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -18,30 +17,15 @@ INSERT INTO account_invoice VALUES (7, 'INV-7', 12.50, false);
 
 /// A config with one subscription `invoices` on `url`, signed with `secret`.
 fn config(db: &TestDb<'_>, slot: &str, url: &str, secret: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "amount"]
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "{url}"
-secret = "{secret}"
-timeout = "5s"
-"#,
-        db_url = db.url,
-        publication = unique("pub"),
-    ))
+    Toml::new(db)
+        .slot(slot)
+        .object(Object::new("invoice", "public.account_invoice").fields(&["number", "amount"]))
+        .subscription(
+            Sub::new("invoices", "invoice", url)
+                .secret(secret)
+                .with("timeout = \"5s\""),
+        )
+        .write()
 }
 
 #[test]

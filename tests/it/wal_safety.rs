@@ -7,10 +7,11 @@
 //! autovacuum, no timed checkpoint): whatever moves the slot is walhook's doing.
 
 use crate::support;
+use support::{Sub, Toml};
 
 use std::time::{Duration, Instant};
 
-use support::{config_file, start_daemon, unique, ConfigFile, TestDb};
+use support::{start_daemon, ConfigFile, TestDb};
 use walhook::ephemeral::{EphemeralPostgres, Options};
 
 const SCHEMA: &str = "CREATE TABLE account_invoice (id int PRIMARY KEY, state text);";
@@ -40,30 +41,19 @@ struct Setup {
 }
 
 fn setup(db: &TestDb<'_>, heartbeat: &str) -> Setup {
-    let slot = unique("slot");
-    let publication = unique("pub");
-    let config = config_file(&format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-heartbeat = "{heartbeat}"
-
-[objects.invoice]
-table = "public.account_invoice"
-
-[[subscriptions]]
-name = "all"
-object = "invoice"
-url = "https://hooks.example.com/invoice"
-"#,
-        url = db.url,
-    ));
+    let toml = Toml::new(db)
+        .source(&format!("heartbeat = \"{heartbeat}\""))
+        .without_delivery()
+        .table("invoice", "public.account_invoice")
+        .subscription(Sub::new(
+            "all",
+            "invoice",
+            "https://hooks.example.com/invoice",
+        ));
     Setup {
-        config,
-        slot,
-        publication,
+        config: toml.write(),
+        slot: toml.slot_name().to_owned(),
+        publication: toml.publication_name().to_owned(),
     }
 }
 

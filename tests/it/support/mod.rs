@@ -1,11 +1,11 @@
 //! Shared helpers for the integration tests: one throw-away Postgres for the whole test
 //! binary, a fresh database per test, and names no other test uses.
-#![allow(dead_code)] // helpers for stories that may come and go
 
+pub mod config;
 pub mod http;
 pub mod subscriber;
 
-#[allow(unused_imports)] // as dead_code above
+pub use config::{Object, Sub, Toml};
 pub use subscriber::{verify, Reply, Seen, Subscriber};
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -147,18 +147,6 @@ pub struct ConfigFile {
     _dir: tempfile::TempDir,
     /// Path of `walhook.toml`.
     pub path: std::path::PathBuf,
-}
-
-/// The `[source]` of a config for `db`, with a slot and publication of its own, and a
-/// `[delivery]` that lets webhooks reach receivers on 127.0.0.1.
-pub fn loopback_source(db: &TestDb<'_>) -> String {
-    format!(
-        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n\n\
-         [delivery]\nallow_networks = [\"127.0.0.0/8\"]\n",
-        db.url,
-        unique("slot"),
-        unique("pub")
-    )
 }
 
 /// Writes `text` as a walhook config file. Unless it has an `[http]` table, the HTTP server
@@ -529,20 +517,16 @@ pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A config on `db`'s `account_invoice` (number, partner_id, state) with one subscription `invoices` on `url`; `extra` goes into the subscription.
 pub fn invoice_config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
-    config_file(&format!(
-        r#"
-{source}
-[objects.invoice]
-table = "public.account_invoice"
-fields = ["number", "partner_id", "state"]
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "{url}"
-secret = "{WEBHOOK_SECRET}"
-{extra}
-"#,
-        source = loopback_source(db),
-    ))
+    Toml::new(db)
+        .object(Object::new("invoice", "public.account_invoice").fields(&[
+            "number",
+            "partner_id",
+            "state",
+        ]))
+        .subscription(
+            Sub::new("invoices", "invoice", url)
+                .secret(WEBHOOK_SECRET)
+                .with(extra),
+        )
+        .write()
 }

@@ -1,7 +1,7 @@
 //! An outbox made by `walhook setup` and filled with SQL, for the commands that read or
 //! change it (`deliveries`, `replay`).
 
-use super::{config_file, run_walhook, unique, ConfigFile, TestDb};
+use super::{config_file, run_walhook, unique, ConfigFile, Sub, TestDb, Toml};
 
 /// The business table the subscriptions watch.
 pub const ERP: &str = "CREATE TABLE account_invoice (id int PRIMARY KEY, number text);";
@@ -35,32 +35,20 @@ pub fn config(db: &TestDb<'_>, slot: &str) -> ConfigFile {
 
 /// The text of [`config`], for tests that add to it.
 pub fn config_text(db: &TestDb<'_>, slot: &str) -> String {
-    format!(
-        r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{publication}"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[objects.invoice]
-table = "public.account_invoice"
-
-[[subscriptions]]
-name = "invoices"
-object = "invoice"
-url = "http://127.0.0.1:9/invoices"
-
-[[subscriptions]]
-name = "partners"
-object = "invoice"
-url = "http://127.0.0.1:9/partners"
-"#,
-        url = db.url,
-        publication = unique("pub"),
-    )
+    Toml::new(db)
+        .slot(slot)
+        .table("invoice", "public.account_invoice")
+        .subscription(Sub::new(
+            "invoices",
+            "invoice",
+            "http://127.0.0.1:9/invoices",
+        ))
+        .subscription(Sub::new(
+            "partners",
+            "invoice",
+            "http://127.0.0.1:9/partners",
+        ))
+        .text()
 }
 
 /// A database with the outbox made by `walhook setup` for [`config`], and `rows` (calls of
