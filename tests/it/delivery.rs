@@ -19,17 +19,9 @@ INSERT INTO account_invoice VALUES (1, 'INV-1', 1, 'draft');
 
 /// `walhook.deliveries` as (event_id, status, attempts), oldest first.
 fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32)> {
-    db.sql("SELECT event_id, status, attempts FROM walhook.deliveries ORDER BY id")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let mut f = l.split('|');
-            (
-                f.next().unwrap().to_owned(),
-                f.next().unwrap().to_owned(),
-                f.next().unwrap().parse().unwrap(),
-            )
-        })
+    support::rows::deliveries(db)
+        .into_iter()
+        .map(|d| (d.event_id, d.status, d.attempts))
         .collect()
 }
 

@@ -43,13 +43,9 @@ fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
 
 /// `(status, attempts)` of every delivery, oldest first.
 fn deliveries(db: &TestDb<'_>) -> Vec<(String, i32)> {
-    db.sql("SELECT status, attempts FROM walhook.deliveries ORDER BY id")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (status, attempts) = l.split_once('|').unwrap();
-            (status.to_owned(), attempts.parse().unwrap())
-        })
+    support::rows::deliveries(db)
+        .into_iter()
+        .map(|d| (d.status, d.attempts))
         .collect()
 }
 

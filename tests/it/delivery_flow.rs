@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::rows::{deliveries, Delivery};
 use support::{start_daemon, ConfigFile, Daemon, Sub, TestDb, Toml};
 use support::{verify, Reply, Seen, Subscriber};
 
@@ -32,30 +33,6 @@ fn config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
         .table("ledger", "public.ledger")
         .subscription(Sub::new("flow", "ledger", url).secret(SECRET).with(extra))
         .write()
-}
-
-/// One row of `walhook.deliveries`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Delivery {
-    event_id: String,
-    status: String,
-    attempts: i32,
-}
-
-/// `walhook.deliveries`, in commit order.
-fn deliveries(db: &TestDb<'_>) -> Vec<Delivery> {
-    db.sql("SELECT event_id, status, attempts FROM walhook.deliveries ORDER BY id")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let mut f = l.split('|');
-            Delivery {
-                event_id: f.next().unwrap().to_owned(),
-                status: f.next().unwrap().to_owned(),
-                attempts: f.next().unwrap().parse().unwrap(),
-            }
-        })
-        .collect()
 }
 
 /// Waits until `walhook.deliveries` holds `n` rows, all delivered; returns them. The failure

@@ -7,6 +7,7 @@
 //! judged on the address they resolve to, at connect time.
 
 use crate::support;
+use support::rows::{Attempt, Delivery};
 use support::{Sub, Toml};
 
 use std::time::Duration;
@@ -52,39 +53,14 @@ fn config_text(
     toml.text()
 }
 
-/// One row of `walhook.attempts`, with its delivery's subscription.
-#[derive(Debug)]
-struct Attempt {
-    subscription: String,
-    attempt: i32,
-    trigger: String,
-    status_code: Option<i32>,
-    duration_ms: i64,
-    error: Option<String>,
-}
-
+/// The attempts of deliveries (not of `walhook test`), by subscription and attempt number.
 fn attempts(db: &TestDb<'_>) -> Vec<Attempt> {
-    db.sql(
-        "SELECT d.subscription, a.attempt, a.trigger, coalesce(a.status_code::text, ''), \
-                a.duration_ms, a.error IS NULL, coalesce(a.error, '') \
-         FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id \
-         ORDER BY d.subscription, a.attempt",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(|line| {
-        // The error goes last: it is the only field that may contain anything.
-        let f: Vec<&str> = line.splitn(7, '|').collect();
-        Attempt {
-            subscription: f[0].to_owned(),
-            attempt: f[1].parse().unwrap(),
-            trigger: f[2].to_owned(),
-            status_code: (!f[3].is_empty()).then(|| f[3].parse().unwrap()),
-            duration_ms: f[4].parse().unwrap(),
-            error: (f[5] == "f").then(|| f[6].to_owned()),
-        }
-    })
-    .collect()
+    let mut all: Vec<Attempt> = support::rows::attempts(db)
+        .into_iter()
+        .filter(|a| a.delivery_id.is_some())
+        .collect();
+    all.sort_by(|a, b| (&a.subscription, a.attempt).cmp(&(&b.subscription, b.attempt)));
+    all
 }
 
 /// Waits until every subscription in `names` has an attempt, then returns all attempts.
@@ -109,13 +85,13 @@ fn wait_for_attempts(db: &TestDb<'_>, daemon: &Daemon, names: &[&str]) -> Vec<At
 
 /// `(status, attempts, last_error)` of the one delivery of `subscription`.
 fn delivery(db: &TestDb<'_>, subscription: &str) -> (String, i32, String) {
-    let row = db.sql(&format!(
-        "SELECT status, attempts, coalesce(last_error, '') FROM walhook.deliveries \
-         WHERE subscription = '{subscription}'"
-    ));
-    let f: Vec<&str> = row.splitn(3, '|').collect();
-    assert_eq!(f.len(), 3, "one delivery of {subscription}: {row:?}");
-    (f[0].to_owned(), f[1].parse().unwrap(), f[2].to_owned())
+    let mine: Vec<Delivery> = support::rows::deliveries(db)
+        .into_iter()
+        .filter(|d| d.subscription == subscription)
+        .collect();
+    assert_eq!(mine.len(), 1, "one delivery of {subscription}: {mine:?}");
+    let d = mine.into_iter().next().unwrap();
+    (d.status, d.attempts, d.last_error.unwrap_or_default())
 }
 
 /// The single attempt of `subscription` among `all`.
@@ -135,7 +111,10 @@ fn assert_refused(attempt: &Attempt, error: &str) {
     assert_eq!(attempt.trigger, "scheduled", "{attempt:?}");
     assert_eq!(attempt.status_code, None, "{attempt:?}");
     assert_eq!(attempt.error.as_deref(), Some(error), "{attempt:?}");
-    assert!(attempt.duration_ms < 100, "{attempt:?}");
+    assert!(
+        attempt.duration_ms.expect("a duration") < 100,
+        "{attempt:?}"
+    );
 }
 
 fn assert_delivered(db: &TestDb<'_>, all: &[Attempt], subscription: &str) {

@@ -71,13 +71,9 @@ fn start_standby(config: &ConfigFile) -> Daemon {
 
 /// `event_id → status` of `walhook.deliveries`.
 fn deliveries(db: &TestDb<'_>) -> BTreeMap<String, String> {
-    db.sql("SELECT event_id, status FROM walhook.deliveries")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (id, status) = l.split_once('|').unwrap();
-            (id.to_owned(), status.to_owned())
-        })
+    support::rows::deliveries(db)
+        .into_iter()
+        .map(|d| (d.event_id, d.status))
         .collect()
 }
 

@@ -52,13 +52,9 @@ fn attempt(evt: &str, subscription: &str, age: &str) -> String {
 
 /// `subscription:event_id:status` of every delivery, sorted.
 fn deliveries(db: &TestDb<'_>) -> Vec<String> {
-    let mut rows: Vec<String> = db
-        .sql(
-            "SELECT d.subscription || ':' || coalesce(e.event_id, '(no event)') || ':' || d.status \
-             FROM walhook.delivery d LEFT JOIN walhook.event e ON e.seq = d.event_seq",
-        )
-        .lines()
-        .map(str::to_owned)
+    let mut rows: Vec<String> = support::rows::deliveries(db)
+        .into_iter()
+        .map(|d| format!("{}:{}:{}", d.subscription, d.event_id, d.status))
         .collect();
     rows.sort();
     rows
@@ -74,11 +70,16 @@ fn events(db: &TestDb<'_>) -> Vec<String> {
     rows
 }
 
+/// `subscription:response_excerpt` of every attempt, sorted.
 fn attempts(db: &TestDb<'_>) -> Vec<String> {
-    let mut rows: Vec<String> = db
-        .sql("SELECT subscription || ':' || response_excerpt FROM walhook.attempt")
-        .lines()
-        .map(str::to_owned)
+    let mut rows: Vec<String> = support::rows::attempts(db)
+        .into_iter()
+        // As `subscription || ':' || response_excerpt` would: empty without an excerpt.
+        .map(|a| {
+            a.response_excerpt
+                .map(|excerpt| format!("{}:{excerpt}", a.subscription))
+                .unwrap_or_default()
+        })
         .collect();
     rows.sort();
     rows

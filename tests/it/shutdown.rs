@@ -48,22 +48,10 @@ fn terminate(daemon: &mut Daemon) -> Duration {
 
 /// `(event_id, status, attempts, leased)` of every delivery.
 fn deliveries(db: &TestDb<'_>) -> Vec<(String, String, i32, bool)> {
-    db.sql(
-        "SELECT e.event_id, d.status, d.attempts, d.leased_until IS NOT NULL \
-         FROM walhook.delivery d JOIN walhook.event e ON e.seq = d.event_seq ORDER BY d.id",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(|l| {
-        let f: Vec<&str> = l.split('|').collect();
-        (
-            f[0].to_owned(),
-            f[1].to_owned(),
-            f[2].parse().unwrap(),
-            f[3] == "t",
-        )
-    })
-    .collect()
+    support::rows::deliveries(db)
+        .into_iter()
+        .map(|d| (d.event_id, d.status, d.attempts, d.leased))
+        .collect()
 }
 
 fn count_status(rows: &[(String, String, i32, bool)], status: &str) -> usize {

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod rows;
 pub mod subscriber;
 
 pub use config::{Object, Sub, Toml};
