@@ -1,0 +1,587 @@
+//! `walhook check`: each problem it claims to detect, found and explained with its fix,
+//! and a clean bill of health for a correct setup.
+
+use crate::support;
+use support::{Object, Sub, Toml};
+
+use support::{config_file, run_walhook, unique, Finished, TestDb};
+use walhook::ephemeral::{EphemeralPostgres, Options, SCRAM_USER, TEST_PASSWORD};
+
+const ERP: &str = "
+CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);
+CREATE TABLE res_partner (id int PRIMARY KEY, name text);
+";
+
+/// A config for `url` with one invoice object and the given subscription lines.
+fn config(url: &str, extra: &str) -> String {
+    Toml::at(url)
+        .without_delivery()
+        .object(Object::new("invoice", "public.account_invoice").fields(&[
+            "number",
+            "partner_id",
+            "state",
+        ]))
+        .subscription(
+            Sub::new(
+                "partner-sync",
+                "invoice",
+                "https://partner.example.com/hooks/invoice",
+            )
+            .with(extra),
+        )
+        .text()
+}
+
+/// [`support::replication_role`] with `grants`; its name, a config logging in as it, and
+/// the config's publication name.
+fn replication_role(db: &TestDb<'_>, grants: &str) -> (String, String, String) {
+    let (role, url) = support::replication_role(db, grants);
+    let text = config(&url, "");
+    let publication = text
+        .lines()
+        .find_map(|l| l.strip_prefix("publication = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    (role, text, publication)
+}
+
+fn check(text: &str) -> Finished {
+    let file = config_file(text);
+    run_walhook(&file, &["check"])
+}
+
+fn problem_lines(out: &Finished) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("PROBLEM"))
+        .collect()
+}
+
+/// Asserts exit code 3 and a problem line containing every one of `parts`.
+fn assert_problem(out: &Finished, parts: &[&str]) {
+    assert_eq!(
+        out.code, 3,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let found = problem_lines(out)
+        .into_iter()
+        .any(|line| parts.iter().all(|p| line.contains(p)));
+    assert!(found, "no problem line with {parts:?} in:\n{}", out.stdout);
+}
+
+#[test]
+fn a_correct_setup_passes_and_says_what_will_be_created() {
+    let db = TestDb::new(ERP);
+    let out = check(&config(&db.url, ""));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(problem_lines(&out).is_empty(), "{}", out.stdout);
+    assert!(out.stdout.contains("wal_level = logical"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("does not exist yet: will be created"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains("check: everything walhook needs is in place"));
+}
+
+#[test]
+fn wal_level_replica_is_a_problem_with_the_setting_to_change() {
+    let pg = EphemeralPostgres::start(&Options {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Options::default()
+    })
+    .unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "wal_level is replica",
+            "ALTER SYSTEM SET wal_level = logical",
+        ],
+    );
+}
+
+#[test]
+fn a_role_without_replication_is_told_the_grant() {
+    let db = TestDb::new(ERP);
+    let role = unique("norepl");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {} TO {role}",
+        db.name
+    ));
+    let url = db.url.replace("postgres@", &format!("{role}@"));
+    let out = check(&config(&url, ""));
+    assert_problem(
+        &out,
+        &[
+            "may not start replication",
+            &format!("ALTER ROLE {role} REPLICATION;"),
+        ],
+    );
+}
+
+#[test]
+fn a_misspelled_table_gets_a_suggestion() {
+    let db = TestDb::new("CREATE TABLE account_invoce (id int PRIMARY KEY, number text, partner_id int, state text);");
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "table public.account_invoice does not exist",
+            "did you mean \"public.account_invoce\"?",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelled_column_gets_a_suggestion_naming_the_config_key() {
+    let db = TestDb::new(
+        "CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner text, state text);",
+    );
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "objects.invoice.fields",
+            "no column \"partner_id\"",
+            "did you mean \"partner\"?",
+        ],
+    );
+}
+
+#[test]
+fn watch_under_replica_identity_default_prints_the_alter_table() {
+    let db = TestDb::new(ERP);
+    let out = check(&config(&db.url, r#"watch = ["partner_id"]"#));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync (watch) need old values",
+            "ALTER TABLE public.account_invoice REPLICA IDENTITY FULL;",
+        ],
+    );
+    db.sql("ALTER TABLE account_invoice REPLICA IDENTITY FULL");
+    let out = check(&config(&db.url, r#"watch = ["partner_id"]"#));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn an_object_keyed_outside_the_replica_identity_is_told_deletes_cannot_name_the_row() {
+    // Invoices are keyed on their number, but under REPLICA IDENTITY DEFAULT a delete
+    // carries only the primary key id: the event could not say which invoice is gone.
+    let db = TestDb::new(ERP);
+    let keyed_on_number = |extra: &str| {
+        config(&db.url, extra).replacen("fields = [", "key = [\"number\"]\nfields = [", 1)
+    };
+    let out = check(&keyed_on_number(""));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync fire on delete",
+            "objects.invoice.key: number",
+            "REPLICA IDENTITY DEFAULT logs only id of a deleted row",
+            "ALTER TABLE public.account_invoice REPLICA IDENTITY FULL;",
+        ],
+    );
+
+    // A subscription that never sees deletes does not need the key of a deleted row.
+    let out = check(&keyed_on_number(r#"operations = ["create", "update"]"#));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // Making the key the replica identity is the other fix.
+    db.sql(
+        "ALTER TABLE account_invoice ALTER number SET NOT NULL; \
+         CREATE UNIQUE INDEX account_invoice_number ON account_invoice (number); \
+         ALTER TABLE account_invoice REPLICA IDENTITY USING INDEX account_invoice_number",
+    );
+    let out = check(&keyed_on_number(""));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // Now the primary key is the one a delete does not carry.
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "the primary key: id",
+            "REPLICA IDENTITY USING INDEX logs only number of a deleted row",
+        ],
+    );
+
+    db.sql("ALTER TABLE account_invoice REPLICA IDENTITY FULL");
+    let out = check(&keyed_on_number(""));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_table_without_primary_key_is_flagged_before_it_breaks_updates() {
+    let db = TestDb::new(
+        "CREATE TABLE account_invoice (id int, number text, partner_id int, state text);",
+    );
+    let out = check(&config(&db.url, ""));
+    assert_problem(
+        &out,
+        &[
+            "no primary key and REPLICA IDENTITY DEFAULT",
+            "UPDATE and DELETE on it fail",
+            "REPLICA IDENTITY FULL",
+        ],
+    );
+}
+
+#[test]
+fn an_unreachable_source_is_a_problem_and_hides_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = check(&config(
+        &format!("postgres://walhook:hunter2@127.0.0.1:{port}/erp"),
+        "",
+    ));
+    assert_problem(&out, &["cannot connect to", "127.0.0.1"]);
+    assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
+}
+
+#[test]
+fn a_password_login_works_and_the_password_never_shows() {
+    let db = TestDb::new(ERP);
+    // What a least-privilege role needs (see the README's "Privileges"): here it owns the
+    // table, which lets it publish it.
+    db.sql(&format!(
+        "GRANT CREATE ON DATABASE {} TO {SCRAM_USER}; \
+         ALTER TABLE account_invoice OWNER TO {SCRAM_USER};",
+        db.name
+    ));
+    let url = support::cluster().url_as(SCRAM_USER, TEST_PASSWORD, &db.name);
+    let out = check(&config(&url, ""));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains(TEST_PASSWORD) && !out.stderr.contains(TEST_PASSWORD));
+}
+
+#[test]
+fn no_free_replication_slot_is_a_problem() {
+    let pg = EphemeralPostgres::start(&Options {
+        settings: vec![("max_replication_slots".into(), "1".into())],
+        ..Options::default()
+    })
+    .unwrap();
+    let db = TestDb::in_cluster(&pg, ERP);
+    db.sql("SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')");
+    let out = check(&config(&db.url, ""));
+    assert_problem(&out, &["no free replication slot", "max_replication_slots"]);
+}
+
+#[test]
+fn a_slot_retaining_too_much_wal_is_a_problem() {
+    let db = TestDb::new(ERP);
+    let slot = unique("slot");
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
+    db.sql("INSERT INTO res_partner SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+    let text = config(&db.url, "").replacen(
+        "slot = \"",
+        &format!("max_retained_wal = \"1KB\"\nslot = \"{slot}\"\n# was: \""),
+        1,
+    );
+    let out = check(&text);
+    assert_problem(&out, &["retains", "more than source.max_retained_wal"]);
+}
+
+#[test]
+fn an_invalidated_slot_is_a_loud_problem() {
+    let pg = support::small_wal_cluster();
+    let db = TestDb::in_cluster(&pg, ERP);
+    let slot = unique("slot");
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
+    support::lose_slot(&db, &slot, "res_partner");
+    let text =
+        config(&db.url, "").replacen("slot = \"", &format!("slot = \"{slot}\"\n# was: \""), 1);
+    let out = check(&text);
+    assert_problem(&out, &["was invalidated", "walhook setup --recreate-slot"]);
+}
+
+#[test]
+fn a_slot_left_behind_by_a_killed_tail_is_reported_with_the_drop() {
+    let db = TestDb::new(ERP);
+    let slot = unique("walhook_tail_leftover");
+    db.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ));
+    let out = check(&config(&db.url, ""));
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    assert_problem(
+        &out,
+        &[
+            "left behind",
+            &format!("SELECT pg_drop_replication_slot('{slot}');"),
+        ],
+    );
+}
+
+#[test]
+fn a_publication_that_does_not_publish_updates_is_a_problem() {
+    let db = TestDb::new(ERP);
+    let publication = unique("pub");
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE account_invoice WITH (publish = 'insert')"
+    ));
+    let text = config(&db.url, "").replacen(
+        "publication = \"",
+        &format!("publication = \"{publication}\"\n# was: \""),
+        1,
+    );
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &["does not publish update, delete", "ALTER PUBLICATION"],
+    );
+}
+
+#[test]
+fn a_bad_config_exits_2_before_touching_the_database() {
+    let out = check("[source]\nurl = \"postgres://x@127.0.0.1:1/db\"\nslto = \"x\"\n");
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("walhook.toml:3"), "{}", out.stderr);
+    assert!(out.stderr.contains("slto"), "{}", out.stderr);
+}
+
+#[test]
+fn subscriber_urls_on_private_or_metadata_addresses_are_problems_unless_allowed() {
+    let db = TestDb::new(ERP);
+    let with_url = |url: &str, delivery: &str| {
+        config(&db.url, "").replace("https://partner.example.com/hooks/invoice", url) + delivery
+    };
+    let out = check(&with_url("http://127.0.0.1:9/hook", ""));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync.url",
+            "loopback",
+            "allow_networks",
+        ],
+    );
+
+    let out = check(&with_url("http://localhost:9/hook", ""));
+    assert_problem(&out, &["localhost resolves to", "loopback"]);
+
+    let allowed = "\n[delivery]\nallow_networks = [\"127.0.0.0/8\"]\n";
+    let out = check(&with_url("http://127.0.0.1:9/hook", allowed));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    let out = check(&with_url(
+        "http://169.254.169.254/latest",
+        "\n[delivery]\nallow_networks = [\"169.254.0.0/16\"]\n",
+    ));
+    assert_problem(&out, &["metadata", "never allowed"]);
+}
+
+#[test]
+fn a_url_template_is_checked_with_its_placeholders_and_a_templated_host_is_a_note() {
+    let db = TestDb::new(ERP);
+    let with_url =
+        |url: &str| config(&db.url, "").replace("https://partner.example.com/hooks/invoice", url);
+    let out = check(&with_url("http://127.0.0.1:9/orders/{{ key.id }}"));
+    assert_problem(
+        &out,
+        &[
+            "subscriptions.partner-sync.url",
+            "loopback",
+            "allow_networks",
+        ],
+    );
+
+    let out = check(&with_url("https://tenant-{{ key.id }}.example.com/hook"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "subscriptions.partner-sync.url: the host is rendered per event (checked at every delivery)"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Privileges of a least-privilege role
+
+#[test]
+fn a_replication_role_without_grants_gets_each_missing_privilege_with_its_grant() {
+    let db = TestDb::new(ERP);
+    let (role, text, publication) = replication_role(&db, "");
+
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            "may not SELECT from table public.account_invoice",
+            &format!("GRANT SELECT ON TABLE public.account_invoice TO {role};"),
+        ],
+    );
+    assert_problem(
+        &out,
+        &[
+            "does not own table public.account_invoice (owner: postgres)",
+            &format!("GRANT postgres TO {role};"),
+            &format!("CREATE PUBLICATION {publication} FOR TABLE public.account_invoice;"),
+            &format!("ALTER PUBLICATION {publication} OWNER TO {role};"),
+        ],
+    );
+
+    // What the DBA runs once, as the README's recipe says; then check passes and setup works.
+    db.sql(&format!(
+        "GRANT SELECT ON TABLE public.account_invoice TO {role}; \
+         CREATE PUBLICATION {publication} FOR TABLE public.account_invoice; \
+         ALTER PUBLICATION {publication} OWNER TO {role};"
+    ));
+    let out = check(&text);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("has the table privileges setup, test and tail need"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_publication_owned_by_someone_else_is_reported_with_the_owner_change() {
+    let db = TestDb::new(ERP);
+    let (role, text, publication) = replication_role(
+        &db,
+        "GRANT SELECT ON TABLE public.account_invoice TO {role};",
+    );
+    db.sql(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE public.account_invoice"
+    ));
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            &format!("does not own publication \"{publication}\""),
+            &format!("ALTER PUBLICATION {publication} OWNER TO {role};"),
+        ],
+    );
+}
+
+#[test]
+fn check_refuses_every_when_that_run_would_refuse_or_fail_on_with_its_config_line() {
+    let db = TestDb::new(ERP);
+    // Line 15 of the config is the subscription's `when`.
+    for (when, said) in [
+        ("values.state = 'posted'", "syntax error"),
+        ("value.state == 'posted'", "\"value\" is not a variable"),
+        (
+            "values.stat == 'posted'",
+            "reads values.stat, but \"stat\" is not a field",
+        ),
+    ] {
+        let out = check(&config(&db.url, &format!("when = \"{when}\"")));
+        assert_problem(&out, &["walhook.toml:15: subscriptions[0].when: ", said]);
+    }
+}
+
+#[test]
+fn a_when_that_would_spin_or_exhaust_memory_is_refused_by_check_and_run_with_its_line() {
+    let db = TestDb::new(ERP);
+    // Both once spun a core (or aborted on a 240 TB allocation) for every change, at every
+    // restart, with SIGTERM ignored.
+    for when in [
+        "(range(100000) * 100000000000)|sum > 0",
+        "(range(100000) * 100000000000)|list|length > 0",
+    ] {
+        let text = config(&db.url, &format!("when = \"{when}\""));
+        assert_problem(
+            &check(&text),
+            &[
+                "walhook.toml:15: subscriptions[0].when: `*` multiplies numbers only",
+                "(column 2)",
+            ],
+        );
+        let file = support::config_file(&text);
+        let mut daemon = support::Daemon::start(&file);
+        let code = daemon.wait(std::time::Duration::from_secs(30));
+        let log = daemon.log_text();
+        assert_eq!(code, Some(2), "{log}");
+        assert!(
+            log.contains("walhook.toml:15: subscriptions[0].when: `*` multiplies numbers only"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_when_multiplying_a_text_column_is_refused_by_check_and_run() {
+    let db = TestDb::new(ERP);
+    let text = config(&db.url, "when = \"values.number * 2 == 'x'\"");
+    assert_problem(
+        &check(&text),
+        &[
+            "walhook.toml:15: subscriptions[0].when: multiplies values.number, but column \
+             \"number\" of public.account_invoice is not a number",
+        ],
+    );
+    let file = support::config_file(&text);
+    let mut daemon = support::Daemon::start(&file);
+    assert_eq!(
+        daemon.wait(std::time::Duration::from_secs(30)),
+        Some(2),
+        "{}",
+        daemon.log_text()
+    );
+    // A number column multiplies fine.
+    let out = check(&config(&db.url, "when = \"values.partner_id * 2 > 4\""));
+    assert!(
+        !problem_lines(&out).iter().any(|l| l.contains("multiplies")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_when_reading_a_column_the_table_lacks_is_a_problem_when_the_object_takes_every_column() {
+    let db = TestDb::new(ERP);
+    let text = format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "{publication}"
+
+[[subscriptions]]
+name = "posted"
+table = "public.account_invoice"
+url = "https://partner.example.com/hooks/invoice"
+when = "values.stat == 'posted'"
+"#,
+        url = db.url,
+        slot = unique("slot"),
+        publication = unique("pub"),
+    );
+    let out = check(&text);
+    assert_problem(
+        &out,
+        &[
+            "walhook.toml:11: subscriptions[0].when: reads values.stat, but table \
+             public.account_invoice has no column \"stat\"; did you mean \"state\"?",
+        ],
+    );
+    // `run` refuses the same at start instead of failing on every event.
+    let file = support::config_file(&text);
+    let out = run_walhook(&file, &["run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("walhook.toml:11: subscriptions[0].when: reads values.stat"),
+        "{}",
+        out.stderr
+    );
+}
