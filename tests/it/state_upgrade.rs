@@ -3,12 +3,11 @@
 //! back, one a 410 switched off stays switched off, and resuming the paused one sends what
 //! waited.
 
-mod support;
-
 use std::time::Duration;
 
-use support::outbox::ledger_event;
-use support::{config_file, loopback_source, start_daemon, wait_until, Subscriber, TestDb};
+use crate::support::config::{Sub, Toml};
+use crate::support::outbox::ledger_event;
+use crate::support::{start_daemon, wait_until, Subscriber, TestDb};
 use walhook::capture::matcher::RoutedEvent;
 use walhook::capture::Commit;
 use walhook::outbox::writer::OutboxWriter;
@@ -100,29 +99,15 @@ async fn a_pause_and_a_410_from_before_the_state_column_keep_their_meaning_after
            ('paused', 'paused through the admin API at 2026-11-23T10:00:00Z'), \
            ('gone', 'the receiver answered 410 Gone at 2026-11-23T10:00:00Z')",
     );
-    let config = config_file(&format!(
-        r#"
-{source}
-[http]
-listen = "127.0.0.1:0"
-admin_token = "{TOKEN}"
-
-[objects.ledger]
-table = "public.ledger"
-
-[[subscriptions]]
-name = "paused"
-object = "ledger"
-url = "{url}"
-
-[[subscriptions]]
-name = "gone"
-object = "ledger"
-url = "{url}"
-"#,
-        source = loopback_source(&db),
-        url = receiver.url("/hooks"),
-    ));
+    let url = receiver.url("/hooks");
+    let config = Toml::new(&db)
+        .table("ledger", "public.ledger")
+        .subscription(Sub::new("paused", "ledger", &url))
+        .subscription(Sub::new("gone", "ledger", &url))
+        .tail(&format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{TOKEN}\""
+        ))
+        .write();
     let daemon = start_daemon(&config);
     let base = format!("http://127.0.0.1:{}", port(&daemon.log_text()));
 

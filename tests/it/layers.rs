@@ -1,6 +1,6 @@
 //! The floors of ARCHITECTURE.md, checked on the source tree: a module imports only from
 //! its own folder or from a floor below it, and only `src/outbox/` names a table of the
-//! walhook schema. Run alone with `cargo test --test it layers` (or this file's binary).
+//! walhook schema. Run alone with `cargo test --test it layers`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
