@@ -574,7 +574,7 @@ fn routed_bodies(
             eprintln!(
                 "walhook tail: {} {}",
                 target.method.as_str(),
-                crate::config::redact_url(&target.url)
+                crate::config::redact_webhook_url(&target.url)
             );
         }
         lines.extend(event.body);

@@ -6,7 +6,7 @@
 //! as a real event would be. It is sent once and never retried.
 
 use super::terminal::printable;
-use crate::config::{redact_url, Auth, Config, Operation, SubscriptionConfig, Target};
+use crate::config::{redact_webhook_url, Auth, Config, Operation, SubscriptionConfig, Target};
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::sender::Attempt;
 use crate::delivery::test_event::{find, parse_key, send_test, TestError};
@@ -39,7 +39,7 @@ fn print_request(sub: &SubscriptionConfig, id: &str, body: &[u8], target: Option
         Some(target) => println!(
             "request: {} {}",
             target.method.as_str(),
-            printable(&redact_url(&target.url), false)
+            printable(&redact_webhook_url(&target.url), false)
         ),
         None => println!(
             "request: {} {}",

@@ -37,7 +37,7 @@ pub use model::{
     TemplateText, DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{check_webhook_url, url_template_example, AllowedNetwork, Cidr};
-pub use secret::{redact_url, Secret, SigningSecret, WebhookUrl};
+pub use secret::{redact_postgres_url, redact_webhook_url, Secret, SigningSecret, WebhookUrl};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 use document::Document;

@@ -127,7 +127,7 @@ impl fmt::Display for WebhookUrl {
 ///
 /// Covers `scheme://user:password@host` and `password=` parameters, the two places libpq
 /// accepts a password. Text that is neither is returned unchanged.
-pub fn redact_url(url: &str) -> String {
+pub fn redact_postgres_url(url: &str) -> String {
     let mut out = redact_userinfo(url);
     let mut search_from = 0;
     while let Some(found) = find_password_param(&out[search_from..]) {
@@ -181,9 +181,81 @@ fn find_password_param(text: &str) -> Option<usize> {
     None
 }
 
+/// A subscriber URL (as the config shows it, or as a template rendered it) with what may
+/// be a credential hidden: the whole userinfo, and every query value that is not just a
+/// `${VAR}` reference. `https://u:p@h/x?token=abc&t=${T}` → `https://***@h/x?token=***&t=${T}`.
+pub fn redact_webhook_url(shown: &str) -> String {
+    let (before_fragment, fragment) = match shown.find('#') {
+        Some(at) => shown.split_at(at),
+        None => (shown, ""),
+    };
+    let (before_query, query) = match before_fragment.find('?') {
+        Some(at) => (&before_fragment[..at], Some(&before_fragment[at + 1..])),
+        None => (before_fragment, None),
+    };
+    let mut out = match before_query.find("://") {
+        Some(scheme_end) => {
+            let authority_start = scheme_end + 3;
+            let rest = &before_query[authority_start..];
+            let authority_len = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_len].rfind('@') {
+                Some(at) => format!("{}***{}", &before_query[..authority_start], &rest[at..]),
+                None => before_query.to_owned(),
+            }
+        }
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((_, value)) if value.is_empty() || is_variable(value) => pair.to_owned(),
+                Some((name, _)) => format!("{name}=***"),
+                None if pair.is_empty() || is_variable(pair) => pair.to_owned(),
+                None => "***".to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `${NAME}` and nothing else: the name of a variable, not its value.
+fn is_variable(text: &str) -> bool {
+    text.strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_userinfo_and_query_values_but_keep_variable_names() {
+        assert_eq!(
+            redact_webhook_url("https://u:p@h.example/x?token=abc&t=${T}&empty=&flag"),
+            "https://***@h.example/x?token=***&t=${T}&empty=&***"
+        );
+        assert_eq!(
+            redact_webhook_url("https://tok@h.example:8443/hooks/${TOKEN}"),
+            "https://***@h.example:8443/hooks/${TOKEN}"
+        );
+        assert_eq!(
+            redact_webhook_url("http://127.0.0.1:9/hooks#frag"),
+            "http://127.0.0.1:9/hooks#frag"
+        );
+        assert_eq!(redact_webhook_url("${PARTNER_URL}"), "${PARTNER_URL}");
+        // An '@' in the path is no userinfo.
+        assert_eq!(
+            redact_webhook_url("https://h.example/a@b?x=1"),
+            "https://h.example/a@b?x=***"
+        );
+    }
 
     #[test]
     fn secrets_never_print() {
@@ -213,11 +285,11 @@ mod tests {
     #[test]
     fn redacts_passwords_in_urls() {
         assert_eq!(
-            redact_url("postgres://walhook:s3cr%40t@erp-db:5432/erp?sslmode=require"),
+            redact_postgres_url("postgres://walhook:s3cr%40t@erp-db:5432/erp?sslmode=require"),
             "postgres://walhook:***@erp-db:5432/erp?sslmode=require"
         );
         assert_eq!(
-            redact_url("postgres://u:p@ss@h/db"),
+            redact_postgres_url("postgres://u:p@ss@h/db"),
             "postgres://u:***@h/db"
         );
         for mangled in [
@@ -225,20 +297,27 @@ mod tests {
             "postgres://u:p/ss@h/db",
             "postgres://u:p?ss@h/db",
         ] {
-            assert_eq!(redact_url(mangled), "postgres://u:***@h/db", "{mangled}");
+            assert_eq!(
+                redact_postgres_url(mangled),
+                "postgres://u:***@h/db",
+                "{mangled}"
+            );
         }
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(
-            redact_url("postgresql://h/db?user=u&password=p&sslmode=disable"),
+            redact_postgres_url("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(redact_postgres_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact_postgres_url("postgresql://h/db?user=u&password=p&sslmode=disable"),
             "postgresql://h/db?user=u&password=***&sslmode=disable"
         );
         assert_eq!(
-            redact_url("host=h password=p dbname=x"),
+            redact_postgres_url("host=h password=p dbname=x"),
             "host=h password=*** dbname=x"
         );
         assert_eq!(
-            redact_url("postgres://h/db?xpassword=1"),
+            redact_postgres_url("postgres://h/db?xpassword=1"),
             "postgres://h/db?xpassword=1"
         );
     }

@@ -17,7 +17,7 @@ use super::net::{check_postgres_url, parse_allowed_network};
 use super::raw::{
     RawConfig, RawDelivery, RawDuration, RawHttp, RawObject, RawOutbox, RawSize, RawSource,
 };
-use super::secret::{redact_url, Secret};
+use super::secret::{redact_postgres_url, Secret};
 use super::subscription::check_subscription;
 use super::units::{parse_duration, parse_size};
 
@@ -176,7 +176,10 @@ impl Checker<'_, '_> {
                 if let Err(reason) = check_postgres_url(&url) {
                     let finding = self.doc.file_finding(
                         "source.url (from WALHOOK_SOURCE_URL)",
-                        format!("invalid Postgres URL {:?}: {reason}", redact_url(&url)),
+                        format!(
+                            "invalid Postgres URL {:?}: {reason}",
+                            redact_postgres_url(&url)
+                        ),
                     );
                     self.findings.push(finding);
                 }
@@ -364,7 +367,7 @@ impl Checker<'_, '_> {
 
     /// How a URL at `path` may be shown: as written (variables unexpanded), password hidden.
     pub(crate) fn display_url(&self, url: &str, path: &str) -> String {
-        redact_url(self.doc.written(path).unwrap_or(url))
+        redact_postgres_url(self.doc.written(path).unwrap_or(url))
     }
 
     fn postgres_url(&mut self, url: &str, path: &str) {

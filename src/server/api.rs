@@ -411,7 +411,7 @@ async fn test_event(
         "event_id": sent.event_id,
         "request": {
             "method": sent.target.as_ref().map_or_else(|| sub.method.to_json(), |t| t.method.as_str().into()),
-            "url": view::redact_url(&sent.target.as_ref().map_or_else(|| sub.url.to_string(), |t| t.url.clone())),
+            "url": crate::config::redact_webhook_url(&sent.target.as_ref().map_or_else(|| sub.url.to_string(), |t| t.url.clone())),
             "content_type": (!sent.body.is_empty()).then_some(sub.content_type.as_str()),
             "body": String::from_utf8_lossy(&sent.body),
             "signatures": sub.secrets.len(),

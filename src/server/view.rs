@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{format_duration, Auth, Ordering, SubscriptionConfig};
+use crate::config::{format_duration, redact_webhook_url, Auth, Ordering, SubscriptionConfig};
 use crate::outbox::state::Stopped;
 
 /// The state of a subscription: `active`, `paused` (admin API), `deactivated` (410 Gone),
@@ -69,7 +69,10 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
         }))
         .collect();
     map.insert("event_types".into(), Value::Object(event_types));
-    map.insert("url".into(), redact_url(&sub.url.to_string()).into());
+    map.insert(
+        "url".into(),
+        redact_webhook_url(&sub.url.to_string()).into(),
+    );
     map.insert("url_template".into(), sub.url_template.into());
     map.insert("method".into(), sub.method.to_json());
     map.insert("content_type".into(), sub.content_type.clone().into());
@@ -136,56 +139,6 @@ pub(super) fn rate_limit(sub: &SubscriptionConfig) -> Value {
     }
 }
 
-/// A subscriber URL as the config shows it (variables unexpanded), with what may be a
-/// credential hidden: the whole userinfo, and every query value that is not just a
-/// `${VAR}` reference. `https://u:p@h/x?token=abc&t=${T}` → `https://***@h/x?token=***&t=${T}`.
-pub(super) fn redact_url(shown: &str) -> String {
-    let (before_fragment, fragment) = match shown.find('#') {
-        Some(at) => shown.split_at(at),
-        None => (shown, ""),
-    };
-    let (before_query, query) = match before_fragment.find('?') {
-        Some(at) => (&before_fragment[..at], Some(&before_fragment[at + 1..])),
-        None => (before_fragment, None),
-    };
-    let mut out = match before_query.find("://") {
-        Some(scheme_end) => {
-            let authority_start = scheme_end + 3;
-            let rest = &before_query[authority_start..];
-            let authority_len = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_len].rfind('@') {
-                Some(at) => format!("{}***{}", &before_query[..authority_start], &rest[at..]),
-                None => before_query.to_owned(),
-            }
-        }
-        None => before_query.to_owned(),
-    };
-    if let Some(query) = query {
-        out.push('?');
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((_, value)) if value.is_empty() || is_variable(value) => pair.to_owned(),
-                Some((name, _)) => format!("{name}=***"),
-                None if pair.is_empty() || is_variable(pair) => pair.to_owned(),
-                None => "***".to_owned(),
-            })
-            .collect();
-        out.push_str(&pairs.join("&"));
-    }
-    out.push_str(fragment);
-    out
-}
-
-/// `${NAME}` and nothing else: the name of a variable, not its value.
-fn is_variable(text: &str) -> bool {
-    text.strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
-        .is_some_and(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-}
-
 /// `text` with every secret value of `sub` replaced by `***`: a receiver may echo a request
 /// back, and attempts recorded before the sender scrubbed them are still in the log.
 pub(super) fn scrub(sub: &SubscriptionConfig, text: &str) -> String {
@@ -210,28 +163,6 @@ pub(super) type StoppedMap = BTreeMap<String, Stopped>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_userinfo_and_query_values_but_keep_variable_names() {
-        assert_eq!(
-            redact_url("https://u:p@h.example/x?token=abc&t=${T}&empty=&flag"),
-            "https://***@h.example/x?token=***&t=${T}&empty=&***"
-        );
-        assert_eq!(
-            redact_url("https://tok@h.example:8443/hooks/${TOKEN}"),
-            "https://***@h.example:8443/hooks/${TOKEN}"
-        );
-        assert_eq!(
-            redact_url("http://127.0.0.1:9/hooks#frag"),
-            "http://127.0.0.1:9/hooks#frag"
-        );
-        assert_eq!(redact_url("${PARTNER_URL}"), "${PARTNER_URL}");
-        // An '@' in the path is no userinfo.
-        assert_eq!(
-            redact_url("https://h.example/a@b?x=1"),
-            "https://h.example/a@b?x=***"
-        );
-    }
 
     #[test]
     fn a_routed_subscription_shows_its_method_map_content_type_and_dead_on_status() {

@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 
 /// The top-level modules of `src/`, lowest floor first; each entry is one floor.
 const FLOORS: &[&[&str]] = &[
-    &["pg", "time", "suggest", "os", "metrics", "ephemeral", "http"],
+    &[
+        "pg",
+        "time",
+        "suggest",
+        "os",
+        "metrics",
+        "ephemeral",
+        "http",
+    ],
     &["config"],
     &["source"],
     &["capture"],
@@ -95,13 +103,26 @@ fn no_module_imports_from_a_floor_above_its_own() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the floors:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the floors:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
 fn only_the_outbox_store_names_a_walhook_table() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let tables = ["delivery", "event", "attempt", "subscription_state", "checkpoint", "deliveries", "attempts", "schema_version"];
+    let tables = [
+        "delivery",
+        "event",
+        "attempt",
+        "subscription_state",
+        "checkpoint",
+        "deliveries",
+        "attempts",
+        "schema_version",
+    ];
     let mut wrong = Vec::new();
     for file in sources(&src) {
         if module_of(&src, &file) == "outbox" {

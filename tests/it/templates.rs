@@ -349,6 +349,34 @@ fn walhook_test_shows_the_rendered_request_before_anything_is_sent_for_real() {
 }
 
 #[test]
+fn walhook_test_hides_a_token_in_the_query_of_a_rendered_url() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    let text = config(
+        &db,
+        &format!(
+            "{}/{{{{ key.id }}}}?token=url-token-in-query",
+            receiver.url("/orders")
+        ),
+        "",
+    );
+    let file = config_file(&text);
+    let out = walhook(&file)
+        .args(["test", "erp"])
+        .output()
+        .expect("run walhook test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("/orders/1?token=***"), "{stdout}");
+    assert!(!stdout.contains("url-token-in-query"), "{stdout}");
+    let seen = receiver.wait_for(1, WAIT);
+    assert_eq!(
+        seen[0].path, "/orders/1?token=url-token-in-query",
+        "the request itself carries the token"
+    );
+}
+
+#[test]
 fn a_truncate_reaches_a_templated_subscription_rendered_with_its_options() {
     let db = TestDb::new(ERP);
     let receiver = Subscriber::start();

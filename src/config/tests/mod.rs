@@ -504,7 +504,7 @@ fn secrets_never_print() {
     assert!(debug.contains("***"));
     assert_eq!(config.source.url.to_string(), "***");
     assert_eq!(
-        redact_url(config.source.url.expose()),
+        redact_postgres_url(config.source.url.expose()),
         "postgres://walhook:***@erp-db:5432/erp?sslmode=verify-full"
     );
 }
