@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
@@ -284,8 +284,9 @@ fn filters() -> String {
     )
 }
 
-/// One row of the `deliveries` view.
-#[derive(Debug)]
+/// One row of the `deliveries` view; serialised as the view's columns in its order, `key` as
+/// the JSON it holds.
+#[derive(Debug, serde::Serialize)]
 pub struct Delivery {
     /// The delivery's id.
     pub id: i64,
@@ -298,6 +299,7 @@ pub struct Delivery {
     /// The view's column of that name.
     pub object: String,
     /// The view's column of that name.
+    #[serde(serialize_with = "key_as_json")]
     pub key: String,
     /// The view's column of that name.
     pub status: String,
@@ -337,25 +339,16 @@ impl Delivery {
 
     /// Exactly the view's columns, in its order; `key` as the JSON it holds.
     pub fn to_json(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("id".into(), self.id.into());
-        map.insert("subscription".into(), self.subscription.clone().into());
-        map.insert("event_id".into(), self.event_id.clone().into());
-        map.insert("event_type".into(), self.event_type.clone().into());
-        map.insert("object".into(), self.object.clone().into());
-        let key = serde_json::from_str(&self.key).unwrap_or_else(|_| self.key.clone().into());
-        map.insert("key".into(), key);
-        map.insert("status".into(), self.status.clone().into());
-        map.insert("attempts".into(), self.attempts.into());
-        map.insert(
-            "next_attempt_at".into(),
-            self.next_attempt_at.clone().into(),
-        );
-        map.insert("last_status_code".into(), self.last_status_code.into());
-        map.insert("last_error".into(), self.last_error.clone().into());
-        map.insert("created_at".into(), self.created_at.clone().into());
-        map.insert("delivered_at".into(), self.delivered_at.clone().into());
-        Value::Object(map)
+        serde_json::to_value(self).expect("a delivery row serialises")
+    }
+}
+
+/// The key text (`jsonb` as text) as the JSON value it holds.
+fn key_as_json<S: serde::Serializer>(key: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    match serde_json::from_str::<Value>(key) {
+        Ok(value) => value.serialize(serializer),
+        Err(_) => key.serialize(serializer),
     }
 }
 

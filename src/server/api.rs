@@ -22,6 +22,11 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Map, Value};
 
+use super::answers::{
+    DeliveryLogAnswer, PauseAnswer, ReplayDeliveryAnswer, ReplaySubscriptionAnswer, ResumeAnswer,
+    SlotView, StateView, StatusAnswer, SubscriptionAnswer, SubscriptionStatus, SubscriptionsAnswer,
+    TestAnswer, TestRequest,
+};
 use super::db::{timed, DB_TIMEOUT};
 use super::view::{self, StoppedMap};
 use super::{auth, App};
@@ -119,8 +124,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
-
 impl From<StoreError> for ApiError {
     /// A 500 naming what was being done.
     fn from(e: StoreError) -> Self {
@@ -155,7 +158,7 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 // Reads
 
 /// `GET /api/v1/status`.
-async fn status(State(app): State<Arc<App>>) -> ApiResult {
+async fn status(State(app): State<Arc<App>>) -> Result<Json<StatusAnswer>, ApiError> {
     let config = app.state.config.borrow().clone();
     let sample = app.state.sample.borrow().clone();
     let health = &app.state.health;
@@ -164,11 +167,7 @@ async fn status(State(app): State<Arc<App>>) -> ApiResult {
     // The sample is at most a few seconds old; pause and resume show at once.
     let stopped = stopped_subscriptions(&app).await;
 
-    let mut names: Vec<&str> = config
-        .subscriptions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let mut names: Vec<&str> = config.subscription_names();
     let mut others: Vec<&str> = sample.backlog.keys().map(String::as_str).collect();
     if let Ok(stopped) = &stopped {
         others.extend(stopped.keys().map(String::as_str));
@@ -178,92 +177,75 @@ async fn status(State(app): State<Arc<App>>) -> ApiResult {
     others.retain(|name| config.subscription(name).is_none());
     names.extend(others);
 
-    let subscriptions: Vec<Value> = names
+    let subscriptions = names
         .into_iter()
         .map(|name| {
             let sub = config.subscription(name);
             let backlog = sample.backlog.get(name).cloned().unwrap_or_default();
-            let mut entry = Map::new();
-            entry.insert("name".into(), name.into());
-            entry.insert("configured".into(), sub.is_some().into());
-            merge(&mut entry, subscription_state(sub, name, &stopped));
-            entry.insert("pending".into(), backlog.pending.into());
-            entry.insert("dead".into(), backlog.dead.into());
-            entry.insert(
-                "oldest_pending_seconds".into(),
-                backlog.oldest_pending_seconds.into(),
-            );
-            entry.insert(
-                "rate_limit".into(),
-                sub.map_or(Value::Null, view::rate_limit),
-            );
-            Value::Object(entry)
+            SubscriptionStatus {
+                name: name.to_owned(),
+                configured: sub.is_some(),
+                state: subscription_state(sub, name, &stopped),
+                pending: backlog.pending,
+                dead: backlog.dead,
+                oldest_pending_seconds: backlog.oldest_pending_seconds,
+                rate_limit: sub.and_then(view::rate_limit),
+            }
         })
         .collect();
 
     let slot = sample.slot.as_ref();
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "ready": replication_connected && outbox_writable,
-        "replication_connected": replication_connected,
-        "outbox_writable": outbox_writable,
-        "sampled_at": sample.taken_at.map(view::rfc3339),
-        "slot": {
-            "name": config.source.slot,
-            "found": slot.is_some(),
-            "active": slot.map(|s| s.active),
-            "retained_wal_bytes": slot.map(|s| s.retained_wal_bytes),
-            "lag_bytes": slot.map(|s| s.lag_bytes),
-            "confirmed_flush_lsn": slot.and_then(|s| s.confirmed_flush_lsn.clone()),
+    Ok(Json(StatusAnswer {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: replication_connected && outbox_writable,
+        replication_connected,
+        outbox_writable,
+        sampled_at: sample.taken_at.map(view::rfc3339),
+        slot: SlotView {
+            name: config.source.slot.clone(),
+            found: slot.is_some(),
+            active: slot.map(|s| s.active),
+            retained_wal_bytes: slot.map(|s| s.retained_wal_bytes),
+            lag_bytes: slot.map(|s| s.lag_bytes),
+            confirmed_flush_lsn: slot.and_then(|s| s.confirmed_flush_lsn.clone()),
         },
-        "checkpoint_lsn": sample.checkpoint_lsn,
-        "subscriptions": subscriptions,
-        "outbox_error": stopped.err().map(|e| e.message),
-    })))
+        checkpoint_lsn: sample.checkpoint_lsn.clone(),
+        subscriptions,
+        outbox_error: stopped.err().map(|e| e.message),
+    }))
 }
 
 /// `GET /api/v1/subscriptions`.
-async fn subscriptions(State(app): State<Arc<App>>) -> ApiResult {
+async fn subscriptions(State(app): State<Arc<App>>) -> Result<Json<SubscriptionsAnswer>, ApiError> {
     let config = app.state.config.borrow().clone();
     let stopped = stopped_subscriptions(&app).await;
-    let list: Vec<Value> = config
+    let subscriptions = config
         .subscriptions
         .iter()
-        .map(|sub| {
-            let mut entry = view::settings(sub);
-            merge(
-                &mut entry,
-                subscription_state(Some(sub), &sub.name, &stopped),
-            );
-            Value::Object(entry)
+        .map(|sub| SubscriptionAnswer {
+            settings: view::settings(sub),
+            state: subscription_state(Some(sub), &sub.name, &stopped),
         })
         .collect();
-    Ok(Json(json!({
-        "subscriptions": list,
-        "outbox_error": stopped.err().map(|e| e.message),
-    })))
+    Ok(Json(SubscriptionsAnswer {
+        subscriptions,
+        outbox_error: stopped.err().map(|e| e.message),
+    }))
 }
 
-/// `state`, `reason` and `since` of one subscription; `unknown` when the outbox could not be
-/// read.
+/// The state of one subscription; `unknown` when the outbox could not be read.
 fn subscription_state(
     sub: Option<&crate::config::SubscriptionConfig>,
     name: &str,
     stopped: &Result<StoppedMap, ApiError>,
-) -> Value {
+) -> StateView {
     match stopped {
         Ok(stopped) => view::state(sub, stopped.get(name)),
-        Err(e) => json!({
-            "state": "unknown",
-            "reason": format!("the outbox could not be read: {}", e.message),
-            "since": null,
-        }),
-    }
-}
-
-fn merge(into: &mut Map<String, Value>, from: Value) {
-    if let Value::Object(from) = from {
-        into.extend(from);
+        Err(e) => StateView {
+            state: "unknown",
+            reason: Some(format!("the outbox could not be read: {}", e.message)),
+            since: None,
+        },
     }
 }
 
@@ -291,7 +273,10 @@ async fn read_stopped(app: &App) -> Result<StoppedMap, ApiError> {
 
 /// `GET /api/v1/deliveries?subscription=&status=&since=&limit=&before_id=`: newest first;
 /// `next` is the `before_id` of the next page, `null` on the last one.
-async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+async fn delivery_log(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+) -> Result<Json<DeliveryLogAnswer>, ApiError> {
     let params = query_params(
         &uri,
         &["subscription", "status", "since", "limit", "before_id"],
@@ -360,10 +345,10 @@ async fn delivery_log(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     } else {
         None
     };
-    Ok(Json(json!({
-        "deliveries": rows.iter().map(log::Delivery::to_json).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(Json(DeliveryLogAnswer {
+        deliveries: rows,
+        next,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -375,7 +360,7 @@ async fn test_event(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     body: Bytes,
-) -> ApiResult {
+) -> Result<Json<TestAnswer>, ApiError> {
     let config = app.state.config.borrow().clone();
     let sub = test::find(&config, &name).map_err(test_error)?;
     let key = test_key(&body)?;
@@ -406,27 +391,31 @@ async fn test_event(
     } else {
         serde_json::from_slice(&sent.body).unwrap_or(Value::Null)
     };
-    Ok(Json(json!({
-        "subscription": name,
-        "event_id": sent.event_id,
-        "request": {
-            "method": sent.target.as_ref().map_or_else(|| sub.method.to_json(), |t| t.method.as_str().into()),
-            "url": crate::config::redact_webhook_url(&sent.target.as_ref().map_or_else(|| sub.url.to_string(), |t| t.url.clone())),
-            "content_type": (!sent.body.is_empty()).then_some(sub.content_type.as_str()),
-            "body": String::from_utf8_lossy(&sent.body),
-            "signatures": sub.secrets.len(),
-            "auth": view::auth_type(sub),
-            "headers": sub.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+    let (method, url) = match &sent.target {
+        Some(t) => (t.method.as_str().into(), t.url.clone()),
+        None => (sub.method.to_json(), sub.url.to_string()),
+    };
+    Ok(Json(TestAnswer {
+        subscription: name,
+        event_id: sent.event_id.clone(),
+        request: TestRequest {
+            method,
+            url: crate::config::redact_webhook_url(&url),
+            content_type: (!sent.body.is_empty()).then(|| sub.content_type.clone()),
+            body: String::from_utf8_lossy(&sent.body).into_owned(),
+            signatures: sub.secrets.len(),
+            auth: view::auth_type(sub),
+            headers: view::header_names(sub),
         },
-        "event": event,
-        "status": a.status,
-        "success": sent.succeeded(),
-        "latency_ms": u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX),
-        "error": a.error.as_deref().map(|e| view::scrub(sub, e)),
-        "response_excerpt": view::scrub(sub, &a.response_excerpt),
-        "recorded": sent.not_recorded.is_none(),
-        "note": sent.not_recorded,
-    })))
+        event,
+        status: a.status,
+        success: sent.succeeded(),
+        latency_ms: u64::try_from(a.duration.as_millis()).unwrap_or(u64::MAX),
+        error: a.error.as_deref().map(|e| view::scrub(sub, e)),
+        response_excerpt: view::scrub(sub, &a.response_excerpt),
+        recorded: sent.not_recorded.is_none(),
+        note: sent.not_recorded.clone(),
+    }))
 }
 
 /// The optional body of a test call: nothing, or `{"key": {column: value, …}}`.
@@ -468,7 +457,10 @@ fn test_error(e: TestError) -> ApiError {
 /// `POST /api/v1/subscriptions/{name}/pause`: the worker stops sending within a second
 /// (requests in flight finish); new events are still captured and wait with the pending
 /// deliveries. A replay does not end a pause; resume does.
-async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+async fn pause(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<PauseAnswer>, ApiError> {
     let config = app.state.config.borrow().clone();
     let Some(sub) = config.subscription(&name) else {
         return Err(unknown_subscription(&config, &name));
@@ -502,18 +494,21 @@ async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResu
     if !sub.active {
         message.push_str("; note that it has active = false in the config");
     }
-    Ok(Json(json!({
-        "subscription": name,
-        "state": "paused",
-        "reason": now.reason,
-        "since": now.since,
-        "already_paused": already,
-        "message": message,
-    })))
+    Ok(Json(PauseAnswer {
+        subscription: name,
+        state: "paused",
+        reason: now.reason,
+        since: now.since,
+        already_paused: already,
+        message,
+    }))
 }
 
 /// `POST /api/v1/subscriptions/{name}/resume`: ends a pause, or a deactivation by 410 Gone.
-async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+async fn resume(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<ResumeAnswer>, ApiError> {
     let config = app.state.config.borrow().clone();
     let sub = config.subscription(&name);
     let schema = &app.state.schema;
@@ -554,16 +549,13 @@ async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiRes
     if removed.is_some() {
         tracing::info!(subscription = %name, "admin API: subscription resumed");
     }
-    let mut answer = Map::new();
-    answer.insert("subscription".into(), name.clone().into());
-    answer.insert("resumed".into(), removed.is_some().into());
-    answer.insert(
-        "previous_reason".into(),
-        json!(removed.map(|stopped| stopped.reason)),
-    );
-    merge(&mut answer, view::state(sub, None));
-    answer.insert("message".into(), message.into());
-    Ok(Json(Value::Object(answer)))
+    Ok(Json(ResumeAnswer {
+        subscription: name,
+        resumed: removed.is_some(),
+        previous_reason: removed.map(|stopped| stopped.reason),
+        state: view::state(sub, None),
+        message,
+    }))
 }
 
 /// `paused through the admin API at …`, or `deactivated (the receiver answered 410 …)`.
@@ -577,7 +569,10 @@ fn stopped_phrase(stopped: &state::Stopped) -> String {
 
 /// `POST /api/v1/deliveries/{id}/replay`: the delivery is pending again, due now, with the
 /// same event id.
-async fn replay_delivery(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+async fn replay_delivery(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplayDeliveryAnswer>, ApiError> {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "path /api/v1/deliveries/{{id}}/replay: {id:?} is not a delivery id (a whole \
@@ -587,16 +582,16 @@ async fn replay_delivery(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     let target = Target::Id(id);
     let (config, replayed) = run_replay(&app, &target).await?;
     let (event_id, was) = replayed.single.clone().unwrap_or_default();
-    Ok(Json(json!({
-        "delivery_id": id,
-        "subscription": replayed.subscription,
-        "event_id": event_id,
-        "was": was,
-        "replayed": replayed.count,
-        "reactivated": replayed.reactivated,
-        "paused": replayed.paused,
-        "message": replay::summary(&config, &target, &replayed),
-    })))
+    Ok(Json(ReplayDeliveryAnswer {
+        delivery_id: id,
+        message: replay::summary(&config, &target, &replayed),
+        subscription: replayed.subscription,
+        event_id,
+        was,
+        replayed: replayed.count,
+        reactivated: replayed.reactivated,
+        paused: replayed.paused,
+    }))
 }
 
 /// `POST /api/v1/subscriptions/{name}/replay?status=dead[&since=]`: every dead (or
@@ -606,7 +601,7 @@ async fn replay_subscription(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     uri: Uri,
-) -> ApiResult {
+) -> Result<Json<ReplaySubscriptionAnswer>, ApiError> {
     let params = query_params(&uri, &["status", "since"])?;
     text_for_postgres(&name)
         .map_err(|e| ApiError::bad_request(format!("subscription name: {e}")))?;
@@ -644,15 +639,15 @@ async fn replay_subscription(
         since: since.clone(),
     };
     let (config, replayed) = run_replay(&app, &target).await?;
-    Ok(Json(json!({
-        "subscription": name,
-        "status": status.as_str(),
-        "since": params.get("since"),
-        "replayed": replayed.count,
-        "reactivated": replayed.reactivated,
-        "paused": replayed.paused,
-        "message": replay::summary(&config, &target, &replayed),
-    })))
+    Ok(Json(ReplaySubscriptionAnswer {
+        subscription: name,
+        status: status.as_str(),
+        since: params.get("since").cloned(),
+        message: replay::summary(&config, &target, &replayed),
+        replayed: replayed.count,
+        reactivated: replayed.reactivated,
+        paused: replayed.paused,
+    }))
 }
 
 /// Runs `replay()` on the admin API's connection with the running config.

@@ -3,6 +3,7 @@
 //! outbox connection, `origin`: the Host and cross-site checks, `view`: what a subscription
 //! shows of itself).
 
+mod answers;
 mod api;
 mod auth;
 mod db;

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+
+use super::answers::{BatchView, RateLimitView, Settings, StateView};
 
 use crate::config::{format_duration, redact_webhook_url, Auth, Ordering, SubscriptionConfig};
 use crate::outbox::state::Stopped;
@@ -13,7 +15,10 @@ use crate::outbox::state::Stopped;
 /// The state of a subscription: `active`, `paused` (admin API), `deactivated` (410 Gone),
 /// `inactive` (`active = false` in the config) or `removed` (no longer in the config; its
 /// deliveries are kept for replay).
-pub(super) fn state(configured: Option<&SubscriptionConfig>, stopped: Option<&Stopped>) -> Value {
+pub(super) fn state(
+    configured: Option<&SubscriptionConfig>,
+    stopped: Option<&Stopped>,
+) -> StateView {
     let (state, reason, since) = match (configured, stopped) {
         (None, _) => (
             "removed",
@@ -37,26 +42,15 @@ pub(super) fn state(configured: Option<&SubscriptionConfig>, stopped: Option<&St
         ),
         (Some(_), None) => ("active", None, None),
     };
-    json!({"state": state, "reason": reason, "since": since})
+    StateView {
+        state,
+        reason,
+        since,
+    }
 }
 
 /// The settings of `sub` as the admin API lists them: everything but secrets.
-pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("name".into(), sub.name.clone().into());
-    map.insert("object".into(), sub.object.name.clone().into());
-    map.insert("table".into(), sub.object.config.table.to_string().into());
-    map.insert(
-        "operations".into(),
-        sub.operations
-            .iter()
-            .map(|op| op.as_str())
-            .chain(sub.truncate.then_some("truncate"))
-            .collect(),
-    );
-    map.insert("watch".into(), json!(sub.watch));
-    map.insert("when".into(), json!(sub.when));
-    map.insert("event_type".into(), json!(sub.event_type));
+pub(super) fn settings(sub: &SubscriptionConfig) -> Settings {
     let event_types: Map<String, Value> = sub
         .operations
         .iter()
@@ -68,75 +62,72 @@ pub(super) fn settings(sub: &SubscriptionConfig) -> Map<String, Value> {
             )
         }))
         .collect();
-    map.insert("event_types".into(), Value::Object(event_types));
-    map.insert(
-        "url".into(),
-        redact_webhook_url(&sub.url.to_string()).into(),
-    );
-    map.insert("url_template".into(), sub.url_template.into());
-    map.insert("method".into(), sub.method.to_json());
-    map.insert("content_type".into(), sub.content_type.clone().into());
-    map.insert("template".into(), sub.template.is_some().into());
-    map.insert("signed".into(), (!sub.secrets.is_empty()).into());
-    map.insert("secrets".into(), sub.secrets.len().into());
-    map.insert("auth".into(), auth_type(sub));
-    map.insert(
-        "headers".into(),
-        sub.headers.iter().map(|(name, _)| name.as_str()).collect(),
-    );
-    map.insert(
-        "batch".into(),
-        match &sub.batch {
-            Some(batch) => json!({
-                "max_events": batch.max_events,
-                "max_wait": format_duration(batch.max_wait),
-            }),
-            None => Value::Null,
-        },
-    );
-    map.insert("rate_limit".into(), rate_limit(sub));
-    // The effective cap: the default when the subscription sets none.
-    let max_in_flight = sub
-        .max_in_flight
-        .unwrap_or(crate::delivery::DEFAULT_MAX_IN_FLIGHT);
-    map.insert("max_in_flight".into(), json!(max_in_flight));
-    map.insert(
-        "ordering".into(),
-        match sub.ordering {
+    Settings {
+        name: sub.name.clone(),
+        object: sub.object.name.clone(),
+        table: sub.object.config.table.to_string(),
+        operations: sub
+            .operations
+            .iter()
+            .map(|op| op.as_str())
+            .chain(sub.truncate.then_some("truncate"))
+            .collect(),
+        watch: sub.watch.clone(),
+        when: sub.when.clone(),
+        event_type: sub.event_type.clone(),
+        event_types,
+        url: redact_webhook_url(&sub.url.to_string()),
+        url_template: sub.url_template,
+        method: sub.method.to_json(),
+        content_type: sub.content_type.clone(),
+        template: sub.template.is_some(),
+        signed: !sub.secrets.is_empty(),
+        secrets: sub.secrets.len(),
+        auth: auth_type(sub),
+        headers: header_names(sub),
+        batch: sub.batch.as_ref().map(|batch| BatchView {
+            max_events: batch.max_events,
+            max_wait: format_duration(batch.max_wait),
+        }),
+        rate_limit: rate_limit(sub),
+        max_in_flight: sub
+            .max_in_flight
+            .unwrap_or(crate::delivery::DEFAULT_MAX_IN_FLIGHT),
+        ordering: match sub.ordering {
             Ordering::Key => "key",
             Ordering::None => "none",
-        }
-        .into(),
-    );
-    map.insert("active".into(), sub.active.into());
-    map.insert("timeout".into(), format_duration(sub.timeout).into());
-    map.insert(
-        "retry_schedule".into(),
-        sub.retry_schedule
+        },
+        active: sub.active,
+        timeout: format_duration(sub.timeout),
+        retry_schedule: sub
+            .retry_schedule
             .iter()
             .map(|d| format_duration(*d))
             .collect(),
-    );
-    map.insert("dead_on_status".into(), json!(sub.dead_on_status));
-    map
-}
-
-/// `bearer`, `basic` or `header`: the kind of auth, never its values; `null` without.
-pub(super) fn auth_type(sub: &SubscriptionConfig) -> Value {
-    match &sub.auth {
-        None => Value::Null,
-        Some(Auth::Bearer { .. }) => "bearer".into(),
-        Some(Auth::Basic { .. }) => "basic".into(),
-        Some(Auth::Header { .. }) => "header".into(),
+        dead_on_status: sub.dead_on_status.clone(),
     }
 }
 
-/// `{"per_second", "burst"}`, or `null` without a rate limit.
-pub(super) fn rate_limit(sub: &SubscriptionConfig) -> Value {
-    match &sub.rate_limit {
-        Some(limit) => json!({"per_second": limit.per_second, "burst": limit.burst}),
-        None => Value::Null,
-    }
+/// The names of the custom headers, never their values.
+pub(super) fn header_names(sub: &SubscriptionConfig) -> Vec<String> {
+    sub.headers.iter().map(|(name, _)| name.clone()).collect()
+}
+
+/// `bearer`, `basic` or `header`: the kind of auth, never its values; `None` without.
+pub(super) fn auth_type(sub: &SubscriptionConfig) -> Option<&'static str> {
+    sub.auth.as_ref().map(|auth| match auth {
+        Auth::Bearer { .. } => "bearer",
+        Auth::Basic { .. } => "basic",
+        Auth::Header { .. } => "header",
+    })
+}
+
+/// The rate limit, `None` without one.
+pub(super) fn rate_limit(sub: &SubscriptionConfig) -> Option<RateLimitView> {
+    sub.rate_limit.as_ref().map(|limit| RateLimitView {
+        per_second: limit.per_second,
+        burst: limit.burst,
+    })
 }
 
 /// `text` with every secret value of `sub` replaced by `***`: a receiver may echo a request
@@ -162,6 +153,8 @@ pub(super) type StoppedMap = BTreeMap<String, Stopped>;
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -178,7 +171,7 @@ mod tests {
         };
         sub.content_type = "application/xml".into();
         sub.dead_on_status = vec![400, 422];
-        let shown = settings(&sub);
+        let shown = serde_json::to_value(settings(&sub)).unwrap();
         assert_eq!(
             shown["method"],
             json!({"create": "POST", "update": "PUT", "delete": "DELETE"})
