@@ -16,8 +16,8 @@ use walhook::capture::matcher::RoutedEvent;
 use walhook::capture::Commit;
 use walhook::config::{Method, Target};
 use walhook::outbox::writer::OutboxWriter;
-use walhook::source::conninfo::ConnInfo;
-use walhook::source::tls;
+use walhook::pg::conninfo::ConnInfo;
+use walhook::pg::tls;
 
 /// Generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(30);

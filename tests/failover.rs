@@ -371,8 +371,8 @@ async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_mo
     use support::outbox::ledger_event as event;
     use walhook::capture::Commit;
     use walhook::outbox::writer::{OutboxError, OutboxWriter};
-    use walhook::source::conninfo::ConnInfo;
-    use walhook::source::{tls, Lsn};
+    use walhook::pg::conninfo::ConnInfo;
+    use walhook::pg::{tls, Lsn};
 
     let db = TestDb::new("");
     let info = ConnInfo::parse(&db.url).unwrap();

@@ -8,8 +8,8 @@ use support::TestDb;
 use walhook::capture::Commit;
 use walhook::outbox::pipeline::OutboxPipeline;
 use walhook::outbox::writer::{OutboxError, OutboxWriter};
-use walhook::source::conninfo::ConnInfo;
-use walhook::source::{tls, Lsn};
+use walhook::pg::conninfo::ConnInfo;
+use walhook::pg::{tls, Lsn};
 
 fn lsn(text: &str) -> Lsn {
     text.parse().unwrap()

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use super::change::RowChange;
 use super::envelope::Commit;
 use super::relation::{Relation, RelationCache, RelationError};
-use crate::source::conninfo::ConnInfo;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{tls, Lsn};
 use crate::source::pgoutput::{self, Decoder, Message};
 use crate::source::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
-use crate::source::{tls, Lsn};
 
 /// What the reader hands on, in WAL order.
 #[derive(Debug, Clone)]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use crate::capture::matcher::needs_old_values;
 use crate::config::{format_size, table_list, Config, Operation, TableName};
 use crate::delivery::network::{check_url, NetworkPolicy, PolicyError, PolicyResolver};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 use crate::pg::{quote_ident, quote_literal, quote_table};
-use crate::source::conninfo::ConnInfo;
 use crate::source::privileges::{self, Missing, Role};
 use crate::source::replication::ReplicationConnection;
-use crate::source::tls;
 use crate::suggest::did_you_mean;
 
 use super::tail::TAIL_PREFIX;

@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{format_duration, Config};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::quote_ident;
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::tls;
 
 /// A delivery status, as stored in the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

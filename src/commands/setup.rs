@@ -14,14 +14,14 @@ use crate::config::{format_size, Config, TableName};
 use crate::outbox::checkpoint::claim_checkpoint;
 use crate::outbox::migrate::{migrate, MIGRATIONS};
 use crate::outbox::teardown::{drop_outbox, DropMode};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::{quote_ident, quote_literal, quote_table};
-use crate::source::conninfo::ConnInfo;
+use crate::pg::{tls, Lsn};
 use crate::source::preflight::preflight;
 use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
-use crate::source::{tls, Lsn};
 
 /// The flags of `walhook setup`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -27,12 +27,12 @@ use crate::capture::matcher::Matcher;
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::{quote_ident, quote_table};
-use crate::source::conninfo::ConnInfo;
+use crate::pg::{tls, Lsn};
 use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication;
 use crate::source::replication::ReplicationConnection;
-use crate::source::{tls, Lsn};
 
 /// Prefix of the slots and publications tail creates for itself.
 pub const TAIL_PREFIX: &str = "walhook_tail_";

@@ -16,9 +16,9 @@ use crate::capture::render::Rendering;
 use crate::config::{redact_url, Auth, Config, Operation, SubscriptionConfig, Target};
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::sender::{self, Attempt};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 use crate::pg::{quote_ident, quote_table};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
 
 /// How much of the request and response bodies is printed.
 const PRINT_LIMIT: usize = 1024;

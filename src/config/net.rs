@@ -426,7 +426,7 @@ mod tests {
             said,
             "sslmode=allow is not supported; use sslmode=prefer or sslmode=disable"
         );
-        let parsed = crate::source::conninfo::ConnInfo::parse("postgres://h/db?sslmode=allow");
+        let parsed = crate::pg::conninfo::ConnInfo::parse("postgres://h/db?sslmode=allow");
         assert!(parsed.unwrap_err().to_string().contains("not supported"));
     }
 

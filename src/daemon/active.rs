@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::startup::StartupError;
-use crate::source::conninfo::ConnInfo;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 use crate::source::setup::{advisory_key, server_message};
-use crate::source::tls;
 
 /// How often a standby tries to take the lock.
 pub(super) const RETRY: Duration = Duration::from_secs(1);

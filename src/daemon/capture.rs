@@ -24,8 +24,8 @@ use crate::delivery::DispatchHandle;
 use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
-use crate::source::conninfo::ConnInfo;
-use crate::source::{tls, Lsn};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{tls, Lsn};
 
 /// Source transactions that may share one outbox transaction.
 const GROUP_TRANSACTIONS: usize = 1_000;

@@ -23,8 +23,8 @@ use crate::config::Config;
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::{self, DispatchError};
 use crate::metrics::Metrics;
+use crate::pg::conninfo::ConnInfo;
 use crate::server::{self, ServeError, ServerState};
-use crate::source::conninfo::ConnInfo;
 use sampler::Health;
 
 pub use startup::StartupError;

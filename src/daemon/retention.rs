@@ -12,8 +12,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::config::{format_duration, Config};
 use crate::metrics::Metrics;
 use crate::outbox::retention::{Batch, Removed, Retention, Step, BATCH};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 
 /// The first run, after start.
 const FIRST_RUN: Duration = Duration::from_secs(5);

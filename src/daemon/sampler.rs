@@ -14,10 +14,10 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::quote_ident;
-use crate::source::conninfo::ConnInfo;
+use crate::pg::tls;
 use crate::source::setup::server_message;
-use crate::source::tls;
 
 /// How often the sampler reads.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);

@@ -7,10 +7,10 @@ use crate::capture::matcher::{needs_old_values, Matcher};
 use crate::commands::setup::ensure_slot;
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
-use crate::source::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::tls::{self, ConnectError};
 use crate::source::publication::{self, PublicationChange};
 use crate::source::slot::{self, SlotState};
-use crate::source::tls::{self, ConnectError};
 use crate::source::SetupError;
 
 /// Why the daemon could not start.

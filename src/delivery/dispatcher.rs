@@ -18,8 +18,8 @@ use super::worker::{Control, Worker};
 use crate::config::{AllowedNetwork, Config, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 
 /// Completions written together at most.
 const COMPLETION_BATCH: usize = 512;

@@ -10,8 +10,8 @@ use tokio::time::timeout;
 use tokio_postgres::Client;
 
 use super::api::ApiError;
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls;
 
 /// How long a call waits for the connection, for connecting, and for one database step.
 pub(super) const DB_TIMEOUT: Duration = Duration::from_secs(10);

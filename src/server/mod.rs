@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::daemon::sampler::{Health, Sample};
 use crate::delivery::network::NetworkPolicy;
 use crate::metrics::Metrics;
-use crate::source::conninfo::ConnInfo;
+use crate::pg::conninfo::ConnInfo;
 
 /// What the handlers read.
 pub struct ServerState {

@@ -1,4 +1,4 @@
-//! The source side: everything that talks to the Postgres being watched.
+//! The source side: reading the Postgres being watched (connections themselves are `pg`'s).
 //!
 //! `replication` moves bytes over a replication connection and knows nothing of row changes;
 //! `pgoutput` decodes those bytes into typed messages and does no I/O; `value` turns column
@@ -9,8 +9,6 @@
 //! command, and the statement that grants it.
 
 pub mod columns;
-pub mod conninfo;
-pub mod lsn;
 pub mod pgoutput;
 pub mod preflight;
 pub mod privileges;
@@ -18,9 +16,7 @@ pub mod publication;
 pub mod replication;
 pub mod setup;
 pub mod slot;
-pub mod tls;
 pub mod types;
 pub mod value;
 
-pub use lsn::Lsn;
 pub use setup::SetupError;

@@ -6,11 +6,11 @@
 
 use crate::config::TableName;
 use crate::outbox::migrate::MigrateError;
-use crate::source::conninfo::ConnInfoError;
+use crate::pg::conninfo::ConnInfoError;
+use crate::pg::tls::ConnectError;
+use crate::pg::Lsn;
 use crate::source::privileges::Refusal;
 use crate::source::replication::ReplicationError;
-use crate::source::tls::ConnectError;
-use crate::source::Lsn;
 
 /// Why setting up (or tearing down) walhook's schema, publication or slot failed. Every
 /// variant says which object it is about, the server's words where there are some, and the

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::ErrorResponseBody;
 
-use crate::source::tls::TlsError;
+use crate::pg::tls::TlsError;
 
 /// An error on a replication connection.
 #[derive(Debug, thiserror::Error)]

@@ -22,9 +22,9 @@ pub use wire::{AuthMethod, SESSION_SETTINGS};
 
 use self::error::ServerMessage;
 use self::wire::{log_notice, Frame, Session, Wire};
-use crate::source::conninfo::{ConnInfo, Target};
-use crate::source::tls::{self, OpenError, TlsConnector};
-use crate::source::Lsn;
+use crate::pg::conninfo::{ConnInfo, Target};
+use crate::pg::tls::{self, OpenError, TlsConnector};
+use crate::pg::Lsn;
 
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

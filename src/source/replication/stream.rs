@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::error::{ReplicationError, ServerMessage};
 use super::wire::{log_notice, Frame, Wire};
-use crate::source::Lsn;
+use crate::pg::Lsn;
 
 /// How often a status update goes out when nothing else prompts one (as pg_recvlogical).
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
 use super::error::{missing_password_message, ReplicationError, ServerMessage};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls::PgStream;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls::PgStream;
 
 /// The largest frame accepted. The walsender builds each message in a `StringInfo`, which
 /// Postgres caps at 1 GB, so anything larger is a corrupt or hostile stream.

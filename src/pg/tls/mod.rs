@@ -32,7 +32,7 @@ use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
-use super::conninfo::{ConnInfo, Host, RootCert, SslMode, Target};
+use crate::pg::conninfo::{ConnInfo, Host, RootCert, SslMode, Target};
 
 /// Why TLS could not be set up or negotiated.
 #[derive(Debug, thiserror::Error)]
@@ -725,8 +725,8 @@ pub enum ConnectError {
     /// The server reported an error during startup (e.g. the database does not exist).
     #[error(
         "connecting to {target}: {message} (SQLSTATE {code}){}{}",
-        super::replication::detail_and_hint(detail, hint),
-        super::replication::fix_for(code, message)
+        crate::source::replication::detail_and_hint(detail, hint),
+        crate::source::replication::fix_for(code, message)
     )]
     Server {
         /// The server, `host:port`.
@@ -849,7 +849,7 @@ fn classify(info: &ConnInfo, target: &Target, e: tokio_postgres::Error) -> Conne
         if code.starts_with("28") {
             return ConnectError::Auth {
                 user: info.user().to_owned(),
-                message: super::replication::auth_message(db.message(), info.user()),
+                message: crate::source::replication::auth_message(db.message(), info.user()),
             };
         }
         return ConnectError::Server {
@@ -881,7 +881,7 @@ fn classify(info: &ConnInfo, target: &Target, e: tokio_postgres::Error) -> Conne
     if text.contains("password missing") {
         return ConnectError::Auth {
             user: info.user().to_owned(),
-            message: super::replication::missing_password_message(info.user()),
+            message: crate::source::replication::missing_password_message(info.user()),
         };
     }
     if text.contains("server does not support TLS") {

@@ -1,0 +1,14 @@
+//! The Postgres floor under both databases walhook talks to (the source and the outbox),
+//! shaped like tokio-postgres: connection strings parsed once (`conninfo`), TLS by job
+//! (`tls`), SQL text (`quote`) and WAL positions (`lsn`).
+//!
+//! Nothing here knows walhook's config, the replication stream or the outbox schema.
+
+pub mod conninfo;
+pub mod lsn;
+pub mod quote;
+pub mod tls;
+
+pub use conninfo::{ConnInfo, ConnInfoError};
+pub use lsn::Lsn;
+pub use quote::{quote_ident, quote_literal, quote_table, TableName};
