@@ -10,8 +10,8 @@ use bytes::Bytes;
 use support::{cluster, unique, TestDb};
 use walhook::ephemeral::{self, EphemeralPostgres, Options};
 use walhook::pg::conninfo::ConnInfo;
-use walhook::pg::tls::{connect_sql, ConnectError};
 use walhook::pg::Lsn;
+use walhook::pg::{connect_sql, ConnectError};
 use walhook::source::replication::{
     AuthMethod, ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };

@@ -9,8 +9,8 @@ use support::{config_file, run_walhook, unique, ConfigFile, Finished, SlotGuard,
 use walhook::config::TableName;
 
 use walhook::outbox::migrate::{latest_version, migrate, MIGRATIONS};
+use walhook::pg::connect_sql;
 use walhook::pg::conninfo::ConnInfo;
-use walhook::pg::tls::connect_sql;
 use walhook::pg::Lsn;
 use walhook::source::publication::sync_publication;
 use walhook::source::replication::ReplicationConnection;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::capture::matcher::needs_old_values;
 use crate::config::{format_size, table_list, Config, Operation, TableName};
 use crate::delivery::network::{check_url, NetworkPolicy, PolicyError, PolicyResolver};
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::tls;
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::privileges::{self, Missing, Role};
 use crate::source::replication::ReplicationConnection;
@@ -134,7 +134,7 @@ async fn check(config: &Config, report: &mut Report) {
         }
     };
     let target = info.redacted();
-    let client = match tls::connect_sql(&info).await {
+    let client = match pg::connect_sql(&info).await {
         Ok(client) => client,
         Err(e) => {
             report.problem(

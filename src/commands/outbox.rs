@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{format_duration, Config};
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::quote_ident;
-use crate::pg::tls;
 
 /// A delivery status, as stored in the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +171,7 @@ pub async fn connect(config: &Config, relation: &str) -> Result<Client, String> 
         None => (config.source.url.expose(), "source.url"),
     };
     let info = ConnInfo::parse(url).map_err(|e| format!("{key}: {e}"))?;
-    let db = tls::connect_sql(&info)
+    let db = pg::connect_sql(&info)
         .await
         .map_err(|e| format!("{key}: {e}"))?;
     let schema = &config.outbox.schema;

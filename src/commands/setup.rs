@@ -15,8 +15,8 @@ use crate::outbox::checkpoint::claim_checkpoint;
 use crate::outbox::migrate::{migrate, MIGRATIONS};
 use crate::outbox::teardown::{drop_outbox, DropMode};
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::{self, Lsn};
 use crate::pg::{quote_ident, quote_literal, quote_table};
-use crate::pg::{tls, Lsn};
 use crate::source::preflight::preflight;
 use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication::sync_publication;
@@ -52,7 +52,7 @@ impl Databases {
                 key: "source.url",
                 source,
             })?;
-        let source = tls::connect_sql(&info).await?;
+        let source = pg::connect_sql(&info).await?;
         let outbox = match &config.outbox.url {
             Some(url) if url.expose() != config.source.url.expose() => {
                 let outbox_info =
@@ -60,7 +60,7 @@ impl Databases {
                         key: "outbox.url",
                         source,
                     })?;
-                Some(tls::connect_sql(&outbox_info).await?)
+                Some(pg::connect_sql(&outbox_info).await?)
             }
             _ => None,
         };

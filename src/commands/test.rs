@@ -16,8 +16,8 @@ use crate::capture::render::Rendering;
 use crate::config::{redact_url, Auth, Config, Operation, SubscriptionConfig, Target};
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::sender::{self, Attempt};
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::tls;
 use crate::pg::{quote_ident, quote_table};
 
 /// How much of the request and response bodies is printed.
@@ -188,7 +188,7 @@ pub async fn run(config: &Config, name: &str, key: Option<&str>) -> Result<bool,
 /// A SQL connection; errors name the config key and never the URL (it may hold a password).
 async fn connect(url: &str, key: &str) -> Result<Client, TestError> {
     let info = ConnInfo::parse(url).map_err(|e| TestError::Failed(format!("{key}: {e}")))?;
-    tls::connect_sql(&info)
+    pg::connect_sql(&info)
         .await
         .map_err(|e| TestError::Failed(format!("{key}: {e}")))
 }

@@ -12,8 +12,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::config::{format_duration, Config};
 use crate::metrics::Metrics;
 use crate::outbox::retention::{Batch, Removed, Retention, Step, BATCH};
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::tls;
 
 /// The first run, after start.
 const FIRST_RUN: Duration = Duration::from_secs(5);
@@ -70,7 +70,7 @@ impl Task {
         };
         if self.db.as_ref().is_none_or(Retention::is_closed) {
             self.db = None;
-            let connected = match tls::connect_sql(&self.outbox).await {
+            let connected = match pg::connect_sql(&self.outbox).await {
                 Ok(client) => Retention::new(client, &schema)
                     .await
                     .map_err(|e| e.to_string()),

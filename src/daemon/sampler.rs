@@ -14,10 +14,10 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::server_message;
 use crate::pg::quote_ident;
-use crate::pg::tls;
-use crate::source::setup::server_message;
 
 /// How often the sampler reads.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -199,7 +199,7 @@ impl Sampler {
     async fn sample_outbox(&mut self, sample: &mut Sample) -> Result<(), String> {
         if self.outbox_db.as_ref().is_none_or(|c| c.is_closed()) {
             self.outbox_db = Some(
-                tls::connect_sql(&self.outbox)
+                pg::connect_sql(&self.outbox)
                     .await
                     .map_err(|e| e.to_string())?,
             );
@@ -287,7 +287,7 @@ impl Sampler {
     async fn sample_source(&mut self, sample: &mut Sample) -> Result<(), String> {
         if self.source_db.as_ref().is_none_or(|c| c.is_closed()) {
             self.source_db = Some(
-                tls::connect_sql(&self.source)
+                pg::connect_sql(&self.source)
                     .await
                     .map_err(|e| e.to_string())?,
             );

@@ -189,7 +189,7 @@ impl ConnInfo {
         };
         let config = tokio_postgres::Config::from_str(&remaining)
             // tokio-postgres names the key, never the value, so this cannot leak a password.
-            .map_err(|e| ConnInfoError::new(crate::pg::tls::error_chain(&e)))?;
+            .map_err(|e| ConnInfoError::new(super::error::error_chain(&e)))?;
         Self::resolve(config, extra)
     }
 

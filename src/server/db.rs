@@ -10,8 +10,8 @@ use tokio::time::timeout;
 use tokio_postgres::Client;
 
 use super::api::ApiError;
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::tls;
 
 /// How long a call waits for the connection, for connecting, and for one database step.
 pub(super) const DB_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +51,7 @@ impl OutboxDb {
         })?;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
-            let client = timeout(DB_TIMEOUT, tls::connect_sql(&self.info))
+            let client = timeout(DB_TIMEOUT, pg::connect_sql(&self.info))
                 .await
                 .map_err(|_| {
                     ApiError::database(format!(

@@ -7,7 +7,7 @@
 use crate::config::TableName;
 use crate::outbox::migrate::MigrateError;
 use crate::pg::conninfo::ConnInfoError;
-use crate::pg::tls::ConnectError;
+use crate::pg::error::{server_message, ConnectError};
 use crate::pg::Lsn;
 use crate::source::privileges::Refusal;
 use crate::source::replication::ReplicationError;
@@ -168,35 +168,6 @@ impl SetupError {
             SetupError::Sql { code, .. } => code.as_deref(),
             SetupError::Replication { source, .. } => source.code(),
             _ => None,
-        }
-    }
-}
-
-/// The server's message with detail and hint, or for client-side failures (a dropped
-/// connection) the whole error chain.
-pub(crate) fn server_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str("; hint: ");
-                text.push_str(hint);
-            }
-            text
-        }
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
         }
     }
 }

@@ -181,7 +181,7 @@ pub async fn create_slot(info: &ConnInfo, name: &str) -> Result<Lsn, SetupError>
 /// cluster, oldest first: what a slot being created for that long is waiting for. `None`
 /// when they cannot be read.
 async fn older_transactions(info: &ConnInfo, age: Duration) -> Option<Vec<String>> {
-    let client = crate::pg::tls::connect_sql(info).await.ok()?;
+    let client = crate::pg::connect_sql(info).await.ok()?;
     let rows = client
         .query(
             "SELECT pid, coalesce(datname, '?'), coalesce(state, '?'), \
