@@ -126,15 +126,9 @@ async fn check(config: &Config, report: &mut Report) {
         }
     }
     check_subscriber_urls(config, report).await;
-    let info = match ConnInfo::parse(config.source.url.expose()) {
-        Ok(info) => info,
-        Err(e) => {
-            report.problem(format!("source.url: {e}"), "correct source.url");
-            return;
-        }
-    };
+    let info = &config.source.conninfo;
     let target = info.redacted();
-    let client = match pg::connect_sql(&info).await {
+    let client = match pg::connect_sql(info).await {
         Ok(client) => client,
         Err(e) => {
             report.problem(
@@ -162,7 +156,7 @@ async fn check(config: &Config, report: &mut Report) {
 
     check_wal_level(&sql, report).await;
     check_role(&sql, report).await;
-    check_replication_connection(&info, &target, report).await;
+    check_replication_connection(info, &target, report).await;
     check_capacity(&sql, config, report).await;
     check_tables(&sql, config, report).await;
     check_publication(&sql, config, report).await;

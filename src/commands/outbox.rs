@@ -7,7 +7,6 @@ use tokio_postgres::Client;
 
 use crate::config::{format_duration, Config};
 use crate::pg;
-use crate::pg::conninfo::ConnInfo;
 use crate::pg::quote_ident;
 
 /// A delivery status, as stored in the outbox.
@@ -166,12 +165,8 @@ fn is_rfc3339(text: &str) -> bool {
 /// `relation`, a table or view of the migrations. Errors name the config key, never the URL
 /// (it may hold a password), and say to run `walhook setup` before the schema exists.
 pub async fn connect(config: &Config, relation: &str) -> Result<Client, String> {
-    let (url, key) = match &config.outbox.url {
-        Some(url) => (url.expose(), "outbox.url"),
-        None => (config.source.url.expose(), "source.url"),
-    };
-    let info = ConnInfo::parse(url).map_err(|e| format!("{key}: {e}"))?;
-    let db = pg::connect_sql(&info)
+    let key = config.outbox_key();
+    let db = pg::connect_sql(config.outbox_conninfo())
         .await
         .map_err(|e| format!("{key}: {e}"))?;
     let schema = &config.outbox.schema;

@@ -47,22 +47,11 @@ struct Databases {
 
 impl Databases {
     async fn connect(config: &Config) -> Result<Databases, SetupError> {
-        let info =
-            ConnInfo::parse(config.source.url.expose()).map_err(|source| SetupError::ConnInfo {
-                key: "source.url",
-                source,
-            })?;
+        let info = config.source.conninfo.clone();
         let source = pg::connect_sql(&info).await?;
-        let outbox = match &config.outbox.url {
-            Some(url) if url.expose() != config.source.url.expose() => {
-                let outbox_info =
-                    ConnInfo::parse(url.expose()).map_err(|source| SetupError::ConnInfo {
-                        key: "outbox.url",
-                        source,
-                    })?;
-                Some(pg::connect_sql(&outbox_info).await?)
-            }
-            _ => None,
+        let outbox = match config.separate_outbox() {
+            Some(outbox_info) => Some(pg::connect_sql(outbox_info).await?),
+            None => None,
         };
         Ok(Databases {
             info,

@@ -87,8 +87,7 @@ pub async fn run(
         interrupt: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
         terminate: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
     };
-    let info = ConnInfo::parse(config.source.url.expose())
-        .map_err(|e| TailError::Setup(format!("source.url: {e}")))?;
+    let info = config.source.conninfo.clone();
     let catalog = pg::connect_sql(&info)
         .await
         .map_err(|e| TailError::Setup(e.to_string()))?;

@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 
 use super::net::AllowedNetwork;
 use super::secret::{Secret, SigningSecret, WebhookUrl};
+use crate::pg::ConnInfo;
 pub use crate::pg::TableName;
 
 /// The whole configuration file, validated and with defaults applied.
@@ -35,6 +36,8 @@ pub struct Config {
 pub struct SourceConfig {
     /// Connection URL (may hold a password); `WALHOOK_SOURCE_URL` overrides the file.
     pub url: Secret,
+    /// `url` parsed, once at load: what every command connects with.
+    pub conninfo: ConnInfo,
     /// Logical replication slot; default `walhook`.
     pub slot: String,
     /// Publication walhook manages; default `walhook`.
@@ -50,6 +53,9 @@ pub struct SourceConfig {
 pub struct OutboxConfig {
     /// Outbox database; `None` means the source database.
     pub url: Option<Secret>,
+    /// `url` parsed, once at load; `None` means the source database (see
+    /// [`Config::outbox_conninfo`]).
+    pub conninfo: Option<ConnInfo>,
     /// Schema walhook owns; default `walhook`.
     pub schema: String,
     /// Delivered/dead rows older than this are removed; default 30 days.
