@@ -14,10 +14,9 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
-use crate::pg;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::server_message;
-use crate::pg::quote_ident;
+use crate::pg::{quote_ident, Reconnecting};
 
 /// How often the sampler reads.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -118,12 +117,10 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut sampler = Sampler {
             settings,
-            source,
-            outbox,
             metrics,
             health,
-            source_db: None,
-            outbox_db: None,
+            source_db: Reconnecting::new(source),
+            outbox_db: Reconnecting::new(outbox),
             over_limit: false,
             last_heartbeat: Instant::now(),
             heartbeat_failed: false,
@@ -156,12 +153,10 @@ struct Settings {
 
 struct Sampler {
     settings: Settings,
-    source: ConnInfo,
-    outbox: ConnInfo,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    source_db: Option<tokio_postgres::Client>,
-    outbox_db: Option<tokio_postgres::Client>,
+    source_db: Reconnecting,
+    outbox_db: Reconnecting,
     over_limit: bool,
     last_heartbeat: Instant,
     heartbeat_failed: bool,
@@ -180,7 +175,7 @@ impl Sampler {
             Err(e) if e == NOT_SET_UP => tracing::debug!("outbox status: {e}"),
             Err(e) => {
                 tracing::warn!("outbox status: {e}");
-                self.outbox_db = None;
+                self.outbox_db.reset();
             }
         }
         self.health
@@ -190,21 +185,14 @@ impl Sampler {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("slot status: {e}");
-                self.source_db = None;
+                self.source_db.reset();
             }
         }
         sample
     }
 
     async fn sample_outbox(&mut self, sample: &mut Sample) -> Result<(), String> {
-        if self.outbox_db.as_ref().is_none_or(|c| c.is_closed()) {
-            self.outbox_db = Some(
-                pg::connect_sql(&self.outbox)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let db = self.outbox_db.as_ref().expect("connected above");
+        let db = self.outbox_db.get().await.map_err(|e| e.to_string())?;
         let s = quote_ident(&self.settings.schema);
         let rows = db
             .query(
@@ -285,14 +273,7 @@ impl Sampler {
     }
 
     async fn sample_source(&mut self, sample: &mut Sample) -> Result<(), String> {
-        if self.source_db.as_ref().is_none_or(|c| c.is_closed()) {
-            self.source_db = Some(
-                pg::connect_sql(&self.source)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let db = self.source_db.as_ref().expect("connected above");
+        let db = self.source_db.get().await.map_err(|e| e.to_string())?;
         let row = db
             .query_opt(
                 "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, \

@@ -48,6 +48,12 @@ pub enum ConnectError {
         /// HINT, if any.
         hint: Option<String>,
     },
+    /// A bounded wait for the connection ran out (see [`crate::pg::client::Reconnecting`]).
+    #[error("no answer within {}", seconds_or_millis(*wait))]
+    Timeout {
+        /// The bound.
+        wait: std::time::Duration,
+    },
     /// Anything else tokio-postgres reported (unreachable host, timeout, …).
     #[error("could not connect to {target}: {}", error_chain(source))]
     Postgres {
@@ -68,6 +74,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// `10s`, or `300ms` for a wait under whole seconds.
+fn seconds_or_millis(wait: std::time::Duration) -> String {
+    if wait.subsec_nanos() == 0 {
+        format!("{}s", wait.as_secs())
+    } else {
+        format!("{}ms", wait.as_millis())
+    }
 }
 
 /// The server's message with detail and hint, or for client-side failures (a dropped
