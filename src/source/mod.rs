@@ -4,9 +4,9 @@
 //! `pgoutput` decodes those bytes into typed messages and does no I/O; `value` turns column
 //! text into JSON per the type mapping of SPEC §3, with `types` saying which type is which.
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
-//! `setup` holding what they share (errors, quoting); `preflight` checks the source before
-//! anything is created; `privileges` knows what a role that is not a superuser needs for each
-//! command, and the statement that grants it.
+//! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
+//! source before anything is created; `privileges` knows what a role that is not a superuser
+//! needs for each command, and the statement that grants it.
 
 pub mod columns;
 pub mod pgoutput;

@@ -6,7 +6,6 @@
 
 use crate::config::TableName;
 use crate::outbox::migrate::MigrateError;
-use crate::pg::conninfo::ConnInfoError;
 use crate::pg::error::{server_message, ConnectError};
 use crate::pg::Lsn;
 use crate::source::privileges::Refusal;
@@ -17,14 +16,6 @@ use crate::source::replication::ReplicationError;
 /// fix where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// A connection string in the config cannot be used.
-    #[error("{key}: {source}")]
-    ConnInfo {
-        /// The config key, `source.url` or `outbox.url`.
-        key: &'static str,
-        /// What is wrong with it.
-        source: ConnInfoError,
-    },
     /// An SQL connection could not be opened.
     #[error("{0}")]
     Connect(#[from] ConnectError),
