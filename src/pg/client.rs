@@ -31,6 +31,13 @@ impl Session for Client {
     }
 }
 
+/// A session shared by handing out clones (the dispatcher's queues).
+impl<T: Session + ?Sized> Session for std::sync::Arc<T> {
+    fn is_closed(&self) -> bool {
+        T::is_closed(self)
+    }
+}
+
 /// Why [`Reconnecting::get_with`] has no session: connecting failed, or building on the new
 /// connection did.
 #[derive(Debug, thiserror::Error)]
