@@ -16,9 +16,9 @@ use tokio_postgres::error::SqlState;
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
 use crate::outbox::{checkpoint, status};
-use crate::source::conninfo::ConnInfo;
-use crate::source::setup::server_message;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::server_message;
+use crate::pg::Reconnecting;
 
 /// How often the sampler reads.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -119,12 +119,10 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut sampler = Sampler {
             settings,
-            source,
-            outbox,
             metrics,
             health,
-            source_db: None,
-            outbox_db: None,
+            source_db: Reconnecting::new(source),
+            outbox_db: Reconnecting::new(outbox),
             over_limit: false,
             last_heartbeat: Instant::now(),
             heartbeat_failed: false,
@@ -157,12 +155,10 @@ struct Settings {
 
 struct Sampler {
     settings: Settings,
-    source: ConnInfo,
-    outbox: ConnInfo,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    source_db: Option<tokio_postgres::Client>,
-    outbox_db: Option<tokio_postgres::Client>,
+    source_db: Reconnecting,
+    outbox_db: Reconnecting,
     over_limit: bool,
     last_heartbeat: Instant,
     heartbeat_failed: bool,
@@ -181,7 +177,7 @@ impl Sampler {
             Err(e) if e == NOT_SET_UP => tracing::debug!("outbox status: {e}"),
             Err(e) => {
                 tracing::warn!("outbox status: {e}");
-                self.outbox_db = None;
+                self.outbox_db.reset();
             }
         }
         self.health
@@ -191,21 +187,14 @@ impl Sampler {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("slot status: {e}");
-                self.source_db = None;
+                self.source_db.reset();
             }
         }
         sample
     }
 
     async fn sample_outbox(&mut self, sample: &mut Sample) -> Result<(), String> {
-        if self.outbox_db.as_ref().is_none_or(|c| c.is_closed()) {
-            self.outbox_db = Some(
-                tls::connect_sql(&self.outbox)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let db = self.outbox_db.as_ref().expect("connected above");
+        let db = self.outbox_db.get().await.map_err(|e| e.to_string())?;
         let schema = &self.settings.schema;
         let rows = status::backlog(db, schema)
             .await
@@ -271,14 +260,7 @@ impl Sampler {
     }
 
     async fn sample_source(&mut self, sample: &mut Sample) -> Result<(), String> {
-        if self.source_db.as_ref().is_none_or(|c| c.is_closed()) {
-            self.source_db = Some(
-                tls::connect_sql(&self.source)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let db = self.source_db.as_ref().expect("connected above");
+        let db = self.source_db.get().await.map_err(|e| e.to_string())?;
         let row = db
             .query_opt(
                 "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, \

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
 use super::relation::Relation;
-use crate::source::Lsn;
+use crate::pg::Lsn;
 
 /// The commit a change belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

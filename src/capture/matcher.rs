@@ -1068,9 +1068,9 @@ mod tests {
 
     use super::*;
     use crate::capture::relation::{Column, Identity};
+    use crate::pg::Lsn;
     use crate::source::pgoutput::{Datum, OldTuple, Tuple};
     use crate::source::types::TypeKind;
-    use crate::source::Lsn;
 
     const COMMIT: Commit = Commit {
         lsn: Lsn(0x16B_3748),

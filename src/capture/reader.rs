@@ -11,12 +11,12 @@ use std::sync::Arc;
 use super::change::RowChange;
 use super::envelope::Commit;
 use super::relation::{Relation, RelationCache, RelationError};
-use crate::source::conninfo::ConnInfo;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{self, Lsn};
 use crate::source::pgoutput::{self, Decoder, Message};
 use crate::source::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
-use crate::source::{tls, Lsn};
 
 /// What the reader hands on, in WAL order.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub enum CaptureError {
     Replication(#[from] ReplicationError),
     /// The catalog connection could not be opened.
     #[error("opening the catalog connection: {0}")]
-    Catalog(#[from] tls::ConnectError),
+    Catalog(#[from] pg::ConnectError),
     /// A pgoutput message could not be decoded.
     #[error("decoding WAL at {lsn}: {source}")]
     Decode {
@@ -156,7 +156,7 @@ impl ChangeReader {
         options: &ReaderOptions,
         temporary: bool,
     ) -> Result<Self, CaptureError> {
-        let catalog = tls::connect_sql(info).await?;
+        let catalog = pg::connect_sql(info).await?;
         let mut connection = ReplicationConnection::connect(info).await?;
         if temporary {
             connection.create_slot(&options.slot, true).await?;

@@ -245,7 +245,7 @@ pub fn synthetic_problems(
             let change = synthetic_change(&relation, operation);
             let event_type = sub.event_type_for(operation);
             let commit = Commit {
-                lsn: crate::source::Lsn(0x16B_3748),
+                lsn: crate::pg::Lsn(0x16B_3748),
                 time: 0,
                 xid: 1,
             };

@@ -9,11 +9,11 @@ use std::time::Duration;
 use crate::capture::matcher::needs_old_values;
 use crate::config::{format_size, table_list, Config, Operation, TableName};
 use crate::delivery::network::{check_url, NetworkPolicy, PolicyError, PolicyResolver};
+use crate::pg;
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::{quote_ident, quote_literal, quote_table};
-use crate::source::conninfo::ConnInfo;
 use crate::source::privileges::{self, Missing, Role};
 use crate::source::replication::ReplicationConnection;
-use crate::source::tls;
 use crate::suggest::did_you_mean;
 
 use super::tail::TAIL_PREFIX;
@@ -126,15 +126,9 @@ async fn check(config: &Config, report: &mut Report) {
         }
     }
     check_subscriber_urls(config, report).await;
-    let info = match ConnInfo::parse(config.source.url.expose()) {
-        Ok(info) => info,
-        Err(e) => {
-            report.problem(format!("source.url: {e}"), "correct source.url");
-            return;
-        }
-    };
+    let info = &config.source.conninfo;
     let target = info.redacted();
-    let client = match tls::connect_sql(&info).await {
+    let client = match pg::connect_sql(info).await {
         Ok(client) => client,
         Err(e) => {
             report.problem(
@@ -162,7 +156,7 @@ async fn check(config: &Config, report: &mut Report) {
 
     check_wal_level(&sql, report).await;
     check_role(&sql, report).await;
-    check_replication_connection(&info, &target, report).await;
+    check_replication_connection(info, &target, report).await;
     check_capacity(&sql, config, report).await;
     check_tables(&sql, config, report).await;
     check_publication(&sql, config, report).await;

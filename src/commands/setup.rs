@@ -15,14 +15,14 @@ use crate::daemon::slot::ensure_slot;
 use crate::outbox::checkpoint::{self, claim_checkpoint};
 use crate::outbox::migrate::{migrate, MigrateError};
 use crate::outbox::teardown::{self, drop_outbox, DropMode};
+use crate::pg;
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::{quote_ident, quote_literal, quote_table};
-use crate::source::conninfo::ConnInfo;
 use crate::source::preflight::preflight;
 use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication::sync_publication;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, drop_slot, slot_state, source_id, SlotState};
-use crate::source::tls;
 
 /// The flags of `walhook setup`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,19 +50,8 @@ pub enum SetupFailed {
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     /// `teardown` found deliveries that have not been made yet.
-    #[error(
-        "{count} {} still pending in schema {schema}; see them with `walhook deliveries \
-         --status pending` (or SELECT * FROM {}.deliveries WHERE status = 'pending'); let \
-         walhook deliver them first, or run `walhook teardown --force` to drop them",
-        if *count == 1 { "delivery is" } else { "deliveries are" },
-        quote_ident(schema)
-    )]
-    PendingDeliveries {
-        /// The outbox schema.
-        schema: String,
-        /// How many.
-        count: i64,
-    },
+    #[error(transparent)]
+    PendingDeliveries(#[from] teardown::Pending),
 }
 
 /// The source connection, and the outbox's when `outbox.url` names another database.
@@ -74,22 +63,11 @@ struct Databases {
 
 impl Databases {
     async fn connect(config: &Config) -> Result<Databases, SetupError> {
-        let info =
-            ConnInfo::parse(config.source.url.expose()).map_err(|source| SetupError::ConnInfo {
-                key: "source.url",
-                source,
-            })?;
-        let source = tls::connect_sql(&info).await?;
-        let outbox = match &config.outbox.url {
-            Some(url) if url.expose() != config.source.url.expose() => {
-                let outbox_info =
-                    ConnInfo::parse(url.expose()).map_err(|source| SetupError::ConnInfo {
-                        key: "outbox.url",
-                        source,
-                    })?;
-                Some(tls::connect_sql(&outbox_info).await?)
-            }
-            _ => None,
+        let info = config.source.conninfo.clone();
+        let source = pg::connect_sql(&info).await?;
+        let outbox = match config.separate_outbox() {
+            Some(outbox_info) => Some(pg::connect_sql(outbox_info).await?),
+            None => None,
         };
         Ok(Databases {
             info,
@@ -280,10 +258,11 @@ pub async fn teardown(config: &Config, force: bool) -> Result<(), SetupFailed> {
     let outbox = teardown::outbox_facts(db.outbox(), schema).await?;
     if outbox.pending > 0 {
         if !force {
-            return Err(SetupFailed::PendingDeliveries {
+            return Err(teardown::Pending {
                 schema: schema.clone(),
                 count: outbox.pending,
-            });
+            }
+            .into());
         }
         println!(
             "WARNING: dropping {} pending {} (--force): they will never be delivered",

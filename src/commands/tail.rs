@@ -27,12 +27,12 @@ use crate::capture::matcher::Matcher;
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{self, Lsn};
 use crate::pg::{quote_ident, quote_table};
-use crate::source::conninfo::ConnInfo;
 use crate::source::privileges::{self, Refusal, Role};
 use crate::source::publication;
 use crate::source::replication::ReplicationConnection;
-use crate::source::{tls, Lsn};
 
 /// Prefix of the slots and publications tail creates for itself.
 pub const TAIL_PREFIX: &str = "walhook_tail_";
@@ -87,9 +87,8 @@ pub async fn run(
         interrupt: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
         terminate: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
     };
-    let info = ConnInfo::parse(config.source.url.expose())
-        .map_err(|e| TailError::Setup(format!("source.url: {e}")))?;
-    let catalog = tls::connect_sql(&info)
+    let info = config.source.conninfo.clone();
+    let catalog = pg::connect_sql(&info)
         .await
         .map_err(|e| TailError::Setup(e.to_string()))?;
     let tables = config.tables();
@@ -332,7 +331,7 @@ async fn cleanup(info: &ConnInfo, publication: &Publication) {
 }
 
 async fn drop_publication(info: &ConnInfo, name: &str) -> Result<(), String> {
-    let catalog = tls::connect_sql(info).await.map_err(|e| e.to_string())?;
+    let catalog = pg::connect_sql(info).await.map_err(|e| e.to_string())?;
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));
     catalog.batch_execute(&sql).await.map_err(|e| db_error(&e))
 }

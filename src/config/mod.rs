@@ -29,6 +29,8 @@ mod tests;
 
 use std::path::Path;
 
+use crate::pg::ConnInfo;
+
 pub use error::{ConfigError, Finding};
 pub use model::{
     is_json_media_type, is_xml_media_type, table_list, Auth, BatchConfig, Config, DeliveryConfig,
@@ -99,6 +101,34 @@ impl Config {
             }
         }
         tables
+    }
+
+    /// The outbox's connection: `outbox.url`, else the source's.
+    pub fn outbox_conninfo(&self) -> &ConnInfo {
+        self.outbox
+            .conninfo
+            .as_ref()
+            .unwrap_or(&self.source.conninfo)
+    }
+
+    /// The key the outbox's connection comes from, for messages: `outbox.url` or `source.url`.
+    pub fn outbox_key(&self) -> &'static str {
+        if self.outbox.conninfo.is_some() {
+            "outbox.url"
+        } else {
+            "source.url"
+        }
+    }
+
+    /// The outbox's connection when `outbox.url` names another database than `source.url`
+    /// (written differently), which then needs its own connection.
+    pub fn separate_outbox(&self) -> Option<&ConnInfo> {
+        match (&self.outbox.url, &self.outbox.conninfo) {
+            (Some(url), Some(conninfo)) if url.expose() != self.source.url.expose() => {
+                Some(conninfo)
+            }
+            _ => None,
+        }
     }
 
     /// The subscription called `name`.

@@ -5,13 +5,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 
 use super::net::AllowedNetwork;
 use super::secret::{Secret, SigningSecret, WebhookUrl};
+use crate::pg::ConnInfo;
+pub use crate::pg::TableName;
 
 /// The whole configuration file, validated and with defaults applied.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct Config {
 pub struct SourceConfig {
     /// Connection URL (may hold a password); `WALHOOK_SOURCE_URL` overrides the file.
     pub url: Secret,
+    /// `url` parsed, once at load: what every command connects with.
+    pub conninfo: ConnInfo,
     /// Logical replication slot; default `walhook`.
     pub slot: String,
     /// Publication walhook manages; default `walhook`.
@@ -50,6 +53,9 @@ pub struct SourceConfig {
 pub struct OutboxConfig {
     /// Outbox database; `None` means the source database.
     pub url: Option<Secret>,
+    /// `url` parsed, once at load; `None` means the source database (see
+    /// [`Config::outbox_conninfo`]).
+    pub conninfo: Option<ConnInfo>,
     /// Schema walhook owns; default `walhook`.
     pub schema: String,
     /// Delivered/dead rows older than this are removed; default 30 days.
@@ -519,39 +525,6 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// A table as `schema.name`; a name without schema is in `public`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    /// Schema, `public` unless given.
-    pub schema: String,
-    /// Table name within the schema.
-    pub name: String,
-}
-
-impl FromStr for TableName {
-    type Err = String;
-
-    /// Parses `schema.table` or `table`. Names are taken as written (no quoting yet).
-    fn from_str(text: &str) -> Result<Self, String> {
-        let invalid =
-            || format!("invalid table name {text:?}; expected \"schema.table\" or \"table\"");
-        let mut parts = text.split('.');
-        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(name), None, None) => ("public", name),
-            (Some(schema), Some(name), None) => (schema, name),
-            _ => return Err(invalid()),
-        };
-        let valid_part = |part: &str| !part.is_empty() && !part.chars().any(char::is_whitespace);
-        if !valid_part(schema) || !valid_part(name) {
-            return Err(invalid());
-        }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-}
-
 /// `a.x, b.y`, or `no tables`, for messages.
 pub fn table_list(tables: &[TableName]) -> String {
     if tables.is_empty() {
@@ -562,37 +535,4 @@ pub fn table_list(tables: &[TableName]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names() {
-        let t: TableName = "public.account_invoice".parse().unwrap();
-        assert_eq!(
-            (t.schema.as_str(), t.name.as_str()),
-            ("public", "account_invoice")
-        );
-        assert_eq!(
-            "stock_move".parse::<TableName>().unwrap().to_string(),
-            "public.stock_move"
-        );
-        assert_eq!("erp.x".parse::<TableName>().unwrap().to_string(), "erp.x");
-        for bad in ["a.b.c", "", ".x", "x.", "my table"] {
-            assert_eq!(
-                bad.parse::<TableName>(),
-                Err(format!(
-                    "invalid table name {bad:?}; expected \"schema.table\" or \"table\""
-                ))
-            );
-        }
-    }
 }

@@ -1,4 +1,5 @@
-//! Addresses in the config: webhook URLs, Postgres URLs, allowed networks.
+//! Addresses in the config: webhook URLs and allowed networks (Postgres URLs are parsed
+//! by `pg::conninfo`, the one parser of connection strings).
 //!
 //! Only syntax is checked here; whether an address may be reached is decided at connect time
 //! on the resolved address (SPEC §6), which a config check cannot do.
@@ -225,78 +226,6 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// libpq `sslmode` values walhook's TLS layer implements, so they are checked here rather
-/// than by tokio-postgres, which only knows disable/prefer/require. `allow` (plain first, TLS
-/// only if the server insists) is not among them; `source/conninfo` refuses it too.
-const SSL_MODES: &[&str] = &["disable", "prefer", "require", "verify-ca", "verify-full"];
-
-/// TLS parameters handled by walhook itself and hidden from tokio-postgres's parser.
-const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
-
-/// Checks a `postgres://` or `postgresql://` URL: the scheme, `sslmode`, then everything else
-/// through `tokio_postgres::Config::from_str`. Errors never contain the password.
-pub(crate) fn check_postgres_url(url: &str) -> Result<(), String> {
-    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        return Err("must start with postgres:// or postgresql://".into());
-    }
-    check_userinfo(url)?;
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut kept = Vec::new();
-    for param in query.into_iter().flat_map(|q| q.split('&')) {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        if name == "sslmode" && value == "allow" {
-            return Err(
-                "sslmode=allow is not supported; use sslmode=prefer or sslmode=disable".into(),
-            );
-        }
-        if name == "sslmode" && !SSL_MODES.contains(&value) {
-            return Err(format!(
-                "invalid sslmode {value:?}; use one of {}",
-                SSL_MODES.join(", ")
-            ));
-        }
-        if !TLS_PARAMS.contains(&name) {
-            kept.push(param);
-        }
-    }
-    let stripped = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    tokio_postgres::Config::from_str(&stripped).map_err(|error| {
-        // The source is the specific reason; the outer text only says "invalid connection string".
-        std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string)
-    })?;
-    Ok(())
-}
-
-/// Refuses a user name or password that holds URL delimiters unencoded. walhook's own parser
-/// copes with some of them, but libpq (psql, `pg_recvlogical`, the DBA's tools) reads such a
-/// URL differently, and the redaction of errors could then miss the password.
-fn check_userinfo(url: &str) -> Result<(), String> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    // libpq ends the authority at the first '/', and the user info at an '@' before it.
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path_before_query = &path[..path.find('?').unwrap_or(path.len())];
-    let mangled = match authority.rfind('@') {
-        Some(at) => authority[..at].contains(['@', '?', '#']),
-        // "u:p/ss@h/db": the '/' in the password ended the authority early.
-        None => path_before_query.contains('@'),
-    };
-    if mangled {
-        return Err(
-            "the user name or password contains '@', '/', '?' or '#'; percent-encode them \
-             ('@' as %40, '/' as %2F, '?' as %3F, '#' as %23)"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,62 +319,5 @@ mod tests {
         assert!(check_webhook_url("http://exa mple.com").is_err());
         assert!(check_webhook_url("http://[::zz]/").is_err());
         assert!(check_webhook_url("http://bad_host/").is_err());
-    }
-
-    #[test]
-    fn postgres_urls() {
-        assert_eq!(
-            check_postgres_url("postgres://walhook:pw@erp-db:5432/erp?sslmode=verify-full"),
-            Ok(())
-        );
-        assert_eq!(
-            check_postgres_url("postgresql:///erp?host=/run/postgresql"),
-            Ok(())
-        );
-        assert_eq!(
-            check_postgres_url("mysql://h/db"),
-            Err("must start with postgres:// or postgresql://".into())
-        );
-        assert!(check_postgres_url("postgres://h/db?sslmode=maybe")
-            .unwrap_err()
-            .starts_with("invalid sslmode \"maybe\""));
-        assert_eq!(
-            check_postgres_url("postgres://h/db?bogus=1"),
-            Err("unknown option `bogus`".into())
-        );
-        assert_eq!(
-            check_postgres_url("postgres://u:secret@h:port/db"),
-            Err("invalid value for option `port`".into())
-        );
-    }
-
-    #[test]
-    fn sslmode_allow_is_refused_as_the_connection_would_refuse_it() {
-        let said = check_postgres_url("postgres://h/db?sslmode=allow").unwrap_err();
-        assert_eq!(
-            said,
-            "sslmode=allow is not supported; use sslmode=prefer or sslmode=disable"
-        );
-        let parsed = crate::source::conninfo::ConnInfo::parse("postgres://h/db?sslmode=allow");
-        assert!(parsed.unwrap_err().to_string().contains("not supported"));
-    }
-
-    #[test]
-    fn a_password_with_url_delimiters_asks_for_percent_encoding() {
-        for url in [
-            "postgres://u:p#Zq9@h/db",
-            "postgres://u:p?Zq9@h/db",
-            "postgres://u:p/Zq9@h/db",
-            "postgres://u:p@Zq9@h/db",
-        ] {
-            let said = check_postgres_url(url).unwrap_err();
-            assert!(said.contains("percent-encode"), "{url}: {said}");
-            assert!(
-                !said.contains("Zq9"),
-                "{url}: the error quotes the password: {said}"
-            );
-        }
-        assert_eq!(check_postgres_url("postgres://u:p%23s%3F%40@h/db"), Ok(()));
-        assert_eq!(check_postgres_url("postgres://h/db?options=a@b"), Ok(()));
     }
 }

@@ -13,13 +13,14 @@ use super::model::{
     Config, DeliveryConfig, HttpConfig, ObjectConfig, OutboxConfig, SourceConfig, TableName,
     DEFAULT_RETRY_SCHEDULE,
 };
-use super::net::{check_postgres_url, parse_allowed_network};
+use super::net::parse_allowed_network;
 use super::raw::{
     RawConfig, RawDelivery, RawDuration, RawHttp, RawObject, RawOutbox, RawSize, RawSource,
 };
 use super::secret::{redact_postgres_url, Secret};
 use super::subscription::check_subscription;
 use super::units::{parse_duration, parse_size};
+use crate::pg::ConnInfo;
 
 /// Builds the validated config, or returns every finding in file order.
 ///
@@ -53,20 +54,22 @@ pub(crate) fn validate(
         })
         .collect();
 
-    if checker.findings.is_empty() {
-        Ok(Config {
+    match source {
+        // No finding means the source URL parsed, so the source is there.
+        Some(source) if checker.findings.is_empty() => Ok(Config {
             source,
             outbox,
             http,
             delivery,
             objects,
             subscriptions,
-        })
-    } else {
-        let mut findings = checker.findings;
-        // Stable sort: problems on one line keep the order in which they were found.
-        findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
-        Err(findings)
+        }),
+        _ => {
+            let mut findings = checker.findings;
+            // Stable sort: problems on one line keep the order in which they were found.
+            findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
+            Err(findings)
+        }
     }
 }
 
@@ -170,31 +173,33 @@ impl Checker<'_, '_> {
         Some(list)
     }
 
-    fn source(&mut self, raw: RawSource, url_override: Option<String>) -> SourceConfig {
-        let url = match (url_override, raw.url) {
+    /// `[source]`; `None` when its URL is missing or does not parse (a finding says which).
+    fn source(&mut self, raw: RawSource, url_override: Option<String>) -> Option<SourceConfig> {
+        let (url, conninfo) = match (url_override, raw.url) {
             (Some(url), _) => {
-                if let Err(reason) = check_postgres_url(&url) {
+                let conninfo = ConnInfo::parse_url(&url).map_err(|e| {
                     let finding = self.doc.file_finding(
                         "source.url (from WALHOOK_SOURCE_URL)",
                         format!(
-                            "invalid Postgres URL {:?}: {reason}",
-                            redact_postgres_url(&url)
+                            "invalid Postgres URL {:?}: {}",
+                            redact_postgres_url(&url),
+                            e.reason()
                         ),
                     );
                     self.findings.push(finding);
-                }
-                url
+                });
+                (url, conninfo.ok())
             }
             (None, Some(url)) => {
-                self.postgres_url(&url, "source.url");
-                url
+                let conninfo = self.postgres_url(&url, "source.url");
+                (url, conninfo)
             }
             (None, None) => {
                 self.error(
                     "source",
                     "missing key \"url\"; set it here or in the WALHOOK_SOURCE_URL environment variable",
                 );
-                String::new()
+                (String::new(), None)
             }
         };
         let slot = raw.slot.unwrap_or_else(|| "walhook".to_owned());
@@ -222,19 +227,21 @@ impl Checker<'_, '_> {
             "source.heartbeat",
             Duration::from_secs(30),
         );
-        SourceConfig {
+        Some(SourceConfig {
             url: Secret::new(url),
+            conninfo: conninfo?,
             slot,
             publication,
             max_retained_wal,
             heartbeat,
-        }
+        })
     }
 
     fn outbox(&mut self, raw: RawOutbox) -> OutboxConfig {
-        if let Some(url) = &raw.url {
-            self.postgres_url(url, "outbox.url");
-        }
+        let conninfo = raw
+            .url
+            .as_deref()
+            .and_then(|url| self.postgres_url(url, "outbox.url"));
         let schema = raw.schema.unwrap_or_else(|| "walhook".to_owned());
         self.identifier(&schema, "outbox.schema", true);
         let retention = self.positive_duration(
@@ -244,6 +251,7 @@ impl Checker<'_, '_> {
         );
         OutboxConfig {
             url: raw.url.map(Secret::new),
+            conninfo,
             schema,
             retention,
         }
@@ -370,13 +378,20 @@ impl Checker<'_, '_> {
         redact_postgres_url(self.doc.written(path).unwrap_or(url))
     }
 
-    fn postgres_url(&mut self, url: &str, path: &str) {
-        if let Err(reason) = check_postgres_url(url) {
-            let message = format!(
-                "invalid Postgres URL {:?}: {reason}",
-                self.display_url(url, path)
-            );
-            self.error(path, message);
+    /// The connection a Postgres URL at `path` names, parsed once here so every command
+    /// connects with what the config accepted; `None` after recording why not.
+    fn postgres_url(&mut self, url: &str, path: &str) -> Option<ConnInfo> {
+        match ConnInfo::parse_url(url) {
+            Ok(conninfo) => Some(conninfo),
+            Err(e) => {
+                let message = format!(
+                    "invalid Postgres URL {:?}: {}",
+                    self.display_url(url, path),
+                    e.reason()
+                );
+                self.error(path, message);
+                None
+            }
         }
     }
 

@@ -23,9 +23,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::startup::StartupError;
-use crate::source::conninfo::ConnInfo;
-use crate::source::setup::{advisory_key, server_message};
-use crate::source::tls;
+use crate::pg;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::server_message;
+use crate::source::setup::advisory_key;
 
 /// How often a standby tries to take the lock.
 pub(super) const RETRY: Duration = Duration::from_secs(1);
@@ -140,8 +141,8 @@ pub(super) async fn acquire(outbox: &ConnInfo, what: &str) -> Result<ActiveLock,
 /// this process vanishes.
 async fn lock_session(
     outbox: &ConnInfo,
-) -> Result<(Client, JoinHandle<Option<String>>), tls::ConnectError> {
-    let (client, ended) = tls::connect_sql_watched(outbox).await?;
+) -> Result<(Client, JoinHandle<Option<String>>), pg::ConnectError> {
+    let (client, ended) = pg::connect_sql_watched(outbox).await?;
     for setting in SESSION_SETTINGS {
         if let Err(e) = client.batch_execute(setting).await {
             tracing::debug!("lock session: {setting}: {}", server_message(&e));

@@ -24,8 +24,8 @@ use crate::health::Health;
 use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
-use crate::source::conninfo::ConnInfo;
-use crate::source::{tls, Lsn};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{self, Lsn};
 
 /// Source transactions that may share one outbox transaction.
 const GROUP_TRANSACTIONS: usize = 1_000;
@@ -50,7 +50,7 @@ pub enum SessionError {
     Outbox(#[from] OutboxError),
     /// A connection could not be opened.
     #[error(transparent)]
-    Connect(#[from] tls::ConnectError),
+    Connect(#[from] pg::ConnectError),
     /// The configured tables' OIDs could not be looked up.
     #[error("looking up the OIDs of the configured tables: {0}")]
     Bind(Box<StartupError>),
@@ -336,11 +336,11 @@ struct Opened {
 impl Session<'_> {
     /// Connects to the outbox and the source and starts streaming after the checkpoint.
     async fn open(&self, config: &Config) -> Result<Opened, SessionError> {
-        let outbox_client = tls::connect_sql(self.outbox).await?;
+        let outbox_client = pg::connect_sql(self.outbox).await?;
         let writer =
             OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
         let checkpoint = writer.checkpoint().unwrap_or(Lsn::ZERO);
-        let catalog = tls::connect_sql(self.source).await?;
+        let catalog = pg::connect_sql(self.source).await?;
         let options = ReaderOptions {
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),

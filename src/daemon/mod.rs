@@ -24,8 +24,8 @@ use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::{self, DispatchError};
 use crate::health::{self as sampler, Health};
 use crate::metrics::Metrics;
+use crate::pg::conninfo::ConnInfo;
 use crate::server::{self, ServeError, ServerState};
-use crate::source::conninfo::ConnInfo;
 
 pub use startup::StartupError;
 
@@ -102,11 +102,8 @@ pub async fn run_until(
     // SIGHUP would end a standby (its default action) before the reload watch exists.
     let hangup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
     let matcher = Matcher::new(&config)?;
-    let source = ConnInfo::parse(config.source.url.expose()).map_err(StartupError::from)?;
-    let outbox = match &config.outbox.url {
-        Some(url) => ConnInfo::parse(url.expose()).map_err(StartupError::from)?,
-        None => source.clone(),
-    };
+    let source = config.source.conninfo.clone();
+    let outbox = config.outbox_conninfo().clone();
     let what = active::lock_name(&config.outbox.schema, &config.source.slot);
     let mut lock = tokio::select! {
         lock = active::acquire(&outbox, &what) => lock?,

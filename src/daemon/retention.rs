@@ -12,8 +12,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::config::{format_duration, Config};
 use crate::metrics::Metrics;
 use crate::outbox::retention::{Batch, Removed, Retention, Step, BATCH};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::client::OpenError;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{Reconnecting, Session};
 
 /// The first run, after start.
 const FIRST_RUN: Duration = Duration::from_secs(5);
@@ -34,10 +35,9 @@ pub(super) fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut task = Task {
-            outbox,
             config,
             metrics,
-            db: None,
+            db: Reconnecting::new(outbox),
         };
         let mut next = Instant::now() + FIRST_RUN;
         loop {
@@ -55,10 +55,15 @@ pub(super) fn spawn(
 }
 
 struct Task {
-    outbox: ConnInfo,
     config: watch::Receiver<Arc<Config>>,
     metrics: Arc<Metrics>,
-    db: Option<Retention>,
+    db: Reconnecting<Retention>,
+}
+
+impl Session for Retention {
+    fn is_closed(&self) -> bool {
+        Retention::is_closed(self)
+    }
 }
 
 impl Task {
@@ -68,23 +73,21 @@ impl Task {
             let config = self.config.borrow();
             (config.outbox.schema.clone(), config.outbox.retention)
         };
-        if self.db.as_ref().is_none_or(Retention::is_closed) {
-            self.db = None;
-            let connected = match tls::connect_sql(&self.outbox).await {
-                Ok(client) => Retention::new(client, &schema)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("outbox retention: {e}")),
-            };
-            match connected {
-                Ok(db) => self.db = Some(db),
-                Err(e) => {
-                    tracing::warn!("{e}; trying again in {}", format_duration(EVERY));
-                    return;
-                }
+        let connected = self
+            .db
+            .get_with(|client| Retention::new(client, &schema))
+            .await;
+        let db = match connected {
+            Ok(db) => db,
+            Err(e) => {
+                let e = match e {
+                    OpenError::Connect(e) => format!("outbox retention: {e}"),
+                    OpenError::Setup(e) => e.to_string(),
+                };
+                tracing::warn!("{e}; trying again in {}", format_duration(EVERY));
+                return;
             }
-        }
-        let db = self.db.as_mut().expect("connected above");
+        };
         let mut total = Removed::default();
         let mut lost = false;
         'steps: for step in [Step::Deliveries, Step::Attempts] {
@@ -116,7 +119,7 @@ impl Task {
             }
         }
         if lost {
-            self.db = None;
+            self.db.reset();
         }
         if !total.is_empty() {
             tracing::info!(

@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use crate::config::format_size;
 use crate::outbox::checkpoint::{self, claim_checkpoint};
-use crate::source::conninfo::ConnInfo;
+use crate::pg::ConnInfo;
 use crate::source::setup::SetupError;
 use crate::source::slot::{create_slot, slot_state, source_id, SlotState};
 

@@ -7,10 +7,10 @@ use super::slot::ensure_slot;
 use crate::capture::matcher::{needs_old_values, Matcher};
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
-use crate::source::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::{self, ConnectError};
 use crate::source::publication::{self, PublicationChange};
 use crate::source::slot::{self, SlotState};
-use crate::source::tls::{self, ConnectError};
 use crate::source::SetupError;
 
 /// Why the daemon could not start.
@@ -90,8 +90,8 @@ pub(super) async fn prepare(
     outbox: &ConnInfo,
     setup: bool,
 ) -> Result<(), StartupError> {
-    let catalog = tls::connect_sql(source).await?;
-    let outbox_client = tls::connect_sql(outbox).await?;
+    let catalog = pg::connect_sql(source).await?;
+    let outbox_client = pg::connect_sql(outbox).await?;
     if setup {
         crate::source::preflight::preflight(&catalog, config).await?;
         for line in migrate(&outbox_client, &config.outbox.schema)
@@ -137,7 +137,7 @@ async fn release_leases(
         .await
         .map_err(|e| StartupError::Leases {
             schema: schema.clone(),
-            message: crate::source::setup::server_message(&e),
+            message: crate::pg::error::server_message(&e),
         })?;
     if released > 0 {
         tracing::info!(

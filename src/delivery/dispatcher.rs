@@ -18,8 +18,8 @@ use super::worker::{Control, Worker};
 use crate::config::{AllowedNetwork, Config, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg;
+use crate::pg::conninfo::ConnInfo;
 
 /// Completions written together at most.
 const COMPLETION_BATCH: usize = 512;
@@ -121,7 +121,7 @@ impl Queues {
             return Ok(queue.clone());
         }
         *current = None;
-        let client = tls::connect_sql(&self.outbox).await?;
+        let client = pg::connect_sql(&self.outbox).await?;
         let queue = Arc::new(DeliveryQueue::new(client, &self.schema).await?);
         *current = Some(queue.clone());
         Ok(queue)

@@ -20,9 +20,8 @@ use crate::capture::envelope::serialise;
 use crate::capture::render::Rendering;
 use crate::config::{Config, Operation, SubscriptionConfig, Target};
 use crate::outbox::attempts::{self, TestAttempt};
-use crate::pg::{quote_ident, quote_table};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::{self, quote_ident, quote_table};
 
 /// Why `walhook test` could not send its request.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +119,7 @@ pub async fn send_test(
     policy: &NetworkPolicy,
     before_send: impl FnOnce(&str, &[u8], Option<&Target>),
 ) -> Result<TestSent, TestError> {
-    let source = connect(config.source.url.expose(), "source.url").await?;
+    let source = connect(&config.source.conninfo, "source.url").await?;
     let (event_key, values) = match key {
         Some(key) => real_row(&source, sub, key).await?,
         None => synthetic_row(&source, sub).await?,
@@ -146,13 +145,11 @@ pub async fn send_test(
     before_send(&event_id, &body, target.as_ref());
     let attempt = sender::send(client, policy, sub, target.as_ref(), &event_id, &body).await;
 
-    let not_recorded = match &config.outbox.url {
-        Some(url) if url.expose() != config.source.url.expose() => {
-            match connect(url.expose(), "outbox.url").await {
-                Ok(outbox) => record(&outbox, &config.outbox.schema, sub, &attempt).await,
-                Err(e) => Err(e.to_string()),
-            }
-        }
+    let not_recorded = match config.separate_outbox() {
+        Some(outbox) => match connect(outbox, "outbox.url").await {
+            Ok(outbox) => record(&outbox, &config.outbox.schema, sub, &attempt).await,
+            Err(e) => Err(e.to_string()),
+        },
         _ => record(&source, &config.outbox.schema, sub, &attempt).await,
     }
     .err();
@@ -166,9 +163,8 @@ pub async fn send_test(
 }
 
 /// A SQL connection; errors name the config key and never the URL (it may hold a password).
-async fn connect(url: &str, key: &str) -> Result<Client, TestError> {
-    let info = ConnInfo::parse(url).map_err(|e| TestError::Failed(format!("{key}: {e}")))?;
-    tls::connect_sql(&info)
+async fn connect(info: &ConnInfo, key: &str) -> Result<Client, TestError> {
+    pg::connect_sql(info)
         .await
         .map_err(|e| TestError::Failed(format!("{key}: {e}")))
 }

@@ -6,9 +6,9 @@
 use tokio_postgres::Client;
 
 use crate::pg::quote_ident;
+use crate::pg::Lsn;
 use crate::source::setup::SetupError;
 use crate::source::slot::SourceId;
-use crate::source::Lsn;
 
 /// Makes the checkpoint of `slot`, if there is one, this source's: a row without a source
 /// (written before migration 0003, or just now by the writer) is claimed; a row of another

@@ -11,8 +11,9 @@
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::Client;
 
+use crate::pg::error::server_message;
 use crate::pg::quote_ident;
-use crate::source::setup::{advisory_key, server_message};
+use crate::source::setup::advisory_key;
 
 /// One file of `sql/`.
 #[derive(Debug, Clone, Copy)]

@@ -4,20 +4,14 @@
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::pg::quote_ident;
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::{self, quote_ident};
 
 /// A connection to the outbox (`outbox.url`, else `source.url`) whose schema holds
 /// `relation`, a table or view of the migrations. Errors name the config key, never the URL
 /// (it may hold a password), and say to run `walhook setup` before the schema exists.
 pub async fn open(config: &Config, relation: &str) -> Result<Client, String> {
-    let (url, key) = match &config.outbox.url {
-        Some(url) => (url.expose(), "outbox.url"),
-        None => (config.source.url.expose(), "source.url"),
-    };
-    let info = ConnInfo::parse(url).map_err(|e| format!("{key}: {e}"))?;
-    let db = tls::connect_sql(&info)
+    let key = config.outbox_key();
+    let db = pg::connect_sql(config.outbox_conninfo())
         .await
         .map_err(|e| format!("{key}: {e}"))?;
     let schema = &config.outbox.schema;

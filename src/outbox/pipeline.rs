@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::writer::{OutboxError, OutboxWriter, Written};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
-use crate::source::Lsn;
+use crate::pg::Lsn;
 
 /// Commands waiting for the writer task: a few spills' worth of rows at most.
 const QUEUED_COMMANDS: usize = 4;

@@ -47,7 +47,7 @@ pub enum QueueError {
     },
     /// The outbox connection could not be opened.
     #[error("outbox: {0}")]
-    Connect(#[from] crate::source::tls::ConnectError),
+    Connect(#[from] crate::pg::ConnectError),
 }
 
 /// What Postgres said (tokio-postgres's own text for a refused statement is "db error").

@@ -110,6 +110,22 @@ pub async fn drop_outbox(
     }
 }
 
+/// `teardown` found deliveries that have not been made yet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{count} {} still pending in schema {schema}; see them with `walhook deliveries \
+     --status pending` (or SELECT * FROM {}.deliveries WHERE status = 'pending'); let \
+     walhook deliver them first, or run `walhook teardown --force` to drop them",
+    if *count == 1 { "delivery is" } else { "deliveries are" },
+    quote_ident(schema)
+)]
+pub struct Pending {
+    /// The outbox schema.
+    pub schema: String,
+    /// How many.
+    pub count: i64,
+}
+
 /// What `teardown` needs to know about the outbox schema before dropping anything.
 pub struct OutboxFacts {
     /// Whether the schema exists.

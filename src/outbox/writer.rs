@@ -16,8 +16,8 @@ use tokio_postgres::Statement;
 
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
+use crate::pg::Lsn;
 use crate::pg::{quote_ident, quote_literal};
-use crate::source::Lsn;
 
 /// Rows buffered in memory before they are written into the open transaction.
 pub const SPILL_ROWS: usize = 2_000;

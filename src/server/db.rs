@@ -10,25 +10,24 @@ use tokio::time::timeout;
 use tokio_postgres::Client;
 
 use super::api::ApiError;
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls;
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::Reconnecting;
 
 /// How long a call waits for the connection, for connecting, and for one database step.
 pub(super) const DB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outbox connection of the admin API.
 pub(super) struct OutboxDb {
-    info: ConnInfo,
-    client: Mutex<Option<Client>>,
+    client: Mutex<Reconnecting>,
 }
 
 /// The connection, held by one call.
-pub(super) struct Conn<'a>(MutexGuard<'a, Option<Client>>);
+pub(super) struct Conn<'a>(MutexGuard<'a, Reconnecting>);
 
 impl Conn<'_> {
     /// The client.
     pub(super) fn client(&mut self) -> &mut Client {
-        self.0.as_mut().expect("connected when handed out")
+        self.0.current().expect("connected when handed out")
     }
 }
 
@@ -36,8 +35,7 @@ impl OutboxDb {
     /// Connects on first use.
     pub(super) fn new(info: ConnInfo) -> Self {
         OutboxDb {
-            info,
-            client: Mutex::new(None),
+            client: Mutex::new(Reconnecting::bounded(info, DB_TIMEOUT)),
         }
     }
 
@@ -49,19 +47,10 @@ impl OutboxDb {
                 DB_TIMEOUT.as_secs()
             ))
         })?;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = None;
-            let client = timeout(DB_TIMEOUT, tls::connect_sql(&self.info))
-                .await
-                .map_err(|_| {
-                    ApiError::database(format!(
-                        "connecting to the outbox: no answer within {}s",
-                        DB_TIMEOUT.as_secs()
-                    ))
-                })?
-                .map_err(|e| ApiError::database(format!("connecting to the outbox: {e}")))?;
-            *guard = Some(client);
-        }
+        guard
+            .get()
+            .await
+            .map_err(|e| ApiError::database(format!("connecting to the outbox: {e}")))?;
         Ok(Conn(guard))
     }
 }

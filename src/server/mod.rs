@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::delivery::network::NetworkPolicy;
 use crate::health::{Health, Sample};
 use crate::metrics::Metrics;
-use crate::source::conninfo::ConnInfo;
+use crate::pg::conninfo::ConnInfo;
 
 /// What the handlers read.
 pub struct ServerState {

@@ -1,16 +1,14 @@
-//! The source side: everything that talks to the Postgres being watched.
+//! The source side: reading the Postgres being watched (connections themselves are `pg`'s).
 //!
 //! `replication` moves bytes over a replication connection and knows nothing of row changes;
 //! `pgoutput` decodes those bytes into typed messages and does no I/O; `value` turns column
 //! text into JSON per the type mapping of SPEC §3, with `types` saying which type is which.
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
-//! `setup` holding what they share (errors, quoting); `preflight` checks the source before
-//! anything is created; `privileges` knows what a role that is not a superuser needs for each
-//! command, and the statement that grants it.
+//! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
+//! source before anything is created; `privileges` knows what a role that is not a superuser
+//! needs for each command, and the statement that grants it.
 
 pub mod columns;
-pub mod conninfo;
-pub mod lsn;
 pub mod pgoutput;
 pub mod preflight;
 pub mod privileges;
@@ -18,9 +16,7 @@ pub mod publication;
 pub mod replication;
 pub mod setup;
 pub mod slot;
-pub mod tls;
 pub mod types;
 pub mod value;
 
-pub use lsn::Lsn;
 pub use setup::SetupError;

@@ -5,25 +5,16 @@
 //! parameters for names, so names are quoted here; values go as parameters wherever they can.
 
 use crate::config::TableName;
-use crate::source::conninfo::ConnInfoError;
+use crate::pg::error::{server_message, ConnectError};
+use crate::pg::Lsn;
 use crate::source::privileges::Refusal;
 use crate::source::replication::ReplicationError;
-use crate::source::tls::ConnectError;
-use crate::source::Lsn;
 
 /// Why setting up (or tearing down) walhook's schema, publication or slot failed. Every
 /// variant says which object it is about, the server's words where there are some, and the
 /// fix where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// A connection string in the config cannot be used.
-    #[error("{key}: {source}")]
-    ConnInfo {
-        /// The config key, `source.url` or `outbox.url`.
-        key: &'static str,
-        /// What is wrong with it.
-        source: ConnInfoError,
-    },
     /// An SQL connection could not be opened.
     #[error("{0}")]
     Connect(#[from] ConnectError),
@@ -150,35 +141,6 @@ impl SetupError {
             SetupError::Sql { code, .. } => code.as_deref(),
             SetupError::Replication { source, .. } => source.code(),
             _ => None,
-        }
-    }
-}
-
-/// The server's message with detail and hint, or for client-side failures (a dropped
-/// connection) the whole error chain.
-pub(crate) fn server_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str("; hint: ");
-                text.push_str(hint);
-            }
-            text
-        }
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
         }
     }
 }

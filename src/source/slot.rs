@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::quote_literal;
-use crate::source::conninfo::ConnInfo;
+use crate::pg::Lsn;
 use crate::source::replication::ReplicationConnection;
 use crate::source::setup::SetupError;
-use crate::source::Lsn;
 
 /// The state of a slot, as far as walhook cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,7 @@ pub async fn create_slot(info: &ConnInfo, name: &str) -> Result<Lsn, SetupError>
 /// cluster, oldest first: what a slot being created for that long is waiting for. `None`
 /// when they cannot be read.
 async fn older_transactions(info: &ConnInfo, age: Duration) -> Option<Vec<String>> {
-    let client = crate::source::tls::connect_sql(info).await.ok()?;
+    let client = crate::pg::connect_sql(info).await.ok()?;
     let rows = client
         .query(
             "SELECT pid, coalesce(datname, '?'), coalesce(state, '?'), \

@@ -10,7 +10,7 @@ use support::{unique, TestDb};
 use walhook::capture::envelope::envelope;
 use walhook::capture::reader::{ReaderOptions, Truncation};
 use walhook::capture::{ChangeReader, Commit, Item, ObjectView};
-use walhook::source::conninfo::ConnInfo;
+use walhook::pg::conninfo::ConnInfo;
 
 /// A reader on a fresh slot and publication for `tables`, created before any change.
 async fn reader_for(db: &TestDb<'_>, tables: &str) -> ChangeReader {

@@ -356,12 +356,12 @@ async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_mo
     use support::outbox::ledger_event as event;
     use walhook::capture::Commit;
     use walhook::outbox::writer::{OutboxError, OutboxWriter};
-    use walhook::source::conninfo::ConnInfo;
-    use walhook::source::{tls, Lsn};
+    use walhook::pg::conninfo::ConnInfo;
+    use walhook::pg::{self, Lsn};
 
     let db = TestDb::new("");
     let info = ConnInfo::parse(&db.url).unwrap();
-    let client = tls::connect_sql(&info).await.unwrap();
+    let client = pg::connect_sql(&info).await.unwrap();
     walhook::outbox::migrate::migrate(&client, "walhook")
         .await
         .unwrap();
@@ -370,10 +370,10 @@ async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_mo
         time: 0,
         xid: 1,
     };
-    let mut old = OutboxWriter::new(tls::connect_sql(&info).await.unwrap(), "walhook", "s")
+    let mut old = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
         .await
         .unwrap();
-    let mut new = OutboxWriter::new(tls::connect_sql(&info).await.unwrap(), "walhook", "s")
+    let mut new = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
         .await
         .unwrap();
     assert_eq!(new.checkpoint(), None);
@@ -394,7 +394,7 @@ async fn an_outbox_writer_refuses_to_commit_over_a_checkpoint_another_process_mo
     );
 
     // A writer that starts from the checkpoint as it is carries on.
-    let mut next = OutboxWriter::new(tls::connect_sql(&info).await.unwrap(), "walhook", "s")
+    let mut next = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
         .await
         .unwrap();
     assert_eq!(next.checkpoint(), Some("0/100".parse().unwrap()));

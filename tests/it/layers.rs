@@ -65,7 +65,9 @@ fn imports(text: &str) -> BTreeSet<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            found.insert(name);
+            if !name.is_empty() {
+                found.insert(name);
+            }
         }
     }
     found

@@ -8,8 +8,8 @@ use support::TestDb;
 use walhook::capture::Commit;
 use walhook::outbox::pipeline::OutboxPipeline;
 use walhook::outbox::writer::{OutboxError, OutboxWriter};
-use walhook::source::conninfo::ConnInfo;
-use walhook::source::{tls, Lsn};
+use walhook::pg::conninfo::ConnInfo;
+use walhook::pg::{self, Lsn};
 
 fn lsn(text: &str) -> Lsn {
     text.parse().unwrap()
@@ -25,11 +25,11 @@ fn commit(at: &str) -> Commit {
 
 async fn writer(db: &TestDb<'_>) -> OutboxWriter {
     let info = ConnInfo::parse(&db.url).unwrap();
-    let client = tls::connect_sql(&info).await.unwrap();
+    let client = pg::connect_sql(&info).await.unwrap();
     walhook::outbox::migrate::migrate(&client, "walhook")
         .await
         .unwrap();
-    OutboxWriter::new(tls::connect_sql(&info).await.unwrap(), "walhook", "s")
+    OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
         .await
         .unwrap()
 }

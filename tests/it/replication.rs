@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::{cluster, unique, TestDb};
 use walhook::ephemeral::{self, EphemeralPostgres, Options};
-use walhook::source::conninfo::ConnInfo;
+use walhook::pg::conninfo::ConnInfo;
+use walhook::pg::Lsn;
+use walhook::pg::{connect_sql, ConnectError};
 use walhook::source::replication::{
     AuthMethod, ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
-use walhook::source::tls::{connect_sql, ConnectError};
-use walhook::source::Lsn;
 
 /// Upper bound for anything that should take milliseconds, so a bug fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(20);

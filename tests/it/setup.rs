@@ -10,12 +10,13 @@ use support::{config_file, run_walhook, unique, ConfigFile, Finished, SlotGuard,
 use walhook::config::TableName;
 
 use walhook::outbox::migrate::{latest_version, migrate, MIGRATIONS};
-use walhook::source::conninfo::ConnInfo;
+use walhook::pg::connect_sql;
+use walhook::pg::conninfo::ConnInfo;
+use walhook::pg::Lsn;
 use walhook::source::publication::sync_publication;
 use walhook::source::replication::ReplicationConnection;
 use walhook::source::slot::{create_slot, drop_slot, slot_state, SlotState};
-use walhook::source::tls::connect_sql;
-use walhook::source::{Lsn, SetupError};
+use walhook::source::SetupError;
 
 const ERP: &str = "
 CREATE TABLE account_invoice (id int PRIMARY KEY, number text, partner_id int, state text);

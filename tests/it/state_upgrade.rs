@@ -11,8 +11,8 @@ use crate::support::{start_daemon, wait_until, Subscriber, TestDb};
 use walhook::capture::matcher::RoutedEvent;
 use walhook::capture::Commit;
 use walhook::outbox::writer::OutboxWriter;
-use walhook::source::conninfo::ConnInfo;
-use walhook::source::tls;
+use walhook::pg;
+use walhook::pg::conninfo::ConnInfo;
 
 /// Generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -22,11 +22,11 @@ const LEDGER: &str = "CREATE TABLE ledger (id int PRIMARY KEY, amount int);";
 /// Migrates the outbox and writes one event for each of `subscriptions`, as capture would.
 async fn write_pending(db: &TestDb<'_>, subscriptions: &[&str]) {
     let info = ConnInfo::parse(&db.url).unwrap();
-    let client = tls::connect_sql(&info).await.unwrap();
+    let client = pg::connect_sql(&info).await.unwrap();
     walhook::outbox::migrate::migrate(&client, "walhook")
         .await
         .unwrap();
-    let mut writer = OutboxWriter::new(tls::connect_sql(&info).await.unwrap(), "walhook", "s")
+    let mut writer = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
         .await
         .unwrap();
     let commit = Commit {

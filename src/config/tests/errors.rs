@@ -781,3 +781,34 @@ timeout = "fast"
         ("walhook.toml", Some(11), "delivery.timeout")
     );
 }
+
+// The config holds the parsed connection (`pg::ConnInfo`): whatever connecting would refuse is
+// refused here, at the line, instead of after the config loaded.
+
+#[test]
+fn an_outbox_url_with_sslmode_allow_or_another_bad_value_is_refused_at_load_with_its_line() {
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp\"\n[outbox]\nurl = \"postgres://db/ob?sslmode=allow\"\n"),
+        "walhook.toml:4: outbox.url: invalid Postgres URL \"postgres://db/ob?sslmode=allow\": sslmode=allow is not supported; use sslmode=prefer or sslmode=disable"
+    );
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp\"\n[outbox]\nurl = \"postgres://db/ob?sslmode=on\"\n"),
+        "walhook.toml:4: outbox.url: invalid Postgres URL \"postgres://db/ob?sslmode=on\": invalid sslmode \"on\"; \
+         use one of disable, prefer, require, verify-ca, verify-full"
+    );
+}
+
+#[test]
+fn tls_settings_that_only_failed_at_connect_are_refused_at_load() {
+    assert_eq!(
+        error("[source]\nurl = \"postgres://db/erp?sslrootcert=system&sslmode=require\"\n"),
+        "walhook.toml:2: source.url: invalid Postgres URL \"postgres://db/erp?sslrootcert=system&sslmode=require\": \
+         sslrootcert=system needs sslmode=verify-full, not sslmode=require: any certificate from a public CA would \
+         pass otherwise"
+    );
+    assert_eq!(
+        error("[source]\nurl = \"postgres://u:${PGPASSWORD}@db/erp?sslcert=/c.pem\"\n"),
+        "walhook.toml:2: source.url: invalid Postgres URL \"postgres://u:***@db/erp?sslcert=/c.pem\": \
+         sslcert is set but sslkey is not: give both (the client certificate and its private key)"
+    );
+}

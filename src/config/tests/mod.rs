@@ -720,3 +720,30 @@ fn dead_on_status_is_kept_in_file_order() {
         .dead_on_status
         .is_empty());
 }
+
+#[test]
+fn every_url_the_config_accepts_is_the_connection_walhook_makes() {
+    for url in [
+        "postgres://walhook:pg-pass-123@erp-db:5432/erp?sslmode=verify-full",
+        "postgres://walhook@db/erp",
+        "postgres://outbox:pw@other/ob",
+        "postgres://ops:override@db2/erp",
+        "postgresql:///erp?host=/run/postgresql&user=walhook",
+        "postgres://u:p%23s%3F%40@h/db",
+        "postgres://h/db?options=a@b&user=x",
+        "postgres://a@h1:5433,h2:5434/erp?sslmode=verify-ca&sslrootcert=/etc/ca.pem\
+         &application_name=cdc&connect_timeout=7",
+        "postgres://a@h/erp?sslmode=require&sslcert=/c.pem&sslkey=/k.pem",
+    ] {
+        let text = MINIMAL.replace(
+            "url = \"postgres://walhook@db/erp\"",
+            &format!("url = \"{url}\"\n[outbox]\nurl = \"{url}\""),
+        );
+        let config = load(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let connected = crate::pg::ConnInfo::parse(url).unwrap();
+        for held in [&config.source.conninfo, config.outbox_conninfo()] {
+            assert_eq!(held.to_string(), connected.to_string(), "{url}");
+            assert_eq!(held.password(), connected.password(), "{url}");
+        }
+    }
+}

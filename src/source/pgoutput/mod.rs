@@ -12,7 +12,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::source::Lsn;
+use crate::pg::Lsn;
 
 #[cfg(test)]
 mod tests;

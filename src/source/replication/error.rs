@@ -4,10 +4,8 @@
 use std::io;
 use std::time::Duration;
 
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::ErrorResponseBody;
-
-use crate::source::tls::TlsError;
+use crate::pg::error::{auth_message, detail_and_hint, fix_for, ServerMessage};
+use crate::pg::tls::TlsError;
 
 /// An error on a replication connection.
 #[derive(Debug, thiserror::Error)]
@@ -131,120 +129,21 @@ impl ReplicationError {
     }
 }
 
-/// The fields of an ErrorResponse that walhook uses.
-#[derive(Debug, Default)]
-pub(crate) struct ServerMessage {
-    pub(crate) code: String,
-    pub(crate) message: String,
-    pub(crate) detail: Option<String>,
-    pub(crate) hint: Option<String>,
-}
-
-impl ServerMessage {
-    /// Reads the fields of an ErrorResponse or NoticeResponse body.
-    pub(crate) fn parse(body: &ErrorResponseBody) -> ServerMessage {
-        let mut out = ServerMessage::default();
-        let mut fields = body.fields();
-        // A malformed field list still leaves whatever was read before it; the error itself
-        // is what the user needs to see.
-        while let Ok(Some(field)) = fields.next() {
-            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-            match field.type_() {
-                b'C' => out.code = value,
-                b'M' => out.message = value,
-                b'D' => out.detail = Some(value),
-                b'H' => out.hint = Some(value),
-                _ => {}
-            }
-        }
-        out
+/// Turns a server's ErrorResponse into the error for `context`; authentication failures
+/// become `Auth`.
+pub(crate) fn server_error(msg: ServerMessage, context: &str, user: &str) -> ReplicationError {
+    // Class 28 is "invalid authorization specification": wrong password, no pg_hba entry.
+    if msg.code.starts_with("28") {
+        return ReplicationError::Auth {
+            user: user.to_owned(),
+            message: auth_message(&msg.message, user),
+        };
     }
-
-    /// Turns the message into the error for `context`; authentication failures become `Auth`.
-    pub(crate) fn into_error(self, context: &str, user: &str) -> ReplicationError {
-        // Class 28 is "invalid authorization specification": wrong password, no pg_hba entry.
-        if self.code.starts_with("28") {
-            return ReplicationError::Auth {
-                user: user.to_owned(),
-                message: auth_message(&self.message, user),
-            };
-        }
-        ReplicationError::Server {
-            context: context.to_owned(),
-            code: self.code,
-            message: self.message,
-            detail: self.detail,
-            hint: self.hint,
-        }
-    }
-}
-
-/// The server's authentication failure, with the fix appended.
-pub(crate) fn auth_message(server_message: &str, user: &str) -> String {
-    if server_message.contains("pg_hba.conf") {
-        format!(
-            "{server_message}; add a pg_hba.conf line that lets user {user} connect from here \
-             (a logical replication connection matches the database name, not the keyword \
-             `replication`) and reload Postgres"
-        )
-    } else if server_message.contains("password") {
-        format!("{server_message}; check the user and password in the connection string")
-    } else if server_message.contains("does not exist") {
-        format!("{server_message}; create the role, or fix user in the connection string")
-    } else {
-        server_message.to_owned()
-    }
-}
-
-/// The error for a server that wants a password the connection string does not have.
-pub(crate) fn missing_password_message(user: &str) -> String {
-    format!(
-        "the server asks for a password for user {user} but the connection string has none; \
-         add password=… to it (or ${{VAR}} in the config to take it from the environment)"
-    )
-}
-
-/// `: detail; hint: …` when the server gave them.
-pub(crate) fn detail_and_hint(detail: &Option<String>, hint: &Option<String>) -> String {
-    let mut out = String::new();
-    if let Some(d) = detail {
-        out.push_str(": ");
-        out.push_str(d);
-    }
-    if let Some(h) = hint {
-        out.push_str("; hint: ");
-        out.push_str(h);
-    }
-    out
-}
-
-/// What to do about the server errors a CDC daemon meets, appended to the server's words.
-pub(crate) fn fix_for(code: &str, message: &str) -> &'static str {
-    match code {
-        "55006" => {
-            "; another client (another walhook?) is streaming from this slot: stop it, or wait \
-             for it to disconnect; walhook retries"
-        }
-        "42704" if message.contains("replication slot") => {
-            "; the slot is gone: if it was dropped behind walhook's back, changes since then are \
-             lost; recreate it deliberately with `walhook setup --recreate-slot`"
-        }
-        "42704" if message.contains("publication") => {
-            "; create the publication (walhook setup does), or fix its name in the config"
-        }
-        "42501" => {
-            "; the role needs the REPLICATION attribute: ALTER ROLE … REPLICATION (or connect as \
-             a superuser)"
-        }
-        "55000" if message.contains("wal_level") => {
-            "; set wal_level = logical in postgresql.conf and restart Postgres"
-        }
-        "53400" => {
-            "; raise max_replication_slots / max_wal_senders in postgresql.conf (restart \
-             needed), or drop unused slots"
-        }
-        "53300" => "; raise max_wal_senders or max_connections, or close idle connections",
-        "3D000" => "; create the database, or fix dbname in the connection string",
-        _ => "",
+    ReplicationError::Server {
+        context: context.to_owned(),
+        code: msg.code,
+        message: msg.message,
+        detail: msg.detail,
+        hint: msg.hint,
     }
 }

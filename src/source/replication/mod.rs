@@ -16,15 +16,15 @@ use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 
 pub use error::ReplicationError;
-pub(crate) use error::{auth_message, detail_and_hint, fix_for, missing_password_message};
 pub use stream::{ReplicationMessage, ReplicationStream, DEFAULT_STATUS_INTERVAL};
 pub use wire::{AuthMethod, SESSION_SETTINGS};
 
-use self::error::ServerMessage;
+use self::error::server_error;
 use self::wire::{log_notice, Frame, Session, Wire};
-use crate::source::conninfo::{ConnInfo, Target};
-use crate::source::tls::{self, OpenError, TlsConnector};
-use crate::source::Lsn;
+use crate::pg::conninfo::{ConnInfo, Target};
+use crate::pg::error::ServerMessage;
+use crate::pg::tls::{self, OpenError, TlsConnector};
+use crate::pg::Lsn;
 
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +211,11 @@ impl ReplicationConnection {
                 Frame::Message(Message::NoticeResponse(n)) => log_notice(&n),
                 Frame::Message(Message::ErrorResponse(body)) => {
                     // Keep reading: the connection is usable again after ReadyForQuery.
-                    error = Some(ServerMessage::parse(&body).into_error(&context, &self.wire.user));
+                    error = Some(server_error(
+                        ServerMessage::parse(&body),
+                        &context,
+                        &self.wire.user,
+                    ));
                 }
                 Frame::Message(Message::ReadyForQuery(_)) => {
                     return match error {
@@ -305,7 +309,11 @@ impl ReplicationConnection {
                 Frame::Message(Message::NoticeResponse(n)) => log_notice(&n),
                 Frame::Message(Message::ParameterStatus(_)) => {}
                 Frame::Message(Message::ErrorResponse(body)) => {
-                    return Err(ServerMessage::parse(&body).into_error(CONTEXT, &self.wire.user));
+                    return Err(server_error(
+                        ServerMessage::parse(&body),
+                        CONTEXT,
+                        &self.wire.user,
+                    ));
                 }
                 other => {
                     return Err(ReplicationError::Protocol {

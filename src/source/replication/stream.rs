@@ -7,9 +7,10 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::time::Instant;
 
-use super::error::{ReplicationError, ServerMessage};
+use super::error::{server_error, ReplicationError};
 use super::wire::{log_notice, Frame, Wire};
-use crate::source::Lsn;
+use crate::pg::error::ServerMessage;
+use crate::pg::Lsn;
 
 /// How often a status update goes out when nothing else prompts one (as pg_recvlogical).
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -197,7 +198,11 @@ impl ReplicationStream {
                 Frame::Message(Message::NoticeResponse(n)) => log_notice(&n),
                 Frame::Message(Message::ReadyForQuery(_)) => break,
                 Frame::Message(Message::ErrorResponse(body)) => {
-                    return Err(ServerMessage::parse(&body).into_error(CONTEXT, &self.wire.user));
+                    return Err(server_error(
+                        ServerMessage::parse(&body),
+                        CONTEXT,
+                        &self.wire.user,
+                    ));
                 }
                 other => {
                     return Err(ReplicationError::Protocol {
@@ -234,7 +239,11 @@ impl ReplicationStream {
             }
             Frame::Message(Message::ParameterStatus(_)) => return Ok(None),
             Frame::Message(Message::ErrorResponse(body)) => {
-                return Err(ServerMessage::parse(&body).into_error(CONTEXT, &self.wire.user));
+                return Err(server_error(
+                    ServerMessage::parse(&body),
+                    CONTEXT,
+                    &self.wire.user,
+                ));
             }
             other => {
                 return Err(ReplicationError::Protocol {

@@ -15,9 +15,10 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
-use super::error::{missing_password_message, ReplicationError, ServerMessage};
-use crate::source::conninfo::ConnInfo;
-use crate::source::tls::PgStream;
+use super::error::{server_error, ReplicationError};
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::{missing_password_message, ServerMessage};
+use crate::pg::tls::PgStream;
 
 /// The largest frame accepted. The walsender builds each message in a `StringInfo`, which
 /// Postgres caps at 1 GB, so anything larger is a corrupt or hostile stream.
@@ -270,7 +271,7 @@ impl Wire {
                 Frame::Message(Message::NoticeResponse(n)) => log_notice(&n),
                 Frame::Message(Message::ErrorResponse(e)) => {
                     let context = format!("connecting to {}", self.target);
-                    return Err(ServerMessage::parse(&e).into_error(&context, &self.user));
+                    return Err(server_error(ServerMessage::parse(&e), &context, &self.user));
                 }
                 other => {
                     return Err(ReplicationError::Protocol {
@@ -356,7 +357,11 @@ impl Wire {
                 }
                 Message::ErrorResponse(body) => {
                     let context = format!("connecting to {}", self.target);
-                    return Err(ServerMessage::parse(&body).into_error(&context, &self.user));
+                    return Err(server_error(
+                        ServerMessage::parse(&body),
+                        &context,
+                        &self.user,
+                    ));
                 }
                 Message::NoticeResponse(n) => {
                     log_notice(&n);

@@ -61,8 +61,8 @@ impl SslMode {
             }
             other => {
                 return Err(ConnInfoError::new(format!(
-                    "invalid sslmode {other:?}: expected disable, prefer, require, verify-ca \
-                     or verify-full"
+                    "invalid sslmode {other:?}; use one of disable, prefer, require, verify-ca, \
+                     verify-full"
                 )))
             }
         })
@@ -161,6 +161,12 @@ impl ConnInfoError {
             message: message.into(),
         }
     }
+
+    /// What is wrong, without the "invalid connection string" in front (the config shows it
+    /// after the redacted URL instead).
+    pub fn reason(&self) -> &str {
+        &self.message
+    }
 }
 
 /// A parsed connection string with every default resolved.
@@ -187,10 +193,28 @@ impl ConnInfo {
         } else {
             extract_from_key_value(s, &mut extra)?
         };
-        let config = tokio_postgres::Config::from_str(&remaining)
+        let config = tokio_postgres::Config::from_str(&remaining).map_err(|e| {
             // tokio-postgres names the key, never the value, so this cannot leak a password.
-            .map_err(|e| ConnInfoError::new(super::tls::error_chain(&e)))?;
+            // Its own text is only "invalid connection string"; the cause is the reason.
+            ConnInfoError::new(
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
+            )
+        })?;
         Self::resolve(config, extra)
+    }
+
+    /// Parses a connection string given as a URL, the only form walhook's config takes, and
+    /// refuses what libpq would read differently (so psql and `pg_recvlogical` connect where
+    /// walhook does): another scheme, or URL delimiters left unencoded in the user name or
+    /// password.
+    pub fn parse_url(url: &str) -> Result<ConnInfo, ConnInfoError> {
+        if !is_url(url) {
+            return Err(ConnInfoError::new(
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        check_userinfo(url)?;
+        ConnInfo::parse(url)
     }
 
     fn resolve(mut config: tokio_postgres::Config, extra: Extra) -> Result<Self, ConnInfoError> {
@@ -421,6 +445,28 @@ impl Extra {
 
 fn is_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// Refuses a user name or password that holds URL delimiters unencoded. [`ConnInfo::parse`]
+/// copes with some of them, but libpq (psql, `pg_recvlogical`, the DBA's tools) reads such a
+/// URL differently, and the redaction of errors could then miss the password.
+fn check_userinfo(url: &str) -> Result<(), ConnInfoError> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    // libpq ends the authority at the first '/', and the user info at an '@' before it.
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path_before_query = &path[..path.find('?').unwrap_or(path.len())];
+    let mangled = match authority.rfind('@') {
+        Some(at) => authority[..at].contains(['@', '?', '#']),
+        // "u:p/ss@h/db": the '/' in the password ended the authority early.
+        None => path_before_query.contains('@'),
+    };
+    if mangled {
+        return Err(ConnInfoError::new(
+            "the user name or password contains '@', '/', '?' or '#'; percent-encode them \
+             ('@' as %40, '/' as %2F, '?' as %3F, '#' as %23)",
+        ));
+    }
+    Ok(())
 }
 
 /// Removes our keys from the URL's query string and returns the URL tokio-postgres can parse.
@@ -776,6 +822,67 @@ mod tests {
         let info = parse("host=h user=u sslrootcert=system");
         assert_eq!(info.sslmode(), SslMode::VerifyFull);
         assert_eq!(info.sslrootcert(), Some(&RootCert::System));
+    }
+
+    #[test]
+    fn a_config_url_is_refused_where_libpq_would_read_it_differently() {
+        let e = |s: &str| ConnInfo::parse_url(s).unwrap_err().reason().to_owned();
+        assert_eq!(
+            e("host=h user=u"),
+            "must start with postgres:// or postgresql://"
+        );
+        assert_eq!(
+            e("mysql://h/db"),
+            "must start with postgres:// or postgresql://"
+        );
+        for url in [
+            "postgres://u:p#Zq9@h/db",
+            "postgres://u:p?Zq9@h/db",
+            "postgres://u:p/Zq9@h/db",
+            "postgres://u:p@Zq9@h/db",
+        ] {
+            let said = e(url);
+            assert!(said.contains("percent-encode"), "{url}: {said}");
+            assert!(
+                !said.contains("Zq9"),
+                "{url}: the error quotes the password: {said}"
+            );
+        }
+        assert!(ConnInfo::parse_url("postgres://u:p%23s%3F%40@h/db").is_ok());
+        assert!(ConnInfo::parse_url("postgres://h/db?options=a@b").is_ok());
+        assert!(ConnInfo::parse_url("postgresql:///erp?host=/run/postgresql").is_ok());
+    }
+
+    #[test]
+    fn config_urls_parse_with_the_reasons_the_config_shows() {
+        let reason = |s: &str| ConnInfo::parse_url(s).unwrap_err().reason().to_owned();
+        assert!(
+            ConnInfo::parse_url("postgres://walhook:pw@erp-db:5432/erp?sslmode=verify-full")
+                .is_ok()
+        );
+        assert!(reason("postgres://h/db?sslmode=maybe").starts_with("invalid sslmode \"maybe\""));
+        assert_eq!(reason("postgres://h/db?bogus=1"), "unknown option `bogus`");
+        assert_eq!(
+            reason("postgres://u:secret@h:port/db"),
+            "invalid value for option `port`"
+        );
+        assert_eq!(
+            reason("postgres://h/db?sslmode=allow"),
+            "sslmode=allow is not supported; use sslmode=prefer or sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn tokio_postgres_reasons_are_not_wrapped_twice() {
+        let e = |s: &str| ConnInfo::parse(s).unwrap_err();
+        assert_eq!(
+            e("postgres://h/db?bogus=1").reason(),
+            "unknown option `bogus`"
+        );
+        assert_eq!(
+            e("postgres://u:secret@h:port/db").to_string(),
+            "invalid connection string: invalid value for option `port`"
+        );
     }
 
     #[test]

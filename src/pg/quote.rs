@@ -1,8 +1,10 @@
 //! Writing SQL text: identifiers and literals quoted the way Postgres' own `quote_ident`
 //! and `quote_literal` do, so that fixes printed for users read naturally
-//! (`ALTER TABLE public.account_invoice …`) and odd names still work.
+//! (`ALTER TABLE public.account_invoice …`) and odd names still work; and [`TableName`],
+//! the `schema.table` both the config and every statement name tables by.
 
-use crate::config::TableName;
+use std::fmt;
+use std::str::FromStr;
 
 /// Every Postgres keyword that is not UNRESERVED (reserved, column-name and
 /// type-or-function-name), as `SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'`
@@ -208,6 +210,45 @@ pub fn quote_table(table: &TableName) -> String {
     )
 }
 
+/// A table as `schema.name`; a name without schema is in `public`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema, `public` unless given.
+    pub schema: String,
+    /// Table name within the schema.
+    pub name: String,
+}
+
+impl FromStr for TableName {
+    type Err = String;
+
+    /// Parses `schema.table` or `table`. Names are taken as written (no quoting yet).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid =
+            || format!("invalid table name {text:?}; expected \"schema.table\" or \"table\"");
+        let mut parts = text.split('.');
+        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None) => ("public", name),
+            (Some(schema), Some(name), None) => (schema, name),
+            _ => return Err(invalid()),
+        };
+        let valid_part = |part: &str| !part.is_empty() && !part.chars().any(char::is_whitespace);
+        if !valid_part(schema) || !valid_part(name) {
+            return Err(invalid());
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +277,27 @@ mod tests {
         assert_eq!(quote_literal("it's"), "'it''s'");
         let table: TableName = "erp.Order".parse().unwrap();
         assert_eq!(quote_table(&table), "erp.\"Order\"");
+    }
+
+    #[test]
+    fn table_names() {
+        let t: TableName = "public.account_invoice".parse().unwrap();
+        assert_eq!(
+            (t.schema.as_str(), t.name.as_str()),
+            ("public", "account_invoice")
+        );
+        assert_eq!(
+            "stock_move".parse::<TableName>().unwrap().to_string(),
+            "public.stock_move"
+        );
+        assert_eq!("erp.x".parse::<TableName>().unwrap().to_string(), "erp.x");
+        for bad in ["a.b.c", "", ".x", "x.", "my table"] {
+            assert_eq!(
+                bad.parse::<TableName>(),
+                Err(format!(
+                    "invalid table name {bad:?}; expected \"schema.table\" or \"table\""
+                ))
+            );
+        }
     }
 }
