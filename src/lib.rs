@@ -16,3 +16,4 @@ pub mod pg;
 pub mod server;
 pub mod source;
 pub mod suggest;
+pub mod time;

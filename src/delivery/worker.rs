@@ -692,7 +692,10 @@ impl Worker {
                 sent.carried.iter().map(|_| Settled::Dead).collect()
             }
             Outcome::Gone => {
-                let reason = format!("the receiver answered 410 Gone at {}", rfc3339(wall));
+                let reason = format!(
+                    "the receiver answered 410 Gone at {}",
+                    crate::time::rfc3339(wall)
+                );
                 tracing::error!(
                     subscription = %name,
                     "410 Gone: subscription deactivated; its pending deliveries are kept; \
@@ -892,14 +895,6 @@ fn array(rows: &[Claimed]) -> Vec<u8> {
 fn new_batch_id(rows: &[Claimed]) -> String {
     let first = rows.first().map_or(0, |c| c.id);
     format!("bat_{first:016X}_{:08x}", rand::random::<u32>())
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    let micros = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    // Postgres counts from 2000-01-01.
-    crate::capture::envelope::pg_micros_to_rfc3339(micros - 946_684_800_000_000)
 }
 
 /// One line per result, with the subscription, delivery, event id and key as fields; the
