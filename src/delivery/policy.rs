@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+pub use crate::outbox::queue::Outcome;
+
 /// The longest wait a `Retry-After` can impose: a receiver asking for a day would otherwise
 /// hold the subscription back far beyond what the retry schedule intends.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3_600);
@@ -12,52 +14,81 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3_600);
 /// Retry delays vary by ±20 % so that deliveries failed together don't retry together.
 const JITTER: f64 = 0.2;
 
-/// What one attempt's result means for its delivery.
+/// What a response means (SPEC §4): for its delivery, in the one [`Outcome`] vocabulary of
+/// the queue and the metrics, and for the subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub struct Verdict {
+    /// What becomes of the delivery; a retry whose schedule is exhausted is dead (see
+    /// [`next_attempt`]). For a 3xx the caller records the `Location`.
+    pub outcome: Outcome,
+    /// What `Retry-After` asked for (429 and 503 only), at most [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+    /// What becomes of the subscription.
+    pub effect: Effect,
+}
+
+/// What a response does to the whole subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing beyond the delivery.
+    None,
+    /// 429 or 503: the receiver is overloaded, so the whole subscription slows down, not
+    /// only this event.
+    SlowDown,
+    /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay
+    /// (the delivery itself is a retry, due at once).
+    Deactivate,
+}
+
+impl Verdict {
     /// A 2xx: the delivery is done.
-    Delivered,
-    /// Any other failure: try again on the schedule (or the delivery is dead when it is
-    /// exhausted, see [`next_attempt`]). For a 3xx the caller records the `Location`.
-    Retry {
-        /// What `Retry-After` asked for (429 and 503 only), at most [`MAX_RETRY_AFTER`].
-        after: Option<Duration>,
-        /// 429 or 503: the receiver is overloaded, so the whole subscription slows down,
-        /// not only this event.
-        slow_down: bool,
-    },
-    /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay.
-    Gone,
-    /// A status in the subscription's `dead_on_status`: the receiver says the data is
-    /// wrong, so the delivery is dead after this attempt, without retries.
-    Dead,
+    pub const DELIVERED: Verdict = Verdict::of(Outcome::Delivered, Effect::None);
+    /// A failure retried on the schedule.
+    pub const ON_SCHEDULE: Verdict = Verdict::of(Outcome::Retry, Effect::None);
+    /// 410 Gone.
+    pub const GONE: Verdict = Verdict::of(Outcome::Retry, Effect::Deactivate);
+    /// A status in the subscription's `dead_on_status` (the receiver says the data is
+    /// wrong), or a delivery that cannot be sent: dead after this attempt, without retries.
+    pub const DEAD: Verdict = Verdict::of(Outcome::Dead, Effect::None);
+
+    const fn of(outcome: Outcome, effect: Effect) -> Verdict {
+        Verdict {
+            outcome,
+            retry_after: None,
+            effect,
+        }
+    }
+
+    /// 429 or 503, with what `Retry-After` asked for.
+    pub fn slow_down(retry_after: Option<Duration>) -> Verdict {
+        Verdict {
+            retry_after,
+            ..Verdict::of(Outcome::Retry, Effect::SlowDown)
+        }
+    }
 }
 
 /// Classifies an attempt by its HTTP status; `None` is a network error or timeout.
 ///
 /// `retry_after` is the raw `Retry-After` header, honoured for 429 and 503 only.
-/// `dead_on_status` is the subscription's list: a status in it is [`Outcome::Dead`], before
+/// `dead_on_status` is the subscription's list: a status in it is [`Verdict::DEAD`], before
 /// any other meaning that status has (the user listed it on purpose).
 pub fn classify(
     status: Option<u16>,
     retry_after: Option<&str>,
     dead_on_status: &[u16],
     now: SystemTime,
-) -> Outcome {
+) -> Verdict {
     match status {
-        Some(200..=299) => Outcome::Delivered,
-        Some(code) if dead_on_status.contains(&code) => Outcome::Dead,
-        Some(410) => Outcome::Gone,
-        Some(429 | 503) => Outcome::Retry {
-            after: retry_after.and_then(|value| parse_retry_after(value, now)),
-            slow_down: true,
-        },
+        Some(200..=299) => Verdict::DELIVERED,
+        Some(code) if dead_on_status.contains(&code) => Verdict::DEAD,
+        Some(410) => Verdict::GONE,
+        Some(429 | 503) => {
+            Verdict::slow_down(retry_after.and_then(|value| parse_retry_after(value, now)))
+        }
         // Network errors, timeouts, redirects (never followed), 408, 409, 425, 5xx and every
         // other 4xx: a human usually fixes a 4xx within the retry window, so none is final.
-        _ => Outcome::Retry {
-            after: None,
-            slow_down: false,
-        },
+        _ => Verdict::ON_SCHEDULE,
     }
 }
 
@@ -131,15 +162,15 @@ mod tests {
     #[test]
     fn a_status_in_dead_on_status_is_dead_and_nothing_else_changes() {
         let listed = [400, 422, 503];
-        let cases: [(Option<u16>, Outcome); 8] = [
-            (Some(400), Outcome::Dead),
-            (Some(422), Outcome::Dead),
+        let cases: [(Option<u16>, Verdict); 8] = [
+            (Some(400), Verdict::DEAD),
+            (Some(422), Verdict::DEAD),
             // Listed on purpose: the user's word wins over "slow down".
-            (Some(503), Outcome::Dead),
-            (Some(200), Outcome::Delivered),
+            (Some(503), Verdict::DEAD),
+            (Some(200), Verdict::DELIVERED),
             (Some(404), ON_SCHEDULE),
             (Some(500), ON_SCHEDULE),
-            (Some(410), Outcome::Gone),
+            (Some(410), Verdict::GONE),
             (None, ON_SCHEDULE),
         ];
         for (status, expected) in cases {
@@ -161,21 +192,19 @@ mod tests {
         at(1_772_366_400)
     }
 
-    fn retry(after: Option<Duration>, slow_down: bool) -> Outcome {
-        Outcome::Retry { after, slow_down }
+    fn retry(after: Option<Duration>, slow_down: bool) -> Verdict {
+        assert!(slow_down, "only 429 and 503 slow down");
+        Verdict::slow_down(after)
     }
 
-    const ON_SCHEDULE: Outcome = Outcome::Retry {
-        after: None,
-        slow_down: false,
-    };
+    const ON_SCHEDULE: Verdict = Verdict::ON_SCHEDULE;
 
     #[test]
     fn a_2xx_response_delivers_the_event() {
         for status in [200, 201, 202, 204, 299] {
             assert_eq!(
                 classify(Some(status), None, &[], now()),
-                Outcome::Delivered,
+                Verdict::DELIVERED,
                 "{status}"
             );
         }
@@ -218,8 +247,8 @@ mod tests {
 
     #[test]
     fn gone_deactivates_the_subscription() {
-        assert_eq!(classify(Some(410), None, &[], now()), Outcome::Gone);
-        assert_eq!(classify(Some(410), Some("60"), &[], now()), Outcome::Gone);
+        assert_eq!(classify(Some(410), None, &[], now()), Verdict::GONE);
+        assert_eq!(classify(Some(410), Some("60"), &[], now()), Verdict::GONE);
     }
 
     #[test]
