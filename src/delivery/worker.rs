@@ -18,7 +18,7 @@ use super::gate::{Decision, Gate, Stop};
 use super::limits::TokenBucket;
 use super::policy::Outcome;
 use super::sender::{self, Attempt};
-use super::settle::{settle, DeadReason, Returned, LONGEST_WAIT};
+use super::settle::{settle, DeadReason, Returned, Settlement, LONGEST_WAIT};
 use crate::config::{Ordering, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{
@@ -693,25 +693,38 @@ impl Worker {
         self.in_flight.remove(&sent.request);
         let now = Instant::now();
         let wall = SystemTime::now();
-        let a = &sent.attempt;
-        if a.verdict.outcome != Outcome::Delivered {
+        if sent.attempt.verdict.outcome != Outcome::Delivered {
             // A batch that failed, or a probe given back, is a failed batch to claim again.
             self.batcher.failed_batch_may_be_due();
         }
         let attempts_made: Vec<u32> = sent.carried.iter().map(|c| c.attempts).collect();
         let returned = Returned {
-            verdict: a.verdict,
-            answered: a.status.is_some(),
+            verdict: sent.attempt.verdict,
+            answered: sent.attempt.status.is_some(),
             probe: sent.probe,
             attempts_made: &attempts_made,
         };
-        let settlement = settle(
-            &returned,
-            &self.sub.retry_schedule,
-            now,
-            wall,
-            rand::random(),
-        );
+        let schedule = &self.sub.retry_schedule;
+        let settlement = settle(&returned, schedule, now, wall, rand::random());
+        self.learn(&settlement, &sent.attempt, now, wall).await;
+        let finished = Finished {
+            completions: self.completions(&sent, settlement, wall),
+            wake: self.wake.clone(),
+        };
+        if self.shared.completions.send(finished).await.is_err() {
+            tracing::warn!(subscription = %self.sub.name, "delivery results not recorded: stopping");
+        }
+    }
+
+    /// Tells the gate, the retry clock and the subscription's gauges what a returned
+    /// request settled; a 410 is stored.
+    async fn learn(
+        &mut self,
+        settlement: &Settlement,
+        a: &Attempt,
+        now: Instant,
+        wall: SystemTime,
+    ) {
         let name = self.sub.name.clone();
         if let Some(pause) = self.gate.learn(settlement.gate, now) {
             tracing::warn!(
@@ -748,7 +761,7 @@ impl Worker {
                 "the receiver asked to slow down: pausing the subscription for {pause:?}"
             );
         }
-        let metrics = self.shared.metrics.clone();
+        let metrics = &self.shared.metrics;
         metrics.request_took(&name, a.duration);
         let labels = Metrics::subscription(&name);
         metrics
@@ -764,13 +777,24 @@ impl Worker {
         if self.gate.holds(now) && self.batcher.is_gathering() {
             self.drop_gathering().await;
         }
-        let completions: Vec<Completion> = sent
-            .carried
+    }
+
+    /// The outbox's record of each delivery a returned request carried, logged and
+    /// counted.
+    fn completions(
+        &self,
+        sent: &Sent,
+        settlement: Settlement,
+        wall: SystemTime,
+    ) -> Vec<Completion> {
+        let (name, a, metrics) = (&self.sub.name, &sent.attempt, &self.shared.metrics);
+        let labels = Metrics::subscription(name);
+        let why = settlement.dead_reason;
+        sent.carried
             .iter()
             .zip(settlement.deliveries)
             .map(|(c, settled)| {
-                let why = settlement.dead_reason;
-                log_result(&name, c, a, &settled, sent.probe, why);
+                log_result(name, c, a, &settled, sent.probe, why);
                 if settled == Settled::Delivered {
                     let latency = wall.duration_since(c.committed_at).unwrap_or_default();
                     metrics
@@ -778,7 +802,7 @@ impl Worker {
                         .get_or_create(&labels)
                         .observe(latency.as_secs_f64());
                 }
-                metrics.attempt(&name, settled.outcome().as_str());
+                metrics.attempt(name, settled.outcome().as_str());
                 Completion {
                     delivery_id: c.id,
                     subscription: name.clone(),
@@ -793,14 +817,7 @@ impl Worker {
                     response_excerpt: a.response_excerpt.clone(),
                 }
             })
-            .collect();
-        let finished = Finished {
-            completions,
-            wake: self.wake.clone(),
-        };
-        if self.shared.completions.send(finished).await.is_err() {
-            tracing::warn!(subscription = %name, "delivery results not recorded: stopping");
-        }
+            .collect()
     }
 }
 
