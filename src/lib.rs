@@ -18,3 +18,4 @@ pub mod pg;
 pub mod server;
 pub mod source;
 pub mod suggest;
+pub mod time;

@@ -263,52 +263,12 @@ pub fn serialise(body: Map<String, Value>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
 }
 
-/// Formats Postgres' commit time (µs since 2000-01-01 UTC) as RFC 3339 with µs, UTC.
-pub fn pg_micros_to_rfc3339(micros: i64) -> String {
-    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-    let secs = micros.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS;
-    let frac = micros.rem_euclid(1_000_000);
-    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+/// Until `server/view.rs` and `commands/test.rs` name `crate::time` themselves.
+pub use crate::time::pg_micros_to_rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commit_times_print_as_utc_rfc3339_with_microseconds() {
-        assert_eq!(pg_micros_to_rfc3339(0), "2000-01-01T00:00:00.000000Z");
-        // 2026-11-22T10:15:30.123456Z
-        let unix = 1_795_342_530_i64;
-        let micros = (unix - 946_684_800) * 1_000_000 + 123_456;
-        assert_eq!(pg_micros_to_rfc3339(micros), "2026-11-22T10:15:30.123456Z");
-        assert_eq!(pg_micros_to_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
-        assert_eq!(
-            pg_micros_to_rfc3339((951_782_400_i64 - 946_684_800) * 1_000_000),
-            "2000-02-29T00:00:00.000000Z"
-        );
-    }
 
     #[test]
     fn event_ids_are_fixed_width_and_dot_free() {

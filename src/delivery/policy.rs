@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+pub use crate::outbox::queue::Outcome;
+
 /// The longest wait a `Retry-After` can impose: a receiver asking for a day would otherwise
 /// hold the subscription back far beyond what the retry schedule intends.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3_600);
@@ -12,52 +14,81 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3_600);
 /// Retry delays vary by ±20 % so that deliveries failed together don't retry together.
 const JITTER: f64 = 0.2;
 
-/// What one attempt's result means for its delivery.
+/// What a response means (SPEC §4): for its delivery, in the one [`Outcome`] vocabulary of
+/// the queue and the metrics, and for the subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub struct Verdict {
+    /// What becomes of the delivery; a retry whose schedule is exhausted is dead (see
+    /// [`next_attempt`]). For a 3xx the caller records the `Location`.
+    pub outcome: Outcome,
+    /// What `Retry-After` asked for (429 and 503 only), at most [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+    /// What becomes of the subscription.
+    pub effect: Effect,
+}
+
+/// What a response does to the whole subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing beyond the delivery.
+    None,
+    /// 429 or 503: the receiver is overloaded, so the whole subscription slows down, not
+    /// only this event.
+    SlowDown,
+    /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay
+    /// (the delivery itself is a retry, due at once).
+    Deactivate,
+}
+
+impl Verdict {
     /// A 2xx: the delivery is done.
-    Delivered,
-    /// Any other failure: try again on the schedule (or the delivery is dead when it is
-    /// exhausted, see [`next_attempt`]). For a 3xx the caller records the `Location`.
-    Retry {
-        /// What `Retry-After` asked for (429 and 503 only), at most [`MAX_RETRY_AFTER`].
-        after: Option<Duration>,
-        /// 429 or 503: the receiver is overloaded, so the whole subscription slows down,
-        /// not only this event.
-        slow_down: bool,
-    },
-    /// 410 Gone: deactivate the subscription; its pending deliveries are kept for replay.
-    Gone,
-    /// A status in the subscription's `dead_on_status`: the receiver says the data is
-    /// wrong, so the delivery is dead after this attempt, without retries.
-    Dead,
+    pub const DELIVERED: Verdict = Verdict::of(Outcome::Delivered, Effect::None);
+    /// A failure retried on the schedule.
+    pub const ON_SCHEDULE: Verdict = Verdict::of(Outcome::Retry, Effect::None);
+    /// 410 Gone.
+    pub const GONE: Verdict = Verdict::of(Outcome::Retry, Effect::Deactivate);
+    /// A status in the subscription's `dead_on_status` (the receiver says the data is
+    /// wrong), or a delivery that cannot be sent: dead after this attempt, without retries.
+    pub const DEAD: Verdict = Verdict::of(Outcome::Dead, Effect::None);
+
+    const fn of(outcome: Outcome, effect: Effect) -> Verdict {
+        Verdict {
+            outcome,
+            retry_after: None,
+            effect,
+        }
+    }
+
+    /// 429 or 503, with what `Retry-After` asked for.
+    pub fn slow_down(retry_after: Option<Duration>) -> Verdict {
+        Verdict {
+            retry_after,
+            ..Verdict::of(Outcome::Retry, Effect::SlowDown)
+        }
+    }
 }
 
 /// Classifies an attempt by its HTTP status; `None` is a network error or timeout.
 ///
 /// `retry_after` is the raw `Retry-After` header, honoured for 429 and 503 only.
-/// `dead_on_status` is the subscription's list: a status in it is [`Outcome::Dead`], before
+/// `dead_on_status` is the subscription's list: a status in it is [`Verdict::DEAD`], before
 /// any other meaning that status has (the user listed it on purpose).
 pub fn classify(
     status: Option<u16>,
     retry_after: Option<&str>,
     dead_on_status: &[u16],
     now: SystemTime,
-) -> Outcome {
+) -> Verdict {
     match status {
-        Some(200..=299) => Outcome::Delivered,
-        Some(code) if dead_on_status.contains(&code) => Outcome::Dead,
-        Some(410) => Outcome::Gone,
-        Some(429 | 503) => Outcome::Retry {
-            after: retry_after.and_then(|value| parse_retry_after(value, now)),
-            slow_down: true,
-        },
+        Some(200..=299) => Verdict::DELIVERED,
+        Some(code) if dead_on_status.contains(&code) => Verdict::DEAD,
+        Some(410) => Verdict::GONE,
+        Some(429 | 503) => {
+            Verdict::slow_down(retry_after.and_then(|value| parse_retry_after(value, now)))
+        }
         // Network errors, timeouts, redirects (never followed), 408, 409, 425, 5xx and every
         // other 4xx: a human usually fixes a 4xx within the retry window, so none is final.
-        _ => Outcome::Retry {
-            after: None,
-            slow_down: false,
-        },
+        _ => Verdict::ON_SCHEDULE,
     }
 }
 
@@ -74,7 +105,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let now_seconds = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
         i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
     });
-    let date = parse_http_date(value, now_seconds)?;
+    let date = crate::time::parse_http_date(value, now_seconds)?;
     let wait = match u64::try_from(date) {
         Ok(seconds) => (UNIX_EPOCH + Duration::from_secs(seconds))
             .duration_since(now)
@@ -120,162 +151,6 @@ fn jitter(delay: Duration, rng: &mut impl Rng) -> Duration {
     Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
-/// Unix seconds of an HTTP-date (RFC 7231 §7.1.1.1): the IMF-fixdate every sender must
-/// use, or one of the obsolete RFC 850 and asctime forms recipients must still accept.
-/// `now` (unix seconds) resolves the two-digit years of RFC 850.
-fn parse_http_date(text: &str, now: i64) -> Option<i64> {
-    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
-    // RFC 850 years have two digits; they are resolved once the whole date is known.
-    let (year, two_digit_year, month, day, time) = match parts.as_slice() {
-        // Sun, 06 Nov 1994 08:49:37 GMT
-        [weekday, day, month, year, time, "GMT"]
-            if weekday
-                .strip_suffix(',')
-                .is_some_and(|name| SHORT_WEEKDAYS.contains(&name)) =>
-        {
-            let (month, day) = (month_number(month)?, digits(day, 2)?);
-            (digits(year, 4)?, false, month, day, *time)
-        }
-        // Sunday, 06-Nov-94 08:49:37 GMT
-        [weekday, date, time, "GMT"]
-            if weekday
-                .strip_suffix(',')
-                .is_some_and(|name| LONG_WEEKDAYS.contains(&name)) =>
-        {
-            let mut fields = date.split('-');
-            let (Some(day), Some(month), Some(year), None) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
-            else {
-                return None;
-            };
-            let (month, day) = (month_number(month)?, digits(day, 2)?);
-            (digits(year, 2)?, true, month, day, *time)
-        }
-        // Sun Nov  6 08:49:37 1994
-        [weekday, month, day, time, year] if SHORT_WEEKDAYS.contains(weekday) => {
-            let day = digits(day, 1).or_else(|| digits(day, 2))?;
-            (digits(year, 4)?, false, month_number(month)?, day, *time)
-        }
-        _ => return None,
-    };
-    let mut clock = time.split(':');
-    let (Some(hour), Some(minute), Some(second), None) =
-        (clock.next(), clock.next(), clock.next(), clock.next())
-    else {
-        return None;
-    };
-    let (hour, minute, second) = (digits(hour, 2)?, digits(minute, 2)?, digits(second, 2)?);
-    // 60 allows a leap second, which the format can express.
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let seconds_of_day = hour * 3_600 + minute * 60 + second;
-    let year = if two_digit_year {
-        rfc850_year(year, month, day, seconds_of_day, now)
-    } else {
-        year
-    };
-    if !(1..=days_in_month(year, month)).contains(&day) {
-        return None;
-    }
-    Some(unix_seconds(year, month, day, seconds_of_day))
-}
-
-/// RFC 7231: a two-digit year that would put the date more than 50 years in the future
-/// means the most recent past year with those last two digits; so the year is the one
-/// with those digits in the century that ends 50 years from `now`.
-fn rfc850_year(two_digits: i64, month: i64, day: i64, seconds_of_day: i64, now: i64) -> i64 {
-    let (now_year, now_month, now_day) = civil_from_days(now.div_euclid(86_400));
-    let limit = unix_seconds(now_year + 50, now_month, now_day, now.rem_euclid(86_400));
-    let at = |year| unix_seconds(year, month, day, seconds_of_day);
-    let mut year = now_year - now_year.rem_euclid(100) + two_digits;
-    if at(year) > limit {
-        year -= 100;
-    } else if at(year + 100) <= limit {
-        year += 100;
-    }
-    year
-}
-
-const SHORT_WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const LONG_WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// Exactly `len` ASCII digits as a number.
-fn digits(text: &str, len: usize) -> Option<i64> {
-    if text.len() != len || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-/// 1 for `Jan` … 12 for `Dec` (case-sensitive, as the grammar is).
-fn month_number(name: &str) -> Option<i64> {
-    MONTHS
-        .iter()
-        .position(|month| *month == name)
-        .and_then(|index| i64::try_from(index + 1).ok())
-}
-
-/// Unix seconds of a UTC date and time of day.
-fn unix_seconds(year: i64, month: i64, day: i64, seconds_of_day: i64) -> i64 {
-    days_from_civil(year, month, day) * 86_400 + seconds_of_day
-}
-
-fn is_leap_year(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let shifted_month = (month + 9) % 12; // March is 0, so the leap day ends the year
-    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Hinnant's
-/// `civil_from_days`, the inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153; // March is 0
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -287,15 +162,15 @@ mod tests {
     #[test]
     fn a_status_in_dead_on_status_is_dead_and_nothing_else_changes() {
         let listed = [400, 422, 503];
-        let cases: [(Option<u16>, Outcome); 8] = [
-            (Some(400), Outcome::Dead),
-            (Some(422), Outcome::Dead),
+        let cases: [(Option<u16>, Verdict); 8] = [
+            (Some(400), Verdict::DEAD),
+            (Some(422), Verdict::DEAD),
             // Listed on purpose: the user's word wins over "slow down".
-            (Some(503), Outcome::Dead),
-            (Some(200), Outcome::Delivered),
+            (Some(503), Verdict::DEAD),
+            (Some(200), Verdict::DELIVERED),
             (Some(404), ON_SCHEDULE),
             (Some(500), ON_SCHEDULE),
-            (Some(410), Outcome::Gone),
+            (Some(410), Verdict::GONE),
             (None, ON_SCHEDULE),
         ];
         for (status, expected) in cases {
@@ -308,9 +183,6 @@ mod tests {
         assert_eq!(classify(Some(400), None, &[], now()), ON_SCHEDULE);
     }
 
-    /// `Sun, 06 Nov 1994 08:49:37 GMT`, the RFC's example date.
-    const RFC_EXAMPLE: i64 = 784_111_777;
-
     fn at(seconds: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(seconds)
     }
@@ -320,43 +192,19 @@ mod tests {
         at(1_772_366_400)
     }
 
-    fn retry(after: Option<Duration>, slow_down: bool) -> Outcome {
-        Outcome::Retry { after, slow_down }
+    fn retry(after: Option<Duration>, slow_down: bool) -> Verdict {
+        assert!(slow_down, "only 429 and 503 slow down");
+        Verdict::slow_down(after)
     }
 
-    const ON_SCHEDULE: Outcome = Outcome::Retry {
-        after: None,
-        slow_down: false,
-    };
-
-    #[test]
-    fn calendar_conversions_round_trip() {
-        for days in [-719_468, -1, 0, 59, 10_956, 19_782, 20_513, 2_932_896] {
-            let (year, month, day) = civil_from_days(days);
-            assert_eq!(
-                days_from_civil(year, month, day),
-                days,
-                "{year}-{month}-{day}"
-            );
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-    }
-
-    #[test]
-    fn the_fixed_now_is_the_date_it_claims() {
-        assert_eq!(
-            parse_http_date("Sun, 01 Mar 2026 12:00:00 GMT", 0),
-            Some(1_772_366_400)
-        );
-    }
+    const ON_SCHEDULE: Verdict = Verdict::ON_SCHEDULE;
 
     #[test]
     fn a_2xx_response_delivers_the_event() {
         for status in [200, 201, 202, 204, 299] {
             assert_eq!(
                 classify(Some(status), None, &[], now()),
-                Outcome::Delivered,
+                Verdict::DELIVERED,
                 "{status}"
             );
         }
@@ -399,8 +247,8 @@ mod tests {
 
     #[test]
     fn gone_deactivates_the_subscription() {
-        assert_eq!(classify(Some(410), None, &[], now()), Outcome::Gone);
-        assert_eq!(classify(Some(410), Some("60"), &[], now()), Outcome::Gone);
+        assert_eq!(classify(Some(410), None, &[], now()), Verdict::GONE);
+        assert_eq!(classify(Some(410), Some("60"), &[], now()), Verdict::GONE);
     }
 
     #[test]
@@ -524,43 +372,6 @@ mod tests {
                 "{value:?}"
             );
         }
-    }
-
-    #[test]
-    fn http_dates_parse_in_all_three_rfc_7231_formats() {
-        let now = 1_772_366_400;
-        for text in [
-            "Sun, 06 Nov 1994 08:49:37 GMT",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
-            "Sun Nov 06 08:49:37 1994",
-        ] {
-            assert_eq!(parse_http_date(text, now), Some(RFC_EXAMPLE), "{text}");
-        }
-        assert_eq!(
-            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT", now),
-            Some(0)
-        );
-        assert_eq!(
-            parse_http_date("Thu, 29 Feb 2024 23:59:59 GMT", now),
-            Some(1_709_251_199)
-        );
-        assert_eq!(parse_http_date("Mon, 29 Feb 2100 00:00:00 GMT", now), None);
-    }
-
-    #[test]
-    fn a_two_digit_year_more_than_fifty_years_ahead_is_in_the_past() {
-        let now = 1_772_366_400; // 2026
-        let year_of = |text: &str| {
-            let seconds = parse_http_date(text, now).unwrap();
-            civil_from_days(seconds.div_euclid(86_400)).0
-        };
-        assert_eq!(year_of("Friday, 01-Mar-30 00:00:00 GMT"), 2030);
-        // Exactly 50 years ahead is not "more than" 50 years; a second later is.
-        assert_eq!(year_of("Sunday, 01-Mar-76 12:00:00 GMT"), 2076);
-        assert_eq!(year_of("Sunday, 01-Mar-76 12:00:01 GMT"), 1976);
-        assert_eq!(year_of("Tuesday, 01-Mar-77 00:00:00 GMT"), 1977);
-        assert_eq!(year_of("Wednesday, 01-Mar-00 00:00:00 GMT"), 2000);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use reqwest::header::{LOCATION, RETRY_AFTER};
 use tokio::time::timeout_at;
 
 use super::network::{self, NetworkPolicy};
-use super::policy::{self, Outcome};
+use super::policy::{self, Outcome, Verdict};
 use super::request;
 use crate::config::{Auth, SubscriptionConfig, Target};
 
@@ -39,8 +39,8 @@ pub struct Attempt {
     pub location: Option<String>,
     /// The raw `Retry-After` header of a response.
     pub retry_after: Option<String>,
-    /// What the result means for the delivery.
-    pub outcome: Outcome,
+    /// What the result means for the delivery and its subscription.
+    pub verdict: Verdict,
 }
 
 /// Sends `body` as event (or batch) `id` to `sub` (at the event's `target` when it has one),
@@ -65,7 +65,7 @@ pub async fn send(
         response_excerpt: String::new(),
         location: None,
         retry_after: None,
-        outcome: policy::classify(None, None, &[], started_at),
+        verdict: policy::classify(None, None, &[], started_at),
     };
     if target.is_none() && sub.url_template {
         // The template as written is no address: sending to it would reach a URL with the
@@ -76,7 +76,7 @@ pub async fn send(
              (it was captured before the url became a template); not sent"
                 .to_owned(),
         );
-        attempt.outcome = Outcome::Dead;
+        attempt.verdict = Verdict::DEAD;
         return attempt;
     }
     let (url, _) = request::destination(sub, target);
@@ -157,13 +157,13 @@ pub async fn send(
         attempt.location = attempt.location.map(|l| scrub(&l, &secrets));
     }
     attempt.duration = start.elapsed();
-    attempt.outcome = policy::classify(
+    attempt.verdict = policy::classify(
         attempt.status,
         attempt.retry_after.as_deref(),
         &sub.dead_on_status,
         SystemTime::now(),
     );
-    if let (Outcome::Dead, Some(status)) = (attempt.outcome, attempt.status) {
+    if let (Outcome::Dead, Some(status)) = (attempt.verdict.outcome, attempt.status) {
         attempt.error = Some(format!(
             "{status} is in dead_on_status: dead after this attempt, not retried"
         ));
@@ -357,7 +357,7 @@ mod tests {
         let addr = server(Some(response("200 OK", "", b"thanks"))).await;
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.status, Some(200));
-        assert_eq!(attempt.outcome, Outcome::Delivered);
+        assert_eq!(attempt.verdict.outcome, Outcome::Delivered);
         assert_eq!(attempt.response_excerpt, "thanks");
         assert_eq!(attempt.error, None);
     }
@@ -421,7 +421,7 @@ mod tests {
         let addr = server(Some(response("500 Internal Server Error", "", b"oops"))).await;
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.status, Some(500));
-        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(attempt.verdict.outcome, Outcome::Retry);
         assert_eq!(attempt.response_excerpt, "oops");
     }
 
@@ -436,11 +436,8 @@ mod tests {
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.retry_after.as_deref(), Some("7"));
         assert_eq!(
-            attempt.outcome,
-            Outcome::Retry {
-                after: Some(Duration::from_secs(7)),
-                slow_down: true
-            }
+            attempt.verdict,
+            Verdict::slow_down(Some(Duration::from_secs(7)))
         );
     }
 
@@ -449,7 +446,7 @@ mod tests {
         let addr = server(None).await;
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.status, None);
-        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(attempt.verdict.outcome, Outcome::Retry);
         let error = attempt.error.unwrap();
         assert!(error.contains("timed out after 300 ms"), "{error}");
         assert!(attempt.duration >= Duration::from_millis(300));
@@ -465,7 +462,7 @@ mod tests {
         let body = vec![b'x'; 5 * 1024 * 1024];
         let addr = server(Some(response("200 OK", "", &body))).await;
         let attempt = send_to(&sub_for(addr)).await;
-        assert_eq!(attempt.outcome, Outcome::Delivered);
+        assert_eq!(attempt.verdict.outcome, Outcome::Delivered);
         assert_eq!(attempt.response_excerpt.len(), EXCERPT_LIMIT);
     }
 
@@ -479,7 +476,7 @@ mod tests {
             .unwrap();
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.status, None);
-        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(attempt.verdict.outcome, Outcome::Retry);
         let error = attempt.error.unwrap();
         assert!(!error.contains("sekrit"), "{error}");
         assert!(error.to_lowercase().contains("connect"), "{error}");
@@ -495,7 +492,7 @@ mod tests {
         .await;
         let attempt = send_to(&sub_for(addr)).await;
         assert_eq!(attempt.status, Some(302));
-        assert!(matches!(attempt.outcome, Outcome::Retry { .. }));
+        assert_eq!(attempt.verdict.outcome, Outcome::Retry);
         assert_eq!(
             attempt.location.as_deref(),
             Some("http://127.0.0.1:1/elsewhere")
@@ -528,7 +525,7 @@ mod tests {
         sub.url_template = true;
         let attempt = send_to(&sub).await;
         assert_eq!(attempt.status, None);
-        assert_eq!(attempt.outcome, Outcome::Dead);
+        assert_eq!(attempt.verdict.outcome, Outcome::Dead);
         assert!(
             attempt
                 .error
@@ -546,7 +543,7 @@ mod tests {
         sub.dead_on_status = vec![400, 422];
         let attempt = send_to(&sub).await;
         assert_eq!(attempt.status, Some(400));
-        assert_eq!(attempt.outcome, Outcome::Dead);
+        assert_eq!(attempt.verdict.outcome, Outcome::Dead);
         assert_eq!(
             attempt.error.as_deref(),
             Some("400 is in dead_on_status: dead after this attempt, not retried")

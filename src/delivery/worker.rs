@@ -1,25 +1,29 @@
-//! One subscription's delivery loop: claims what is due from the outbox, within its
-//! in-flight cap, the global cap, its rate limit, its slow-down and its circuit breaker;
-//! sends each request in a task of its own; and turns each result into the deliveries' new
-//! state (SPEC §4).
+//! One subscription's delivery loop, the I/O around the pure core: asks the gate
+//! (`gate.rs`: breaker, slow-down, pause, 410) whether it may send, claims what is due from
+//! the outbox within its in-flight cap, the global cap and its rate limit, cuts batches
+//! (`batcher.rs`), sends each request in a task of its own, and records what `settle.rs`
+//! makes of each result (SPEC §4).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
+use super::batcher::{self, Batcher};
 use super::dispatcher::{Finished, Shared};
-use super::limits::{Allowance, Breaker, TokenBucket};
-use super::policy::{self, Outcome};
+use super::gate::{Decision, Gate, Stop};
+use super::limits::TokenBucket;
+use super::policy::Outcome;
 use super::sender::{self, Attempt};
+use super::settle::{settle, DeadReason, Returned, Settlement, LONGEST_WAIT};
 use crate::config::{Ordering, SubscriptionConfig};
-use crate::metrics::{AttemptOutcome, Metrics};
-use crate::outbox::queue::{is_pause, Claim, Claimed, Completion, QueueError, Settled, Trigger};
+use crate::metrics::Metrics;
+use crate::outbox::queue::{
+    is_pause, Claim, Claimed, Completion, DeliveryQueue, QueueError, Settled, Trigger,
+};
 
 /// Requests in flight per subscription when the subscription sets no `max_in_flight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -34,10 +38,6 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Retry times a worker remembers at most; later ones are found by the poll.
 const MAX_DUES: usize = 1_024;
-/// The longest wait the worker schedules: configured durations beyond it (a retry in a
-/// thousand years) are cut to it, so that adding them to a point in time cannot overflow and
-/// the time still fits a Postgres `timestamptz`.
-const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What the dispatcher tells a worker.
 pub(super) enum Control {
@@ -86,19 +86,15 @@ pub(super) struct Worker {
     in_flight: HashMap<u64, InFlight>,
     next_request: u64,
     bucket: Option<TokenBucket>,
-    breaker: Breaker,
-    slow_until: Option<Instant>,
+    gate: Gate,
     /// When the retries this worker scheduled fall due, soonest first (one per failed
     /// request, at most [`MAX_DUES`]), so that each is claimed on time, not at the next poll.
     dues: BTreeSet<Instant>,
-    /// The batch being gathered, leased; it holds a request slot ([`Worker::gather_slot`])
-    /// from its first claim, so that it goes out within `max_wait` of it.
-    gathering: Vec<Claimed>,
-    gather_until: Option<Instant>,
-    /// The global permit of the batch being gathered.
+    batcher: Batcher,
+    /// The global permit of the batch being gathered: it holds a request slot from its
+    /// first claim, so that it goes out within `max_wait` of it.
     gather_slot: Option<OwnedSemaphorePermit>,
-    deactivated: Option<String>,
-    /// When to look again whether a deactivated subscription was switched back on.
+    /// When to look again whether the subscription was paused, resumed, or switched back on.
     recheck_at: Option<Instant>,
     waiting_for_global: bool,
     /// A global permit that came free while the worker waited for one, kept for the next
@@ -106,14 +102,6 @@ pub(super) struct Worker {
     reserved: Option<OwnedSemaphorePermit>,
     retry_claim_at: Option<Instant>,
     stopping: Option<Instant>,
-    /// Until when no failed batch of this subscription can be due, as far as this worker
-    /// knows: its own failures and due retries clear it, and what other processes do
-    /// (`walhook replay`, another instance's failures) is seen within [`POLL`]. Spares a
-    /// claim per batch, which cost as much as the new batch's claim.
-    no_failed_batch_until: Option<Instant>,
-    /// Until when batch mode claims one batch at a time, because a claim of several found
-    /// keys with events for more than one batch.
-    hot_keys_until: Option<Instant>,
 }
 
 impl Worker {
@@ -128,7 +116,7 @@ impl Worker {
         let now = Instant::now();
         Worker {
             bucket: sub.rate_limit.as_ref().map(|l| TokenBucket::new(l, now)),
-            breaker: Breaker::new(probe_interval(&sub)),
+            gate: Gate::new(probe_interval(&sub)),
             sub,
             shared,
             wake,
@@ -137,31 +125,26 @@ impl Worker {
             sent_rx,
             in_flight: HashMap::new(),
             next_request: 0,
-            slow_until: None,
             dues: BTreeSet::new(),
-            gathering: Vec::new(),
-            gather_until: None,
+            batcher: Batcher::default(),
             gather_slot: None,
-            deactivated: None,
             recheck_at: None,
             waiting_for_global: false,
             reserved: None,
             retry_claim_at: None,
             stopping: None,
-            no_failed_batch_until: None,
-            hot_keys_until: None,
         }
     }
 
     /// Runs until stopped and every request it started has returned (or the deadline).
     pub(super) async fn run(mut self) {
-        self.check_deactivated().await;
+        self.check_state().await;
         loop {
             // On a clock rather than when the loop sleeps a whole POLL: wakes for new
             // events keep coming. An active subscription looks too: the admin API pauses it
             // by writing the same table.
             if self.recheck_at.is_none_or(|t| Instant::now() >= t) {
-                self.check_deactivated().await;
+                self.check_state().await;
             }
             match self.stopping {
                 None => {
@@ -212,7 +195,7 @@ impl Worker {
         }
         let batching = self.batching();
         self.sub = sub;
-        self.no_failed_batch_until = None;
+        self.batcher.failed_batch_may_be_due();
         if self.batching() != batching {
             // The batch being gathered was meant for the old settings.
             self.drop_gathering().await;
@@ -227,9 +210,8 @@ impl Worker {
 
     /// Gives the batch being gathered back to the queue, and its request slot.
     async fn drop_gathering(&mut self) {
-        self.gather_until = None;
         self.gather_slot = None;
-        let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
+        let gathered = self.batcher.give_back();
         self.release(&gathered).await;
     }
 
@@ -270,53 +252,73 @@ impl Worker {
         }
     }
 
-    async fn check_deactivated(&mut self) {
-        let state = match self.shared.queue().await {
-            Ok(queue) => queue.deactivated(&self.sub.name).await,
-            Err(e) => Err(e),
-        };
+    /// Whether the subscription is paused or deactivated, as stored; the one place that
+    /// reads that state.
+    async fn read_stop(&self) -> Result<Option<Stop>, QueueError> {
+        let reason = self
+            .shared
+            .queue()
+            .await?
+            .deactivated(&self.sub.name)
+            .await?;
+        Ok(reason.map(|reason| {
+            if is_pause(&reason) {
+                Stop::Paused(reason)
+            } else {
+                Stop::Gone(reason)
+            }
+        }))
+    }
+
+    /// Stores that the receiver answered 410 Gone; the one place that writes that state.
+    async fn write_gone(&self, reason: &str) -> Result<(), QueueError> {
+        self.shared
+            .queue()
+            .await?
+            .deactivate(&self.sub.name, reason)
+            .await
+    }
+
+    /// Looks whether the subscription was paused, resumed, or switched back on.
+    async fn check_state(&mut self) {
+        let stored = self.read_stop().await;
         self.recheck_at = Some(Instant::now() + POLL);
-        let labels = Metrics::subscription(&self.sub.name);
-        match state {
-            Ok(Some(reason)) => {
-                if self.deactivated.as_deref() != Some(reason.as_str()) {
+        let inactive = |worker: &Self, value| {
+            let labels = Metrics::subscription(&worker.sub.name);
+            let gauge = worker
+                .shared
+                .metrics
+                .subscription_inactive
+                .get_or_create(&labels);
+            gauge.set(value);
+        };
+        match stored {
+            Ok(Some(stop)) => {
+                if self.gate.stopped() != Some(&stop) {
                     let name = &self.sub.name;
-                    if is_pause(&reason) {
-                        tracing::info!(
+                    match &stop {
+                        Stop::Paused(reason) => tracing::info!(
                             subscription = %name,
                             "subscription is {reason}; its deliveries wait; \
                              POST /api/v1/subscriptions/{name}/resume resumes it"
-                        );
-                    } else {
-                        tracing::warn!(
+                        ),
+                        Stop::Gone(reason) => tracing::warn!(
                             subscription = %name,
                             "subscription is deactivated ({reason}); its deliveries are kept; \
                              `walhook replay --subscription {name} --status dead` switches it \
                              back on"
-                        );
+                        ),
                     }
                 }
-                self.shared
-                    .metrics
-                    .subscription_inactive
-                    .get_or_create(&labels)
-                    .set(1);
-                self.deactivated = Some(reason);
+                inactive(self, 1);
+                self.gate.stop(stop);
                 // Sending stops: a batch being gathered goes back to the queue.
-                let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
-                self.gather_until = None;
-                self.release(&gathered).await;
+                self.drop_gathering().await;
             }
             Ok(None) => {
-                if self.deactivated.take().is_some() {
-                    self.shared
-                        .metrics
-                        .subscription_inactive
-                        .get_or_create(&labels)
-                        .set(0);
+                if self.gate.resume() {
+                    inactive(self, 0);
                     tracing::info!(subscription = %self.sub.name, "subscription is active again");
-                    self.breaker.success();
-                    self.slow_until = None;
                 }
             }
             Err(e) => tracing::warn!(subscription = %self.sub.name, "{e}"),
@@ -335,12 +337,9 @@ impl Worker {
         consider(self.stopping);
         consider(self.retry_claim_at);
         consider(self.dues.first().copied());
-        consider(self.slow_until);
-        consider(self.gather_until);
+        consider(self.gate.next_change(now));
+        consider(self.batcher.deadline());
         consider(self.recheck_at);
-        if let Allowance::Wait(until) = self.breaker.allowance(now) {
-            consider(Some(until));
-        }
         if let Some(bucket) = &mut self.bucket {
             if bucket.available(now) == 0 {
                 consider(Some(bucket.next_token(now)));
@@ -376,6 +375,18 @@ impl Worker {
         }
     }
 
+    /// Whether anything may be sent now, and if so whether only the breaker's probe.
+    fn may_send(&self, now: Instant) -> Option<bool> {
+        if self.retry_claim_at.is_some() || !self.sub.active {
+            return None;
+        }
+        match self.gate.decide(now) {
+            Decision::Allow => Some(false),
+            Decision::Probe => Some(true),
+            Decision::WaitUntil(_) | Decision::AwaitProbe | Decision::Stopped => None,
+        }
+    }
+
     /// Claims and sends as much as the limits allow.
     async fn dispatch(&mut self) -> Result<(), QueueError> {
         let now = Instant::now();
@@ -386,177 +397,200 @@ impl Worker {
         // Retries due by now are claimed below (or, when a limit holds them, once it lets go).
         while self.dues.first().is_some_and(|t| *t <= now) {
             self.dues.pop_first();
-            self.no_failed_batch_until = None;
+            self.batcher.failed_batch_may_be_due();
         }
-        let paused = self.retry_claim_at.is_some()
-            || self.deactivated.is_some()
-            || !self.sub.active
-            || self.slow_until.is_some_and(|t| now < t);
-        let probe = match self.breaker.allowance(now) {
-            _ if paused => None,
-            Allowance::Open => Some(false),
-            Allowance::Probe => Some(true),
-            Allowance::Wait(_) | Allowance::ProbeInFlight => None,
-        };
-        let Some(probe) = probe else {
+        let Some(probe) = self.may_send(now) else {
             // Nothing goes until the pause ends: a batch being gathered goes back to the
             // queue rather than sit on leases that would expire meanwhile.
             self.reserved = None;
             self.drop_gathering().await;
             return Ok(());
         };
-        if self.slow_until.is_some_and(|t| t <= now) {
-            self.slow_until = None;
-        }
         let queue = self.shared.queue().await?;
-        let name = self.sub.name.clone();
-        let lease = self.lease();
         loop {
-            if let Some((max_events, _)) = self.batching() {
-                if !self.gathering.is_empty() {
-                    // The batch being gathered already holds its request slot: top it up,
-                    // and send it once it is full or has waited long enough.
-                    let room = max_events.saturating_sub(self.gathering.len());
-                    let mut got = 0;
-                    if room > 0 {
-                        let claimed = queue.claim(&name, self.new_batch(), room, lease).await?;
-                        got = claimed.len();
-                        self.gathering.extend(claimed);
-                    }
-                    if !self.batch_ready(max_events) {
-                        return Ok(());
-                    }
-                    self.send_gathered(max_events, probe).await;
-                    if probe || got < room {
-                        return Ok(());
-                    }
-                    continue;
+            let more = match self.batching() {
+                // The batch being gathered already holds its request slot.
+                Some((max_events, _)) if self.batcher.is_gathering() => {
+                    self.top_up(&queue, max_events, probe).await?
                 }
-            }
-            let mut requests = self.max_in_flight().saturating_sub(self.in_flight.len());
-            if !probe && !self.in_flight.is_empty() {
-                // A claim costs the outbox about the same for one delivery (or batch) as for
-                // dozens (planning, a round trip, a commit): refilling each slot as it frees
-                // up made the claim the bottleneck at ~2,000 requests/s. Wait until a
-                // quarter of the slots are free; an idle subscription still claims at once.
-                let refill = (self.max_in_flight() / 4).max(1);
-                if requests < refill {
-                    self.reserved = None;
-                    return Ok(());
-                }
-            }
-            if probe {
-                requests = requests.min(1);
-            }
-            if let Some(bucket) = &mut self.bucket {
-                requests = requests.min(bucket.available(Instant::now()));
-            }
-            if requests == 0 {
-                // A permit kept from the wait goes back to the other subscriptions.
-                self.reserved = None;
-                return Ok(());
-            }
-            let permit = match self.reserved.take() {
-                Some(permit) => permit,
-                None => match self.shared.global.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => {
-                        self.waiting_for_global = true;
-                        return Ok(());
+                batching => match self.slots(probe) {
+                    None => false,
+                    Some((requests, permit)) if batching.is_none() => {
+                        self.claim_events(&queue, requests, permit, probe).await?
+                    }
+                    Some((requests, permit)) => {
+                        self.claim_batches(&queue, requests, permit, probe, now)
+                            .await?
                     }
                 },
             };
-            match self.batching() {
-                None => {
-                    let mut permits = vec![permit];
-                    while permits.len() < requests {
-                        match self.shared.global.clone().try_acquire_owned() {
-                            Ok(p) => permits.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    let how = match self.sub.ordering {
-                        Ordering::Key => Claim::FirstOfKey,
-                        Ordering::None => Claim::Unordered,
-                    };
-                    let wanted = permits.len();
-                    let claimed = queue.claim(&name, how, wanted, lease).await?;
-                    let got = claimed.len();
-                    for (row, permit) in claimed.into_iter().zip(permits) {
-                        let id = row.event_id.clone();
-                        self.start(vec![row], id, None, permit, probe);
-                    }
-                    if got < wanted || probe {
-                        return Ok(());
-                    }
-                }
-                Some((max_events, max_wait)) => {
-                    // A failed batch goes again whole, under its id, whatever max_events
-                    // says now.
-                    let failed = if self.no_failed_batch_until.is_some_and(|t| now < t) {
-                        Vec::new()
-                    } else {
-                        let failed = queue
-                            .claim(&name, Claim::FailedBatch, usize::MAX, lease)
-                            .await?;
-                        if failed.is_empty() {
-                            self.no_failed_batch_until = Some(Instant::now() + POLL);
-                        }
-                        failed
-                    };
-                    if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
-                        self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
-                        if probe {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    // The batches of every free slot in one claim: a claim costs mostly per
-                    // statement, and the worker sends nothing while it waits for one (one
-                    // batch per claim held batch mode at ~130 requests/s).
-                    let mut permits = vec![permit];
-                    let hot_keys = self.hot_keys_until.is_some_and(|t| now < t);
-                    while permits.len() < requests && !hot_keys {
-                        match self.shared.global.clone().try_acquire_owned() {
-                            Ok(p) => permits.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    let wanted = max_events.saturating_mul(permits.len());
-                    let claimed = queue.claim(&name, self.new_batch(), wanted, lease).await?;
-                    if claimed.is_empty() {
-                        return Ok(());
-                    }
-                    let got = claimed.len();
-                    let by_key = self.sub.ordering == Ordering::Key;
-                    let (batches, held_back) = split(claimed, max_events, by_key);
-                    let count = batches.len();
-                    for (n, (batch, permit)) in batches.into_iter().zip(permits).enumerate() {
-                        if n + 1 == count && batch.len() < max_events {
-                            self.gathering = batch;
-                            self.gather_slot = Some(permit);
-                            self.gather_until = Some(later(Instant::now(), max_wait));
-                            if self.batch_ready(max_events) {
-                                self.send_gathered(max_events, probe).await;
-                            }
-                        } else {
-                            let batch_id = new_batch_id(&batch);
-                            self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
-                        }
-                    }
-                    if !held_back.is_empty() {
-                        // Keys with several events due: claiming more than one batch at a
-                        // time would mostly claim events to give back.
-                        self.hot_keys_until = Some(Instant::now() + POLL);
-                        self.release(&held_back).await;
-                        return Ok(());
-                    }
-                    if probe || got < wanted || !self.gathering.is_empty() {
-                        return Ok(());
-                    }
-                }
+            if !more {
+                return Ok(());
             }
         }
+    }
+
+    /// How many requests may start now, with the global permit of the first; `None` when
+    /// none may.
+    fn slots(&mut self, probe: bool) -> Option<(usize, OwnedSemaphorePermit)> {
+        let mut requests = self.max_in_flight().saturating_sub(self.in_flight.len());
+        if !probe && !self.in_flight.is_empty() {
+            // A claim costs the outbox about the same for one delivery (or batch) as for
+            // dozens (planning, a round trip, a commit): refilling each slot as it frees
+            // up made the claim the bottleneck at ~2,000 requests/s. Wait until a
+            // quarter of the slots are free; an idle subscription still claims at once.
+            let refill = (self.max_in_flight() / 4).max(1);
+            if requests < refill {
+                self.reserved = None;
+                return None;
+            }
+        }
+        if probe {
+            requests = requests.min(1);
+        }
+        if let Some(bucket) = &mut self.bucket {
+            requests = requests.min(bucket.available(Instant::now()));
+        }
+        if requests == 0 {
+            // A permit kept from the wait goes back to the other subscriptions.
+            self.reserved = None;
+            return None;
+        }
+        let permit = match self.reserved.take() {
+            Some(permit) => permit,
+            None => match self.shared.global.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    self.waiting_for_global = true;
+                    return None;
+                }
+            },
+        };
+        Some((requests, permit))
+    }
+
+    /// Adds global permits to `permits`, up to `requests` of them, as far as they are free.
+    fn more_permits(&self, permits: &mut Vec<OwnedSemaphorePermit>, requests: usize) {
+        while permits.len() < requests {
+            match self.shared.global.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// One event per request: claims one per free slot and sends them. Returns whether to
+    /// claim again.
+    async fn claim_events(
+        &mut self,
+        queue: &DeliveryQueue,
+        requests: usize,
+        permit: OwnedSemaphorePermit,
+        probe: bool,
+    ) -> Result<bool, QueueError> {
+        let mut permits = vec![permit];
+        self.more_permits(&mut permits, requests);
+        let how = match self.sub.ordering {
+            Ordering::Key => Claim::FirstOfKey,
+            Ordering::None => Claim::Unordered,
+        };
+        let wanted = permits.len();
+        let claimed = queue
+            .claim(&self.sub.name, how, wanted, self.lease())
+            .await?;
+        let got = claimed.len();
+        for (row, permit) in claimed.into_iter().zip(permits) {
+            let id = row.event_id.clone();
+            self.start(vec![row], id, None, permit, probe);
+        }
+        Ok(got == wanted && !probe)
+    }
+
+    /// Batch mode: a failed batch again, else new batches for every free slot, the last of
+    /// them gathered when short. Returns whether to claim again.
+    async fn claim_batches(
+        &mut self,
+        queue: &DeliveryQueue,
+        requests: usize,
+        permit: OwnedSemaphorePermit,
+        probe: bool,
+        now: Instant,
+    ) -> Result<bool, QueueError> {
+        let Some((max_events, max_wait)) = self.batching() else {
+            return Ok(false);
+        };
+        let (name, lease) = (self.sub.name.clone(), self.lease());
+        // A failed batch goes again whole, under its id, whatever max_events says now.
+        if self.batcher.may_find_failed_batch(now) {
+            let failed = queue
+                .claim(&name, Claim::FailedBatch, usize::MAX, lease)
+                .await?;
+            if failed.is_empty() {
+                self.batcher.no_failed_batch_until(Instant::now() + POLL);
+            }
+            if let Some(batch_id) = failed.first().and_then(|c| c.batch_id.clone()) {
+                self.start(failed, batch_id.clone(), Some(batch_id), permit, probe);
+                return Ok(!probe);
+            }
+        }
+        // The batches of every free slot in one claim: a claim costs mostly per statement,
+        // and the worker sends nothing while it waits for one (one batch per claim held
+        // batch mode at ~130 requests/s).
+        let mut permits = vec![permit];
+        if !self.batcher.keys_are_hot(now) {
+            self.more_permits(&mut permits, requests);
+        }
+        let wanted = max_events.saturating_mul(permits.len());
+        let claimed = queue.claim(&name, self.new_batch(), wanted, lease).await?;
+        if claimed.is_empty() {
+            return Ok(false);
+        }
+        let got = claimed.len();
+        let cut = batcher::cut(claimed, max_events, self.sub.ordering == Ordering::Key);
+        let mut permits = permits.into_iter();
+        for (batch, permit) in cut.full.into_iter().zip(&mut permits) {
+            let batch_id = new_batch_id(&batch);
+            self.start(batch, batch_id.clone(), Some(batch_id), permit, probe);
+        }
+        if let (Some(batch), Some(permit)) = (cut.partial, permits.next()) {
+            self.gather_slot = Some(permit);
+            self.batcher.gather(batch, later(Instant::now(), max_wait));
+            if self.batcher.ready(max_events, Instant::now()) {
+                self.send_gathered(max_events, probe).await;
+            }
+        }
+        if !cut.held_back.is_empty() {
+            // Keys with several events due: claiming more than one batch at a time would
+            // mostly claim events to give back.
+            self.batcher.keys_hot_until(Instant::now() + POLL);
+            self.release(&cut.held_back).await;
+            return Ok(false);
+        }
+        Ok(!(probe || got < wanted || self.batcher.is_gathering()))
+    }
+
+    /// Tops up the batch being gathered, and sends it once it is full or has waited long
+    /// enough. Returns whether to claim again.
+    async fn top_up(
+        &mut self,
+        queue: &DeliveryQueue,
+        max_events: usize,
+        probe: bool,
+    ) -> Result<bool, QueueError> {
+        let room = self.batcher.room(max_events);
+        let mut got = 0;
+        if room > 0 {
+            let claimed = queue
+                .claim(&self.sub.name, self.new_batch(), room, self.lease())
+                .await?;
+            got = claimed.len();
+            self.batcher.top_up(claimed);
+        }
+        if !self.batcher.ready(max_events, Instant::now()) {
+            return Ok(false);
+        }
+        self.send_gathered(max_events, probe).await;
+        Ok(!(probe || got < room))
     }
 
     /// How a new batch is claimed.
@@ -567,23 +601,10 @@ impl Worker {
         }
     }
 
-    /// Whether the batch being gathered is full or has waited long enough.
-    fn batch_ready(&self, max_events: usize) -> bool {
-        !self.gathering.is_empty()
-            && (self.gathering.len() >= max_events
-                || self.gather_until.is_some_and(|t| Instant::now() >= t))
-    }
-
     /// Sends the batch gathered, at most `max_events` of it (the rest, left over from a
     /// larger `max_events` before a config edit, goes back to the queue).
     async fn send_gathered(&mut self, max_events: usize, probe: bool) {
-        let mut batch = std::mem::take(&mut self.gathering);
-        let rest: Vec<i64> = batch
-            .split_off(batch.len().min(max_events))
-            .iter()
-            .map(|c| c.id)
-            .collect();
-        self.gather_until = None;
+        let (batch, rest) = self.batcher.take(max_events);
         let slot = self
             .gather_slot
             .take()
@@ -613,7 +634,7 @@ impl Worker {
     ) {
         let now = Instant::now();
         if probe {
-            self.breaker.probing();
+            self.gate.probing();
         }
         if let Some(bucket) = &mut self.bucket {
             bucket.take(1, now);
@@ -635,7 +656,7 @@ impl Worker {
         // A batch goes to the subscription's URL (validation refuses batches that route);
         // a single event to its own stored target, if it has one.
         let (body, target) = match &batch_id {
-            Some(_) => (array(&rows), None),
+            Some(_) => (batcher::array(&rows), None),
             None => rows
                 .into_iter()
                 .next()
@@ -666,141 +687,122 @@ impl Worker {
         );
     }
 
-    /// Turns a returned request into the new state of the deliveries it carried.
+    /// Records a returned request: what [`settle`] makes of it for the gate, the retry
+    /// clock and the metrics, and the deliveries' new state for the outbox.
     async fn finish(&mut self, sent: Sent) {
         self.in_flight.remove(&sent.request);
         let now = Instant::now();
         let wall = SystemTime::now();
-        let a = &sent.attempt;
-        let name = &self.sub.name;
-        if a.outcome != Outcome::Delivered {
+        if sent.attempt.verdict.outcome != Outcome::Delivered {
             // A batch that failed, or a probe given back, is a failed batch to claim again.
-            self.no_failed_batch_until = None;
+            self.batcher.failed_batch_may_be_due();
         }
-        let settled: Vec<Settled> = match a.outcome {
-            Outcome::Delivered => {
-                self.breaker.success();
-                sent.carried.iter().map(|_| Settled::Delivered).collect()
-            }
-            Outcome::Dead => {
-                // The receiver answered, and said the data is wrong: it is up, and sending
-                // this again would not help (the attempt's error says which status). Without
-                // a status nothing was sent, and the breaker learns nothing.
-                if a.status.is_some() {
-                    self.breaker.success();
-                }
-                sent.carried.iter().map(|_| Settled::Dead).collect()
-            }
-            Outcome::Gone => {
-                let reason = format!("the receiver answered 410 Gone at {}", rfc3339(wall));
-                tracing::error!(
-                    subscription = %name,
-                    "410 Gone: subscription deactivated; its pending deliveries are kept; \
-                     `walhook replay --subscription {name} --status dead` switches it back on"
-                );
-                self.deactivated = Some(reason.clone());
-                self.recheck_at = Some(now + POLL);
-                if let Err(e) = self.deactivate(&reason).await {
-                    tracing::warn!(subscription = %name, "{e}");
-                }
-                sent.carried.iter().map(|_| Settled::Retry(wall)).collect()
-            }
-            Outcome::Retry { after, slow_down } => {
-                if let Some(pause) = self.breaker.failure(now) {
-                    tracing::warn!(
-                        subscription = %name,
-                        "circuit breaker open after failures in a row: pausing, next probe in {pause:?}"
-                    );
-                }
-                let mut first_delay = None;
-                // A batch is claimed again when its earliest delivery is due.
-                let mut earliest = None;
-                // One jitter for the whole request: the deliveries of a batch stay due
-                // together, and the batch goes again whole.
-                let rng = StdRng::seed_from_u64(rand::random());
-                let settled = sent
-                    .carried
-                    .iter()
-                    .map(|c| {
-                        if sent.probe {
-                            return Settled::Released;
-                        }
-                        match policy::next_attempt(
-                            &self.sub.retry_schedule,
-                            c.attempts + 1,
-                            after,
-                            &mut rng.clone(),
-                        ) {
-                            Some(delay) => {
-                                let delay = delay.min(LONGEST_WAIT);
-                                first_delay.get_or_insert(delay);
-                                let due = now + delay;
-                                earliest = Some(earliest.map_or(due, |t: Instant| t.min(due)));
-                                Settled::Retry(wall + delay)
-                            }
-                            None => Settled::Dead,
-                        }
-                    })
-                    .collect();
-                if let Some(due) = earliest {
-                    self.dues.insert(due);
-                    if self.dues.len() > MAX_DUES {
-                        self.dues.pop_last();
-                    }
-                }
-                if slow_down {
-                    let pause = after.or(first_delay).unwrap_or(POLL);
-                    let until = now + pause;
-                    self.slow_until = Some(self.slow_until.map_or(until, |t| t.max(until)));
-                    tracing::warn!(
-                        subscription = %name,
-                        status = a.status,
-                        "the receiver asked to slow down: pausing the subscription for {pause:?}"
-                    );
-                }
-                settled
-            }
+        let attempts_made: Vec<u32> = sent.carried.iter().map(|c| c.attempts).collect();
+        let returned = Returned {
+            verdict: sent.attempt.verdict,
+            answered: sent.attempt.status.is_some(),
+            probe: sent.probe,
+            attempts_made: &attempts_made,
         };
+        let schedule = &self.sub.retry_schedule;
+        let settlement = settle(&returned, schedule, now, wall, rand::random());
+        self.learn(&settlement, &sent.attempt, now, wall).await;
+        let finished = Finished {
+            completions: self.completions(&sent, settlement, wall),
+            wake: self.wake.clone(),
+        };
+        if self.shared.completions.send(finished).await.is_err() {
+            tracing::warn!(subscription = %self.sub.name, "delivery results not recorded: stopping");
+        }
+    }
+
+    /// Tells the gate, the retry clock and the subscription's gauges what a returned
+    /// request settled; a 410 is stored.
+    async fn learn(
+        &mut self,
+        settlement: &Settlement,
+        a: &Attempt,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let name = self.sub.name.clone();
+        if let Some(pause) = self.gate.learn(settlement.gate, now) {
+            tracing::warn!(
+                subscription = %name,
+                "circuit breaker open after failures in a row: pausing, next probe in {pause:?}"
+            );
+        }
+        if settlement.deactivate {
+            let reason = format!(
+                "the receiver answered 410 Gone at {}",
+                crate::time::rfc3339(wall)
+            );
+            tracing::error!(
+                subscription = %name,
+                "410 Gone: subscription deactivated; its pending deliveries are kept; \
+                 `walhook replay --subscription {name} --status dead` switches it back on"
+            );
+            self.gate.stop(Stop::Gone(reason.clone()));
+            self.recheck_at = Some(now + POLL);
+            if let Err(e) = self.write_gone(&reason).await {
+                tracing::warn!(subscription = %name, "{e}");
+            }
+        }
+        if let Some(due) = settlement.earliest_due {
+            self.dues.insert(due);
+            if self.dues.len() > MAX_DUES {
+                self.dues.pop_last();
+            }
+        }
+        if let Some(pause) = settlement.slow_down {
+            tracing::warn!(
+                subscription = %name,
+                status = a.status,
+                "the receiver asked to slow down: pausing the subscription for {pause:?}"
+            );
+        }
         let metrics = &self.shared.metrics;
-        metrics.request_took(name, a.duration);
-        let labels = Metrics::subscription(name);
+        metrics.request_took(&name, a.duration);
+        let labels = Metrics::subscription(&name);
         metrics
             .circuit_open
             .get_or_create(&labels)
-            .set(i64::from(self.breaker.is_open()));
+            .set(i64::from(self.gate.breaker_open()));
         metrics
             .subscription_inactive
             .get_or_create(&labels)
-            .set(i64::from(self.deactivated.is_some()));
+            .set(i64::from(self.gate.stopped().is_some()));
         // A pause (slow-down, open breaker, 410) can outlast the leases of a batch being
         // gathered: give its deliveries back, to be claimed afresh when sending resumes.
-        let paused = self.slow_until.is_some_and(|t| t > now)
-            || self.breaker.is_open()
-            || self.deactivated.is_some();
-        if paused && !self.gathering.is_empty() {
-            let gathered: Vec<i64> = self.gathering.drain(..).map(|c| c.id).collect();
-            self.gather_until = None;
-            self.release(&gathered).await;
+        if self.gate.holds(now) && self.batcher.is_gathering() {
+            self.drop_gathering().await;
         }
-        let completions: Vec<Completion> = sent
-            .carried
+    }
+
+    /// The outbox's record of each delivery a returned request carried, logged and
+    /// counted.
+    fn completions(
+        &self,
+        sent: &Sent,
+        settlement: Settlement,
+        wall: SystemTime,
+    ) -> Vec<Completion> {
+        let (name, a, metrics) = (&self.sub.name, &sent.attempt, &self.shared.metrics);
+        let labels = Metrics::subscription(name);
+        let why = settlement.dead_reason;
+        sent.carried
             .iter()
-            .zip(settled)
+            .zip(settlement.deliveries)
             .map(|(c, settled)| {
-                log_result(name, c, a, &settled, sent.probe);
-                let outcome = match settled {
-                    Settled::Delivered => {
-                        let latency = wall.duration_since(c.committed_at).unwrap_or_default();
-                        metrics
-                            .end_to_end_latency
-                            .get_or_create(&labels)
-                            .observe(latency.as_secs_f64());
-                        AttemptOutcome::Success
-                    }
-                    Settled::Dead => AttemptOutcome::Dead,
-                    Settled::Retry(_) | Settled::Released => AttemptOutcome::Retry,
-                };
-                metrics.attempt(name, outcome);
+                log_result(name, c, a, &settled, sent.probe, why);
+                if settled == Settled::Delivered {
+                    let latency = wall.duration_since(c.committed_at).unwrap_or_default();
+                    metrics
+                        .end_to_end_latency
+                        .get_or_create(&labels)
+                        .observe(latency.as_secs_f64());
+                }
+                metrics.attempt(name, settled.outcome().as_str());
                 Completion {
                     delivery_id: c.id,
                     subscription: name.clone(),
@@ -815,48 +817,8 @@ impl Worker {
                     response_excerpt: a.response_excerpt.clone(),
                 }
             })
-            .collect();
-        let finished = Finished {
-            completions,
-            wake: self.wake.clone(),
-        };
-        if self.shared.completions.send(finished).await.is_err() {
-            tracing::warn!(subscription = %name, "delivery results not recorded: stopping");
-        }
+            .collect()
     }
-
-    async fn deactivate(&self, reason: &str) -> Result<(), QueueError> {
-        self.shared
-            .queue()
-            .await?
-            .deactivate(&self.sub.name, reason)
-            .await
-    }
-}
-
-/// Cuts claimed deliveries, in event order, into batches of `max_events`. With
-/// `by_key` (`ordering = "key"`), a key's events must not go in two batches at once (the later
-/// batch could arrive first): those after a key's first batch are held back, to be
-/// given back to the queue.
-fn split(claimed: Vec<Claimed>, max_events: usize, by_key: bool) -> (Vec<Vec<Claimed>>, Vec<i64>) {
-    let mut batches: Vec<Vec<Claimed>> = Vec::new();
-    let mut first_batch_of_key: HashMap<i64, usize> = HashMap::new();
-    let mut held_back = Vec::new();
-    for row in claimed {
-        let n = match batches.last() {
-            Some(last) if last.len() < max_events => batches.len() - 1,
-            _ => batches.len(),
-        };
-        if by_key && *first_batch_of_key.entry(row.ordering_key).or_insert(n) != n {
-            held_back.push(row.id);
-            continue;
-        }
-        if n == batches.len() {
-            batches.push(Vec::with_capacity(max_events.min(1_024)));
-        }
-        batches[n].push(row);
-    }
-    (batches, held_back)
 }
 
 /// `now + wait`, with waits cut to [`LONGEST_WAIT`].
@@ -873,20 +835,6 @@ fn probe_interval(sub: &SubscriptionConfig) -> Duration {
         .clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// The body of a batch: the events' stored bytes as one JSON array.
-fn array(rows: &[Claimed]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(rows.iter().map(|c| c.body.len() + 1).sum::<usize>() + 1);
-    body.push(b'[');
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&row.body);
-    }
-    body.push(b']');
-    body
-}
-
 /// A new batch's id: its first delivery and a random part, so a batch re-formed after a
 /// crash (possibly with other events) never reuses an id a receiver may have deduplicated.
 fn new_batch_id(rows: &[Claimed]) -> String {
@@ -894,17 +842,16 @@ fn new_batch_id(rows: &[Claimed]) -> String {
     format!("bat_{first:016X}_{:08x}", rand::random::<u32>())
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    let micros = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    // Postgres counts from 2000-01-01.
-    crate::capture::envelope::pg_micros_to_rfc3339(micros - 946_684_800_000_000)
-}
-
 /// One line per result, with the subscription, delivery, event id and key as fields; the
 /// status when the receiver answered, the error when something else went wrong.
-fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, probe: bool) {
+fn log_result(
+    subscription: &str,
+    c: &Carried,
+    a: &Attempt,
+    settled: &Settled,
+    probe: bool,
+    dead: DeadReason,
+) {
     let (delivery, event_id, key) = (c.id, c.event_id.as_str(), c.key.as_str());
     let status = a.status;
     let error = a.error.as_deref();
@@ -922,7 +869,7 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             probe,
             "delivery failed, will retry"
         ),
-        Settled::Dead if a.outcome == Outcome::Dead && status.is_some() => tracing::error!(
+        Settled::Dead if dead == DeadReason::Refused => tracing::error!(
             subscription,
             delivery,
             event_id,
@@ -931,7 +878,7 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             error,
             "delivery dead: the receiver's answer is in dead_on_status"
         ),
-        Settled::Dead if a.outcome == Outcome::Dead => tracing::error!(
+        Settled::Dead if dead == DeadReason::Unsendable => tracing::error!(
             subscription,
             delivery,
             event_id,
@@ -948,57 +895,5 @@ fn log_result(subscription: &str, c: &Carried, a: &Attempt, settled: &Settled, p
             error,
             "delivery dead after the last scheduled attempt"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(id: i64, ordering_key: i64) -> Claimed {
-        Claimed {
-            id,
-            event_seq: id,
-            event_id: format!("evt_{id}"),
-            body: b"{}".to_vec(),
-            attempts: 0,
-            trigger: Trigger::Scheduled,
-            batch_id: None,
-            committed_at: SystemTime::UNIX_EPOCH,
-            key: String::new(),
-            ordering_key,
-            target: None,
-        }
-    }
-
-    fn ids(batches: &[Vec<Claimed>]) -> Vec<Vec<i64>> {
-        batches
-            .iter()
-            .map(|b| b.iter().map(|c| c.id).collect())
-            .collect()
-    }
-
-    #[test]
-    fn split_keeps_each_key_in_its_first_batch_and_holds_back_the_rest() {
-        let claimed = vec![row(1, 10), row(2, 20), row(3, 10), row(4, 30), row(5, 10)];
-        let (batches, held_back) = split(claimed, 2, true);
-        assert_eq!(ids(&batches), vec![vec![1, 2], vec![4]]);
-        assert_eq!(held_back, vec![3, 5]);
-    }
-
-    #[test]
-    fn split_without_key_ordering_only_cuts() {
-        let claimed = vec![row(1, 10), row(2, 20), row(3, 10), row(4, 30), row(5, 10)];
-        let (batches, held_back) = split(claimed, 2, false);
-        assert_eq!(ids(&batches), vec![vec![1, 2], vec![3, 4], vec![5]]);
-        assert!(held_back.is_empty());
-    }
-
-    #[test]
-    fn split_keeps_a_keys_events_together_within_one_batch() {
-        let claimed = vec![row(1, 10), row(2, 10), row(3, 20), row(4, 20)];
-        let (batches, held_back) = split(claimed, 3, true);
-        assert_eq!(ids(&batches), vec![vec![1, 2, 3]]);
-        assert_eq!(held_back, vec![4]);
     }
 }

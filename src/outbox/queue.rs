@@ -135,7 +135,35 @@ pub struct Claimed {
     pub target: Option<Target>,
 }
 
-/// The new state of a delivery after an attempt.
+/// What an attempt makes of its delivery: the one vocabulary of the status policy
+/// (`delivery::policy::Verdict`), the queue ([`Settled::outcome`]) and the metrics (the
+/// `outcome` label of `walhook_delivery_attempts_total`, [`Outcome::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Done: the receiver answered 2xx.
+    Delivered,
+    /// Failed; the delivery stays pending and goes again.
+    Retry,
+    /// Failed for good: the delivery is dead.
+    Dead,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the metrics list them.
+    pub const ALL: [Outcome; 3] = [Outcome::Delivered, Outcome::Retry, Outcome::Dead];
+
+    /// The metric label: `success`, `retry` or `dead` (SPEC §7).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "success",
+            Outcome::Retry => "retry",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+/// The new state of a delivery after an attempt: its [`Outcome`] and what the queue needs
+/// beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// 2xx.
@@ -147,6 +175,17 @@ pub enum Settled {
     /// Back to the queue as it was: an attempt that must not count (a circuit-breaker probe,
     /// or a request cut short by shutdown).
     Released,
+}
+
+impl Settled {
+    /// What the attempt made of the delivery: a release is a retry that costs no attempt.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Settled::Delivered => Outcome::Delivered,
+            Settled::Retry(_) | Settled::Released => Outcome::Retry,
+            Settled::Dead => Outcome::Dead,
+        }
+    }
 }
 
 /// One finished attempt of one delivery, as the completion writes it.
@@ -549,5 +588,25 @@ fn claimed(row: &Row) -> Claimed {
         key: row.get(8),
         ordering_key: row.get(9),
         target: target(row.get(10), row.get(11)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_a_metric_label() {
+        let labels = Outcome::ALL.map(Outcome::as_str);
+        assert_eq!(labels, crate::metrics::ATTEMPT_OUTCOMES);
+        let cases = [
+            (Settled::Delivered, Outcome::Delivered),
+            (Settled::Retry(SystemTime::UNIX_EPOCH), Outcome::Retry),
+            (Settled::Released, Outcome::Retry),
+            (Settled::Dead, Outcome::Dead),
+        ];
+        for (settled, outcome) in cases {
+            assert_eq!(settled.outcome(), outcome, "{settled:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde_json::{Number, Value};
 
 use super::types::TypeKind;
+use crate::time;
 
 /// Converts one column's text output into JSON per SPEC §3.
 pub fn text_to_json(kind: &TypeKind, text: &[u8]) -> Value {
@@ -155,7 +156,7 @@ fn rfc3339_utc(text: &[u8]) -> Option<String> {
     if year == 0
         || !(1..=12).contains(&month)
         || day == 0
-        || day > days_in_month(year, month)
+        || i64::from(day) > time::days_in_month(year.into(), month.into())
         || hour > 23
         || minute > 59
         || second > 59
@@ -214,13 +215,13 @@ fn rfc3339_utc(text: &[u8]) -> Option<String> {
         out.push('T');
         out.push_str(&s[11..19]);
     } else {
-        let local = days_from_civil(year, month, day) * 86_400
+        let local = time::days_from_civil(year.into(), month.into(), day.into()) * 86_400
             + i64::from(hour) * 3600
             + i64::from(minute) * 60
             + i64::from(second);
         let utc = local - sign * offset;
         let (days, secs) = (utc.div_euclid(86_400), utc.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = time::civil_from_days(days);
         if !(1..=9999).contains(&year) {
             return None;
         }
@@ -242,42 +243,6 @@ fn digits(b: &[u8]) -> Option<u32> {
     b.iter().try_fold(0u32, |acc, &c| {
         c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
     })
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
-    let (y, m, d) = (i64::from(year), i64::from(month), i64::from(day));
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Postgres allows at most 6 dimensions (MAXDIM); deeper nesting is not array output.
@@ -644,17 +609,6 @@ mod tests {
     }
 
     #[test]
-    fn civil_day_arithmetic() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1, 1, 1), -719_162);
-        for days in [-719_162, -1, 0, 11_016, 11_017, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y as u32, m as u32, d as u32), days);
-        }
-    }
-
-    #[test]
     fn bytea_to_base64() {
         let k = TypeKind::Bytea;
         assert_eq!(conv(&k, r"\x48656c6c6f"), json!("SGVsbG8="));
@@ -1002,7 +956,7 @@ mod tests {
         ) {
             let fmt = |t: i64, off: i64| {
                 let (days, s) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-                let (y, m, d) = civil_from_days(days);
+                let (y, m, d) = time::civil_from_days(days);
                 let frac = micros.map_or(String::new(), |u| {
                     format!(".{u:06}").trim_end_matches('0').to_owned()
                 });
