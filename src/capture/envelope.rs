@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use super::change::{Cell, Operation, RowChange};
 use super::relation::Relation;
 use crate::pg::Lsn;
+use crate::time::pg_micros_to_rfc3339;
 
 /// The commit a change belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,9 +263,6 @@ fn with_source(
 pub fn serialise(body: Map<String, Value>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
 }
-
-/// Until `server/view.rs` and `commands/test.rs` name `crate::time` themselves.
-pub use crate::time::pg_micros_to_rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,7 @@ use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::{ChangeReader, Item, ObjectView, Relation};
 use crate::config::{Config, TableName};
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::error::server_words;
 use crate::pg::{self, Lsn};
 use crate::pg::{quote_ident, quote_table};
 use crate::source::privileges::{self, Refusal, Role};
@@ -139,7 +140,10 @@ async fn refuse_missing_privileges(
     tables: &[TableName],
 ) -> Result<(), TailError> {
     let failed = |e: tokio_postgres::Error| {
-        TailError::Setup(format!("reading the role's privileges: {}", db_error(&e)))
+        TailError::Setup(format!(
+            "reading the role's privileges: {}",
+            server_words(&e)
+        ))
     };
     let role = Role::current(catalog).await.map_err(failed)?;
     if role.superuser {
@@ -261,10 +265,9 @@ async fn pick_publication(
         quote_ident(&name),
         list.join(", ")
     );
-    catalog
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| TailError::Setup(format!("creating publication {name}: {}", db_error(&e))))?;
+    catalog.batch_execute(&sql).await.map_err(|e| {
+        TailError::Setup(format!("creating publication {name}: {}", server_words(&e)))
+    })?;
     Ok(Publication {
         name,
         created: true,
@@ -283,7 +286,7 @@ async fn ensure_durable_slot(
             &[&slot],
         )
         .await
-        .map_err(|e| TailError::Setup(format!("looking up slot {slot:?}: {}", db_error(&e))))?
+        .map_err(|e| TailError::Setup(format!("looking up slot {slot:?}: {}", server_words(&e))))?
         .is_some();
     if exists {
         return Ok(());
@@ -333,7 +336,10 @@ async fn cleanup(info: &ConnInfo, publication: &Publication) {
 async fn drop_publication(info: &ConnInfo, name: &str) -> Result<(), String> {
     let catalog = pg::connect_sql(info).await.map_err(|e| e.to_string())?;
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));
-    catalog.batch_execute(&sql).await.map_err(|e| db_error(&e))
+    catalog
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| server_words(&e))
 }
 
 /// Where the output stands, so a reconnect neither repeats nor skips a change.
@@ -632,12 +638,5 @@ impl<'a> Views<'a> {
             }
             None => ObjectView::of_table(relation),
         }
-    }
-}
-
-fn db_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => e.to_string(),
     }
 }

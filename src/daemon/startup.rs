@@ -7,7 +7,7 @@ use super::slot::ensure_slot;
 use crate::capture::matcher::{needs_old_values, Matcher};
 use crate::config::{Config, TableName};
 use crate::outbox::migrate::{migrate, MigrateError};
-use crate::pg::conninfo::{ConnInfo, ConnInfoError};
+use crate::pg::conninfo::ConnInfo;
 use crate::pg::{self, ConnectError};
 use crate::source::publication::{self, PublicationChange};
 use crate::source::slot::{self, SlotState};
@@ -16,9 +16,6 @@ use crate::source::SetupError;
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// A connection string is invalid.
-    #[error("connection string: {0}")]
-    ConnInfo(#[from] ConnInfoError),
     /// A database could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -76,9 +73,7 @@ impl StartupError {
     pub fn is_config_problem(&self) -> bool {
         matches!(
             self,
-            StartupError::ReplicaIdentity { .. }
-                | StartupError::WhenColumns { .. }
-                | StartupError::ConnInfo(_)
+            StartupError::ReplicaIdentity { .. } | StartupError::WhenColumns { .. }
         )
     }
 }

@@ -18,8 +18,9 @@ use super::worker::{Control, Worker};
 use crate::config::{AllowedNetwork, Config, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{Completion, DeliveryQueue, QueueError};
-use crate::pg;
+use crate::pg::client::OpenError;
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::{Reconnecting, Session};
 
 /// Completions written together at most.
 const COMPLETION_BATCH: usize = 512;
@@ -109,22 +110,30 @@ impl Shared {
 /// An outbox connection of the dispatcher (one for claims, one for completions), opened
 /// again when it was lost.
 struct Queues {
-    outbox: ConnInfo,
     schema: String,
-    current: tokio::sync::Mutex<Option<Arc<DeliveryQueue>>>,
+    current: tokio::sync::Mutex<Reconnecting<Arc<DeliveryQueue>>>,
+}
+
+impl Session for DeliveryQueue {
+    fn is_closed(&self) -> bool {
+        DeliveryQueue::is_closed(self)
+    }
 }
 
 impl Queues {
     async fn get(&self) -> Result<Arc<DeliveryQueue>, QueueError> {
         let mut current = self.current.lock().await;
-        if let Some(queue) = current.as_ref().filter(|q| !q.is_closed()) {
-            return Ok(queue.clone());
-        }
-        *current = None;
-        let client = pg::connect_sql(&self.outbox).await?;
-        let queue = Arc::new(DeliveryQueue::new(client, &self.schema).await?);
-        *current = Some(queue.clone());
-        Ok(queue)
+        let schema = &self.schema;
+        let queue = current
+            .get_with(
+                |client| async move { DeliveryQueue::new(client, schema).await.map(Arc::new) },
+            )
+            .await
+            .map_err(|e| match e {
+                OpenError::Connect(e) => QueueError::Connect(e),
+                OpenError::Setup(e) => e,
+            })?;
+        Ok(queue.clone())
     }
 }
 
@@ -178,16 +187,14 @@ pub fn spawn(
     let net = Net::new(&config.delivery.allow_networks)?;
     let (completions_tx, completions_rx) = mpsc::channel(1_024);
     let queues = Arc::new(Queues {
-        outbox: outbox.clone(),
         schema: config.outbox.schema.clone(),
-        current: tokio::sync::Mutex::new(None),
+        current: tokio::sync::Mutex::new(Reconnecting::new(outbox.clone())),
     });
     // A connection of its own: on one shared with the claims, each statement waited for
     // the other's, and the outbox backend (one core) bounded batch mode at ~130 requests/s.
     let completion_queues = Arc::new(Queues {
-        outbox,
         schema: config.outbox.schema.clone(),
-        current: tokio::sync::Mutex::new(None),
+        current: tokio::sync::Mutex::new(Reconnecting::new(outbox)),
     });
     let shared = Arc::new(Shared {
         net: RwLock::new(Arc::new(net)),

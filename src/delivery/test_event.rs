@@ -8,9 +8,6 @@
 
 use std::time::SystemTime;
 
-/// Microseconds between the Unix epoch and Postgres' (2000-01-01).
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
@@ -365,14 +362,11 @@ fn envelope(
     key: Map<String, Value>,
     values: Map<String, Value>,
 ) -> Map<String, Value> {
-    let now_micros = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     let table = &sub.object.config.table;
     let body = serde_json::json!({
         "id": id,
         "type": sub.event_type_for(Operation::Update),
-        "timestamp": crate::capture::envelope::pg_micros_to_rfc3339(now_micros - PG_EPOCH_MICROS),
+        "timestamp": crate::time::rfc3339(SystemTime::now()),
         "object": sub.object.name,
         "operation": Operation::Update.as_str(),
         "key": key,

@@ -22,7 +22,7 @@ use super::settle::{settle, DeadReason, Returned, Settlement, LONGEST_WAIT};
 use crate::config::{Ordering, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::outbox::queue::{
-    is_pause, Claim, Claimed, Completion, DeliveryQueue, QueueError, Settled, Trigger,
+    Claim, Claimed, Completion, DeliveryQueue, QueueError, Settled, Trigger,
 };
 
 /// Requests in flight per subscription when the subscription sets no `max_in_flight`.
@@ -255,17 +255,17 @@ impl Worker {
     /// Whether the subscription is paused or deactivated, as stored; the one place that
     /// reads that state.
     async fn read_stop(&self) -> Result<Option<Stop>, QueueError> {
-        let reason = self
+        let stopped = self
             .shared
             .queue()
             .await?
             .deactivated(&self.sub.name)
             .await?;
-        Ok(reason.map(|reason| {
-            if is_pause(&reason) {
-                Stop::Paused(reason)
+        Ok(stopped.map(|stopped| {
+            if stopped.is_pause() {
+                Stop::Paused(stopped.reason)
             } else {
-                Stop::Gone(reason)
+                Stop::Gone(stopped.reason)
             }
         }))
     }

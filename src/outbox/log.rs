@@ -79,8 +79,13 @@ pub fn parse_since(text: &str) -> Result<Since, String> {
         }
         return Ok(Since::Ago(ago));
     }
-    if is_rfc3339(text) {
-        if !fields_in_range(text.as_bytes()) {
+    if looks_like_rfc3339(text) {
+        // Postgres' timestamptz starts at 4713 BC but RFC 3339 at year 1; jiff checks the
+        // fields (month, day, leap years, offset).
+        if crate::time::parse_rfc3339(text).is_none()
+            || text.starts_with("0000")
+            || !offset_within_postgres_range(text)
+        {
             return Err(format!(
                 "{text:?} is not a real date and time (month, day, hour, minute, second or \
                  offset out of range)"
@@ -108,36 +113,19 @@ pub fn since_condition(column: &str, at: usize, ago: usize) -> String {
 /// The longest `--since` duration: a thousand years.
 const MAX_SINCE: Duration = Duration::from_secs(1000 * 365 * 86_400);
 
-/// Whether the fields of an [`is_rfc3339`] text name a real instant Postgres accepts.
-fn fields_in_range(b: &[u8]) -> bool {
-    let num = |at: usize, len: usize| {
-        b[at..at + len]
-            .iter()
-            .fold(0u32, |n, c| n * 10 + u32::from(c - b'0'))
-    };
-    let (year, month, day) = (num(0, 4), num(5, 2), num(8, 2));
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    let offset_ok = match &b[b.len() - 6..] {
-        [b'+' | b'-', ..] => num(b.len() - 5, 2) <= 15 && num(b.len() - 2, 2) <= 59,
+/// Postgres takes UTC offsets up to ±15:59; jiff up to ±25:59.
+fn offset_within_postgres_range(text: &str) -> bool {
+    let b = text.as_bytes();
+    match &b[b.len() - 6..] {
+        [b'+' | b'-', h1, h2, b':', ..] => (h1 - b'0') * 10 + (h2 - b'0') <= 15,
         _ => true,
-    };
-    year >= 1
-        && (1..=days).contains(&day)
-        && num(11, 2) <= 23
-        && num(14, 2) <= 59
-        && num(17, 2) <= 60
-        && offset_ok
+    }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`; `t` and a space are accepted for `T`.
-fn is_rfc3339(text: &str) -> bool {
+/// The shape `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (`t` and a space accepted for `T`),
+/// before its fields are checked: what is not even shaped so is neither a time nor a
+/// duration.
+fn looks_like_rfc3339(text: &str) -> bool {
     let b = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| {
         b.get(range)
@@ -426,6 +414,7 @@ mod tests {
             "0000-01-01T00:00:00Z",
             "2026-01-31T24:00:00Z",
             "2026-01-31T08:00:00+99:00",
+            "2026-01-31T08:00:00+16:00",
         ] {
             assert!(parse_since(text).is_err(), "{text}");
         }

@@ -12,25 +12,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::config::{Method, Target};
+use crate::pg::error::server_words;
 use crate::pg::quote_ident;
-
-/// How the `reason` of a `subscription_state` row written by the admin API's pause starts
-/// (`paused through the admin API at 2026-11-23T10:00:00Z`). A row with any other reason
-/// is a deactivation by the receiver (410 Gone).
-pub const PAUSED_REASON: &str = "paused through the admin API at";
-
-/// Whether a `subscription_state` reason is a pause (rather than a 410 deactivation): a
-/// pause is lifted only by resuming, never by a replay.
-pub fn is_pause(reason: &str) -> bool {
-    reason.starts_with(PAUSED_REASON)
-}
-
-/// SQL for the `reason` of a pause written now.
-pub fn pause_reason_sql() -> String {
-    format!(
-        "'{PAUSED_REASON} ' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-    )
-}
 
 /// A queue operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +31,6 @@ pub enum QueueError {
     /// The outbox connection could not be opened.
     #[error("outbox: {0}")]
     Connect(#[from] crate::pg::ConnectError),
-}
-
-/// What Postgres said (tokio-postgres's own text for a refused statement is "db error").
-fn server_words(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => error.to_string(),
-    }
 }
 
 impl QueueError {
@@ -392,9 +367,7 @@ impl DeliveryQueue {
                 .await
                 .map_err(err("preparing the deactivation"))?,
             deactivated: client
-                .prepare(&format!(
-                    "SELECT reason FROM {s}.subscription_state WHERE subscription = $1"
-                ))
+                .prepare(&super::state::read_sql(schema))
                 .await
                 .map_err(err("preparing the state query"))?,
             client,
@@ -534,8 +507,11 @@ impl DeliveryQueue {
         Ok(())
     }
 
-    /// Why `subscription` is switched off, if it is.
-    pub async fn deactivated(&self, subscription: &str) -> Result<Option<String>, QueueError> {
+    /// Why `subscription` is switched off (paused or gone), if it is.
+    pub async fn deactivated(
+        &self,
+        subscription: &str,
+    ) -> Result<Option<super::state::Stopped>, QueueError> {
         let row = self
             .client
             .query_opt(&self.deactivated, &[&subscription])
@@ -543,7 +519,7 @@ impl DeliveryQueue {
             .map_err(|source| {
                 self.error(format!("reading the state of {subscription:?}"), source)
             })?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.as_ref().map(super::state::from_row))
     }
 
     fn error(&self, what: String, source: tokio_postgres::Error) -> QueueError {

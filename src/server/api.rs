@@ -200,7 +200,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<StatusAnswer>, ApiEr
         ready: replication_connected && outbox_writable,
         replication_connected,
         outbox_writable,
-        sampled_at: sample.taken_at.map(view::rfc3339),
+        sampled_at: sample.taken_at.map(crate::time::rfc3339),
         slot: SlotView {
             name: config.source.slot.clone(),
             found: slot.is_some(),

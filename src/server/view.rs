@@ -3,7 +3,6 @@
 //! and the scrubbing of secret values out of text a receiver sent back.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
@@ -134,18 +133,6 @@ pub(super) fn rate_limit(sub: &SubscriptionConfig) -> Option<RateLimitView> {
 /// back, and attempts recorded before the sender scrubbed them are still in the log.
 pub(super) fn scrub(sub: &SubscriptionConfig, text: &str) -> String {
     crate::delivery::sender::scrubbed(sub, text)
-}
-
-/// RFC 3339 in UTC, to the microsecond.
-pub(super) fn rfc3339(time: SystemTime) -> String {
-    let micros = time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros();
-    // Postgres counts from 2000-01-01.
-    crate::capture::envelope::pg_micros_to_rfc3339(
-        i64::try_from(micros).unwrap_or(i64::MAX) - 946_684_800_000_000,
-    )
 }
 
 /// Stopped subscriptions by name.
