@@ -12,6 +12,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY sql ./sql
+# A workspace member: cargo reads its manifest, though only walhook is built.
+COPY bench ./bench
 RUN cargo build --release --locked --bin walhook \
     && strip target/release/walhook
 

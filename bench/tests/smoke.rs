@@ -3,7 +3,48 @@
 //! outbox counts and the receiver's), and the results land between the markers. Not a
 //! measurement: nothing here looks at the numbers.
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The workspace's walhook binary, built now in this test's profile. A package sees only its
+/// own binaries (`CARGO_BIN_EXE_*`), and one left in target/ by an earlier build may be
+/// stale, so the test asks the cargo that runs it (`$CARGO`) to build it and to say where it
+/// put it; when everything is fresh that takes a moment.
+fn walhook_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // This test runs from target/[TRIPLE/]PROFILE_DIR/deps/; `dev` and `test` build in debug/.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .expect("the test runs from target/PROFILE/deps");
+    let profile = match profile_dir {
+        "debug" => "dev",
+        custom => custom,
+    };
+    let out = Command::new(&cargo)
+        .args(["build", "--locked", "--package=walhook", "--bin=walhook"])
+        .arg(format!("--profile={profile}"))
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("run {} build: {e}", cargo.to_string_lossy()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "building walhook for the benchmark failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "walhook")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo built no walhook executable; its output:\n{stdout}"))
+}
 
 #[test]
 fn the_benchmark_produces_every_figure_on_a_small_workload() {
@@ -13,7 +54,7 @@ fn the_benchmark_produces_every_figure_on_a_small_workload() {
     let out = Command::new(env!("CARGO_BIN_EXE_walhook-bench"))
         .arg("--smoke")
         .arg("--walhook")
-        .arg(env!("CARGO_BIN_EXE_walhook"))
+        .arg(walhook_binary())
         .arg("--write")
         .arg(&report)
         .output()

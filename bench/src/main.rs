@@ -830,18 +830,9 @@ impl Db {
 
     /// Pauses every subscription: the capture figures measure capture alone (the outbox
     /// rows are written all the same).
-    async fn pause_subscriptions(&self, instance: &str) -> Result<()> {
-        let reason = walhook::outbox::queue::pause_reason_sql();
+    async fn pause_subscriptions(&mut self, instance: &str) -> Result<()> {
         for name in workload::OBJECTS {
-            self.outbox
-                .execute(
-                    &format!(
-                        "INSERT INTO {instance}.subscription_state (subscription, reason) \
-                         VALUES ($1, {reason})"
-                    ),
-                    &[&name],
-                )
-                .await?;
+            walhook::outbox::state::pause(&mut self.outbox, instance, name).await?;
         }
         Ok(())
     }
