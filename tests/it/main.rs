@@ -26,6 +26,7 @@ mod layers;
 mod logs;
 mod metrics;
 mod outbox_pipeline;
+mod packaging;
 mod receive;
 mod receiver_snippets;
 mod replay;
