@@ -1,21 +1,31 @@
 //! walhook: Postgres change-data-capture to signed webhooks.
 //!
-//! The flow is source → capture → outbox → delivery → server; each folder is one stage.
+//! The crate is built in floors (ARCHITECTURE.md; `tests/it/layers.rs` checks them): a
+//! module imports only from floors below its own. Listed here from the bottom up.
 
-pub mod capture;
-pub mod commands;
-pub mod config;
-pub mod daemon;
-pub mod delivery;
-pub mod demo;
+// Foundations.
 pub mod ephemeral;
-pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod os;
-pub mod outbox;
 pub mod pg;
-pub mod server;
-pub mod source;
 pub mod suggest;
 pub mod time;
+
+// The config, parsed once.
+pub mod config;
+
+// The flow: source → capture → outbox → delivery.
+pub mod source;
+pub mod capture;
+pub mod outbox;
+pub mod delivery;
+
+// Above the flow: what the daemon and the HTTP server share, the server, the daemon.
+pub mod health;
+pub mod server;
+pub mod daemon;
+
+// Adapters on top.
+pub mod commands;
+pub mod demo;

@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -44,19 +43,21 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
         let state = Arc::clone(&seen);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(move |req| handle(req, Arc::clone(&state), time_arrivals));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let make = move || {
+            let state = Arc::clone(&state);
+            service_fn(move |req| handle(req, Arc::clone(&state), time_arrivals))
+        };
+        let limits = walhook::http::Limits {
+            nodelay: true,
+            ..Default::default()
+        };
+        // Until dropped: aborting the task closes every connection.
+        let task = tokio::spawn(walhook::http::serve(
+            listener,
+            make,
+            std::future::pending(),
+            limits,
+        ));
         Ok(Receiver {
             addr,
             seen,

@@ -18,6 +18,7 @@ use crate::capture::render::Rendering;
 use crate::config::{Config, Operation, SubscriptionConfig, Target};
 use crate::outbox::attempts::{self, TestAttempt};
 use crate::pg::conninfo::ConnInfo;
+use crate::pg::sql::{rfc3339, Precision};
 use crate::pg::{self, quote_ident, quote_table};
 
 /// Why `walhook test` could not send its request.
@@ -288,9 +289,7 @@ async fn real_row(
 fn as_event_text(column: &str, data_type: &str) -> Option<String> {
     match data_type {
         "numeric" | "money" => Some(format!("{column}::text")),
-        "timestamp with time zone" => Some(format!(
-            "to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )),
+        "timestamp with time zone" => Some(rfc3339(column, Precision::Micros)),
         "bytea" => Some(format!("translate(encode({column}, 'base64'), E'\\n', '')")),
         _ => None,
     }

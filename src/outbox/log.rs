@@ -8,10 +8,10 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
-use super::sql::{rfc3339 as rfc3339_text, Precision};
 use super::StoreError;
 use crate::config::format_duration;
 use crate::pg::quote_ident;
+use crate::pg::sql::{rfc3339 as rfc3339_text, Precision};
 
 /// A delivery status, as stored in the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,6 @@ pub mod pipeline;
 pub mod queue;
 pub mod replay;
 pub mod retention;
-mod sql;
 pub mod state;
 pub mod status;
 pub mod teardown;

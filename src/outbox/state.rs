@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::{Client, GenericClient, Row};
 
-use super::sql::{rfc3339, Precision};
 use super::StoreError;
 use crate::pg::quote_ident;
+use crate::pg::sql::{rfc3339, Precision};
 
 /// How the `reason` of a pause begins (`paused through the admin API at 2026-11-23T10:00:00Z`);
 /// migration 0005 classified the rows written before the `state` column by it.

@@ -11,6 +11,7 @@ pub mod conninfo;
 pub mod error;
 pub mod lsn;
 pub mod quote;
+pub mod sql;
 pub mod tls;
 
 pub use client::{Reconnecting, Session};

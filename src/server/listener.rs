@@ -43,6 +43,7 @@ pub(super) async fn serve(
         connections: Some(connection_cap()),
         header_read_timeout: Some(HEADER_READ_TIMEOUT),
         drain: DRAIN,
+        nodelay: false,
     };
     let until = async {
         let _ = shutdown.wait_for(|stop| *stop).await;

@@ -1,4 +1,5 @@
-//! SQL fragments the outbox store's statements share.
+//! SQL fragments statements share: a timestamp as RFC 3339 text, done by Postgres (the
+//! outbox's log and state, a source column in a test event).
 
 /// How much of a second a timestamp's text keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
