@@ -8,40 +8,15 @@ use support::{Object, Sub, Toml};
 
 use std::time::Duration;
 
-use support::outbox::ledger_event;
+use support::outbox::{ledger_event, write_events};
 use support::{start_daemon, verify, ConfigFile, Subscriber, TestDb, WEBHOOK_SECRET};
 use walhook::capture::matcher::RoutedEvent;
-use walhook::capture::Commit;
 use walhook::config::{Method, Target};
-use walhook::outbox::writer::OutboxWriter;
-use walhook::pg;
-use walhook::pg::conninfo::ConnInfo;
 
 /// Generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 const LEDGER: &str = "CREATE TABLE ledger (id int PRIMARY KEY, amount int);";
-
-/// Migrates the outbox and writes `events` in one outbox commit, as capture would.
-async fn write(db: &TestDb<'_>, events: Vec<RoutedEvent>) {
-    let info = ConnInfo::parse(&db.url).unwrap();
-    let client = pg::connect_sql(&info).await.unwrap();
-    walhook::outbox::migrate::migrate(&client, "walhook")
-        .await
-        .unwrap();
-    let mut writer = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
-        .await
-        .unwrap();
-    let commit = Commit {
-        lsn: "0/100".parse().unwrap(),
-        time: 0,
-        xid: 1,
-    };
-    for event in events {
-        writer.add(event, commit);
-    }
-    writer.commit(commit.lsn).await.unwrap();
-}
 
 /// A config with subscription `ledger` on the `ledger` table; `extra` goes into it.
 fn ledger_config(db: &TestDb<'_>, url: &str, extra: &str) -> ConfigFile {
@@ -74,7 +49,7 @@ async fn routed_events_reach_their_own_url_with_their_own_method_and_the_configu
         method,
     };
     let put = br#"<order id="7"><amount>120 &amp; more</amount></order>"#;
-    write(
+    write_events(
         &db,
         vec![
             event(7, "evt_put", put, Some(at(Method::Put))),
@@ -139,7 +114,7 @@ async fn routed_events_reach_their_own_url_with_their_own_method_and_the_configu
 async fn a_batch_of_rendered_json_bodies_arrives_as_one_json_array_of_them() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
-    write(
+    write_events(
         &db,
         vec![
             event(1, "evt_1", br#"{"orderId":1,"amount":"10.00"}"#, None),
@@ -173,7 +148,7 @@ async fn a_batch_of_rendered_json_bodies_arrives_as_one_json_array_of_them() {
 async fn an_outbox_from_before_the_event_target_migration_still_delivers_its_pending_delivery() {
     let db = TestDb::new(LEDGER);
     let receiver = Subscriber::start();
-    write(&db, vec![event(3, "evt_old", br#"{"id":"evt_old"}"#, None)]).await;
+    write_events(&db, vec![event(3, "evt_old", br#"{"id":"evt_old"}"#, None)]).await;
     // The outbox as walhook made it at version 3: none of the columns of 0004, no version 4.
     db.sql(
         "ALTER TABLE walhook.event DROP COLUMN url, DROP COLUMN method, DROP COLUMN unrendered; \

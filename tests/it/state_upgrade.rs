@@ -6,46 +6,28 @@
 use std::time::Duration;
 
 use crate::support::config::{Sub, Toml};
-use crate::support::outbox::ledger_event;
+use crate::support::outbox::{ledger_event, write_events};
 use crate::support::{start_daemon, wait_until, Subscriber, TestDb};
 use walhook::capture::matcher::RoutedEvent;
-use walhook::capture::Commit;
-use walhook::outbox::writer::OutboxWriter;
-use walhook::pg;
-use walhook::pg::conninfo::ConnInfo;
 
 /// Generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 const LEDGER: &str = "CREATE TABLE ledger (id int PRIMARY KEY, amount int);";
 
-/// Migrates the outbox and writes one event for each of `subscriptions`, as capture would.
+/// One pending delivery for each of `subscriptions`, written as capture would.
 async fn write_pending(db: &TestDb<'_>, subscriptions: &[&str]) {
-    let info = ConnInfo::parse(&db.url).unwrap();
-    let client = pg::connect_sql(&info).await.unwrap();
-    walhook::outbox::migrate::migrate(&client, "walhook")
-        .await
-        .unwrap();
-    let mut writer = OutboxWriter::new(pg::connect_sql(&info).await.unwrap(), "walhook", "s")
-        .await
-        .unwrap();
-    let commit = Commit {
-        lsn: "0/100".parse().unwrap(),
-        time: 0,
-        xid: 1,
-    };
-    for (n, name) in subscriptions.iter().enumerate() {
-        writer.add(
-            RoutedEvent {
-                event_id: format!("evt_{name}"),
-                body: format!(r#"{{"id":"evt_{name}"}}"#).into_bytes(),
-                subscriptions: vec![(*name).into()],
-                ..ledger_event(n as u32 + 1)
-            },
-            commit,
-        );
-    }
-    writer.commit(commit.lsn).await.unwrap();
+    let events = subscriptions
+        .iter()
+        .enumerate()
+        .map(|(n, name)| RoutedEvent {
+            event_id: format!("evt_{name}"),
+            body: format!(r#"{{"id":"evt_{name}"}}"#).into_bytes(),
+            subscriptions: vec![(*name).into()],
+            ..ledger_event(n as u32 + 1)
+        })
+        .collect();
+    write_events(db, events).await;
 }
 
 const TOKEN: &str = "admin-token-for-the-upgrade";

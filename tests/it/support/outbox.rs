@@ -82,3 +82,25 @@ pub fn ledger_event(n: u32) -> walhook::capture::matcher::RoutedEvent {
         unrendered: false,
     }
 }
+
+/// Migrates the outbox of `db` and writes `events` in one outbox commit, as capture would.
+pub async fn write_events(db: &TestDb<'_>, events: Vec<walhook::capture::matcher::RoutedEvent>) {
+    let info = walhook::pg::ConnInfo::parse(&db.url).unwrap();
+    let client = walhook::pg::connect_sql(&info).await.unwrap();
+    walhook::outbox::migrate::migrate(&client, "walhook")
+        .await
+        .unwrap();
+    let outbox = walhook::pg::connect_sql(&info).await.unwrap();
+    let mut writer = walhook::outbox::writer::OutboxWriter::new(outbox, "walhook", "s")
+        .await
+        .unwrap();
+    let commit = walhook::capture::Commit {
+        lsn: "0/100".parse().unwrap(),
+        time: 0,
+        xid: 1,
+    };
+    for event in events {
+        writer.add(event, commit);
+    }
+    writer.commit(commit.lsn).await.unwrap();
+}
