@@ -4,8 +4,9 @@
 //! subscription or delivery (with the closest name), 401/403 for the token (`auth`), 500
 //! when the database fails (with its message).
 //!
-//! The handlers reuse the commands' code: `commands::deliveries::list` for the log,
-//! `commands::replay::replay` for replays, `commands::test::send_test` for test events. No
+//! The handlers call the library functions the commands call too: `outbox::log::list` for
+//! the log, `outbox::replay::replay` for replays, `outbox::state` for pause and resume,
+//! `delivery::test_event::send_test` for test events; each answer is a type of `answers`. No
 //! answer carries a secret: subscriptions show auth by type, headers by name, secrets by
 //! count, URLs with credentials hidden (`view`), and what a receiver echoes back of a
 //! request's credentials is scrubbed.
