@@ -1,5 +1,7 @@
 //! Health and samples, shared by the daemon (which runs the sampler and sets the health
-//! flags) and the HTTP server (which shows them). The status sampler: every few seconds it reads what the metrics and the admin API show
+//! flags) and the HTTP server (which shows them).
+//!
+//! The status sampler: every few seconds it reads what the metrics and the admin API show
 //! but nobody else computes — the outbox backlog per subscription, the slot's retained WAL
 //! and lag — warns when the slot holds more WAL than `source.max_retained_wal`, and emits
 //! the heartbeat that keeps an idle slot moving.

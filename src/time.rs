@@ -51,6 +51,12 @@ pub fn pg_micros_to_rfc3339(micros: i64) -> String {
     )
 }
 
+/// Whole seconds since the Unix epoch (0 before it), as signatures and HTTP dates count.
+pub fn unix_secs(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// `time` as RFC 3339 in UTC, to the microsecond.
 pub fn rfc3339(time: SystemTime) -> String {
     pg_micros_to_rfc3339(pg_micros(time))

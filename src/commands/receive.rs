@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::config::SigningSecret;
-use crate::delivery::signing::{check_request, unix_now, Verdict};
+use crate::delivery::signing::{check_request, Verdict};
 
 use crate::http::MAX_BODY;
 use crate::os::emit;
@@ -134,7 +134,7 @@ async fn handle(
         &options.secrets,
         &parts.headers,
         &body,
-        unix_now(),
+        crate::time::unix_secs(std::time::SystemTime::now()),
         options.tolerance,
     );
     let response = match &verdict {

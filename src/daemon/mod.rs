@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::delivery::network::{self, NetworkPolicy};
 use crate::delivery::{self, DispatchError};
-use crate::health::{self as sampler, Health};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::pg::conninfo::ConnInfo;
 use crate::server::{self, ServeError, ServerState};
@@ -165,7 +165,7 @@ async fn run_active(
         metrics.know_subscription(&sub.name);
     }
     let health = Arc::new(Health::default());
-    let samples = sampler::spawn(
+    let samples = health::spawn(
         &config,
         source.clone(),
         outbox.clone(),

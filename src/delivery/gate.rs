@@ -31,15 +31,6 @@ pub enum Stop {
     Gone(String),
 }
 
-impl Stop {
-    /// The reason as stored.
-    pub fn reason(&self) -> &str {
-        match self {
-            Stop::Paused(reason) | Stop::Gone(reason) => reason,
-        }
-    }
-}
-
 /// What a returned request says about the receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {

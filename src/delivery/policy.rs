@@ -102,10 +102,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
-    let now_seconds = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-    });
-    let date = crate::time::parse_http_date(value, now_seconds)?;
+    let date = crate::time::parse_http_date(value, crate::time::unix_secs(now))?;
     let wait = match u64::try_from(date) {
         Ok(seconds) => (UNIX_EPOCH + Duration::from_secs(seconds))
             .duration_since(now)

@@ -2,7 +2,7 @@
 //! and a bounded excerpt of the response.
 
 use std::error::Error as StdError;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{LOCATION, RETRY_AFTER};
 use tokio::time::timeout_at;
@@ -84,9 +84,7 @@ pub async fn send(
         attempt.error = Some(error.to_string());
         return attempt;
     }
-    let timestamp = started_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let timestamp = crate::time::unix_secs(started_at);
     // One deadline for connecting, the headers and the body alike.
     // A timeout too large to add is as good as none.
     let deadline = tokio::time::Instant::from_std(

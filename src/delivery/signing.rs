@@ -3,7 +3,7 @@
 //!
 //! The daemon signs with [`signature_header`]; `walhook receive` checks with [`verify`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -217,13 +217,6 @@ pub fn check_request(
         Ok(()) => Verdict::Verified,
         Err(reason) => Verdict::Rejected(reason),
     }
-}
-
-/// Seconds since the Unix epoch, for checking a signature's timestamp.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -497,7 +497,7 @@ async fn handle(
         std::slice::from_ref(&hook.secret),
         &parts.headers,
         &body,
-        signing::unix_now(),
+        crate::time::unix_secs(std::time::SystemTime::now()),
         Duration::from_secs(300),
     );
     if let Verdict::Rejected(reason) = verdict {

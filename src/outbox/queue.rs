@@ -519,7 +519,7 @@ impl DeliveryQueue {
             .map_err(|source| {
                 self.error(format!("reading the state of {subscription:?}"), source)
             })?;
-        Ok(row.as_ref().map(super::state::from_row))
+        Ok(row.as_ref().map(super::state::Stopped::from_row))
     }
 
     fn error(&self, what: String, source: tokio_postgres::Error) -> QueueError {

@@ -58,7 +58,8 @@ impl Stopped {
         self.state == SubscriptionState::Paused
     }
 
-    fn from_row(row: &Row) -> Stopped {
+    /// A row read with [`read_sql`] (or any statement selecting its columns).
+    pub fn from_row(row: &Row) -> Stopped {
         Stopped {
             state: SubscriptionState::from_stored(row.get("state")),
             reason: row.get("reason"),
@@ -79,10 +80,11 @@ fn columns() -> String {
 pub fn mark_gone_sql(schema: &str) -> String {
     format!(
         "INSERT INTO {}.subscription_state (subscription, state, reason) \
-         VALUES ($1, 'gone', $2) \
+         VALUES ($1, '{}', $2) \
          ON CONFLICT (subscription) DO UPDATE \
          SET state = excluded.state, reason = excluded.reason, deactivated_at = now()",
-        quote_ident(schema)
+        quote_ident(schema),
+        SubscriptionState::Gone.as_str()
     )
 }
 
@@ -94,11 +96,6 @@ pub fn read_sql(schema: &str) -> String {
         columns(),
         quote_ident(schema)
     )
-}
-
-/// A row of [`read_sql`].
-pub fn from_row(row: &Row) -> Stopped {
-    Stopped::from_row(row)
 }
 
 /// Every switched-off subscription, by name.
@@ -179,10 +176,11 @@ pub async fn pause(
         .query_one(
             &format!(
                 "INSERT INTO {s}.subscription_state (subscription, state, reason) \
-                 VALUES ($1, 'paused', '{PAUSED_REASON} ' || {}) \
+                 VALUES ($1, '{}', '{PAUSED_REASON} ' || {}) \
                  ON CONFLICT (subscription) DO UPDATE \
                  SET state = excluded.state, reason = excluded.reason, deactivated_at = now() \
                  RETURNING {}",
+                SubscriptionState::Paused.as_str(),
                 rfc3339("now()", Precision::Seconds),
                 columns()
             ),
@@ -229,8 +227,9 @@ pub(super) async fn end_gone(
     Ok(db
         .execute(
             &format!(
-                "DELETE FROM {}.subscription_state WHERE subscription = $1 AND state = 'gone'",
-                quote_ident(schema)
+                "DELETE FROM {}.subscription_state WHERE subscription = $1 AND state = '{}'",
+                quote_ident(schema),
+                SubscriptionState::Gone.as_str()
             ),
             &[&subscription],
         )

@@ -78,11 +78,6 @@ impl<T: Session> Reconnecting<T> {
         }
     }
 
-    /// Where it connects.
-    pub fn info(&self) -> &ConnInfo {
-        &self.info
-    }
-
     /// The session held now, if any; its connection may have closed since it was handed out
     /// (using it then fails like any closed client), [`Reconnecting::get_with`] checks.
     pub fn current(&mut self) -> Option<&mut T> {

@@ -67,11 +67,6 @@ impl SslMode {
             }
         })
     }
-
-    /// Whether a connection without TLS is refused.
-    pub fn requires_tls(self) -> bool {
-        !matches!(self, SslMode::Disable | SslMode::Prefer)
-    }
 }
 
 impl fmt::Display for SslMode {

@@ -16,7 +16,7 @@ pub mod tls;
 
 pub use client::{Reconnecting, Session};
 pub use connect::{connect_sql, connect_sql_watched};
-pub use conninfo::{ConnInfo, ConnInfoError};
+pub use conninfo::ConnInfo;
 pub use error::ConnectError;
 pub use lsn::Lsn;
 pub use quote::{quote_ident, quote_literal, quote_table, TableName};

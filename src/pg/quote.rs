@@ -11,7 +11,7 @@ use std::str::FromStr;
 /// lists them, for PostgreSQL 13 to 17 together; sorted for `binary_search`. Postgres's
 /// own `quote_ident` quotes exactly these (besides names with other characters), and a
 /// word is quoted here if any supported version needs it, which is harmless for the
-/// others. `tests/setup.rs` compares this with the server's `quote_ident`.
+/// others. `tests/it/setup.rs` compares this with the server's `quote_ident`.
 const NOT_UNRESERVED: &[&str] = &[
     "all",
     "analyse",

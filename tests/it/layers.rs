@@ -53,7 +53,17 @@ fn module_of(src: &Path, file: &Path) -> String {
     first.to_string_lossy().trim_end_matches(".rs").to_owned()
 }
 
-/// The top-level modules `text` names as `crate::NAME`, outside comments.
+/// The leading identifier of `text`.
+fn ident(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The top-level modules `text` names as `crate::NAME` or in `crate::{A, B::…}`, outside
+/// comments. (Other top-level modules are reached through `crate::`; no file of `src/`
+/// uses `super::super::`.)
 fn imports(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for line in text.lines() {
@@ -61,27 +71,58 @@ fn imports(text: &str) -> BTreeSet<String> {
         let mut rest = code;
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                found.insert(name);
-            }
+            let names: Vec<String> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(ident)
+                    .collect(),
+                None => vec![ident(rest)],
+            };
+            found.extend(names.into_iter().filter(|n| !n.is_empty()));
         }
     }
     found
+}
+
+/// Whether the imports among foundation modules (`edges`: importer → imported) form a
+/// cycle.
+fn has_cycle(edges: &BTreeSet<(String, String)>) -> Option<String> {
+    fn visit(
+        node: &str,
+        edges: &BTreeSet<(String, String)>,
+        path: &mut Vec<String>,
+    ) -> Option<String> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            return Some(format!("{} → {node}", path[at..].join(" → ")));
+        }
+        path.push(node.to_owned());
+        for (_, next) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(cycle) = visit(next, edges, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    edges
+        .iter()
+        .find_map(|(from, _)| visit(from, edges, &mut Vec::new()))
 }
 
 #[test]
 fn no_module_imports_from_a_floor_above_its_own() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut wrong = Vec::new();
+    let mut foundation_edges = BTreeSet::new();
     for file in sources(&src) {
         let module = module_of(&src, &file);
         if module == "lib" || module == "main" {
             continue;
         }
+        let text = std::fs::read_to_string(&file).unwrap();
         let Some(own) = floor_of(&module) else {
             wrong.push(format!(
                 "{}: module {module} is on no floor of this test (add it to FLOORS and to \
@@ -90,20 +131,26 @@ fn no_module_imports_from_a_floor_above_its_own() {
             ));
             continue;
         };
-        let text = std::fs::read_to_string(&file).unwrap();
         for imported in imports(&text) {
-            if imported == module {
+            if imported == module || imported == "self" {
                 continue;
             }
             match floor_of(&imported) {
                 Some(floor) if floor < own => {}
-                Some(floor) if floor == own && own == 0 => {}
+                Some(floor) if floor == own && own == 0 => {
+                    foundation_edges.insert((module.clone(), imported));
+                }
                 _ => wrong.push(format!(
                     "{}: {module} imports crate::{imported}, which is not below it",
                     file.display()
                 )),
             }
         }
+    }
+    if let Some(cycle) = has_cycle(&foundation_edges) {
+        wrong.push(format!(
+            "foundation modules import each other in a cycle: {cycle}"
+        ));
     }
     assert!(
         wrong.is_empty(),

@@ -32,8 +32,6 @@ use rustls::{ClientConfig, RootCertStore};
 
 use crate::pg::conninfo::{ConnInfo, SslMode};
 
-pub use binding::tls_server_end_point;
-pub use make::{RustlsConnect, RustlsStream};
 pub(crate) use socket::{open, OpenError, PgStream};
 
 /// Why TLS could not be set up or negotiated.

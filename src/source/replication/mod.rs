@@ -150,11 +150,6 @@ impl ReplicationConnection {
         self.session.auth
     }
 
-    /// The server's process id for this connection (what `pg_stat_replication.pid` shows).
-    pub fn backend_pid(&self) -> Option<i32> {
-        self.session.backend_pid
-    }
-
     /// The server's `server_version`, e.g. `15.4 (Debian 15.4-1)`.
     pub fn server_version(&self) -> Option<&str> {
         self.session.server_version.as_deref()
