@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::outbox::log::{self, Delivery, Filter, Since, Status};
-use crate::outbox::replay::ReplayError;
+use crate::outbox::replay::{self, ReplayError};
 
 /// How much of `last_error` the table shows.
 const ERROR_WIDTH: usize = 60;
@@ -101,16 +101,12 @@ async fn check_known(config: &Config, db: &Client, name: &str) -> Result<(), Del
     if configured.contains(&name) {
         return Ok(());
     }
-    match log::unknown_subscription(db, &config.outbox.schema, name, &configured).await {
-        Ok(None) => Ok(()),
-        Ok(Some(hint)) => Err(DeliveriesError::UnknownSubscription(
-            ReplayError::UnknownSubscription {
-                name: name.to_owned(),
-                hint,
-            },
-        )),
-        Err(e) => Err(DeliveriesError::Failed(e.to_string())),
-    }
+    replay::known(db, &config.outbox.schema, name, &configured)
+        .await
+        .map_err(|e| match e {
+            ReplayError::Failed(message) => DeliveriesError::Failed(message),
+            unknown => DeliveriesError::UnknownSubscription(unknown),
+        })
 }
 
 /// The cells of the human table, in [`HEADER`] order.

@@ -45,21 +45,17 @@ pub async fn record_test(
     schema: &str,
     attempt: &TestAttempt<'_>,
 ) -> Result<(), RecordError> {
-    let table = format!("{}.attempt", quote_ident(schema));
-    let exists: bool = db
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if !exists {
+    if !super::open::has_relation(db, schema, "attempt").await? {
         return Err(RecordError::NoSchema(schema.to_owned()));
     }
     let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
     let status = attempt.status.map(i32::from);
     db.execute(
         &format!(
-            "INSERT INTO {table} (delivery_id, subscription, attempt, trigger, started_at, \
+            "INSERT INTO {}.attempt (delivery_id, subscription, attempt, trigger, started_at, \
              duration_ms, status_code, error, response_excerpt) \
-             VALUES (NULL, $1, 1, 'test', $2, $3, $4, $5, $6)"
+             VALUES (NULL, $1, 1, 'test', $2, $3, $4, $5, $6)",
+            quote_ident(schema)
         ),
         &[
             &attempt.subscription,

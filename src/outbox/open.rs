@@ -15,16 +15,27 @@ pub async fn open(config: &Config, relation: &str) -> Result<Client, String> {
         .await
         .map_err(|e| format!("{key}: {e}"))?;
     let schema = &config.outbox.schema;
-    let name = format!("{}.{}", quote_ident(schema), quote_ident(relation));
-    let exists: bool = db
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+    let exists = has_relation(&db, schema, relation)
         .await
-        .map_err(|e| format!("reading the outbox: {e}"))?
-        .get(0);
+        .map_err(|e| format!("reading the outbox: {e}"))?;
     if !exists {
         return Err(format!(
             "the outbox schema {schema} does not exist yet: run `walhook setup`"
         ));
     }
     Ok(db)
+}
+
+/// Whether `schema` holds `relation` (a table or view of the migrations): `walhook setup`
+/// has made the outbox.
+pub(super) async fn has_relation(
+    db: &Client,
+    schema: &str,
+    relation: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let name = format!("{}.{}", quote_ident(schema), quote_ident(relation));
+    Ok(db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0))
 }

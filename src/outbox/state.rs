@@ -155,10 +155,7 @@ pub async fn pause(
         .map_err(StoreError::at("starting a transaction"))?;
     let previous = tx
         .query_opt(
-            &format!(
-                "SELECT {} FROM {s}.subscription_state WHERE subscription = $1 FOR UPDATE",
-                columns()
-            ),
+            &format!("{} FOR UPDATE", read_sql(schema)),
             &[&subscription],
         )
         .await
