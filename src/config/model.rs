@@ -46,6 +46,8 @@ pub struct SourceConfig {
     pub max_retained_wal: u64,
     /// Interval of keep-alive progress on an idle slot; default 30 s.
     pub heartbeat: Duration,
+    /// At most this many rows a second read by backfills (SPEC §3b); `None`: unlimited.
+    pub backfill_rows_per_second: Option<u32>,
 }
 
 /// `[outbox]`.
@@ -181,6 +183,8 @@ pub struct SubscriptionConfig {
     pub ordering: Ordering,
     /// Inactive subscriptions receive no events; default true.
     pub active: bool,
+    /// Backfill it when a running daemon first sees it (SPEC §3b); default false.
+    pub backfill: bool,
     /// Request timeout (`[delivery]` value unless overridden).
     pub timeout: Duration,
     /// Retry delays (`[delivery]` value unless overridden).

@@ -31,6 +31,7 @@ pub(crate) struct RawSource {
     pub(crate) publication: Option<String>,
     pub(crate) max_retained_wal: Option<RawSize>,
     pub(crate) heartbeat: Option<RawDuration>,
+    pub(crate) backfill_rows_per_second: Option<i64>,
 }
 
 /// `[outbox]`.
@@ -96,6 +97,7 @@ pub(crate) struct RawSubscription {
     pub(crate) max_in_flight: Option<i64>,
     pub(crate) ordering: Option<String>,
     pub(crate) active: Option<bool>,
+    pub(crate) backfill: Option<bool>,
     // Overrides of `[delivery]`.
     pub(crate) timeout: Option<RawDuration>,
     pub(crate) retry_schedule: Option<Vec<RawDuration>>,

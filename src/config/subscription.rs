@@ -225,6 +225,7 @@ pub(crate) fn check_subscription(
         max_in_flight,
         ordering,
         active: raw.active.unwrap_or(true),
+        backfill: raw.backfill.unwrap_or(false),
         timeout,
         retry_schedule,
     }

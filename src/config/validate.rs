@@ -227,6 +227,21 @@ impl Checker<'_, '_> {
             "source.heartbeat",
             Duration::from_secs(30),
         );
+        let backfill_rows_per_second = raw.backfill_rows_per_second.and_then(|n| {
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    self.error(
+                        "source.backfill_rows_per_second",
+                        format!(
+                            "must be a whole number from 1 to {}, got {n}; leave it out for no limit",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         Some(SourceConfig {
             url: Secret::new(url),
             conninfo: conninfo?,
@@ -234,6 +249,7 @@ impl Checker<'_, '_> {
             publication,
             max_retained_wal,
             heartbeat,
+            backfill_rows_per_second,
         })
     }
 

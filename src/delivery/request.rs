@@ -149,6 +149,7 @@ pub(crate) mod tests {
             max_in_flight: None,
             ordering: Ordering::Key,
             active: true,
+            backfill: false,
             timeout: Duration::from_secs(10),
             retry_schedule: Vec::new(),
         }

@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_checkpoint_source.sql"),
     migration!(4, "0004_event_target.sql"),
     migration!(5, "0005_subscription_state.sql"),
+    migration!(6, "0006_backfill.sql"),
 ];
 
 /// The highest schema version this binary knows.

@@ -4,6 +4,7 @@
 //! the admin API read and change; retention and teardown.
 
 pub mod attempts;
+pub mod backfill;
 pub mod checkpoint;
 mod error;
 pub mod leases;
