@@ -6,8 +6,10 @@
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
 //! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
 //! source before anything is created; `privileges` knows what a role that is not a superuser
-//! needs for each command, and the statement that grants it.
+//! needs for each command, and the statement that grants it. For backfills, `chunks` reads
+//! a table in key-ordered chunks as pgoutput tuples.
 
+pub mod chunks;
 pub mod columns;
 pub mod pgoutput;
 pub mod preflight;

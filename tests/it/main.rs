@@ -8,6 +8,7 @@ mod support;
 
 mod admin_abuse;
 mod admin_api;
+mod backfill_chunks;
 mod capture;
 mod check;
 mod cli;
