@@ -7,7 +7,8 @@
 //! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
 //! source before anything is created; `privileges` knows what a role that is not a superuser
 //! needs for each command, and the statement that grants it. For backfills, `chunks` reads
-//! a table in key-ordered chunks as pgoutput tuples.
+//! a table in key-ordered chunks as pgoutput tuples, and `snapshot` creates a new slot with
+//! an exported snapshot and reads the seed inside it.
 
 pub mod chunks;
 pub mod columns;
@@ -18,6 +19,7 @@ pub mod publication;
 pub mod replication;
 pub mod setup;
 pub mod slot;
+pub mod snapshot;
 pub mod types;
 pub mod value;
 
