@@ -93,6 +93,8 @@ pub struct Metrics {
     pub changes: Family<ChangeLabels, Counter>,
     /// Events committed to the outbox, per subscription.
     pub events: Family<SubscriptionLabels, Counter>,
+    /// Rows backfills committed to the outbox, per subscription.
+    pub backfill_rows: Family<SubscriptionLabels, Counter>,
     /// Delivery attempts by outcome.
     pub attempts: Family<AttemptLabels, Counter>,
     /// HTTP request durations.
@@ -140,6 +142,7 @@ impl Metrics {
             slot_retained_wal_over_limit: Gauge::default(),
             changes: Family::default(),
             events: Family::default(),
+            backfill_rows: Family::default(),
             attempts: Family::default(),
             delivery_duration: Family::new_with_constructor(seconds_histogram),
             end_to_end_latency: Family::new_with_constructor(seconds_histogram),
@@ -231,6 +234,11 @@ impl Metrics {
             "events",
             "Events committed to the outbox, per subscription",
             self.events.clone(),
+        );
+        r.register(
+            "backfill_rows",
+            "Rows backfills read and committed to the outbox, per subscription",
+            self.backfill_rows.clone(),
         );
         r.register(
             "delivery_attempts",

@@ -8,10 +8,12 @@
 //! source before anything is created; `privileges` knows what a role that is not a superuser
 //! needs for each command, and the statement that grants it. For backfills, `chunks` reads
 //! a table in key-ordered chunks as pgoutput tuples, and `snapshot` creates a new slot with
-//! an exported snapshot and reads the seed inside it.
+//! an exported snapshot and reads the seed inside it; `watermark` writes and recognises the
+//! watermarks around each chunk.
 
 pub mod chunks;
 pub mod columns;
+pub mod filter;
 pub mod pgoutput;
 pub mod preflight;
 pub mod privileges;
@@ -22,5 +24,6 @@ pub mod slot;
 pub mod snapshot;
 pub mod types;
 pub mod value;
+pub mod watermark;
 
 pub use setup::SetupError;
