@@ -279,7 +279,9 @@ pub async fn estimate(
         &[&id, &rows],
     )
     .await
-    .map_err(StoreError::at(format!("recording backfill {id}'s estimate")))?;
+    .map_err(StoreError::at(format!(
+        "recording backfill {id}'s estimate"
+    )))?;
     Ok(())
 }
 
