@@ -250,7 +250,7 @@ async fn follow(db: &Client, schema: &str) -> Result<(), BackfillError> {
             // \r and erase-to-end-of-line: the line is redrawn where it stands.
             let _ = write!(out, "\r{line}\x1b[K");
             let _ = out.flush();
-        } else if tick % 2 == 0 {
+        } else if tick.is_multiple_of(2) {
             let _ = writeln!(out, "{line}");
         }
         drop(out);
@@ -329,7 +329,9 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ID  SUBSCRIPTION  STATE"), "{text}");
         assert!(
-            lines[1].contains("partner-sync  running  48,000 / 200,000 (24%)  51,200/s  2026-01-31T08:00:00Z  -  -"),
+            lines[1]
+                == "7   partner-sync  running  48,000 / 200,000 (24%)  51,200/s  \
+                    2026-01-31T08:00:00Z  -         -",
             "{text}"
         );
         assert!(table(&[]).starts_with("no backfills yet"));

@@ -630,7 +630,7 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
 
 /// Backfills read a table in key order, in chunks after the last key sent: a key that is
 /// not unique could skip or repeat rows at a chunk's edge, so every key other than the
-/// primary key needs a unique index of exactly its columns. An error when a subscription of
+/// primary key needs a unique index of its columns (or of some of them). An error when a subscription of
 /// the object has `backfill = true`, else a warning (a backfill can still be asked for).
 async fn check_backfill_keys(
     sql: &Sql<'_>,
@@ -673,7 +673,11 @@ async fn check_backfill_keys(
     }
     let unique = unique_indexes(sql, table).await;
     for (place, key, backfill) in keys {
-        if unique.iter().any(|index| same_columns(index, key)) {
+        // A unique index of some of the key's columns makes the whole key unique too.
+        if unique
+            .iter()
+            .any(|index| !index.is_empty() && index.iter().all(|c| key.contains(c)))
+        {
             continue;
         }
         let message = format!(

@@ -9,6 +9,7 @@ mod support;
 mod admin_abuse;
 mod admin_api;
 mod backfill_chunks;
+mod backfill_cli;
 mod backfill_seed;
 mod capture;
 mod check;
