@@ -630,8 +630,9 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
 
 /// Backfills read a table in key order, in chunks after the last key sent: a key that is
 /// not unique could skip or repeat rows at a chunk's edge, so every key other than the
-/// primary key needs a unique index of its columns (or of some of them). An error when a subscription of
-/// the object has `backfill = true`, else a warning (a backfill can still be asked for).
+/// primary key needs a unique index of its columns (or of some of them). An error when a
+/// subscription of the object has `backfill = true`, else a warning (a backfill can still
+/// be asked for).
 async fn check_backfill_keys(
     sql: &Sql<'_>,
     config: &Config,

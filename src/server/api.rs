@@ -1,16 +1,17 @@
 //! The admin API under `/api/v1` (SPEC §7): status, subscriptions, the delivery log, test
-//! events, pause and resume, replay, backfills. Answers are JSON; errors are `{"error": "…"}` with a
-//! fitting status: 400 for a bad parameter (named, with where it was), 404 for an unknown
-//! subscription or delivery (with the closest name), 401/403 for the token (`auth`), 500
-//! when the database fails (with its message).
+//! events, pause and resume, replay, backfills. Answers are JSON; errors are
+//! `{"error": "…"}` with a fitting status: 400 for a bad parameter (named, with where it
+//! was), 404 for an unknown subscription or delivery (with the closest name), 401/403 for
+//! the token (`auth`), 409 for a backfill already running, 500 when a database fails (with
+//! its message).
 //!
 //! The handlers call the library functions the commands call too: `outbox::log::list` for
 //! the log, `outbox::replay::replay` for replays, `outbox::state` for pause and resume,
 //! `delivery::test_event::send_test` for test events, `outbox::backfill_ask` and
-//! `outbox::backfill` for backfills; each answer is a type of `answers`. No
-//! answer carries a secret: subscriptions show auth by type, headers by name, secrets by
-//! count, URLs with credentials hidden (`view`), and what a receiver echoes back of a
-//! request's credentials is scrubbed.
+//! `outbox::backfill` for backfills; each answer is a type of `answers`. No answer carries a
+//! secret: subscriptions show auth by type, headers by name, secrets by count, URLs with
+//! credentials hidden (`view`), and what a receiver echoes back of a request's credentials
+//! is scrubbed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering as AtomicOrdering;
