@@ -530,3 +530,20 @@ fn the_api_asks_for_a_backfill_and_lists_them() {
     let (_, answer) = api.call("GET", "/api/v1/backfills", false, None);
     assert_eq!(answer["backfills"][0]["state"], "cancelled");
 }
+
+#[test]
+fn an_outbox_made_before_backfills_says_how_to_bring_it_up_to_date() {
+    let (db, config) = outbox();
+    // As an outbox made by a walhook before migration 0006 looks.
+    db.sql("DROP TABLE walhook.backfill");
+    let out = backfill(&config, &["--status"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "the outbox schema walhook has no backfill yet (it was made by an older walhook): \
+             run `walhook setup`, or start `walhook run`, to bring it up to date"
+        ),
+        "{}",
+        out.stderr
+    );
+}
