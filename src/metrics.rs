@@ -93,7 +93,7 @@ pub struct Metrics {
     pub changes: Family<ChangeLabels, Counter>,
     /// Events committed to the outbox, per subscription.
     pub events: Family<SubscriptionLabels, Counter>,
-    /// Rows a backfill committed to the outbox, per subscription (SPEC §3b).
+    /// Rows backfills committed to the outbox, per subscription.
     pub backfill_rows: Family<SubscriptionLabels, Counter>,
     /// Backfills in state running.
     pub backfills_running: Gauge,
@@ -241,7 +241,7 @@ impl Metrics {
         );
         r.register(
             "backfill_rows",
-            "Rows backfills committed to the outbox, per subscription",
+            "Rows backfills read and committed to the outbox, per subscription",
             self.backfill_rows.clone(),
         );
         r.register(

@@ -630,9 +630,9 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
 
 /// Backfills read a table in key order, in chunks after the last key sent: a key that is
 /// not unique could skip or repeat rows at a chunk's edge, so every key other than the
-/// primary key needs a unique index of its columns (or of some of them). An error when a
-/// subscription of the object has `backfill = true`, else a warning (a backfill can still
-/// be asked for).
+/// primary key needs a unique index of exactly its columns, as the daemon's chunk reader
+/// requires. An error when a subscription of the object has `backfill = true`, else a
+/// warning (a backfill can still be asked for).
 async fn check_backfill_keys(
     sql: &Sql<'_>,
     config: &Config,
@@ -674,11 +674,8 @@ async fn check_backfill_keys(
     }
     let unique = unique_indexes(sql, table).await;
     for (place, key, backfill) in keys {
-        // A unique index of some of the key's columns makes the whole key unique too.
-        if unique
-            .iter()
-            .any(|index| !index.is_empty() && index.iter().all(|c| key.contains(c)))
-        {
+        // The rule of the daemon's chunk reader (`source::chunks`): the same columns.
+        if unique.iter().any(|index| same_columns(index, key)) {
             continue;
         }
         let message = format!(
@@ -706,18 +703,17 @@ async fn check_backfill_keys(
     }
 }
 
-/// The key columns of each valid unique index of `table` without a predicate or an
-/// expression (INCLUDE columns are not part of what is unique).
+/// The columns of each valid unique index of `table` without a predicate or an
+/// expression: the indexes `source::chunks` accepts for a backfill key.
 async fn unique_indexes(sql: &Sql<'_>, table: &TableName) -> Vec<Vec<String>> {
     sql.rows(&format!(
         "SELECT (SELECT string_agg(a.attname, ',' ORDER BY k.ord) \
                    FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                  WHERE k.ord <= i.indnkeyatts) \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = {} AND c.relname = {} AND i.indisunique AND i.indisvalid \
-           AND i.indpred IS NULL AND i.indexprs IS NULL",
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND NOT 0 = ANY (i.indkey)",
         quote_literal(&table.schema),
         quote_literal(&table.name)
     ))
