@@ -7,9 +7,10 @@
 //! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
 //! source before anything is created; `privileges` knows what a role that is not a superuser
 //! needs for each command, and the statement that grants it. For backfills, `chunks` reads
-//! a table in key-ordered chunks as pgoutput tuples, and `snapshot` creates a new slot with
-//! an exported snapshot and reads the seed inside it; `watermark` writes and recognises the
-//! watermarks around each chunk.
+//! a table in key-ordered chunks as pgoutput tuples, `snapshot` creates a new slot with
+//! an exported snapshot and reads the seed inside it, `watermark` writes and recognises the
+//! watermarks around each chunk, and `filter` checks a backfill's `--where` condition
+//! against the table before it is asked for.
 
 pub mod chunks;
 pub mod columns;

@@ -10,6 +10,7 @@ mod admin_abuse;
 mod admin_api;
 mod backfill;
 mod backfill_chunks;
+mod backfill_cli;
 mod backfill_seed;
 mod backfill_upgrade;
 mod capture;
