@@ -331,7 +331,9 @@ mod tests {
     #[test]
     fn a_chunk_keeps_the_rows_no_change_in_its_window_touched() {
         use Step::*;
-        let cases: Vec<(&str, Vec<Step>, Option<Vec<i64>>)> = vec![
+        // (story, steps, the ids kept or `None` for "read again")
+        type Case = (&'static str, Vec<Step>, Option<Vec<i64>>);
+        let cases: Vec<Case> = vec![
             (
                 "no change: every row",
                 vec![Low, Chunk(&[1, 2, 3]), High],

@@ -703,13 +703,14 @@ async fn check_backfill_keys(
     }
 }
 
-/// The columns of each valid unique index of `table` without a predicate or an
-/// expression: the indexes `source::chunks` accepts for a backfill key.
+/// The key columns (not INCLUDE ones) of each valid unique index of `table` without a
+/// predicate or an expression: the indexes `source::chunks` accepts for a backfill key.
 async fn unique_indexes(sql: &Sql<'_>, table: &TableName) -> Vec<Vec<String>> {
     sql.rows(&format!(
         "SELECT (SELECT string_agg(a.attname, ',' ORDER BY k.ord) \
                    FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                   WHERE k.ord <= i.indnkeyatts) \
          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = {} AND c.relname = {} AND i.indisunique AND i.indisvalid \

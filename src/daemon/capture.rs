@@ -105,6 +105,16 @@ pub(super) struct Session<'a> {
     pub(super) health: &'a Health,
 }
 
+/// What reaches a session besides the WAL, kept across sessions.
+pub(super) struct Inbox<'a> {
+    /// Config edits, loaded and not yet validated.
+    pub(super) reloads: &'a mut mpsc::Receiver<Config>,
+    /// The backfill task's chunk reads.
+    pub(super) chunks: &'a mut mpsc::Receiver<ToCapture>,
+    /// Turns true on SIGTERM or SIGINT.
+    pub(super) shutdown: &'a mut watch::Receiver<bool>,
+}
+
 /// The backfill chunks of one session: their windows, and the ones written to the outbox
 /// whose task waits to hear they are committed.
 #[derive(Default)]
@@ -128,11 +138,14 @@ impl Session<'_> {
         matcher: &mut Matcher,
         config: &mut Config,
         staged: &mut Option<(Config, Matcher)>,
-        reloads: &mut mpsc::Receiver<Config>,
-        chunks: &mut mpsc::Receiver<ToCapture>,
-        shutdown: &mut watch::Receiver<bool>,
+        inbox: Inbox<'_>,
         backoff: &mut Duration,
     ) -> Result<Ended, SessionError> {
+        let Inbox {
+            reloads,
+            chunks,
+            shutdown,
+        } = inbox;
         // Connecting may hang (a server that accepts but does not answer, and no
         // connect_timeout): a signal must not wait for it. Nothing is open yet to close.
         let opened = tokio::select! {
@@ -558,9 +571,7 @@ impl Session<'_> {
         let written = done.written;
         for progress in &written.backfilled {
             self.metrics
-                .backfill_rows
-                .get_or_create(&Metrics::subscription(&progress.subscription))
-                .inc_by(progress.rows as u64);
+                .backfill_rows(&progress.subscription, progress.rows as u64);
             if let Some(done) = backfills.committing.remove(&progress.token) {
                 let _ = done.send(());
             }

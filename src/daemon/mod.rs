@@ -255,9 +255,11 @@ async fn run_active(
                 &mut matcher,
                 &mut config,
                 &mut staged,
-                &mut reloads,
-                &mut chunks,
-                &mut shutdown,
+                capture::Inbox {
+                    reloads: &mut reloads,
+                    chunks: &mut chunks,
+                    shutdown: &mut shutdown,
+                },
                 &mut backoff,
             )
             .await;

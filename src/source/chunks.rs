@@ -242,13 +242,15 @@ impl ChunkReader {
         }
         // Expression indexes (an indkey entry of 0) and partial ones promise nothing about
         // the plain columns; an invalid one (a failed CREATE INDEX CONCURRENTLY) enforces
-        // nothing.
+        // nothing. INCLUDE columns (past indnkeyatts) are carried, not unique.
         let indexes = client
             .query(
                 "SELECT i.indisprimary, \
-                        array(SELECT a.attname::text FROM unnest(i.indkey) AS k(attnum) \
+                        array(SELECT a.attname::text \
+                              FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                               JOIN pg_attribute a ON a.attrelid = i.indrelid \
-                                                 AND a.attnum = k.attnum) \
+                                                 AND a.attnum = k.attnum \
+                              WHERE k.ord <= i.indnkeyatts) \
                  FROM pg_index i \
                  WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
                    AND i.indpred IS NULL AND i.indexprs IS NULL AND NOT 0 = ANY (i.indkey) \

@@ -37,7 +37,11 @@ fn wait_done(db: &TestDb<'_>, daemon: &Daemon, subscription: &str) -> u64 {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let state = backfill_of(db, subscription);
-        if let Some(rows) = state.rsplit(',').next().and_then(|s| s.strip_prefix("done ")) {
+        if let Some(rows) = state
+            .rsplit(',')
+            .next()
+            .and_then(|s| s.strip_prefix("done "))
+        {
             return rows.parse().unwrap();
         }
         assert!(
@@ -84,7 +88,7 @@ fn existing_rows_reach_the_receiver_once_and_a_concurrent_writer_never_sees_an_o
         db.sql("SELECT coalesce(max(rows), 0) > 0 FROM walhook.backfill") == "t"
     });
 
-    // 500 updates of existing rows and 200 new rows, in small transactions, while it runs.
+    // 600 updates of existing rows and 200 new rows, in small transactions, while it runs.
     let url = db.name.clone();
     let writer = std::thread::spawn(move || {
         let mut rng = rand::thread_rng();
@@ -113,7 +117,10 @@ fn existing_rows_reach_the_receiver_once_and_a_concurrent_writer_never_sees_an_o
     // The rows inserted meanwhile may be read too (then their create event went first).
     assert!((5_000..=5_200).contains(&rows), "{rows} rows");
 
-    // Every event in the outbox has reached the receiver.
+    // Every change is in the outbox, and every event there has reached the receiver.
+    wait_until(PATIENCE, "the 800 changes are captured", || {
+        db.sql("SELECT count(*) FROM walhook.event WHERE event_id NOT LIKE 'evt\\_r%'") == "800"
+    });
     let expected: usize = db
         .sql("SELECT count(*) FROM walhook.delivery")
         .parse()
@@ -130,8 +137,13 @@ fn existing_rows_reach_the_receiver_once_and_a_concurrent_writer_never_sees_an_o
     let mut last: HashMap<i64, i64> = HashMap::new();
     let mut changed: HashMap<i64, bool> = HashMap::new();
     let mut reads: HashMap<i64, u32> = HashMap::new();
+    let mut story: HashMap<i64, Vec<String>> = HashMap::new();
     for event in bodies(&receiver) {
         let id = event["key"]["id"].as_i64().unwrap();
+        story.entry(id).or_default().push(format!(
+            "{} {} {} {}",
+            event["operation"], event["values"]["qty"], event["id"], event["source"]["lsn"]
+        ));
         let qty = event["values"]["qty"].as_i64().unwrap();
         match event["operation"].as_str().unwrap() {
             "read" => {
@@ -153,7 +165,9 @@ fn existing_rows_reach_the_receiver_once_and_a_concurrent_writer_never_sees_an_o
         assert_eq!(
             last.get(id),
             Some(qty),
-            "the receiver's last value of key {id} is the table's"
+            "the receiver's last value of key {id} is the table's: {:?}; log:\n{}",
+            story.get(id),
+            tail(&daemon.log_text())
         );
     }
     for id in 1..=5_000 {

@@ -376,17 +376,23 @@ async fn a_filter_limits_the_rows_read() {
 #[tokio::test]
 async fn a_key_that_is_not_unique_is_refused_with_the_fix() {
     let db = TestDb::new(
-        "CREATE TABLE person (id int PRIMARY KEY, email text, nick text, team int);
+        "CREATE TABLE person (id int PRIMARY KEY, email text, nick text, team int, code int);
          CREATE UNIQUE INDEX person_email ON person (email);
          CREATE UNIQUE INDEX person_nick ON person (nick) WHERE team IS NOT NULL;
          CREATE UNIQUE INDEX person_pair ON person (team, nick);
+         CREATE UNIQUE INDEX person_code ON person (code) INCLUDE (team);
          INSERT INTO person VALUES (1, 'b@x', 'b', 1), (2, NULL, 'n', 1), (3, 'a@x', NULL, 2);",
     );
     let client = read_connection(&db).await;
     let message = describe(&client, &"person".parse().unwrap()).await.unwrap();
     let key = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
 
-    for not_unique in [&["team"][..], &["nick"], &["id", "email"]] {
+    for not_unique in [
+        &["team"][..],
+        &["nick"],
+        &["id", "email"],
+        &["code", "team"],
+    ] {
         let error = ChunkReader::new(&client, &message, &key(not_unique), None)
             .await
             .unwrap_err();
@@ -410,6 +416,11 @@ async fn a_key_that_is_not_unique_is_refused_with_the_fix() {
     let (rows, _) = walk(&by_email, &client, 1).await;
     let emails: Vec<Option<String>> = rows.iter().map(|r| text(&r.0[1])).collect();
     assert_eq!(emails, vec![Some("a@x".to_owned()), Some("b@x".to_owned())]);
+
+    // The key columns of an index count, its INCLUDE columns do not.
+    ChunkReader::new(&client, &message, &key(&["code"]), None)
+        .await
+        .unwrap();
 
     // Covering as a set: the key's order is the reading order.
     let by_pair = ChunkReader::new(&client, &message, &key(&["nick", "team"]), None)
