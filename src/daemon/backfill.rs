@@ -256,7 +256,8 @@ impl Task {
             .await
             .map_err(|e| failed(&e))?;
         if backfill.rows_estimate.is_none() {
-            if let Ok(Some(rows)) = chunks::rows_estimate(&source, oid).await {
+            let filter = backfill.filter.as_deref();
+            if let Ok(rows) = filter::estimate(&source, table, filter).await {
                 let _ = backfill::estimate(outbox, schema, id, rows).await;
             }
         }

@@ -25,12 +25,6 @@ pub enum ChunkError {
         /// The table looked for.
         table: TableName,
     },
-    /// The table with this OID is gone.
-    #[error("no table has OID {oid} any more")]
-    NoSuchOid {
-        /// The OID looked for.
-        oid: u32,
-    },
     /// A key column is not a column of the table.
     #[error("table {table} has no column {column} (named in the key)")]
     NoSuchColumn {
@@ -466,21 +460,6 @@ impl Key {
                 message: e.to_string(),
             })
     }
-}
-
-/// The planner's estimate of the table's rows (pg_class.reltuples; None when never
-/// analysed, i.e. -1).
-pub async fn rows_estimate(client: &Client, oid: u32) -> Result<Option<i64>, ChunkError> {
-    let row = client
-        .query_opt(
-            "SELECT reltuples::float8 FROM pg_class WHERE oid = $1",
-            &[&oid],
-        )
-        .await
-        .map_err(query_error("estimating the rows", &format!("OID {oid}")))?
-        .ok_or(ChunkError::NoSuchOid { oid })?;
-    let estimate: f64 = row.get(0);
-    Ok((estimate >= 0.0).then_some(estimate.round() as i64))
 }
 
 /// Makes this connection's text output of values identical to what the walsender sends in
