@@ -24,7 +24,7 @@ use crate::config::{Config, SubscriptionConfig};
 use crate::outbox::backfill::{self, Backfill, BackfillState, RequestError, RequestedBy};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::{self, quote_ident};
-use crate::source::chunks::{self, ChunkReader, Key};
+use crate::source::chunks::{self, ChunkError, ChunkReader, Key};
 use crate::source::filter;
 use crate::source::watermark::{self, Mark, Watermark};
 use crate::time::pg_now_micros;
@@ -209,6 +209,10 @@ impl Task {
             .map_err(|e| Stop::Transient(e.to_string()))?;
         let table = &sub.object.config.table;
         let failed = |e: &dyn std::fmt::Display| Stop::Failed(format!("{table}: {e}"));
+        let stopped = |e: ChunkError| match e.is_transient() {
+            true => Stop::Transient(format!("{table}: {e}")),
+            false => Stop::Failed(format!("{table}: {e}")),
+        };
         let version: String = source
             .query_one("SHOW server_version", &[])
             .await
@@ -226,12 +230,8 @@ impl Task {
                 .await
                 .map_err(|e| failed(&e))?;
         }
-        chunks::pin_text_output(&source)
-            .await
-            .map_err(|e| Stop::Transient(e.to_string()))?;
-        let described = chunks::describe(&source, table)
-            .await
-            .map_err(|e| failed(&e))?;
+        chunks::pin_text_output(&source).await.map_err(stopped)?;
+        let described = chunks::describe(&source, table).await.map_err(stopped)?;
         let oid = described.oid;
         let relation = RelationCache::new()
             .learn(described.clone(), &source)
@@ -254,7 +254,7 @@ impl Task {
         }
         let reader = ChunkReader::new(&source, &described, &key, backfill.filter.as_deref())
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(stopped)?;
         if backfill.rows_estimate.is_none() {
             let filter = backfill.filter.as_deref();
             if let Ok(rows) = filter::estimate(&source, table, filter).await {
@@ -304,7 +304,7 @@ impl Task {
             let read = reader
                 .read(&source, progress.last_key.as_ref(), limit)
                 .await
-                .map_err(|e| Stop::Transient(format!("{table}: {e}")))?;
+                .map_err(stopped)?;
             let took = started.elapsed();
             let Some(last_key) = read.last_key.clone() else {
                 // Past the last row: done once what is under way is committed.

@@ -87,6 +87,23 @@ pub enum ChunkError {
     },
 }
 
+impl ChunkError {
+    /// Whether trying again may work: the connection was lost, the server is shutting down
+    /// or cancelled the statement (SQLSTATE classes 08 and 57), or a transaction conflict
+    /// (class 40). A missing table, a bad key or a refused filter will repeat.
+    pub fn is_transient(&self) -> bool {
+        let (ChunkError::Query { source, .. } | ChunkError::Setting { source, .. }) = self else {
+            return false;
+        };
+        match source.code() {
+            None => true,
+            Some(code) => ["08", "57", "40"]
+                .iter()
+                .any(|class| code.code().starts_with(class)),
+        }
+    }
+}
+
 fn query_error(
     what: &'static str,
     table: &str,

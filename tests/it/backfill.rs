@@ -333,3 +333,30 @@ fn composite_and_text_keys_are_walked_in_key_order_once() {
     assert_eq!(read_events(&db, "levels"), (3_500, 3_500));
     assert_eq!(read_events(&db, "tags"), (2_500, 2_500));
 }
+
+#[test]
+fn a_backfill_that_cannot_work_fails_with_the_fix_in_its_status() {
+    let db = TestDb::new(STOCK);
+    stock(&db, 10);
+    let receiver = Subscriber::start();
+    let config = Toml::new(&db)
+        .object(
+            crate::support::config::Object::new("stock", "public.stock")
+                .with("key = [\"article\"]"),
+        )
+        .subscription(Sub::new("sync", "stock", &receiver.url("/stock")).with("backfill = true"))
+        .write();
+    let daemon = start_daemon(&config);
+    wait_until(PATIENCE, "the backfill failed", || {
+        backfill_of(&db, "sync").starts_with("failed")
+    });
+    let status = run_walhook(&config, &["backfill", "--status", "--json"]);
+    let list: Value = serde_json::from_str(&status.stdout).unwrap();
+    let error = list[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("CREATE UNIQUE INDEX") && error.contains("public.stock"),
+        "{error}; log:\n{}",
+        tail(&daemon.log_text())
+    );
+    assert_eq!(read_events(&db, "sync"), (0, 0));
+}
