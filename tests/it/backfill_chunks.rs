@@ -6,9 +6,9 @@ use crate::support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{unique, TestDb};
+use crate::support::wal::reader_for;
+use support::TestDb;
 use walhook::capture::envelope::envelope;
-use walhook::capture::reader::ReaderOptions;
 use walhook::capture::{
     ChangeReader, Commit, Item, ObjectView, Relation, RelationCache, RowChange,
 };
@@ -16,30 +16,6 @@ use walhook::pg::connect_sql;
 use walhook::pg::conninfo::ConnInfo;
 use walhook::source::chunks::{describe, pin_text_output, ChunkError, ChunkReader, Key};
 use walhook::source::pgoutput::{Datum, Tuple};
-
-/// A reader on a fresh slot and publication for `tables`, created before any change.
-pub(crate) async fn reader_for(db: &TestDb<'_>, tables: &str) -> ChangeReader {
-    let slot = unique("slot");
-    let publication = unique("pub");
-    db.sql(&format!(
-        "CREATE PUBLICATION {publication} FOR TABLE {tables}"
-    ));
-    db.sql(&format!(
-        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-    ));
-    stream(db, &slot, &publication).await
-}
-
-/// A reader on an existing slot.
-pub(crate) async fn stream(db: &TestDb<'_>, slot: &str, publication: &str) -> ChangeReader {
-    let info = ConnInfo::parse(&db.url).unwrap();
-    let options = ReaderOptions {
-        slot: slot.to_owned(),
-        publication: publication.to_owned(),
-        skip_through: Default::default(),
-    };
-    ChangeReader::start(&info, &options).await.unwrap()
-}
 
 /// The next transaction's commit and row changes.
 pub(crate) async fn next_changes(reader: &mut ChangeReader) -> (Commit, Vec<RowChange>) {

@@ -5,7 +5,7 @@
 //! that daemon works on what it is asked, they only check what a backfill at work keeps.
 
 use crate::support;
-use support::{Sub, Toml};
+use support::Sub;
 
 use std::time::Duration;
 
@@ -24,20 +24,8 @@ CREATE SEQUENCE invoice_number;
 
 /// `invoices` and `partners` on the invoices, and `archive`, switched off.
 fn config_text(db: &TestDb<'_>, slot: &str, extra: &str) -> String {
-    Toml::new(db)
-        .slot(slot)
+    support::outbox::invoice_subscriptions(db, slot)
         .source(extra)
-        .table("invoice", "public.account_invoice")
-        .subscription(Sub::new(
-            "invoices",
-            "invoice",
-            "http://127.0.0.1:9/invoices",
-        ))
-        .subscription(Sub::new(
-            "partners",
-            "invoice",
-            "http://127.0.0.1:9/partners",
-        ))
         .subscription(
             Sub::new("archive", "invoice", "http://127.0.0.1:9/archive").with("active = false"),
         )

@@ -1,8 +1,9 @@
 //! A backfill seed on a brand-new slot reads the tables exactly as they were at the slot's
 //! start: later commits are in the stream and never in the seed.
 
-use crate::backfill_chunks::{next_changes, stream, walk};
+use crate::backfill_chunks::{next_changes, walk};
 use crate::support;
+use crate::support::wal::stream;
 
 use std::time::Duration;
 

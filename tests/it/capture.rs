@@ -6,30 +6,12 @@ use crate::support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::wal::reader_for;
 use support::{unique, TestDb};
 use walhook::capture::envelope::envelope;
 use walhook::capture::reader::{ReaderOptions, Truncation};
 use walhook::capture::{ChangeReader, Commit, Item, ObjectView};
 use walhook::pg::conninfo::ConnInfo;
-
-/// A reader on a fresh slot and publication for `tables`, created before any change.
-async fn reader_for(db: &TestDb<'_>, tables: &str) -> ChangeReader {
-    let slot = unique("slot");
-    let publication = unique("pub");
-    db.sql(&format!(
-        "CREATE PUBLICATION {publication} FOR TABLE {tables}"
-    ));
-    db.sql(&format!(
-        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-    ));
-    let info = ConnInfo::parse(&db.url).unwrap();
-    let options = ReaderOptions {
-        slot,
-        publication,
-        skip_through: Default::default(),
-    };
-    ChangeReader::start(&info, &options).await.unwrap()
-}
 
 /// Reads one whole transaction: its commit and the items in between.
 async fn next_transaction(reader: &mut ChangeReader) -> (Commit, Vec<Item>) {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod rows;
 pub mod subscriber;
+pub mod wal;
 
 pub use config::{Object, Sub, Toml};
 pub use subscriber::{verify, Reply, Seen, Subscriber};

@@ -35,6 +35,11 @@ pub fn config(db: &TestDb<'_>, slot: &str) -> ConfigFile {
 
 /// The text of [`config`], for tests that add to it.
 pub fn config_text(db: &TestDb<'_>, slot: &str) -> String {
+    invoice_subscriptions(db, slot).text()
+}
+
+/// [`config`] in the making.
+pub fn invoice_subscriptions(db: &TestDb<'_>, slot: &str) -> Toml {
     Toml::new(db)
         .slot(slot)
         .table("invoice", "public.account_invoice")
@@ -48,7 +53,6 @@ pub fn config_text(db: &TestDb<'_>, slot: &str) -> String {
             "invoice",
             "http://127.0.0.1:9/partners",
         ))
-        .text()
 }
 
 /// A database with the outbox made by `walhook setup` for [`config`], and `rows` (calls of
