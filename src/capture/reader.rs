@@ -177,8 +177,7 @@ impl ChangeReader {
         ];
         // Backfill watermarks are logical messages; PostgreSQL 13 refuses the option, and
         // there only backfills are unavailable.
-        let watermarks = watermark::carries_watermarks(connection.server_version());
-        if watermarks {
+        if watermark::carries_watermarks(connection.server_version()) {
             settings.push(("messages", "true"));
         }
         let stream = connection

@@ -7,11 +7,10 @@
 //! writer runs on its own task (`outbox::pipeline`): a group that is ready while the
 //! previous one is still committing waits for it and keeps growing.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::HashMap;
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
