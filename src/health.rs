@@ -17,7 +17,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{format_size, Config};
 use crate::metrics::Metrics;
-use crate::outbox::{checkpoint, status};
+use crate::outbox::{backfill, checkpoint, status};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::error::server_message;
 use crate::pg::Reconnecting;
@@ -217,6 +217,12 @@ impl Sampler {
             } else {
                 entry.dead = row.count;
             }
+        }
+        // A schema older than the backfill migration has none running; the gauge waits.
+        if let Ok(running) = backfill::running(db, schema).await {
+            self.metrics
+                .backfills_running
+                .set(i64::try_from(running.len()).unwrap_or(i64::MAX));
         }
         sample.checkpoint_lsn = checkpoint::text(db, schema, &self.settings.slot)
             .await

@@ -103,6 +103,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send the rows that already exist: ask the running daemon to backfill a subscription.
+    ///
+    /// `walhook backfill SUBSCRIPTION [--where SQL]` asks and exits; `walhook run` reads the
+    /// table in key order and sends each row as a `read` event, resuming after a restart.
+    /// `--status` lists every backfill (`--follow` shows a progress line until none runs),
+    /// `--cancel SUBSCRIPTION` stops one.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["subscription", "status", "cancel"])))]
+    Backfill {
+        /// The subscription whose rows to send.
+        subscription: Option<String>,
+        /// Only the rows passing this SQL condition over the table's columns, e.g. "id > 1000".
+        #[arg(long = "where", value_name = "SQL", requires = "subscription")]
+        filter: Option<String>,
+        /// Every backfill, newest first: state, rows of the estimate, rate, times, error.
+        #[arg(long)]
+        status: bool,
+        /// With --status: the list as a JSON array.
+        #[arg(long, requires = "status", conflicts_with = "follow")]
+        json: bool,
+        /// With --status: a progress line, redrawn every 500 ms, until no backfill runs.
+        #[arg(long, visible_alias = "watch", requires = "status")]
+        follow: bool,
+        /// Stop the running backfill of this subscription.
+        #[arg(long, value_name = "SUBSCRIPTION")]
+        cancel: Option<String>,
+    },
     /// Re-queue deliveries: one by --id, or a subscription's dead (or delivered) ones.
     ///
     /// `walhook replay --id N`, or `walhook replay --subscription S --status dead [--since T]`.
@@ -339,6 +365,34 @@ fn main() -> ExitCode {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("walhook deliveries: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            }
+            Command::Backfill {
+                subscription,
+                filter,
+                status,
+                json,
+                follow,
+                cancel,
+            } => {
+                use commands::backfill::BackfillCommand;
+                let command = match (subscription, cancel) {
+                    (Some(subscription), _) => BackfillCommand::Request {
+                        subscription,
+                        filter,
+                    },
+                    (None, Some(subscription)) => BackfillCommand::Cancel { subscription },
+                    (None, None) => {
+                        debug_assert!(status, "clap requires one of the three");
+                        BackfillCommand::Status { json, follow }
+                    }
+                };
+                match commands::backfill::run(&config, &command).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("walhook backfill: {e}");
                         ExitCode::from(e.exit_code())
                     }
                 }

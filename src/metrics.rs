@@ -93,6 +93,10 @@ pub struct Metrics {
     pub changes: Family<ChangeLabels, Counter>,
     /// Events committed to the outbox, per subscription.
     pub events: Family<SubscriptionLabels, Counter>,
+    /// Rows backfills committed to the outbox, per subscription.
+    pub backfill_rows: Family<SubscriptionLabels, Counter>,
+    /// Backfills in state running.
+    pub backfills_running: Gauge,
     /// Delivery attempts by outcome.
     pub attempts: Family<AttemptLabels, Counter>,
     /// HTTP request durations.
@@ -140,6 +144,8 @@ impl Metrics {
             slot_retained_wal_over_limit: Gauge::default(),
             changes: Family::default(),
             events: Family::default(),
+            backfill_rows: Family::default(),
+            backfills_running: Gauge::default(),
             attempts: Family::default(),
             delivery_duration: Family::new_with_constructor(seconds_histogram),
             end_to_end_latency: Family::new_with_constructor(seconds_histogram),
@@ -173,6 +179,7 @@ impl Metrics {
     pub fn know_subscription(&self, name: &str) {
         let labels = Self::subscription(name);
         let _ = self.events.get_or_create(&labels);
+        let _ = self.backfill_rows.get_or_create(&labels);
         let _ = self.delivery_duration.get_or_create(&labels);
         let _ = self.end_to_end_latency.get_or_create(&labels);
         let _ = self.outbox_pending.get_or_create(&labels);
@@ -231,6 +238,16 @@ impl Metrics {
             "events",
             "Events committed to the outbox, per subscription",
             self.events.clone(),
+        );
+        r.register(
+            "backfill_rows",
+            "Rows backfills read and committed to the outbox, per subscription",
+            self.backfill_rows.clone(),
+        );
+        r.register(
+            "backfills_running",
+            "Backfills asked for and not finished",
+            self.backfills_running.clone(),
         );
         r.register(
             "delivery_attempts",
@@ -340,6 +357,13 @@ impl Metrics {
             .inc_by(rows);
     }
 
+    /// Counts `rows` committed to the outbox by a backfill of `subscription`.
+    pub fn backfill_rows(&self, subscription: &str, rows: u64) {
+        self.backfill_rows
+            .get_or_create(&Self::subscription(subscription))
+            .inc_by(rows);
+    }
+
     /// Records a request's duration.
     pub fn request_took(&self, subscription: &str, took: Duration) {
         self.delivery_duration
@@ -378,6 +402,8 @@ mod tests {
             "walhook_outbox_pending{subscription=\"invoices\"} 0",
             "walhook_outbox_oldest_pending_seconds{subscription=\"invoices\"} 0",
             "walhook_events_total{subscription=\"invoices\"} 0",
+            "walhook_backfill_rows_total{subscription=\"invoices\"} 0",
+            "walhook_backfills_running 0",
             "walhook_delivery_attempts_total{subscription=\"invoices\",outcome=\"success\"} 0",
             "walhook_config_reloads_total{result=\"rejected\"} 0",
             "walhook_retention_deleted_total{table=\"event\"} 0",

@@ -62,6 +62,14 @@ impl RowChange {
         }
     }
 
+    /// Builds a row a backfill read (SPEC §3b): its values as an insert of it carries them.
+    pub fn read(relation: Arc<Relation>, position: u32, row: &Tuple) -> RowChange {
+        RowChange {
+            operation: Operation::Read,
+            ..RowChange::insert(relation, position, row)
+        }
+    }
+
     /// Builds the change for an Update message, filling unchanged TOASTed values from the
     /// old row when the WAL carried it.
     pub fn update(

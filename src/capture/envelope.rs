@@ -103,6 +103,52 @@ pub fn event_id(commit_lsn: Lsn, position: u32) -> String {
     format!("evt_{:016X}_{position:04}", commit_lsn.0)
 }
 
+/// Where a read event comes from: a chunk of a backfill, read between two watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOrigin {
+    /// The backfill's number.
+    pub backfill: i64,
+    /// The chunk's number in its backfill, from 0.
+    pub chunk: i64,
+    /// The high watermark's position: the rows are as of just before it.
+    pub lsn: Lsn,
+    /// When the chunk was read, µs since 2000-01-01 UTC.
+    pub time: i64,
+}
+
+/// A read event's id (SPEC §3b): fixed by the backfill, the chunk and the row's place in
+/// it, so a crash that repeats a chunk repeats its ids; `evt_r…` never equals a change's.
+pub fn read_event_id(backfill: i64, chunk: i64, position: u32) -> String {
+    format!("evt_r{backfill:06}_{chunk:08}_{position:05}")
+}
+
+/// The envelope of a row a backfill read: operation `read`, no `previous`, and a `source`
+/// that names the backfill instead of a transaction.
+pub fn read_fields(
+    change: &RowChange,
+    object: &ObjectView,
+    event_type: &str,
+    origin: ReadOrigin,
+) -> Map<String, Value> {
+    let commit = Commit {
+        lsn: origin.lsn,
+        time: origin.time,
+        xid: 0,
+    };
+    let mut body = envelope_fields(change, object, event_type, commit);
+    // Replaced in place: the map keeps its order (serde_json's preserve_order).
+    body.insert(
+        "id".into(),
+        read_event_id(origin.backfill, origin.chunk, change.position).into(),
+    );
+    let mut source = Map::new();
+    source.insert("table".into(), change.relation.qualified_name().into());
+    source.insert("lsn".into(), origin.lsn.to_string().into());
+    source.insert("backfill".into(), origin.backfill.into());
+    body.insert("source".into(), source.into());
+    body
+}
+
 /// Serialises one change as seen through `object` into the SPEC §3 envelope.
 pub fn envelope(
     change: &RowChange,
@@ -155,7 +201,7 @@ pub fn envelope_fields(
     body.insert("values".into(), values.map_or(Value::Null, Value::Object));
 
     match change.operation {
-        Operation::Create => {}
+        Operation::Create | Operation::Read => {}
         Operation::Update => {
             let changed = change.changed_columns();
             let old = change.old.as_deref().unwrap_or_default();

@@ -19,7 +19,10 @@ use serde_json::{Map, Value};
 use super::change::{Cell, Operation, RowChange};
 #[cfg(test)]
 use super::envelope::envelope;
-use super::envelope::{envelope_fields, event_id, serialise, truncate_fields, Commit, ObjectView};
+use super::envelope::{
+    envelope_fields, event_id, read_fields, serialise, truncate_fields, Commit, ObjectView,
+    ReadOrigin,
+};
 use super::relation::{Identity, Relation};
 use super::render::Rendering;
 use super::when::{self, When};
@@ -165,6 +168,8 @@ struct Subscription {
     rendering: Option<Rendering>,
     /// Indexed by [`op_index`], computed once instead of per change.
     event_types: [String; 3],
+    /// The type of its read events (`<object>.read`, or its `event_type`).
+    read_event_type: String,
 }
 
 /// Column indexes for one version of the table, rebuilt when pgoutput describes it again.
@@ -227,6 +232,7 @@ impl Matcher {
                 when,
                 rendering,
                 event_types: Operation::ALL.map(|op| sub.event_type_for(op)),
+                read_event_type: sub.event_type_for(Operation::Read),
             });
         }
         if problems.is_empty() {
@@ -357,7 +363,9 @@ impl Matcher {
         let resolved = table.resolved.as_ref().expect("refreshed above");
 
         let operation = change.operation;
-        let op = op_index(operation);
+        let Some(op) = op_index(operation) else {
+            return (Vec::new(), Vec::new());
+        };
         let mut events: Vec<RoutedEvent> = Vec::new();
         // Parallel to `events`: the object index each one was built for.
         let mut event_objects: Vec<usize> = Vec::new();
@@ -539,6 +547,93 @@ impl Matcher {
             event_objects.push(sub.object);
         }
         (events, problems)
+    }
+}
+
+impl Matcher {
+    /// Routes one row a backfill read to `subscription` alone (SPEC §3b), whatever its
+    /// `operations`, filtered by its `when`. No event when `when` passes the row over or the
+    /// subscription no longer watches the table; a row that cannot be evaluated is recorded
+    /// dead for it with the problem, like a change.
+    pub fn route_read(
+        &mut self,
+        subscription: &str,
+        row: &RowChange,
+        origin: ReadOrigin,
+    ) -> (Option<RoutedEvent>, Option<RouteProblem>) {
+        let relation = &row.relation;
+        let Some(table) = self.table_mut(relation) else {
+            return (None, None);
+        };
+        table.refresh(relation);
+        let table = &*table;
+        let resolved = table.resolved.as_ref().expect("refreshed above");
+        let Some((index, sub)) = table
+            .subscriptions
+            .iter()
+            .enumerate()
+            .find(|(_, s)| &*s.name == subscription)
+        else {
+            return (None, None);
+        };
+        let problem = |message: String, key: String| RouteProblem {
+            subscription: sub.name.clone(),
+            table: relation.qualified_name(),
+            key,
+            message,
+        };
+        let view = match &resolved.views[sub.object] {
+            Ok(view) => view,
+            Err(message) => {
+                let key = problem_key(row, &relation.key);
+                return (None, Some(problem(message.clone(), key)));
+            }
+        };
+        let key = key_json(row, &view.key);
+        let verdict = match (&resolved.columns[index], &sub.when) {
+            (Err(message), _) => Err(message.clone()),
+            (Ok(_), None) => Ok(true),
+            (Ok(_), Some(when)) => when
+                .eval(&when::scope(row, view))
+                .map_err(|error| format!("when: {error}")),
+        };
+        let mut dead = match verdict {
+            Ok(true) => None,
+            Ok(false) => return (None, None),
+            Err(message) => Some(message),
+        };
+        let fields = read_fields(row, view, &sub.read_event_type, origin);
+        let event_id = fields["id"].as_str().unwrap_or_default().to_owned();
+        let (body, target) = match (&sub.rendering, &dead) {
+            (Some(rendering), None) => match rendering.render(&fields, Operation::Read) {
+                Ok(rendered) => (
+                    rendered.body.unwrap_or_else(|| serialise(fields)),
+                    rendered.target,
+                ),
+                Err(error) => {
+                    dead = Some(error);
+                    (serialise(fields), None)
+                }
+            },
+            // Stored as the envelope, which a replay renders once the config is fixed.
+            _ => (serialise(fields), None),
+        };
+        let reported = dead
+            .as_ref()
+            .map(|message| problem(message.clone(), key.clone()));
+        let mut event = RoutedEvent {
+            event_id,
+            event_type: sub.read_event_type.clone(),
+            object: view.name.clone(),
+            key,
+            body,
+            subscriptions: Vec::new(),
+            dead: Vec::new(),
+            target,
+            unrendered: dead.is_some() && sub.rendering.is_some(),
+        };
+        event.receive(sub.name.clone(), dead);
+        (Some(event), reported)
     }
 }
 
@@ -868,11 +963,14 @@ pub fn needs_old_values(config: &Config) -> Vec<(TableName, String, &'static str
     needs
 }
 
-fn op_index(operation: Operation) -> usize {
+/// The index of an operation a subscription lists; `None` for a read, which no
+/// subscription lists (reads are routed by [`Matcher::route_read`]).
+fn op_index(operation: Operation) -> Option<usize> {
     match operation {
-        Operation::Create => 0,
-        Operation::Update => 1,
-        Operation::Delete => 2,
+        Operation::Create => Some(0),
+        Operation::Update => Some(1),
+        Operation::Delete => Some(2),
+        Operation::Read => None,
     }
 }
 

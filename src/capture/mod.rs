@@ -10,6 +10,7 @@ pub mod relation;
 pub mod render;
 pub mod template;
 pub mod when;
+pub mod window;
 
 pub use change::{Cell, Operation, RowChange};
 pub use envelope::{Commit, ObjectView};

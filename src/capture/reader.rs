@@ -17,6 +17,7 @@ use crate::source::pgoutput::{self, Decoder, Message};
 use crate::source::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
+use crate::source::watermark::{self, Watermark};
 
 /// What the reader hands on, in WAL order.
 #[derive(Debug, Clone)]
@@ -33,6 +34,13 @@ pub enum Item {
         commit: Commit,
         /// WAL position just past the commit record.
         end_lsn: Lsn,
+    },
+    /// A backfill's watermark (SPEC §3b), at its place between transactions.
+    Watermark {
+        /// Which chunk read, low or high.
+        watermark: Watermark,
+        /// Where it is in the WAL.
+        lsn: Lsn,
     },
     /// The server has sent everything up to `wal_end`. Outside a transaction, with every
     /// earlier commit handled, that position may be acknowledged: this is what keeps the
@@ -163,15 +171,18 @@ impl ChangeReader {
         }
         // Inside the option value the names are a list, each double-quoted.
         let publications = format!("\"{}\"", options.publication.replace('"', "\"\""));
+        let mut settings = vec![
+            ("proto_version", "1"),
+            ("publication_names", publications.as_str()),
+        ];
+        // Backfill watermarks are logical messages; PostgreSQL 13 refuses the option, and
+        // there only backfills are unavailable.
+        let watermarks = watermark::carries_watermarks(connection.server_version());
+        if watermarks {
+            settings.push(("messages", "true"));
+        }
         let stream = connection
-            .start_replication(
-                &options.slot,
-                Lsn::ZERO,
-                &[
-                    ("proto_version", "1"),
-                    ("publication_names", publications.as_str()),
-                ],
-            )
+            .start_replication(&options.slot, Lsn::ZERO, &settings)
             .await?;
         Ok(ChangeReader {
             stream,
@@ -280,9 +291,13 @@ impl ChangeReader {
                     restart_identity: t.restart_identity,
                 })))
             }
-            // Origins, user types (resolved from the catalog instead) and logical
-            // messages carry nothing walhook turns into events.
-            Message::Origin(_) | Message::Type(_) | Message::Message(_) => Ok(None),
+            Message::Message(m) => Ok(Watermark::parse(&m).map(|watermark| Item::Watermark {
+                watermark,
+                lsn: m.lsn,
+            })),
+            // Origins and user types (resolved from the catalog instead) carry nothing
+            // walhook turns into events.
+            Message::Origin(_) | Message::Type(_) => Ok(None),
             Message::StreamStart(_)
             | Message::StreamStop
             | Message::StreamCommit(_)

@@ -78,10 +78,15 @@ impl Rendering {
         envelope: &Map<String, Value>,
         operation: Operation,
     ) -> Result<Rendered, String> {
+        // A read is sent with the create method, as `Methods::for_operation` says.
+        let listed = match operation {
+            Operation::Read => Operation::Create,
+            op => op,
+        };
         let index = Operation::ALL
             .iter()
-            .position(|&op| op == operation)
-            .expect("every operation is in ALL");
+            .position(|&op| op == listed)
+            .expect("every listed operation is in ALL");
         self.render_with(envelope, self.methods[index])
     }
 

@@ -206,7 +206,7 @@ fn previous(change: &RowChange, view: &ObjectView) -> Option<Value> {
             .map(|v| (columns[i].name.as_str(), cell(&columns[i].kind, v)))
     };
     match change.operation {
-        Operation::Create => None,
+        Operation::Create | Operation::Read => None,
         Operation::Update => {
             let new = change.new.as_deref().unwrap_or_default();
             let full = change.old_row_known();

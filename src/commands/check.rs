@@ -153,6 +153,9 @@ async fn check(config: &Config, report: &mut Report) {
             "walhook needs PostgreSQL 12 or newer",
         );
     }
+    if let Some((problem, fix)) = backfill_version_problem(config, version_num, &version) {
+        report.problem(problem, fix);
+    }
 
     check_wal_level(&sql, report).await;
     check_role(&sql, report).await;
@@ -474,6 +477,7 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             Err(e) => report.problem(e.to_string(), "check the role's privileges"),
         }
         check_delete_keys(config, &table, &facts, report);
+        check_backfill_keys(sql, config, &table, &facts, report).await;
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
             ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => report.ok(format!(
@@ -622,6 +626,134 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
             ),
         );
     }
+}
+
+/// Backfills read a table in key order, in chunks after the last key sent: a key that is
+/// not unique could skip or repeat rows at a chunk's edge, so every key other than the
+/// primary key needs a unique index of exactly its columns, as the daemon's chunk reader
+/// requires. An error when a subscription of the object has `backfill = true`, else a
+/// warning (a backfill can still be asked for).
+async fn check_backfill_keys(
+    sql: &Sql<'_>,
+    config: &Config,
+    table: &TableName,
+    facts: &TableFacts,
+    report: &mut Report,
+) {
+    let same_columns = |a: &[String], b: &[String]| {
+        let mut a = a.to_vec();
+        let mut b = b.to_vec();
+        a.sort();
+        b.sort();
+        a == b
+    };
+    // (where the key is configured, its columns, whether a subscription backfills it)
+    let mut keys: Vec<(String, &[String], bool)> = Vec::new();
+    for (name, object) in config.objects.iter().filter(|(_, o)| &o.table == table) {
+        if let Some(key) = &object.key {
+            let backfill = config
+                .subscriptions
+                .iter()
+                .any(|s| s.backfill && !s.object.unnamed && s.object.config_key == *name);
+            keys.push((format!("objects.{name}.key"), key.as_slice(), backfill));
+        }
+    }
+    for sub in config
+        .subscriptions
+        .iter()
+        .filter(|s| s.object.unnamed && &s.object.config.table == table)
+    {
+        if let Some(key) = &sub.object.config.key {
+            let place = format!("subscriptions.{}.key", sub.name);
+            keys.push((place, key.as_slice(), sub.backfill));
+        }
+    }
+    keys.retain(|(_, key, _)| !key.is_empty() && !same_columns(key, &facts.primary_key));
+    if keys.is_empty() {
+        return;
+    }
+    let unique = unique_indexes(sql, table).await;
+    for (place, key, backfill) in keys {
+        // The rule of the daemon's chunk reader (`source::chunks`): the same columns.
+        if unique.iter().any(|index| same_columns(index, key)) {
+            continue;
+        }
+        let message = format!(
+            "{place} {} is not unique on {table}: backfills read in key order and need a \
+             unique index",
+            serde_json::to_string(key).unwrap_or_default()
+        );
+        let fix = format!(
+            "CREATE UNIQUE INDEX ON {} ({})",
+            quote_table(table),
+            key.iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if backfill {
+            report.problem(message, fix);
+        } else {
+            report.push(
+                Level::Note,
+                format!("WARNING: {message} (no subscription of it has backfill = true)"),
+                Some(fix),
+            );
+        }
+    }
+}
+
+/// The key columns (not INCLUDE ones) of each valid unique index of `table` without a
+/// predicate or an expression: the indexes `source::chunks` accepts for a backfill key.
+async fn unique_indexes(sql: &Sql<'_>, table: &TableName) -> Vec<Vec<String>> {
+    sql.rows(&format!(
+        "SELECT (SELECT string_agg(a.attname, ',' ORDER BY k.ord) \
+                   FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                   WHERE k.ord <= i.indnkeyatts) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {} AND i.indisunique AND i.indisvalid \
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND NOT 0 = ANY (i.indkey)",
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    ))
+    .await
+    .into_iter()
+    .filter_map(|row| row.into_iter().next().flatten())
+    .map(|columns| columns.split(',').map(str::to_owned).collect())
+    .collect()
+}
+
+/// pgoutput sends the backfill's watermarks (logical decoding messages) only with its
+/// `messages` option, which PostgreSQL 14 added.
+fn backfill_version_problem(
+    config: &Config,
+    version_num: u32,
+    version: &str,
+) -> Option<(String, String)> {
+    let backfilling: Vec<String> = config
+        .subscriptions
+        .iter()
+        .filter(|s| s.backfill)
+        .map(|s| format!("subscriptions.{}", s.name))
+        .collect();
+    if version_num == 0 || version_num >= 140_000 || backfilling.is_empty() {
+        return None;
+    }
+    Some((
+        format!(
+            "{} {} backfill = true, but the source is PostgreSQL {version}: backfill needs \
+             PostgreSQL 14 or later (pgoutput's messages option)",
+            backfilling.join(", "),
+            if backfilling.len() == 1 {
+                "has"
+            } else {
+                "have"
+            }
+        ),
+        "upgrade the source to PostgreSQL 14 or later, or remove backfill = true".into(),
+    ))
 }
 
 async fn check_publication(sql: &Sql<'_>, config: &Config, report: &mut Report) {
@@ -891,5 +1023,33 @@ async fn check_privileges(sql: &Sql<'_>, config: &Config, report: &mut Report) {
             "role {} has the table privileges setup, test and tail need",
             role.quoted()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backfill: bool) -> Config {
+        let text = format!(
+            "[source]\nurl = \"postgres://walhook@db/erp\"\n\n\
+             [objects.invoice]\ntable = \"account_invoice\"\n\n\
+             [[subscriptions]]\nname = \"partner-sync\"\nobject = \"invoice\"\n\
+             url = \"https://hooks.example.com/in\"\nbackfill = {backfill}\n"
+        );
+        Config::parse(&text, "walhook.toml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn backfill_on_a_server_older_than_14_is_a_problem() {
+        let (problem, fix) = backfill_version_problem(&config(true), 130_011, "13.11").unwrap();
+        assert_eq!(
+            problem,
+            "subscriptions.partner-sync has backfill = true, but the source is PostgreSQL \
+             13.11: backfill needs PostgreSQL 14 or later (pgoutput's messages option)"
+        );
+        assert!(fix.contains("upgrade the source"), "{fix}");
+        assert!(backfill_version_problem(&config(true), 140_000, "14.0").is_none());
+        assert!(backfill_version_problem(&config(false), 130_011, "13.11").is_none());
     }
 }

@@ -1,8 +1,6 @@
 //! `walhook deliveries`: the delivery log, newest first, read from the outbox view
 //! `<schema>.deliveries` (SPEC §1, §5). Every filter is a bind parameter.
 
-use std::fmt::Write as _;
-
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -154,30 +152,11 @@ fn table(deliveries: &[Delivery]) -> String {
         return "no deliveries\n".into();
     }
     let rows: Vec<[String; 11]> = deliveries.iter().map(cells).collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = HEADER.map(String::from);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let _ = write!(line, "{cell:<width$}");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    super::terminal::aligned(HEADER, &rows)
 }
 
 /// An RFC 3339 timestamp to the second: `2026-01-31T08:00:00Z`.
-fn seconds(timestamp: &str) -> String {
+pub(super) fn seconds(timestamp: &str) -> String {
     match timestamp.get(..19) {
         Some(prefix) => format!("{prefix}Z"),
         None => timestamp.to_owned(),
@@ -185,7 +164,7 @@ fn seconds(timestamp: &str) -> String {
 }
 
 /// At most `max` characters of `text` on one line, with `…` when cut.
-fn truncate(text: &str, max: usize) -> String {
+pub(super) fn truncate(text: &str, max: usize) -> String {
     // On one line; errors quote receivers, so anything else is escaped.
     let flat = super::terminal::printable(&text.replace(['\n', '\t'], " "), false);
     if flat.chars().count() <= max {

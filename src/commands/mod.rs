@@ -1,5 +1,6 @@
 //! One module per CLI command; `main.rs` parses arguments and calls into these.
 
+pub mod backfill;
 pub mod check;
 pub mod deliveries;
 pub mod receive;

@@ -457,6 +457,8 @@ async fn read(
                 };
                 continue;
             }
+            // A running daemon's backfill: its rows go to the outbox, not to tail.
+            Item::Watermark { .. } => continue,
             Item::Keepalive { wal_end } => {
                 // Nothing half-printed: the slot may move on while the tables are idle.
                 if progress.partial.is_none() {

@@ -1,4 +1,7 @@
-//! Received text made safe to print: a receiver's body or error must not drive the terminal.
+//! Printing for the commands: received text made safe (a receiver's body or error must not
+//! drive the terminal), and aligned tables.
+
+use std::fmt::Write as _;
 
 /// `text` with every control character (ESC, BEL, CR, …) and every bidirectional override
 /// written as a visible escape such as `\u{1b}`, so that printed text cannot retitle or clear
@@ -23,9 +26,43 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// An aligned table with `header` as its first line; cells are separated by two spaces and
+/// lines carry no trailing blanks.
+pub fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<width$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{aligned, printable};
+
+    #[test]
+    fn tables_are_aligned_without_trailing_blanks() {
+        let rows = [["1".to_owned(), "long name".to_owned(), String::new()]];
+        assert_eq!(
+            aligned(["ID", "NAME", "X"], &rows),
+            "ID  NAME       X\n1   long name\n"
+        );
+    }
 
     #[test]
     fn escapes_drive_no_terminal() {

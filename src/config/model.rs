@@ -306,6 +306,8 @@ impl Methods {
                 Operation::Create => create,
                 Operation::Update => update,
                 Operation::Delete => delete,
+                // A read tells the receiver of a row it does not have yet.
+                Operation::Read => create,
             }
             .unwrap_or(Method::Post),
         }
@@ -390,10 +392,14 @@ pub enum Operation {
     Update,
     /// A row was deleted.
     Delete,
+    /// A backfill read a row that already existed (SPEC §3b). Never listed in `operations`:
+    /// read events go to the subscription that asked for the backfill.
+    Read,
 }
 
 impl Operation {
-    /// All operations in their canonical order.
+    /// The operations a subscription lists, in their canonical order (reads come only from
+    /// a backfill).
     pub const ALL: [Operation; 3] = [Operation::Create, Operation::Update, Operation::Delete];
 
     /// `create`, `update` or `delete`.
@@ -402,15 +408,17 @@ impl Operation {
             Operation::Create => "create",
             Operation::Update => "update",
             Operation::Delete => "delete",
+            Operation::Read => "read",
         }
     }
 
-    /// `created`, `updated` or `deleted`, as used in default event types.
+    /// `created`, `updated`, `deleted` or `read`, as used in default event types.
     pub fn past_tense(self) -> &'static str {
         match self {
             Operation::Create => "created",
             Operation::Update => "updated",
             Operation::Delete => "deleted",
+            Operation::Read => "read",
         }
     }
 }

@@ -533,6 +533,15 @@ fn operations(
                     "insert" | "created" => Some("create"),
                     "updated" => Some("update"),
                     "remove" | "deleted" => Some("delete"),
+                    "read" => {
+                        checker.error(
+                            &item,
+                            "\"read\" events come from a backfill, not from operations; set \
+                             backfill = true or run `walhook backfill`, and list create, update, \
+                             delete or truncate here",
+                        );
+                        continue;
+                    }
                     lower => closest(lower, ["create", "update", "delete", "truncate"]),
                 };
                 let message = match suggestion {

@@ -11,21 +11,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::startup::{self, StartupError};
+use crate::capture::envelope::ReadOrigin;
 use crate::capture::matcher::{Matcher, MatcherError, NameChange};
 use crate::capture::reader::{CaptureError, ReaderOptions};
+use crate::capture::window::{Ready, ToCapture, Windows};
 use crate::capture::{ChangeReader, Commit, Item};
 use crate::config::Config;
 use crate::delivery::DispatchHandle;
 use crate::health::Health;
 use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
+use crate::outbox::backfill::Progress;
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::{self, Lsn};
+use crate::source::watermark::Mark;
 
 /// Source transactions that may share one outbox transaction.
 const GROUP_TRANSACTIONS: usize = 1_000;
@@ -99,6 +105,24 @@ pub(super) struct Session<'a> {
     pub(super) health: &'a Health,
 }
 
+/// What reaches a session besides the WAL, kept across sessions.
+pub(super) struct Inbox<'a> {
+    /// Config edits, loaded and not yet validated.
+    pub(super) reloads: &'a mut mpsc::Receiver<Config>,
+    /// The backfill task's chunk reads.
+    pub(super) chunks: &'a mut mpsc::Receiver<ToCapture>,
+    /// Turns true on SIGTERM or SIGINT.
+    pub(super) shutdown: &'a mut watch::Receiver<bool>,
+}
+
+/// The backfill chunks of one session: their windows, and the ones written to the outbox
+/// whose task waits to hear they are committed.
+#[derive(Default)]
+struct Backfills {
+    windows: Windows,
+    committing: HashMap<String, oneshot::Sender<()>>,
+}
+
 /// A source commit handled in memory (its events written or buffered) but not yet
 /// committed to the outbox.
 #[derive(Clone, Copy)]
@@ -114,10 +138,14 @@ impl Session<'_> {
         matcher: &mut Matcher,
         config: &mut Config,
         staged: &mut Option<(Config, Matcher)>,
-        reloads: &mut mpsc::Receiver<Config>,
-        shutdown: &mut watch::Receiver<bool>,
+        inbox: Inbox<'_>,
         backoff: &mut Duration,
     ) -> Result<Ended, SessionError> {
+        let Inbox {
+            reloads,
+            chunks,
+            shutdown,
+        } = inbox;
         // Connecting may hang (a server that accepts but does not answer, and no
         // connect_timeout): a signal must not wait for it. Nothing is open yet to close.
         let opened = tokio::select! {
@@ -142,6 +170,10 @@ impl Session<'_> {
         let mut open: Option<Commit> = None;
         let mut handled: Option<Handled> = None;
         let mut group = 0usize;
+        // The last source commit handled: what the outbox checkpoint becomes with a group
+        // that only holds backfill chunks.
+        let mut last_commit = checkpoint;
+        let mut backfills = Backfills::default();
         // An edit staged during a transaction the previous session never finished.
         apply(staged, matcher, config, self.dispatch);
         loop {
@@ -159,13 +191,15 @@ impl Session<'_> {
                     Some(next) => match next? {
                         Some(item) => item,
                         None => {
-                            self.flush(&mut writer, &mut reader, &mut handled).await?;
-                            self.drain(&mut writer, &mut reader).await?;
+                            self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
+                                .await?;
+                            self.drain(&mut writer, &mut reader, &mut backfills).await?;
                             return Ok(Ended::ServerEnded);
                         }
                     },
                     None => {
-                        self.flush(&mut writer, &mut reader, &mut handled).await?;
+                        self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
+                            .await?;
                         group = 0;
                         continue;
                     }
@@ -174,7 +208,7 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        return self.stop(writer, reader, open, handled).await;
+                        return self.stop(writer, reader, open, handled, &mut backfills).await;
                     }
                     Some(new) = reloads.recv() => {
                         match validate(&new, matcher, &catalog).await {
@@ -196,7 +230,11 @@ impl Session<'_> {
                         continue;
                     }
                     done = writer.committed() => {
-                        self.committed(done?, &mut reader);
+                        self.committed(done?, &mut reader, &mut backfills);
+                        continue;
+                    }
+                    Some(message) = chunks.recv() => {
+                        backfills.windows.receive(message);
                         continue;
                     }
                     next = reader.next() => match next? {
@@ -212,6 +250,9 @@ impl Session<'_> {
                 Item::Begin(commit) => open = Some(commit),
                 Item::Change(change) => {
                     let commit = open.expect("changes arrive inside a transaction");
+                    if backfills.windows.any_open() {
+                        backfills.windows.saw(&change);
+                    }
                     self.metrics
                         .changes
                         .get_or_create(&ChangeLabels {
@@ -245,6 +286,12 @@ impl Session<'_> {
                             "{outcome}: {}",
                             problem.message
                         );
+                    }
+                    if backfills.windows.tracking() {
+                        let sent = events.iter().flat_map(|e| {
+                            e.subscriptions.iter().chain(e.dead.iter().map(|(s, _)| s))
+                        });
+                        backfills.windows.sent(&change, sent.map(|s| &**s));
                     }
                     for event in events {
                         writer.add(event, commit);
@@ -290,8 +337,32 @@ impl Session<'_> {
                         }
                     }
                 }
+                Item::Watermark { watermark, lsn } => {
+                    // The task hands a chunk over before writing its high mark: it is in
+                    // the channel by now, if not yet taken.
+                    while let Ok(message) = chunks.try_recv() {
+                        backfills.windows.receive(message);
+                    }
+                    match watermark.mark {
+                        Mark::Low => backfills.windows.low(&watermark.token),
+                        Mark::High => {
+                            if let Some(ready) = backfills.windows.high(&watermark.token) {
+                                let done = self.read_events(ready, lsn, matcher, &mut writer);
+                                backfills.committing.insert(watermark.token, done);
+                                handled.get_or_insert(Handled {
+                                    commit_lsn: last_commit,
+                                    end_lsn: reader.acknowledged(),
+                                });
+                                if writer.buffered() >= SPILL_ROWS {
+                                    writer.spill().await?;
+                                }
+                            }
+                        }
+                    }
+                }
                 Item::Commit { commit, end_lsn } => {
                     open = None;
+                    last_commit = commit.lsn;
                     handled = Some(Handled {
                         commit_lsn: commit.lsn,
                         end_lsn,
@@ -299,7 +370,8 @@ impl Session<'_> {
                     group += 1;
                     apply(staged, matcher, config, self.dispatch);
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
-                        self.flush(&mut writer, &mut reader, &mut handled).await?;
+                        self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
+                            .await?;
                         group = 0;
                     }
                 }
@@ -353,6 +425,59 @@ impl Session<'_> {
             catalog,
             reader,
         })
+    }
+}
+
+impl Session<'_> {
+    /// A chunk's window closed: its rows no change superseded become read events of its
+    /// subscription, buffered with the chunk's progress. Returns whom to tell once the
+    /// outbox commit holding them is done.
+    fn read_events(
+        &self,
+        ready: Ready,
+        high: Lsn,
+        matcher: &mut Matcher,
+        writer: &mut OutboxPipeline,
+    ) -> oneshot::Sender<()> {
+        let Ready { chunk, keep } = ready;
+        let origin = ReadOrigin {
+            backfill: chunk.backfill,
+            chunk: chunk.chunk,
+            lsn: high,
+            time: chunk.time,
+        };
+        let commit = Commit {
+            lsn: high,
+            time: chunk.time,
+            xid: 0,
+        };
+        for index in keep {
+            let (event, problem) =
+                matcher.route_read(&chunk.subscription, &chunk.rows[index], origin);
+            if let Some(problem) = problem {
+                tracing::error!(
+                    subscription = %problem.subscription,
+                    table = %problem.table,
+                    key = %problem.key,
+                    backfill = chunk.backfill,
+                    "backfill read recorded as a dead delivery, replay it once the config is \
+                     fixed: {}",
+                    problem.message
+                );
+            }
+            if let Some(event) = event {
+                writer.add(event, commit);
+            }
+        }
+        writer.add_progress(Progress {
+            token: chunk.token,
+            backfill: chunk.backfill,
+            chunk: chunk.chunk,
+            subscription: chunk.subscription,
+            last_key: chunk.last_key,
+            rows: chunk.rows.len() as i64,
+        });
+        chunk.done
     }
 }
 
@@ -422,13 +547,14 @@ impl Session<'_> {
         writer: &mut OutboxPipeline,
         reader: &mut ChangeReader,
         handled: &mut Option<Handled>,
+        backfills: &mut Backfills,
     ) -> Result<(), SessionError> {
         let Some(h) = handled.take() else {
             return Ok(());
         };
         while writer.in_flight() >= MAX_COMMITS_IN_FLIGHT {
             let done = writer.committed().await?;
-            self.committed(done, reader);
+            self.committed(done, reader, backfills);
         }
         // A group without events needs no outbox write: skipping it on restart is harmless,
         // because the slot itself will not send it again once acknowledged.
@@ -440,9 +566,16 @@ impl Session<'_> {
 
     /// An outbox commit is done: count it, wake the subscriptions that got deliveries and
     /// let the slot move past it.
-    fn committed(&self, done: Committed, reader: &mut ChangeReader) {
+    fn committed(&self, done: Committed, reader: &mut ChangeReader, backfills: &mut Backfills) {
         self.health.outbox_committed();
         let written = done.written;
+        for progress in &written.backfilled {
+            self.metrics
+                .backfill_rows(&progress.subscription, progress.rows as u64);
+            if let Some(done) = backfills.committing.remove(&progress.token) {
+                let _ = done.send(());
+            }
+        }
         if written.events > 0 {
             tracing::debug!(
                 events = written.events,
@@ -467,10 +600,11 @@ impl Session<'_> {
         &self,
         writer: &mut OutboxPipeline,
         reader: &mut ChangeReader,
+        backfills: &mut Backfills,
     ) -> Result<(), SessionError> {
         while writer.in_flight() > 0 {
             let done = writer.committed().await?;
-            self.committed(done, reader);
+            self.committed(done, reader, backfills);
         }
         Ok(())
     }
@@ -483,14 +617,16 @@ impl Session<'_> {
         mut reader: ChangeReader,
         open: Option<Commit>,
         mut handled: Option<Handled>,
+        backfills: &mut Backfills,
     ) -> Result<Ended, SessionError> {
         if open.is_some() {
             writer.rollback().await?;
         } else {
-            self.flush(&mut writer, &mut reader, &mut handled).await?;
+            self.flush(&mut writer, &mut reader, &mut handled, backfills)
+                .await?;
         }
         // What finished before the stop is acknowledged, so a restart need not skip it.
-        self.drain(&mut writer, &mut reader).await?;
+        self.drain(&mut writer, &mut reader, backfills).await?;
         reader.close().await?;
         Ok(Ended::Signal)
     }

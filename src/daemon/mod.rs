@@ -4,6 +4,7 @@
 //! backoff when the connection drops, and applies config edits without a restart.
 
 mod active;
+mod backfill;
 mod capture;
 mod reload;
 mod retention;
@@ -218,6 +219,15 @@ async fn run_active(
         metrics.clone(),
         shutdown.clone(),
     );
+    // A few chunk reads' messages: the task has at most two under way.
+    let (chunks_tx, mut chunks) = mpsc::channel(16);
+    let _backfill = backfill::spawn(
+        source.clone(),
+        outbox.clone(),
+        dispatch.config(),
+        chunks_tx,
+        shutdown.clone(),
+    );
     let (reload_tx, mut reloads) = mpsc::channel::<Config>(4);
     let _watcher = reload::spawn(
         options.config_path.clone(),
@@ -245,8 +255,11 @@ async fn run_active(
                 &mut matcher,
                 &mut config,
                 &mut staged,
-                &mut reloads,
-                &mut shutdown,
+                capture::Inbox {
+                    reloads: &mut reloads,
+                    chunks: &mut chunks,
+                    shutdown: &mut shutdown,
+                },
                 &mut backoff,
             )
             .await;

@@ -3,6 +3,8 @@
 //! the daemon's backfill task reads and finishes. The progress of a chunk is written by the
 //! outbox writer, in the transaction of the chunk's events ([`progress_sql`]).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio_postgres::{GenericClient, Row};
 
@@ -279,7 +281,9 @@ pub async fn estimate(
         &[&id, &rows],
     )
     .await
-    .map_err(StoreError::at(format!("recording backfill {id}'s estimate")))?;
+    .map_err(StoreError::at(format!(
+        "recording backfill {id}'s estimate"
+    )))?;
     Ok(())
 }
 
@@ -338,4 +342,21 @@ pub async fn first_seen(
         .await
         .map_err(StoreError::at("recording the subscriptions seen"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A chunk's progress, committed by the outbox writer with the chunk's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The chunk read's token, to tell the backfill task it is committed.
+    pub token: String,
+    /// The backfill.
+    pub backfill: i64,
+    /// The chunks committed before this one.
+    pub chunk: i64,
+    /// The subscription, for `walhook_backfill_rows_total`.
+    pub subscription: Arc<str>,
+    /// The chunk's last key.
+    pub last_key: String,
+    /// The chunk's rows (events, and rows `when` passed over or a change superseded).
+    pub rows: i64,
 }

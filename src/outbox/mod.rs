@@ -1,10 +1,12 @@
 //! The outbox store: every statement against the walhook schema. Migrations; the writer
 //! that commits events together with the capture checkpoint; the delivery queue the
 //! dispatcher claims from; the delivery log, replays and subscription state the commands and
-//! the admin API read and change; retention and teardown.
+//! the admin API read and change; backfills (`backfill`, and `backfill_ask` for the CLI and
+//! the API asking for one); retention and teardown.
 
 pub mod attempts;
 pub mod backfill;
+pub mod backfill_ask;
 pub mod checkpoint;
 mod error;
 pub mod leases;

@@ -19,9 +19,23 @@ pub async fn open(config: &Config, relation: &str) -> Result<Client, String> {
         .await
         .map_err(|e| format!("reading the outbox: {e}"))?;
     if !exists {
-        return Err(format!(
-            "the outbox schema {schema} does not exist yet: run `walhook setup`"
-        ));
+        // A schema made by an older walhook lacks the newer tables (`backfill`).
+        let schema_exists: bool = db
+            .query_one(
+                "SELECT to_regnamespace($1) IS NOT NULL",
+                &[&quote_ident(schema)],
+            )
+            .await
+            .map_err(|e| format!("reading the outbox: {e}"))?
+            .get(0);
+        return Err(if schema_exists {
+            format!(
+                "the outbox schema {schema} has no {relation} yet (it was made by an older \
+                 walhook): run `walhook setup`, or start `walhook run`, to bring it up to date"
+            )
+        } else {
+            format!("the outbox schema {schema} does not exist yet: run `walhook setup`")
+        });
     }
     Ok(db)
 }

@@ -10,6 +10,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::backfill::Progress;
 use super::writer::{OutboxError, OutboxWriter, Written};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
@@ -33,8 +34,9 @@ pub struct Committed {
 }
 
 enum Command {
-    /// Rows to write into the open outbox transaction.
-    Spill(Vec<(RoutedEvent, Commit)>),
+    /// Rows to write into the open outbox transaction, and backfill progress to record
+    /// with the next commit.
+    Spill(Vec<(RoutedEvent, Commit)>, Vec<Progress>),
     /// Commit the outbox through `commit_lsn`; `write` is false for a group that produced
     /// no events, which only has to be reported in its turn.
     Commit {
@@ -49,6 +51,7 @@ enum Command {
 /// The capture session's end of the writer task.
 pub struct OutboxPipeline {
     buffer: Vec<(RoutedEvent, Commit)>,
+    progress: Vec<Progress>,
     /// Rows were sent since the last commit command.
     spilled: bool,
     in_flight: usize,
@@ -67,9 +70,12 @@ impl OutboxPipeline {
             let mut writer = writer;
             while let Some(command) = queue.recv().await {
                 let result = match command {
-                    Command::Spill(rows) => {
+                    Command::Spill(rows, progress) => {
                         for (event, commit) in rows {
                             writer.add(event, commit);
+                        }
+                        for progress in progress {
+                            writer.add_progress(progress);
                         }
                         writer.spill().await.map(|()| None)
                     }
@@ -114,6 +120,7 @@ impl OutboxPipeline {
         });
         OutboxPipeline {
             buffer: Vec::new(),
+            progress: Vec::new(),
             spilled: false,
             in_flight: 0,
             commands,
@@ -127,6 +134,11 @@ impl OutboxPipeline {
         self.buffer.push((event, commit));
     }
 
+    /// Records a backfill chunk's progress in the next outbox commit.
+    pub fn add_progress(&mut self, progress: Progress) {
+        self.progress.push(progress);
+    }
+
     /// Events buffered here, not yet handed to the task.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -134,7 +146,7 @@ impl OutboxPipeline {
 
     /// Whether anything is buffered, written or being committed but not reported done.
     pub fn has_uncommitted(&self) -> bool {
-        !self.buffer.is_empty() || self.spilled || self.in_flight > 0
+        !self.buffer.is_empty() || !self.progress.is_empty() || self.spilled || self.in_flight > 0
     }
 
     /// Outbox commits sent and not yet reported by [`OutboxPipeline::committed`].
@@ -144,11 +156,12 @@ impl OutboxPipeline {
 
     /// Hands the buffered rows to the task (waiting only while its queue is full).
     pub async fn spill(&mut self) -> Result<(), OutboxError> {
-        if self.buffer.is_empty() {
+        if self.buffer.is_empty() && self.progress.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.buffer);
-        self.send(Command::Spill(rows)).await?;
+        let progress = std::mem::take(&mut self.progress);
+        self.send(Command::Spill(rows, progress)).await?;
         self.spilled = true;
         Ok(())
     }
@@ -197,6 +210,7 @@ impl OutboxPipeline {
     /// still finish, and are reported by [`OutboxPipeline::committed`].
     pub async fn rollback(&mut self) -> Result<(), OutboxError> {
         self.buffer.clear();
+        self.progress.clear();
         self.spilled = false;
         let (reply, done) = oneshot::channel();
         self.send(Command::Rollback(reply)).await?;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
+use super::backfill::{progress_sql, Progress};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
 use crate::pg::Lsn;
@@ -51,6 +52,21 @@ pub enum OutboxError {
         /// Where this writer last saw it.
         expected: String,
     },
+    /// A backfill's progress is not where this chunk expected it: the chunk would count
+    /// twice. Nothing was written; the session starts again and the backfill re-reads its
+    /// progress.
+    #[error(
+        "outbox ({schema}): backfill {backfill} has not committed exactly {chunk} chunks; \
+         nothing was written, the backfill resumes from its recorded progress"
+    )]
+    BackfillMoved {
+        /// The outbox schema.
+        schema: String,
+        /// The backfill.
+        backfill: i64,
+        /// The chunk's number.
+        chunk: i64,
+    },
     /// The writer task is gone without saying why (it panicked or the runtime is stopping).
     #[error("outbox ({schema}): the outbox writer stopped")]
     WriterStopped {
@@ -68,6 +84,8 @@ pub struct Written {
     pub deliveries: u64,
     /// Deliveries per subscription: the dispatcher wakes these.
     pub subscriptions: BTreeMap<Arc<str>, u64>,
+    /// Backfill chunks whose progress this commit recorded.
+    pub backfilled: Vec<Progress>,
 }
 
 /// The ordering key of an event: a stable 64-bit FNV-1a hash of its object and row key.
@@ -123,6 +141,7 @@ struct Statements {
     dead_deliveries: Statement,
     checkpoint: Statement,
     read_checkpoint: Statement,
+    progress: Statement,
 }
 
 /// Writes captured events into the outbox.
@@ -132,6 +151,8 @@ pub struct OutboxWriter {
     slot: String,
     statements: Statements,
     buffer: Buffer,
+    /// Backfill chunks to record with the next commit.
+    progress: Vec<Progress>,
     in_transaction: bool,
     written: Written,
     /// The checkpoint as this writer last read or wrote it: a commit moves it only from
@@ -235,6 +256,10 @@ impl OutboxWriter {
                 ))
                 .await
                 .map_err(err("preparing the checkpoint query"))?,
+            progress: client
+                .prepare(&progress_sql(schema))
+                .await
+                .map_err(err("preparing the backfill progress update"))?,
         };
         let mut writer = OutboxWriter {
             client,
@@ -242,6 +267,7 @@ impl OutboxWriter {
             slot: slot.to_owned(),
             statements,
             buffer: Buffer::default(),
+            progress: Vec::new(),
             in_transaction: false,
             written: Written::default(),
             checkpoint: None,
@@ -294,6 +320,11 @@ impl OutboxWriter {
         b.dead.push(event.dead);
     }
 
+    /// Records a backfill chunk's progress in the next commit, with its events.
+    pub fn add_progress(&mut self, progress: Progress) {
+        self.progress.push(progress);
+    }
+
     /// Events buffered in memory, not yet written.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -301,7 +332,7 @@ impl OutboxWriter {
 
     /// Whether anything is written or buffered but not committed.
     pub fn has_uncommitted(&self) -> bool {
-        self.in_transaction || self.buffer.len() > 0
+        self.in_transaction || self.buffer.len() > 0 || !self.progress.is_empty()
     }
 
     /// Writes the buffer into the open transaction (opening one if needed), without
@@ -423,6 +454,30 @@ impl OutboxWriter {
                 .map_err(|source| self.error("beginning a transaction", source))?;
             self.in_transaction = true;
         }
+        for progress in std::mem::take(&mut self.progress) {
+            let recorded = self
+                .client
+                .execute(
+                    &self.statements.progress,
+                    &[
+                        &progress.backfill,
+                        &progress.last_key,
+                        &progress.rows,
+                        &progress.chunk,
+                    ],
+                )
+                .await
+                .map_err(|source| self.error("recording a backfill's progress", source))?;
+            if recorded != 1 {
+                self.rollback().await?;
+                return Err(OutboxError::BackfillMoved {
+                    schema: self.schema.clone(),
+                    backfill: progress.backfill,
+                    chunk: progress.chunk,
+                });
+            }
+            self.written.backfilled.push(progress);
+        }
         let lsn = through.to_string();
         let expected = self.checkpoint.map(|c| c.to_string());
         let moved = self
@@ -451,6 +506,7 @@ impl OutboxWriter {
     /// those transactions again.
     pub async fn rollback(&mut self) -> Result<(), OutboxError> {
         self.buffer.clear();
+        self.progress.clear();
         self.written = Written::default();
         if self.in_transaction {
             self.in_transaction = false;

@@ -211,3 +211,21 @@ pub(super) struct ReplaySubscriptionAnswer {
     pub paused: Option<String>,
     pub message: String,
 }
+
+/// `POST /subscriptions/{name}/backfill`: the request row, and what the source said.
+#[derive(Debug, Serialize)]
+pub(super) struct BackfillAnswer {
+    #[serde(flatten)]
+    pub backfill: crate::outbox::backfill::Backfill,
+    /// The subscription's table, `schema.table`.
+    pub table: String,
+    /// The planner's estimate now (the row's `rows_estimate` is the daemon's, once started).
+    pub expected_rows: Option<i64>,
+    pub message: String,
+}
+
+/// `GET /backfills`: every backfill, newest first.
+#[derive(Debug, Serialize)]
+pub(super) struct BackfillsAnswer {
+    pub backfills: Vec<crate::outbox::backfill::Backfill>,
+}

@@ -1,15 +1,17 @@
 //! The admin API under `/api/v1` (SPEC §7): status, subscriptions, the delivery log, test
-//! events, pause and resume, replay. Answers are JSON; errors are `{"error": "…"}` with a
-//! fitting status: 400 for a bad parameter (named, with where it was), 404 for an unknown
-//! subscription or delivery (with the closest name), 401/403 for the token (`auth`), 500
-//! when the database fails (with its message).
+//! events, pause and resume, replay, backfills. Answers are JSON; errors are
+//! `{"error": "…"}` with a fitting status: 400 for a bad parameter (named, with where it
+//! was), 404 for an unknown subscription or delivery (with the closest name), 401/403 for
+//! the token (`auth`), 409 for a backfill already running, 500 when a database fails (with
+//! its message).
 //!
 //! The handlers call the library functions the commands call too: `outbox::log::list` for
 //! the log, `outbox::replay::replay` for replays, `outbox::state` for pause and resume,
-//! `delivery::test_event::send_test` for test events; each answer is a type of `answers`. No
-//! answer carries a secret: subscriptions show auth by type, headers by name, secrets by
-//! count, URLs with credentials hidden (`view`), and what a receiver echoes back of a
-//! request's credentials is scrubbed.
+//! `delivery::test_event::send_test` for test events, `outbox::backfill_ask` and
+//! `outbox::backfill` for backfills; each answer is a type of `answers`. No answer carries a
+//! secret: subscriptions show auth by type, headers by name, secrets by count, URLs with
+//! credentials hidden (`view`), and what a receiver echoes back of a request's credentials
+//! is scrubbed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -24,15 +26,17 @@ use axum::{middleware, Json, Router};
 use serde_json::{json, Map, Value};
 
 use super::answers::{
-    DeliveryLogAnswer, PauseAnswer, ReplayDeliveryAnswer, ReplaySubscriptionAnswer, ResumeAnswer,
-    SlotView, StateView, StatusAnswer, SubscriptionAnswer, SubscriptionStatus, SubscriptionsAnswer,
-    TestAnswer, TestRequest,
+    BackfillAnswer, BackfillsAnswer, DeliveryLogAnswer, PauseAnswer, ReplayDeliveryAnswer,
+    ReplaySubscriptionAnswer, ResumeAnswer, SlotView, StateView, StatusAnswer, SubscriptionAnswer,
+    SubscriptionStatus, SubscriptionsAnswer, TestAnswer, TestRequest,
 };
 use super::db::{timed, DB_TIMEOUT};
 use super::view::{self, StoppedMap};
 use super::{auth, App};
 use crate::config::Config;
 use crate::delivery::test_event::{self as test, TestError};
+use crate::outbox::backfill::{self, RequestError, RequestedBy};
+use crate::outbox::backfill_ask::{self, AskError};
 use crate::outbox::log::{self, parse_since, Filter, Status};
 use crate::outbox::replay::{self, known, ReplayError, Replayed, Target};
 use crate::outbox::{state, StoreError};
@@ -56,6 +60,8 @@ pub(super) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/subscriptions/{name}/pause", post(pause))
         .route("/subscriptions/{name}/resume", post(resume))
         .route("/subscriptions/{name}/replay", post(replay_subscription))
+        .route("/subscriptions/{name}/backfill", post(ask_backfill))
+        .route("/backfills", get(backfills))
         .route("/deliveries", get(delivery_log))
         .route("/deliveries/{id}/replay", post(replay_delivery))
         .fallback(no_such_endpoint)
@@ -134,7 +140,8 @@ impl From<StoreError> for ApiError {
 
 /// The endpoints, for the 404 and 405 answers.
 const ENDPOINTS: &str = "GET /api/v1/status, GET /api/v1/subscriptions, \
-    GET /api/v1/deliveries, POST /api/v1/subscriptions/{name}/test|pause|resume|replay, \
+    GET /api/v1/deliveries, GET /api/v1/backfills, \
+    POST /api/v1/subscriptions/{name}/test|pause|resume|replay|backfill, \
     POST /api/v1/deliveries/{id}/replay";
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
@@ -679,6 +686,120 @@ fn replay_error(e: ReplayError) -> ApiError {
     }
 }
 
+/// How long asking for a backfill may take: connecting to the source and trying the
+/// condition there, then the request row.
+const BACKFILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `POST /api/v1/subscriptions/{name}/backfill`, optionally with `{"where": "SQL"}`: asks
+/// the daemon to send the rows that exist (202); the condition is tried on the source
+/// first.
+async fn ask_backfill(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BackfillAnswer>), ApiError> {
+    let filter = backfill_filter(&body)?;
+    let config = app.state.config.borrow().clone();
+    // The source first, without holding the outbox connection the other calls share.
+    let checked = tokio::time::timeout(
+        BACKFILL_TIMEOUT,
+        backfill_ask::check(&config, &name, filter.as_deref()),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::database(format!(
+            "the source did not answer within {}s",
+            BACKFILL_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(ask_error)?;
+    let mut conn = app.db.conn().await?;
+    let schema = &app.state.schema;
+    let asked = timed("asking for the backfill", async {
+        checked
+            .request(conn.client(), schema, RequestedBy::Api)
+            .await
+            .map_err(ask_error)
+    })
+    .await?;
+    tracing::info!(
+        subscription = %name,
+        backfill = asked.backfill.id,
+        "admin API: backfill requested"
+    );
+    let message = format!(
+        "{}; a running walhook starts it within seconds (progress: GET /api/v1/backfills)",
+        asked.summary()
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BackfillAnswer {
+            table: asked.table.to_string(),
+            expected_rows: asked.rows_estimate,
+            backfill: asked.backfill,
+            message,
+        }),
+    ))
+}
+
+/// The optional body of a backfill call: nothing, or `{"where": "SQL"}`.
+fn backfill_filter(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let bad = |message: String| {
+        ApiError::bad_request(format!(
+            "request body: {message}; send nothing for every row, or \
+             {{\"where\": \"id > 1000\"}} for the rows passing a condition"
+        ))
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    if let Some(other) = fields.keys().find(|k| k.as_str() != "where") {
+        return Err(bad(format!(
+            "unknown field {other:?}{}",
+            did_you_mean(other, ["where"])
+        )));
+    }
+    match fields.remove("where") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(filter)) => {
+            text_for_postgres(&filter)
+                .map_err(|e| ApiError::bad_request(format!("request body: where: {e}")))?;
+            Ok(Some(filter))
+        }
+        Some(other) => Err(bad(format!("where is {other}, not a string of SQL"))),
+    }
+}
+
+fn ask_error(e: AskError) -> ApiError {
+    match e {
+        AskError::UnknownSubscription { .. } => ApiError::not_found(e.to_string()),
+        AskError::Inactive(_)
+        | AskError::TooOld(_)
+        | AskError::Request(RequestError::AlreadyRunning { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        AskError::Filter(_) => ApiError::bad_request(e.to_string()),
+        AskError::Source(_) | AskError::Request(RequestError::Store(_)) => {
+            ApiError::database(e.to_string())
+        }
+    }
+}
+
+/// `GET /api/v1/backfills`: every backfill, newest first.
+async fn backfills(State(app): State<Arc<App>>) -> Result<Json<BackfillsAnswer>, ApiError> {
+    let mut conn = app.db.conn().await?;
+    let schema = &app.state.schema;
+    let backfills = timed("reading the backfills", async {
+        Ok(backfill::list(conn.client(), schema).await?)
+    })
+    .await?;
+    Ok(Json(BackfillsAnswer { backfills }))
+}
+
 // ---------------------------------------------------------------------------------------
 // Parameters
 
@@ -771,6 +892,26 @@ mod tests {
         assert!(test_key(br#"{"kye": {"id": 7}}"#).is_err());
         assert!(test_key(br#"{"key": 7}"#).is_err());
         assert!(test_key(b"nope").is_err());
+    }
+
+    #[test]
+    fn backfill_bodies_are_empty_or_a_where() {
+        assert_eq!(backfill_filter(b"").unwrap(), None);
+        assert_eq!(backfill_filter(br#"{"where": null}"#).unwrap(), None);
+        assert_eq!(
+            backfill_filter(br#"{"where": "id > 3"}"#)
+                .unwrap()
+                .as_deref(),
+            Some("id > 3")
+        );
+        let e = backfill_filter(br#"{"wehre": "id > 3"}"#).unwrap_err();
+        assert!(
+            e.message.contains("did you mean \"where\""),
+            "{}",
+            e.message
+        );
+        assert!(backfill_filter(br#"{"where": 3}"#).is_err());
+        assert!(backfill_filter(b"id > 3").is_err());
     }
 
     #[test]

@@ -6,9 +6,15 @@
 //! `publication` and `slot` create, inspect and drop walhook's publication and slot, with
 //! `setup` holding what they share (errors, advisory lock keys); `preflight` checks the
 //! source before anything is created; `privileges` knows what a role that is not a superuser
-//! needs for each command, and the statement that grants it.
+//! needs for each command, and the statement that grants it. For backfills, `chunks` reads
+//! a table in key-ordered chunks as pgoutput tuples, `snapshot` creates a new slot with
+//! an exported snapshot and reads the seed inside it, `watermark` writes and recognises the
+//! watermarks around each chunk, and `filter` checks a backfill's `--where` condition
+//! against the table before it is asked for.
 
+pub mod chunks;
 pub mod columns;
+pub mod filter;
 pub mod pgoutput;
 pub mod preflight;
 pub mod privileges;
@@ -16,7 +22,9 @@ pub mod publication;
 pub mod replication;
 pub mod setup;
 pub mod slot;
+pub mod snapshot;
 pub mod types;
 pub mod value;
+pub mod watermark;
 
 pub use setup::SetupError;

@@ -373,3 +373,55 @@ async fn transactions_at_or_below_the_checkpoint_are_skipped_after_a_restart() {
     let events = next_events(&mut reader).await;
     assert_eq!(events[0]["key"], json!({"id": 2}));
 }
+
+#[tokio::test]
+async fn a_backfill_watermark_arrives_between_the_transactions_around_it_and_the_heartbeat_does_not(
+) {
+    use walhook::source::watermark::{Mark, Watermark};
+    let db = TestDb::new("CREATE TABLE t (id int PRIMARY KEY);");
+    let mut reader = reader_for(&db, "t").await;
+    let low = Watermark {
+        token: "1-0-abc".into(),
+        mark: Mark::Low,
+    };
+    let info = ConnInfo::parse(&db.url).unwrap();
+    let client = walhook::pg::connect_sql(&info).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO t VALUES (1); \
+             SELECT pg_logical_emit_message(false, 'walhook', 'heartbeat'); \
+             SELECT pg_logical_emit_message(true, 'walhook', 'backfill low 9-9-x');",
+        )
+        .await
+        .unwrap();
+    let written = low.emit(&client).await.unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let read = async {
+        while seen.len() < 3 {
+            match reader.next().await.unwrap().expect("stream open") {
+                Item::Change(change) => seen.push(format!("change {:?}", change.current()[0])),
+                Item::Watermark { watermark, lsn } => {
+                    assert!(lsn <= written, "{lsn} after {written}");
+                    seen.push(format!("{:?} {}", watermark.mark, watermark.token));
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("three items within 20 s");
+    assert_eq!(
+        seen,
+        [
+            "change Value(Number(1))",
+            "Low 1-0-abc",
+            "change Value(Number(2))"
+        ]
+    );
+}

@@ -585,3 +585,86 @@ when = "values.stat == 'posted'"
         out.stderr
     );
 }
+
+#[test]
+fn a_backfilled_key_without_a_unique_index_is_a_problem_with_the_index_to_create() {
+    // Backfills read in key order, a chunk after the last key sent: invoices keyed on their
+    // number need the number to be unique, or a chunk's edge could skip or repeat rows.
+    // (FULL: a delete names its row whatever the key.)
+    let db = TestDb::new(&format!(
+        "{ERP} ALTER TABLE account_invoice REPLICA IDENTITY FULL;"
+    ));
+    let keyed_on_number = |extra: &str| {
+        config(&db.url, extra).replacen("fields = [", "key = [\"number\"]\nfields = [", 1)
+    };
+    let out = check(&keyed_on_number("backfill = true"));
+    assert_problem(
+        &out,
+        &[
+            "objects.invoice.key [\"number\"] is not unique on public.account_invoice: \
+             backfills read in key order and need a unique index",
+            "fix: CREATE UNIQUE INDEX ON public.account_invoice (number)",
+        ],
+    );
+
+    // Without backfill = true it is a warning: a backfill may still be asked for.
+    let out = check(&keyed_on_number(""));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("note")
+            && l.contains("WARNING: objects.invoice.key [\"number\"] is not unique")
+            && l.contains("CREATE UNIQUE INDEX ON public.account_invoice (number)")),
+        "{}",
+        out.stdout
+    );
+
+    // A partial unique index says nothing about the rows it leaves out.
+    db.sql("CREATE UNIQUE INDEX ON account_invoice (number) WHERE state = 'posted'");
+    assert_problem(
+        &check(&keyed_on_number("backfill = true")),
+        &["objects.invoice.key [\"number\"] is not unique"],
+    );
+
+    // The index the fix names is enough; the primary key never needs one of its own.
+    db.sql("CREATE UNIQUE INDEX ON account_invoice (number)");
+    let out = check(&keyed_on_number("backfill = true"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(!out.stdout.contains("is not unique"), "{}", out.stdout);
+    let out = check(&config(&db.url, "backfill = true"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(!out.stdout.contains("is not unique"), "{}", out.stdout);
+}
+
+#[test]
+fn a_two_column_key_needs_a_unique_index_of_exactly_its_columns_in_any_order() {
+    let db = TestDb::new(
+        "CREATE TABLE stock_quant (id int PRIMARY KEY, product_id int, location_id int, qty int);
+         CREATE UNIQUE INDEX ON stock_quant (product_id, qty);
+         CREATE UNIQUE INDEX ON stock_quant (location_id, product_id) WHERE qty > 0;
+         ALTER TABLE stock_quant REPLICA IDENTITY FULL;",
+    );
+    let text = Toml::at(&db.url)
+        .without_delivery()
+        .object(
+            Object::new("quant", "public.stock_quant")
+                .with("key = [\"location_id\", \"product_id\"]"),
+        )
+        .subscription(
+            Sub::new("stock", "quant", "https://stock.example.com/hooks").with("backfill = true"),
+        )
+        .text();
+    // (product_id, qty) is unique, which says nothing about (location_id, product_id); the
+    // partial index says nothing about the rows it leaves out.
+    assert_problem(
+        &check(&text),
+        &[
+            "objects.quant.key [\"location_id\",\"product_id\"] is not unique on \
+             public.stock_quant",
+            "CREATE UNIQUE INDEX ON public.stock_quant (location_id, product_id)",
+        ],
+    );
+    db.sql("CREATE UNIQUE INDEX ON stock_quant (product_id, location_id)");
+    let out = check(&text);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(!out.stdout.contains("is not unique"), "{}", out.stdout);
+}

@@ -8,6 +8,11 @@ mod support;
 
 mod admin_abuse;
 mod admin_api;
+mod backfill;
+mod backfill_chunks;
+mod backfill_cli;
+mod backfill_seed;
+mod backfill_upgrade;
 mod capture;
 mod check;
 mod cli;

@@ -747,7 +747,7 @@ fn process_wide_keys_cannot_be_overridden() {
         "walhook.toml:13: subscriptions[0].heartbeat: unknown key; expected one of: name, object, table, operations, \
          watch, when, event_type, url, method, content_type, template, template_file, dead_on_status, secret, auth, \
          headers, batch, rate_limit, max_in_flight, ordering, \
-         active, timeout, retry_schedule, allow_networks, shutdown_timeout"
+         active, backfill, timeout, retry_schedule, allow_networks, shutdown_timeout"
     );
 }
 

@@ -50,6 +50,16 @@ pub struct SlotInfo {
     pub output_plugin: Option<String>,
 }
 
+/// What `CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// The position from which the slot's changes start: what committed before it is in
+    /// the snapshot, what commits after it is streamed.
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
 /// A connection in replication mode, before streaming starts.
 pub struct ReplicationConnection {
     wire: Wire,
@@ -237,32 +247,60 @@ impl ReplicationConnection {
         name: &str,
         temporary: bool,
     ) -> Result<SlotInfo, ReplicationError> {
-        const CONTEXT: &str = "CREATE_REPLICATION_SLOT";
+        let row = self
+            .create_slot_row(name, temporary, "NOEXPORT_SNAPSHOT")
+            .await?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        Ok(SlotInfo {
+            slot_name: field(0).unwrap_or_else(|| name.to_owned()),
+            consistent_point: consistent_point(&row)?,
+            output_plugin: field(3),
+        })
+    }
+
+    /// Creates a permanent logical slot for pgoutput and exports the snapshot it starts
+    /// from (`… LOGICAL pgoutput EXPORT_SNAPSHOT`). The snapshot stays importable (`SET
+    /// TRANSACTION SNAPSHOT`) only while this connection stays open and runs no other
+    /// command; the transaction that imports it sees exactly what the slot does not stream.
+    pub async fn create_slot_exporting_snapshot(
+        &mut self,
+        slot: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let row = self.create_slot_row(slot, false, "EXPORT_SNAPSHOT").await?;
+        let snapshot = row
+            .get(2)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| ReplicationError::Protocol {
+                context: CREATE_SLOT.into(),
+                expected: "a snapshot_name",
+                got: "NULL".into(),
+            })?;
+        Ok(CreatedSlot {
+            consistent_point: consistent_point(&row)?,
+            snapshot,
+        })
+    }
+
+    /// Runs `CREATE_REPLICATION_SLOT` with the given snapshot action and returns its row:
+    /// slot_name, consistent_point, snapshot_name, output_plugin.
+    async fn create_slot_row(
+        &mut self,
+        name: &str,
+        temporary: bool,
+        snapshot_action: &str,
+    ) -> Result<Vec<Option<String>>, ReplicationError> {
         // The pre-15 spelling of the options: still accepted by 15+, and needed by 10–14.
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput {snapshot_action}",
             quote_ident("slot name", name)?,
             if temporary { " TEMPORARY" } else { "" }
         );
         let rows = self
             .simple_query(&sql)
             .await
-            .map_err(|e| recontext(e, CONTEXT))?;
-        let row = single_row(CONTEXT, rows, 2)?;
-        let field = |i: usize| row.get(i).cloned().flatten();
-        let consistent_point =
-            field(1)
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| ReplicationError::Protocol {
-                    context: CONTEXT.into(),
-                    expected: "a consistent_point LSN",
-                    got: format!("{:?}", field(1)),
-                })?;
-        Ok(SlotInfo {
-            slot_name: field(0).unwrap_or_else(|| name.to_owned()),
-            consistent_point,
-            output_plugin: field(3),
-        })
+            .map_err(|e| recontext(e, CREATE_SLOT))?;
+        single_row(CREATE_SLOT, rows, 2)
     }
 
     /// Starts logical streaming from `slot` at `start` with the given plugin options, e.g.
@@ -327,6 +365,21 @@ impl ReplicationConnection {
     pub async fn close(mut self) -> Result<(), ReplicationError> {
         self.wire.terminate().await
     }
+}
+
+const CREATE_SLOT: &str = "CREATE_REPLICATION_SLOT";
+
+/// The consistent_point of a `CREATE_REPLICATION_SLOT` row.
+fn consistent_point(row: &[Option<String>]) -> Result<Lsn, ReplicationError> {
+    let field = row.get(1).cloned().flatten();
+    field
+        .as_deref()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| ReplicationError::Protocol {
+            context: CREATE_SLOT.into(),
+            expected: "a consistent_point LSN",
+            got: format!("{field:?}"),
+        })
 }
 
 /// The command's first word(s), to say what failed without quoting its arguments.
