@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::debezium;
-use crate::process::Walhook;
+use crate::process::{self, Walhook};
 use crate::report::{mib, millis, rate, thousands, Row};
 use crate::workload::{self, BACKFILL_SUBSCRIPTION, BACKFILL_TABLE};
 use crate::{Bench, Db, INSTANCE, PAUSED_URL, SECRET};
@@ -34,6 +34,8 @@ struct Backfilled {
     /// The outbox's own `started_at` → `finished_at`.
     in_outbox: Duration,
     cpu: Duration,
+    /// Postgres's CPU time meanwhile (the chunk reads, the walsender, the outbox writes).
+    pg_cpu: Duration,
     peak_rss: u64,
 }
 
@@ -97,12 +99,13 @@ impl Bench {
                 ),
                 measured: format!(
                     "**{} rows/s** ({}; the outbox's started_at → finished_at {}; CPU per row: \
-                     walhook {:.1} µs); the source's own `SELECT` of every column `ORDER BY id`: \
-                     {} ({} rows/s); {compared}",
+                     walhook {:.1} µs, Postgres {:.1} µs); the source's own `SELECT` of every \
+                     column `ORDER BY id`: {} ({} rows/s); {compared}",
                     rate(rows, big.took),
                     millis(big.took),
                     millis(big.in_outbox),
                     big.cpu.as_secs_f64() * 1e6 / rows as f64,
+                    big.pg_cpu.as_secs_f64() * 1e6 / rows as f64,
                     millis(read),
                     rate(rows, read),
                 ),
@@ -148,9 +151,11 @@ impl Bench {
         Walhook::command(&self.walhook, &config, &["setup"])?;
         walhook::outbox::state::pause(&mut db.outbox, INSTANCE, BACKFILL_SUBSCRIPTION).await?;
         let started = Instant::now();
+        let pg_before = process::postgres_cpu();
         let mut walhook = self.run_walhook(&config, &db.name)?;
         let in_outbox = db.wait_backfilled(rows, &mut walhook).await?;
         let took = started.elapsed();
+        let pg_cpu = process::postgres_cpu().saturating_sub(pg_before);
         let cpu = walhook.cpu_time()?;
         let peak_rss = walhook.peak_rss()?;
         walhook.stop()?;
@@ -159,6 +164,7 @@ impl Bench {
             took,
             in_outbox,
             cpu,
+            pg_cpu,
             peak_rss,
         })
     }
