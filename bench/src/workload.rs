@@ -134,8 +134,50 @@ pub fn walhook_config(
     secret: &str,
     extra: &str,
 ) -> String {
+    let mut config = config_head(source_url, outbox_url, instance);
+    config.push_str(
+        r#"
+[objects.invoice]
+table = "public.invoice"
+
+[objects.sales_order]
+table = "public.sales_order"
+
+[objects.stock_move]
+table = "public.stock_move"
+"#,
+    );
+    for object in OBJECTS {
+        config.push_str(&format!(
+            "\n[[subscriptions]]\nname = \"{object}\"\nobject = \"{object}\"\nurl = \"{url}\"\n\
+             secret = \"{secret}\"\n{extra}\n"
+        ));
+    }
+    config
+}
+
+/// The walhook subscription file of the backfill figure: the backfill table's object and
+/// one subscription of it, sending to `url`, that backfills when it is new.
+pub fn backfill_config(
+    source_url: &str,
+    outbox_url: Option<&str>,
+    instance: &str,
+    url: &str,
+    secret: &str,
+) -> String {
+    let mut config = config_head(source_url, outbox_url, instance);
+    config.push_str(&format!(
+        "\n[objects.{BACKFILL_SUBSCRIPTION}]\ntable = \"{BACKFILL_TABLE}\"\n\n\
+         [[subscriptions]]\nname = \"{BACKFILL_SUBSCRIPTION}\"\nobject = \"{BACKFILL_SUBSCRIPTION}\"\n\
+         url = \"{url}\"\nsecret = \"{secret}\"\nbackfill = true\n"
+    ));
+    config
+}
+
+/// Source, outbox, HTTP and delivery sections of every benchmark configuration.
+fn config_head(source_url: &str, outbox_url: Option<&str>, instance: &str) -> String {
     let outbox_url = outbox_url.map_or(String::new(), |url| format!("url = \"{url}\""));
-    let mut config = format!(
+    format!(
         r#"[source]
 url = "{source_url}"
 slot = "{instance}"
@@ -150,25 +192,30 @@ listen = "127.0.0.1:0"
 
 [delivery]
 allow_networks = ["127.0.0.0/8"]
-
-[objects.invoice]
-table = "public.invoice"
-
-[objects.sales_order]
-table = "public.sales_order"
-
-[objects.stock_move]
-table = "public.stock_move"
 "#
-    );
-    for object in OBJECTS {
-        config.push_str(&format!(
-            "\n[[subscriptions]]\nname = \"{object}\"\nobject = \"{object}\"\nurl = \"{url}\"\n\
-             secret = \"{secret}\"\n{extra}\n"
-        ));
-    }
-    config
+    )
 }
+
+/// The backfill figure's table, created and filled with `rows` rows; the same file makes
+/// Debezium's table (bench/debezium/incremental_snapshot.py), so both read the same rows.
+pub fn backfill_table(rows: u64) -> String {
+    include_str!("../backfill_item.sql").replace("{rows}", &rows.to_string())
+}
+
+/// Run after [`backfill_table`], outside a transaction: the hint bits and the visibility map
+/// are set before anyone reads, so that no reader pays for writing them.
+pub const BACKFILL_VACUUM: &str = "VACUUM ANALYZE backfill_item";
+
+/// The backfill table, schema-qualified as configurations and Debezium name it.
+pub const BACKFILL_TABLE: &str = "public.backfill_item";
+
+/// The backfill figure's object and subscription.
+pub const BACKFILL_SUBSCRIPTION: &str = "backfill_item";
+
+/// The source's plain read of the whole backfill table in key order: the floor any reader
+/// of its rows pays.
+pub const BACKFILL_SELECT: &str =
+    "SELECT id, partner_id, number, state, amount_total, updated_at FROM backfill_item ORDER BY id";
 
 /// The objects of the schema; each is also the name of its subscription.
 pub const OBJECTS: [&str; 3] = ["invoice", "sales_order", "stock_move"];
