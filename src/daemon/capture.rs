@@ -346,15 +346,13 @@ impl Session<'_> {
                         Mark::Low => backfills.windows.low(&watermark.token),
                         Mark::High => {
                             if let Some(ready) = backfills.windows.high(&watermark.token) {
-                                let done = self.read_events(ready, lsn, matcher, &mut writer);
+                                let done =
+                                    self.read_events(ready, lsn, matcher, &mut writer).await?;
                                 backfills.committing.insert(watermark.token, done);
                                 handled.get_or_insert(Handled {
                                     commit_lsn: last_commit,
                                     end_lsn: reader.acknowledged(),
                                 });
-                                if writer.buffered() >= SPILL_ROWS {
-                                    writer.spill().await?;
-                                }
                             }
                         }
                     }
@@ -431,13 +429,13 @@ impl Session<'_> {
     /// A chunk's window closed: its rows no change superseded become read events of its
     /// subscription, buffered with the chunk's progress. Returns whom to tell once the
     /// outbox commit holding them is done.
-    fn read_events(
+    async fn read_events(
         &self,
         ready: Ready,
         high: Lsn,
         matcher: &mut Matcher,
         writer: &mut OutboxPipeline,
-    ) -> oneshot::Sender<()> {
+    ) -> Result<oneshot::Sender<()>, SessionError> {
         let Ready { chunk, keep } = ready;
         let origin = ReadOrigin {
             backfill: chunk.backfill,
@@ -466,6 +464,9 @@ impl Session<'_> {
             }
             if let Some(event) = event {
                 writer.add(event, commit);
+                if writer.buffered() >= SPILL_ROWS {
+                    writer.spill().await?;
+                }
             }
         }
         writer.add_progress(Progress {
@@ -476,7 +477,7 @@ impl Session<'_> {
             last_key: chunk.last_key,
             rows: chunk.rows.len() as i64,
         });
-        chunk.done
+        Ok(chunk.done)
     }
 }
 

@@ -73,16 +73,33 @@ impl Watermark {
     }
 
     /// Writes the watermark into the source's WAL; returns where.
+    ///
+    /// A high mark is flushed at once: a non-transactional message is only written to the
+    /// WAL buffers, and the walsender sends nothing past the flushed position, so the chunk
+    /// would wait for the next commit or for the WAL writer (`wal_writer_delay`, 200 ms by
+    /// default). A transaction that takes an xid flushes everything before its commit
+    /// record, on every supported version (`pg_logical_emit_message`'s own `flush` argument
+    /// came with PostgreSQL 17).
     pub async fn emit(
         &self,
         client: &tokio_postgres::Client,
     ) -> Result<Lsn, tokio_postgres::Error> {
-        let row = client
-            .query_one(
-                "SELECT pg_logical_emit_message(false, $1, $2)::text",
-                &[&PREFIX, &self.content()],
-            )
-            .await?;
+        let emit = "SELECT pg_logical_emit_message(false, $1, $2)::text";
+        let row = match self.mark {
+            Mark::Low => client.query_one(emit, &[&PREFIX, &self.content()]).await?,
+            Mark::High => {
+                client
+                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+                    .await?;
+                let row = client.query_one(emit, &[&PREFIX, &self.content()]).await;
+                let end = match &row {
+                    Ok(_) => "SELECT txid_current(); COMMIT",
+                    Err(_) => "ROLLBACK",
+                };
+                client.batch_execute(end).await?;
+                row?
+            }
+        };
         Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
     }
 }
