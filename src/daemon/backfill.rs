@@ -49,8 +49,9 @@ const BUDGET: Duration = Duration::from_millis(200);
 
 /// Bounds of the adaptive chunk size. Two chunks are under way at once, each held as
 /// rows, events and the writer's buffers: at 20,000 rows a peak RSS of 150 MiB was
-/// measured for a 1,000,000-row backfill, at 5,000 rows 47 MiB, for no loss of rows/s
-/// beyond the machine's noise (`bench/run --only backfill`).
+/// measured for a 1,000,000-row backfill, at 5,000 rows 47 MiB (SPEC §9: 64), for 27,600
+/// and 23,100 rows/s against 29,400 and 34,000, alternating in one run whose Postgres-only
+/// ceiling moved from 40,700 to 48,700 (`walhook-bench --only backfill`).
 const MIN_ROWS: usize = 100;
 const MAX_ROWS: usize = 5_000;
 const FIRST_ROWS: usize = 1_000;
