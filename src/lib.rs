@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod os;
 pub mod pg;
 pub mod suggest;
+pub mod text;
 pub mod time;
 
 // The config, parsed once.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+pub use walhook::text::thousands;
+
 /// Where the generated part of BENCHMARKS.md starts and ends; the prose around it is kept.
 const BEGIN: &str = "<!-- walhook-bench results: begin (generated; edit the prose outside) -->";
 const END: &str = "<!-- walhook-bench results: end -->";
@@ -65,19 +67,6 @@ impl Report {
         };
         std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
     }
-}
-
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `count` per `took`, rounded, with thousands separators.

@@ -12,8 +12,9 @@ use super::deliveries::{seconds, truncate};
 use super::terminal::{aligned, printable};
 use crate::config::Config;
 use crate::outbox::backfill::{self, Backfill, BackfillState, RequestedBy};
-use crate::outbox::backfill_ask::{ask, thousands, AskError};
+use crate::outbox::backfill_ask::{ask, AskError};
 use crate::suggest::did_you_mean;
+use crate::text::thousands;
 
 /// How often `--follow` reads the progress.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);

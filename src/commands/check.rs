@@ -14,6 +14,7 @@ use crate::pg::conninfo::ConnInfo;
 use crate::pg::{quote_ident, quote_literal, quote_table};
 use crate::source::privileges::{self, Missing, Role};
 use crate::source::replication::ReplicationConnection;
+use crate::source::watermark;
 use crate::suggest::did_you_mean;
 
 use super::tail::TAIL_PREFIX;
@@ -738,7 +739,8 @@ fn backfill_version_problem(
         .filter(|s| s.backfill)
         .map(|s| format!("subscriptions.{}", s.name))
         .collect();
-    if version_num == 0 || version_num >= 140_000 || backfilling.is_empty() {
+    if version_num == 0 || watermark::carries_watermarks_num(version_num) || backfilling.is_empty()
+    {
         return None;
     }
     Some((

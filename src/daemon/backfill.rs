@@ -22,11 +22,11 @@ use crate::capture::window::{Announce, Chunk, ToCapture};
 use crate::capture::RowChange;
 use crate::config::{Config, SubscriptionConfig};
 use crate::outbox::backfill::{self, Backfill, BackfillState, RequestError, RequestedBy};
+use crate::outbox::backfill_ask::{self, AskError};
+use crate::pg;
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::{self, quote_ident};
 use crate::source::chunks::{self, ChunkError, ChunkReader, Key};
-use crate::source::filter;
-use crate::source::watermark::{self, Mark, Watermark};
+use crate::source::watermark::{Mark, Watermark};
 use crate::time::pg_now_micros;
 
 /// How often the task looks for a backfill to work on while none runs.
@@ -198,42 +198,30 @@ impl Task {
     ) -> Result<(), Stop> {
         let schema = &config.outbox.schema;
         let id = backfill.id;
-        let Some(sub) = config
-            .subscriptions
-            .iter()
-            .find(|s| s.name == backfill.subscription && s.active)
-        else {
-            return Err(Stop::Failed(format!(
-                "subscription {:?} is not in the config, or not active",
-                backfill.subscription
-            )));
-        };
+        // What the request was checked for may have changed since (a reload, the source
+        // upgraded or downgraded, a column dropped): checked again, the same way.
+        let checked =
+            backfill_ask::check(config, &backfill.subscription, backfill.filter.as_deref())
+                .await
+                .map_err(|e| match e {
+                    AskError::Source(_) => Stop::Transient(e.to_string()),
+                    e => Stop::Failed(e.to_string()),
+                })?;
+        let sub = backfill_ask::active_subscription(config, &backfill.subscription)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        if backfill.rows_estimate.is_none() {
+            if let Some(rows) = checked.rows_estimate {
+                let _ = backfill::estimate(outbox, schema, id, rows).await;
+            }
+        }
         let source = pg::connect_sql(&self.source)
             .await
             .map_err(|e| Stop::Transient(e.to_string()))?;
         let table = &sub.object.config.table;
-        let failed = |e: &dyn std::fmt::Display| Stop::Failed(format!("{table}: {e}"));
         let stopped = |e: ChunkError| match e.is_transient() {
             true => Stop::Transient(format!("{table}: {e}")),
             false => Stop::Failed(format!("{table}: {e}")),
         };
-        let version: String = source
-            .query_one("SHOW server_version", &[])
-            .await
-            .map_err(|e| Stop::Transient(e.to_string()))?
-            .get(0);
-        if !watermark::carries_watermarks(Some(&version)) {
-            return Err(Stop::Failed(format!(
-                "backfills need PostgreSQL {} or later (pgoutput's messages option); the \
-                 source runs {version}",
-                watermark::MESSAGES_SINCE_POSTGRES
-            )));
-        }
-        if let Some(condition) = &backfill.filter {
-            filter::check(&source, table, condition)
-                .await
-                .map_err(|e| failed(&e))?;
-        }
         chunks::pin_text_output(&source).await.map_err(stopped)?;
         let described = chunks::describe(&source, table).await.map_err(stopped)?;
         let oid = described.oid;
@@ -250,21 +238,14 @@ impl Task {
                 .collect(),
         };
         if key.is_empty() {
-            return Err(failed(&format!(
-                "has no primary key; set the object's key to columns with a unique index \
-                 (backfills read in key order): {}",
-                quote_ident(&table.name)
+            return Err(Stop::Failed(format!(
+                "{table} has no primary key; set the object's key to columns with a unique \
+                 index (backfills read in key order)"
             )));
         }
         let reader = ChunkReader::new(&source, &described, &key, backfill.filter.as_deref())
             .await
             .map_err(stopped)?;
-        if backfill.rows_estimate.is_none() {
-            let filter = backfill.filter.as_deref();
-            if let Ok(rows) = filter::estimate(&source, table, filter).await {
-                let _ = backfill::estimate(outbox, schema, id, rows).await;
-            }
-        }
         tracing::info!(
             subscription = %sub.name,
             backfill = id,

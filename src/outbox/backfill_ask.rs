@@ -10,7 +10,9 @@ use super::StoreError;
 use crate::config::{Config, SubscriptionConfig, TableName};
 use crate::pg::error::server_message;
 use crate::source::filter::{self, FilterError};
+use crate::source::watermark;
 use crate::suggest::did_you_mean;
+use crate::text::thousands;
 
 /// A backfill asked for, with what the source said about it.
 #[derive(Debug, Clone)]
@@ -128,7 +130,8 @@ pub async fn check(config: &Config, name: &str, filter: Option<&str>) -> Result<
         )
         .await
         .map_err(version)?;
-    if row.get::<_, i32>(0) < 140_000 {
+    let version_num = u32::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+    if !watermark::carries_watermarks_num(version_num) {
         return Err(AskError::TooOld(row.get(1)));
     }
     if let Some(filter) = filter {
@@ -180,35 +183,4 @@ pub async fn ask(
         .await?
         .request(outbox, &config.outbox.schema, by)
         .await
-}
-
-/// `12,000`: a count with thousands separators.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn counts_get_thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(12_000), "12,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(thousands(-4200), "-4,200");
-    }
 }

@@ -121,6 +121,11 @@ pub fn carries_watermarks(server_version: Option<&str>) -> bool {
         .is_none_or(|major| major >= MESSAGES_SINCE_POSTGRES)
 }
 
+/// [`carries_watermarks`] for a `server_version_num` (`150004` for 15.4).
+pub fn carries_watermarks_num(server_version_num: u32) -> bool {
+    server_version_num / 10_000 >= MESSAGES_SINCE_POSTGRES
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -174,6 +179,9 @@ mod tests {
             (None, true),
         ] {
             assert_eq!(carries_watermarks(version), carries, "{version:?}");
+        }
+        for (num, carries) in [(130_012, false), (140_000, true), (150_004, true)] {
+            assert_eq!(carries_watermarks_num(num), carries, "{num}");
         }
     }
 }

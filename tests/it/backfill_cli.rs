@@ -345,8 +345,6 @@ struct Api {
     config: ConfigFile,
     http: Http,
     _daemon: support::Daemon,
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
 }
 
 impl Api {
@@ -366,36 +364,17 @@ impl Api {
             config,
             http,
             _daemon: daemon,
-            rt: tokio::runtime::Runtime::new().unwrap(),
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
         }
     }
 
     /// `method path` with the token and `body`: status and JSON.
     fn call(&self, method: &str, path: &str, token: bool, body: Option<&str>) -> (u16, Value) {
-        let url = format!("{}{path}", self.http.base);
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        self.rt.block_on(async {
-            let mut request = self.client.request(method, &url);
-            if token {
-                request = request.bearer_auth(ADMIN_TOKEN);
-            }
-            if let Some(body) = body {
-                request = request
-                    .header("content-type", "application/json")
-                    .body(body.to_owned());
-            }
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            let text = response.text().await.unwrap();
-            let json = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text:?}"));
-            (status, json)
-        })
+        let (status, text) = self
+            .http
+            .call(method, path, token.then_some(ADMIN_TOKEN), body);
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text:?}"));
+        (status, json)
     }
 
     fn ask(&self, name: &str, body: Option<&str>) -> (u16, Value) {

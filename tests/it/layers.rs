@@ -11,6 +11,7 @@ const FLOORS: &[&[&str]] = &[
         "pg",
         "time",
         "suggest",
+        "text",
         "os",
         "metrics",
         "ephemeral",

@@ -66,6 +66,40 @@ impl Http {
         })
     }
 
+    /// `method path` with a bearer `token` and a JSON `body`, if given: status and body;
+    /// panics when there is no response.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        self.runtime.block_on(async {
+            let mut request = self.client.request(method, &url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.to_owned());
+            }
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            (status, text)
+        })
+    }
+
     /// The status of GET `path`; panics when there is no response.
     pub fn status(&self, path: &str) -> u16 {
         self.get(path).unwrap_or_else(|e| panic!("{e}")).0
