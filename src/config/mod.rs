@@ -33,9 +33,9 @@ use crate::pg::ConnInfo;
 
 pub use error::{ConfigError, Finding};
 pub use model::{
-    is_json_media_type, is_xml_media_type, table_list, Auth, BatchConfig, Config, DeliveryConfig,
-    HttpConfig, Method, Methods, ObjectConfig, Operation, Ordering, OutboxConfig, RateLimit,
-    ResolvedObject, SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin,
+    is_json_media_type, is_xml_media_type, table_list, Auth, BatchConfig, ChildConfig, Config,
+    DeliveryConfig, HttpConfig, Method, Methods, ObjectConfig, Operation, Ordering, OutboxConfig,
+    RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin,
     TemplateText, DEFAULT_RETRY_SCHEDULE,
 };
 pub use net::{check_webhook_url, url_template_example, AllowedNetwork, Cidr};
@@ -87,13 +87,14 @@ impl Config {
         validate::validate(raw, &doc, url_override).map_err(ConfigError::Invalid)
     }
 
-    /// Distinct tables referenced by objects and subscriptions, in config order.
+    /// Distinct tables referenced by objects (headers and their documents' child tables)
+    /// and subscriptions, in config order.
     pub fn tables(&self) -> Vec<TableName> {
         let mut tables: Vec<TableName> = Vec::new();
         let referenced = self
             .objects
             .values()
-            .map(|o| &o.table)
+            .flat_map(|o| std::iter::once(&o.table).chain(o.children.iter().map(|c| &c.table)))
             .chain(self.subscriptions.iter().map(|s| &s.object.config.table));
         for table in referenced {
             if !tables.contains(table) {

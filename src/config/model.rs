@@ -113,6 +113,41 @@ pub struct ObjectConfig {
     pub key: Option<Vec<String>>,
     /// Columns included in events; `None` means every column.
     pub fields: Option<Vec<String>>,
+    /// `keep_state = true`: walhook keeps each row's fields in the outbox (SPEC §3a), so
+    /// `previous`, `changed` and `watch` need no REPLICA IDENTITY FULL. Always true for a
+    /// document (an object with `children`).
+    pub keep_state: bool,
+    /// `[[objects.NAME.children]]` in file order; non-empty makes the object a document.
+    pub children: Vec<ChildConfig>,
+}
+
+impl ObjectConfig {
+    /// Whether the object is a document: a header with collections of child rows.
+    pub fn is_document(&self) -> bool {
+        !self.children.is_empty()
+    }
+
+    /// Whether walhook keeps this object's state (every document, and `keep_state = true`).
+    pub fn keeps_state(&self) -> bool {
+        self.keep_state || self.is_document()
+    }
+}
+
+/// One collection of a document: `[[objects.NAME.children]]` (SPEC §3a).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildConfig {
+    /// The property in `values` holding the collection (`invoice_lines`).
+    pub name: String,
+    /// The child table.
+    pub table: TableName,
+    /// Child columns holding the parent's key, in the parent key's order.
+    pub parent_key: Vec<String>,
+    /// The child's key columns; `None` means the child table's primary key.
+    pub key: Option<Vec<String>>,
+    /// Columns of each element; `None` means every column.
+    pub fields: Option<Vec<String>>,
+    /// Order of the array; `None` means the child key.
+    pub order_by: Option<Vec<String>>,
 }
 
 /// The object a subscription receives events for, named or made from `table = …`.

@@ -434,6 +434,8 @@ fn resolve_object(
             table: placeholder_table(),
             key: None,
             fields: None,
+            keep_state: false,
+            children: Vec::new(),
         },
     };
     match (object, table) {
@@ -462,6 +464,8 @@ fn resolve_object(
                     table,
                     key: None,
                     fields: None,
+                    keep_state: false,
+                    children: Vec::new(),
                 },
             }
         }

@@ -364,6 +364,8 @@ impl Checker<'_, '_> {
                 &child_key(&path, "fields"),
                 "leave it out to include every column",
             ),
+            keep_state: false,
+            children: Vec::new(),
         }
     }
 

@@ -126,6 +126,8 @@ pub(crate) mod tests {
                     table: "public.invoice".parse::<TableName>().unwrap(),
                     key: None,
                     fields: None,
+                    keep_state: false,
+                    children: Vec::new(),
                 },
             },
             operations: Operation::ALL.to_vec(),
