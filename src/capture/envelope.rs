@@ -282,27 +282,100 @@ fn header(
     operation: &str,
     commit: Commit,
 ) -> Map<String, Value> {
+    header_of(id, event_type, &object.name, operation, commit)
+}
+
+fn header_of(
+    id: String,
+    event_type: &str,
+    object: &str,
+    operation: &str,
+    commit: Commit,
+) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("id".into(), id.into());
     body.insert("type".into(), event_type.into());
     body.insert("timestamp".into(), pg_micros_to_rfc3339(commit.time).into());
-    body.insert("object".into(), object.name.clone().into());
+    body.insert("object".into(), object.into());
     body.insert("operation".into(), operation.into());
     body
 }
 
 /// Appends `source`, the last field.
 fn with_source(
-    mut body: Map<String, Value>,
+    body: Map<String, Value>,
     relation: &Relation,
     commit: Commit,
 ) -> Map<String, Value> {
+    with_source_table(body, relation.qualified_name(), commit)
+}
+
+fn with_source_table(
+    mut body: Map<String, Value>,
+    table: String,
+    commit: Commit,
+) -> Map<String, Value> {
     let mut source = Map::new();
-    source.insert("table".into(), relation.qualified_name().into());
+    source.insert("table".into(), table.into());
     source.insert("lsn".into(), commit.lsn.to_string().into());
     source.insert("txid".into(), commit.xid.into());
     body.insert("source".into(), source.into());
     body
+}
+
+/// A document event's id (SPEC §3a): the commit and the order in which the transaction
+/// first touched the document, so it is fixed by the WAL like a change's, and never equal
+/// to one (a line moved between invoices is one change that touches two documents).
+pub fn document_event_id(commit_lsn: Lsn, ordinal: u32) -> String {
+    format!("evt_{:016X}_d{ordinal:04}", commit_lsn.0)
+}
+
+/// What a document event says, in the words of SPEC §3a.
+#[derive(Debug)]
+pub struct DocumentEnvelope<'a> {
+    /// The event id ([`document_event_id`], or a row change's for a `keep_state` object).
+    pub id: String,
+    /// The event type.
+    pub event_type: &'a str,
+    /// The object's name.
+    pub object: &'a str,
+    /// Create, update or delete.
+    pub operation: Operation,
+    /// The header's key.
+    pub key: Map<String, Value>,
+    /// Header fields and collections after the commit; `None` for a delete.
+    pub values: Option<Map<String, Value>>,
+    /// What changed had before (update), or everything (delete).
+    pub previous: Option<Map<String, Value>>,
+    /// The names whose value differs (update).
+    pub changed: Option<Vec<String>>,
+    /// The header's table, `schema.table`.
+    pub table: String,
+    /// The source commit.
+    pub commit: Commit,
+}
+
+/// The SPEC §3a envelope's fields in their order, for the bytes and the templates.
+pub fn document_fields(document: DocumentEnvelope<'_>) -> Map<String, Value> {
+    let mut body = header_of(
+        document.id,
+        document.event_type,
+        document.object,
+        document.operation.as_str(),
+        document.commit,
+    );
+    body.insert("key".into(), document.key.into());
+    body.insert(
+        "values".into(),
+        document.values.map_or(Value::Null, Value::Object),
+    );
+    if let Some(previous) = document.previous {
+        body.insert("previous".into(), previous.into());
+    }
+    if let Some(changed) = document.changed {
+        body.insert("changed".into(), changed.into());
+    }
+    with_source_table(body, document.table, document.commit)
 }
 
 /// The envelope's bytes: minified JSON, fields in order.

@@ -213,7 +213,9 @@ impl Matcher {
                     continue;
                 }
             };
-            if !sub.active {
+            // A document's (or keep_state object's) events are made from its state when
+            // the outbox writer applies the transaction: `capture::document` routes them.
+            if !sub.active || sub.object.config.keeps_state() {
                 continue;
             }
             let table = &sub.object.config.table;
@@ -819,7 +821,7 @@ impl Table {
 
 /// Compiles a subscription's `when`, and checks the fields it reads against the object's
 /// fields when those are listed (a misspelt field would be undefined and never match).
-fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
+pub(super) fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
     let Some(text) = &sub.when else {
         return Ok(None);
     };
@@ -831,7 +833,9 @@ fn compile_when(sub: &SubscriptionConfig) -> Result<Option<When>, Vec<String>> {
 
 /// Compiles a subscription's templates, and checks the fields they read against the
 /// object's fields when those are listed (else against the table, at start and by `check`).
-fn compile_rendering(sub: &SubscriptionConfig) -> Result<Option<Rendering>, Vec<String>> {
+pub(super) fn compile_rendering(
+    sub: &SubscriptionConfig,
+) -> Result<Option<Rendering>, Vec<String>> {
     let Some(rendering) = Rendering::compile(sub).map_err(|e| vec![e])? else {
         return Ok(None);
     };
@@ -851,14 +855,20 @@ fn unknown_fields(
     let Some(fields) = &sub.object.config.fields else {
         return Ok(());
     };
+    // A document's collections are fields of its events too.
+    let known: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .chain(sub.object.config.children.iter().map(|c| c.name.as_str()))
+        .collect();
     let errors: Vec<String> = read
         .iter()
-        .filter(|(_, field)| !fields.contains(field))
+        .filter(|(_, field)| !known.contains(&field.as_str()))
         .map(|(variable, field)| {
             format!(
                 "{at}: reads {variable}.{field}, but {field:?} is not a field of object {:?}{}",
                 sub.object.name,
-                did_you_mean(field, fields.iter().map(String::as_str))
+                did_you_mean(field, known.iter().copied())
             )
         })
         .collect();
@@ -925,8 +935,9 @@ pub fn when_column_problems(
         if sub.object.config.fields.is_some() {
             continue;
         }
+        let collections = &sub.object.config.children;
         for (variable, field) in when.fields_read() {
-            if !columns.contains(field) {
+            if !columns.contains(field) && !collections.iter().any(|c| c.name == *field) {
                 problems.push(format!(
                     "{}: reads {variable}.{field}, but table {table} has no column {field:?}{}",
                     when_at(sub),

@@ -2,6 +2,7 @@
 //! changes, and row changes become event envelopes.
 
 pub mod bounds;
+pub mod document;
 pub mod change;
 pub mod envelope;
 pub mod matcher;

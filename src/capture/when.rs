@@ -228,6 +228,15 @@ fn previous(change: &RowChange, view: &ObjectView) -> Option<Value> {
     }
 }
 
+/// One event value as an expression sees it: by its column's type when known (a document's
+/// values come from walhook's state, whose columns the caller knows), else as JSON.
+pub fn value_of(kind: Option<&TypeKind>, value: &serde_json::Value) -> Value {
+    match kind {
+        Some(kind) => cell(kind, value),
+        None => json(value),
+    }
+}
+
 /// One column's event value as a template value. The event carries `numeric` as a string
 /// (SPEC §3, so no digit is lost), but an expression compares it as a number: as text,
 /// `"5" > 100` would be true.

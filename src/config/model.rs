@@ -62,7 +62,12 @@ pub struct OutboxConfig {
     pub schema: String,
     /// Delivered/dead rows older than this are removed; default 30 days.
     pub retention: Duration,
+    /// A document event bigger than this is recorded dead instead of sent; default 1 MiB.
+    pub max_event_bytes: u64,
 }
+
+/// The default `outbox.max_event_bytes`: 1 MiB, more than most receivers accept in one body.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
 
 /// `[http]`.
 #[derive(Debug, Clone)]

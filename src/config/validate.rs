@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 
 use super::document::{child_index, child_key, Document};
 use super::error::Finding;
+use super::model::DEFAULT_MAX_EVENT_BYTES;
 use super::model::{
     Config, DeliveryConfig, HttpConfig, ObjectConfig, OutboxConfig, SourceConfig, TableName,
     DEFAULT_RETRY_SCHEDULE,
@@ -270,6 +271,7 @@ impl Checker<'_, '_> {
             conninfo,
             schema,
             retention,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
     }
 

@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_event_target.sql"),
     migration!(5, "0005_subscription_state.sql"),
     migration!(6, "0006_backfill.sql"),
+    migration!(7, "0007_document_state.sql"),
 ];
 
 /// The highest schema version this binary knows.

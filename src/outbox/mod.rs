@@ -8,6 +8,7 @@ pub mod attempts;
 pub mod backfill;
 pub mod backfill_ask;
 pub mod checkpoint;
+pub mod documents;
 mod error;
 pub mod leases;
 pub mod log;

@@ -8,10 +8,13 @@
 //! each finished commit back. The slot is still acknowledged only for commits reported
 //! done, in order, so exactly-once capture is unchanged.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::backfill::Progress;
 use super::writer::{OutboxError, OutboxWriter, Written};
+use crate::capture::document::{Documents, Touch};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
 use crate::pg::Lsn;
@@ -33,10 +36,28 @@ pub struct Committed {
     pub written: Written,
 }
 
+/// One thing for the writer to do in the open outbox transaction, in capture order.
+enum Entry {
+    /// Write an event.
+    Event(RoutedEvent, Commit),
+    /// Apply a change to a document's state.
+    Touch(Touch, Commit),
+    /// A source transaction is complete: its documents become events.
+    End(Commit),
+    /// A table of an object that keeps state was truncated.
+    Truncate {
+        object: Arc<str>,
+        part: u16,
+        commit: Commit,
+    },
+    /// The documents touches refer to from here on.
+    Documents(Arc<Documents>),
+}
+
 enum Command {
-    /// Rows to write into the open outbox transaction, and backfill progress to record
+    /// Entries to write into the open outbox transaction, and backfill progress to record
     /// with the next commit.
-    Spill(Vec<(RoutedEvent, Commit)>, Vec<Progress>),
+    Spill(Vec<Entry>, Vec<Progress>),
     /// Commit the outbox through `commit_lsn`; `write` is false for a group that produced
     /// no events, which only has to be reported in its turn.
     Commit {
@@ -50,7 +71,7 @@ enum Command {
 
 /// The capture session's end of the writer task.
 pub struct OutboxPipeline {
-    buffer: Vec<(RoutedEvent, Commit)>,
+    buffer: Vec<Entry>,
     progress: Vec<Progress>,
     /// Rows were sent since the last commit command.
     spilled: bool,
@@ -70,14 +91,37 @@ impl OutboxPipeline {
             let mut writer = writer;
             while let Some(command) = queue.recv().await {
                 let result = match command {
-                    Command::Spill(rows, progress) => {
-                        for (event, commit) in rows {
-                            writer.add(event, commit);
+                    Command::Spill(entries, progress) => {
+                        let mut result = Ok(());
+                        for entry in entries {
+                            result = match entry {
+                                Entry::Event(event, commit) => {
+                                    writer.add(event, commit);
+                                    Ok(())
+                                }
+                                Entry::Touch(touch, commit) => writer.touch(touch, commit).await,
+                                Entry::End(commit) => writer.end_transaction(commit).await,
+                                Entry::Truncate {
+                                    object,
+                                    part,
+                                    commit,
+                                } => writer.truncate_state(&object, part, commit).await,
+                                Entry::Documents(documents) => {
+                                    writer.set_documents(documents);
+                                    Ok(())
+                                }
+                            };
+                            if result.is_err() {
+                                break;
+                            }
                         }
                         for progress in progress {
                             writer.add_progress(progress);
                         }
-                        writer.spill().await.map(|()| None)
+                        match result {
+                            Ok(()) => writer.spill().await.map(|()| None),
+                            Err(e) => Err(e),
+                        }
                     }
                     Command::Commit {
                         commit_lsn,
@@ -131,7 +175,32 @@ impl OutboxPipeline {
 
     /// Buffers one routed event of the given source commit.
     pub fn add(&mut self, event: RoutedEvent, commit: Commit) {
-        self.buffer.push((event, commit));
+        self.buffer.push(Entry::Event(event, commit));
+    }
+
+    /// Buffers one change of a document's (or keep_state object's) row.
+    pub fn touch(&mut self, touch: Touch, commit: Commit) {
+        self.buffer.push(Entry::Touch(touch, commit));
+    }
+
+    /// Marks the end of a source transaction that touched documents: the writer makes
+    /// their events.
+    pub fn end_transaction(&mut self, commit: Commit) {
+        self.buffer.push(Entry::End(commit));
+    }
+
+    /// A TRUNCATE of a table an object keeps state of (`part` 0: its header).
+    pub fn truncate_state(&mut self, object: Arc<str>, part: u16, commit: Commit) {
+        self.buffer.push(Entry::Truncate {
+            object,
+            part,
+            commit,
+        });
+    }
+
+    /// The documents later touches refer to.
+    pub fn set_documents(&mut self, documents: Arc<Documents>) {
+        self.buffer.push(Entry::Documents(documents));
     }
 
     /// Records a backfill chunk's progress in the next outbox commit.
@@ -139,7 +208,7 @@ impl OutboxPipeline {
         self.progress.push(progress);
     }
 
-    /// Events buffered here, not yet handed to the task.
+    /// Entries (events, touches) buffered here, not yet handed to the task.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
     }

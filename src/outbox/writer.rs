@@ -15,6 +15,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::backfill::{progress_sql, Progress};
+use super::documents::{DocumentState, Made};
+use crate::capture::document::{Documents, Touch};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
 use crate::pg::Lsn;
@@ -67,6 +69,20 @@ pub enum OutboxError {
         /// The chunk's number.
         chunk: i64,
     },
+    /// A document's stored state could not be read: the outbox was changed by hand, or by
+    /// a walhook that stores it differently.
+    #[error(
+        "outbox ({schema}): the stored state of object {object} cannot be read ({message}); \
+         seed it again: delete its row from {schema}.document_seed and restart"
+    )]
+    State {
+        /// The outbox schema.
+        schema: String,
+        /// The object.
+        object: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The writer task is gone without saying why (it panicked or the runtime is stopping).
     #[error("outbox ({schema}): the outbox writer stopped")]
     WriterStopped {
@@ -86,6 +102,8 @@ pub struct Written {
     pub subscriptions: BTreeMap<Arc<str>, u64>,
     /// Backfill chunks whose progress this commit recorded.
     pub backfilled: Vec<Progress>,
+    /// Document events too big to send, by object name (recorded dead).
+    pub oversized: BTreeMap<String, u64>,
 }
 
 /// The ordering key of an event: a stable 64-bit FNV-1a hash of its object and row key.
@@ -150,6 +168,8 @@ pub struct OutboxWriter {
     schema: String,
     slot: String,
     statements: Statements,
+    /// The state of documents and keep_state objects.
+    documents: DocumentState,
     buffer: Buffer,
     /// Backfill chunks to record with the next commit.
     progress: Vec<Progress>,
@@ -261,11 +281,13 @@ impl OutboxWriter {
                 .await
                 .map_err(err("preparing the backfill progress update"))?,
         };
+        let documents = DocumentState::new(&client, schema).await?;
         let mut writer = OutboxWriter {
             client,
             schema: schema.to_owned(),
             slot: slot.to_owned(),
             statements,
+            documents,
             buffer: Buffer::default(),
             progress: Vec::new(),
             in_transaction: false,
@@ -332,7 +354,88 @@ impl OutboxWriter {
 
     /// Whether anything is written or buffered but not committed.
     pub fn has_uncommitted(&self) -> bool {
-        self.in_transaction || self.buffer.len() > 0 || !self.progress.is_empty()
+        self.in_transaction
+            || self.buffer.len() > 0
+            || !self.progress.is_empty()
+            || self.documents.in_transaction()
+    }
+
+    /// The documents the next touches refer to (after a config edit).
+    pub fn set_documents(&mut self, documents: Arc<Documents>) {
+        self.documents.set_documents(documents);
+    }
+
+    /// Takes one change of a document's (or keep_state object's) row, of the source
+    /// transaction committing at `commit`.
+    pub async fn touch(&mut self, touch: Touch, commit: Commit) -> Result<(), OutboxError> {
+        if self.documents.touch(touch, commit) {
+            self.begin().await?;
+            let mut made = Made::default();
+            self.documents.apply(&self.client, &mut made).await?;
+            self.take(made, commit).await?;
+        }
+        Ok(())
+    }
+
+    /// The source transaction committing at `commit` is complete: its touched documents
+    /// become events.
+    pub async fn end_transaction(&mut self, commit: Commit) -> Result<(), OutboxError> {
+        if !self.documents.in_transaction() {
+            return Ok(());
+        }
+        self.begin().await?;
+        let mut made = Made::default();
+        self.documents.end(&self.client, commit, &mut made).await?;
+        self.take(made, commit).await
+    }
+
+    /// A TRUNCATE of `object`'s table `part` (0: its header): its kept rows of it go.
+    pub async fn truncate_state(
+        &mut self,
+        object: &str,
+        part: u16,
+        commit: Commit,
+    ) -> Result<(), OutboxError> {
+        self.begin().await?;
+        let mut made = Made::default();
+        self.documents
+            .truncate(&self.client, object, part, &mut made)
+            .await?;
+        self.take(made, commit).await
+    }
+
+    /// Buffers the events documents made, saying what could not be evaluated.
+    async fn take(&mut self, made: Made, commit: Commit) -> Result<(), OutboxError> {
+        for problem in &made.problems {
+            tracing::error!(
+                subscription = %problem.subscription,
+                table = %problem.table,
+                key = %problem.key,
+                "recorded as a dead delivery, replay it once the config is fixed: {}",
+                problem.message
+            );
+        }
+        for (object, count) in made.oversized {
+            *self.written.oversized.entry(object).or_default() += count;
+        }
+        for event in made.events {
+            self.add(event, commit);
+            if self.buffer.len() >= SPILL_ROWS {
+                self.spill().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<(), OutboxError> {
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|source| self.error("beginning a transaction", source))?;
+            self.in_transaction = true;
+        }
+        Ok(())
     }
 
     /// Writes the buffer into the open transaction (opening one if needed), without
@@ -341,13 +444,7 @@ impl OutboxWriter {
         if self.buffer.len() == 0 {
             return Ok(());
         }
-        if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|source| self.error("beginning a transaction", source))?;
-            self.in_transaction = true;
-        }
+        self.begin().await?;
         let b = std::mem::take(&mut self.buffer);
         let n = b.len() as i64;
         let seqs: Vec<i64> = self
@@ -447,13 +544,7 @@ impl OutboxWriter {
     /// commits. Returns what this outbox transaction wrote.
     pub async fn commit(&mut self, through: Lsn) -> Result<Written, OutboxError> {
         self.spill().await?;
-        if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|source| self.error("beginning a transaction", source))?;
-            self.in_transaction = true;
-        }
+        self.begin().await?;
         for progress in std::mem::take(&mut self.progress) {
             let recorded = self
                 .client
@@ -507,6 +598,7 @@ impl OutboxWriter {
     pub async fn rollback(&mut self) -> Result<(), OutboxError> {
         self.buffer.clear();
         self.progress.clear();
+        self.documents.rollback();
         self.written = Written::default();
         if self.in_transaction {
             self.in_transaction = false;
