@@ -951,10 +951,16 @@ pub fn when_column_problems(
 
 /// Subscriptions whose `watch` or `when` needs old values of non-key columns on an update
 /// (or, for a `when` reading `previous`, on a delete), with the reason: `"watch"` or
-/// `"when reads previous"`. Inactive subscriptions need nothing and are left out.
+/// `"when reads previous"`. Inactive subscriptions need nothing and are left out, and so
+/// are those of objects that keep state (documents, `keep_state = true`): walhook's own
+/// state holds their old values, whatever the replica identity (SPEC §3a).
 pub fn needs_old_values(config: &Config) -> Vec<(TableName, String, &'static str)> {
     let mut needs = Vec::new();
-    for sub in config.subscriptions.iter().filter(|s| s.active) {
+    for sub in config
+        .subscriptions
+        .iter()
+        .filter(|s| s.active && !s.object.config.keeps_state())
+    {
         let table = &sub.object.config.table;
         if sub.watch.is_some() && sub.fires_on(Operation::Update) {
             needs.push((table.clone(), sub.name.clone(), "watch"));

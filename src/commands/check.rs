@@ -163,6 +163,7 @@ async fn check(config: &Config, report: &mut Report) {
     check_replication_connection(info, &target, report).await;
     check_capacity(&sql, config, report).await;
     check_tables(&sql, config, report).await;
+    check_documents(&sql, config, report).await;
     check_publication(&sql, config, report).await;
     check_slot(&sql, config, report).await;
     check_leftover_tail_slots(&sql, report).await;
@@ -481,14 +482,26 @@ async fn check_tables(sql: &Sql<'_>, config: &Config, report: &mut Report) {
         check_backfill_keys(sql, config, &table, &facts, report).await;
         match (facts.identity, facts.primary_key.is_empty()) {
             ('f', _) => report.ok(format!("table {table}: REPLICA IDENTITY FULL")),
-            ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => report.ok(format!(
-                "table {table}: replica identity {} (events carry old values of the key only)",
-                if facts.identity == 'i' {
+            ('d' | 'i', false) | ('i', true) if needs_full.is_empty() => {
+                let identity = if facts.identity == 'i' {
                     "USING INDEX"
                 } else {
                     "DEFAULT"
+                };
+                let kept = state_kept_by(config, &table);
+                if kept.is_empty() {
+                    report.ok(format!(
+                        "table {table}: replica identity {identity} (events carry old values \
+                         of the key only)"
+                    ));
+                } else {
+                    report.ok(format!(
+                        "table {table}: replica identity {identity} is enough: {} (old values \
+                         come from walhook's state)",
+                        kept.join(", ")
+                    ));
                 }
-            )),
+            }
             ('d' | 'i', false) | ('i', true) => {
                 report.problem(
                     format!(
@@ -542,11 +555,14 @@ fn check_columns(config: &Config, table: &TableName, facts: &TableFacts, report:
         .filter(|s| &s.object.config.table == table)
     {
         let place = |what: &str| format!("subscriptions.{}.{what}", subscription.name);
+        // A document's watch may name its collections, which are no columns.
+        let children = &subscription.object.config.children;
         named.extend(
             subscription
                 .watch
                 .iter()
                 .flatten()
+                .filter(|c| !children.iter().any(|child| child.name == **c))
                 .map(|c| (place("watch"), c)),
         );
         if subscription.object.unnamed {
@@ -580,11 +596,14 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
     }
     // (where the key comes from, its columns, subscriptions that fire on delete)
     let mut objects: Vec<(String, &[String], Vec<String>)> = Vec::new();
-    for subscription in config
-        .subscriptions
-        .iter()
-        .filter(|s| s.active && &s.object.config.table == table && s.fires_on(Operation::Delete))
-    {
+    // An object that keeps state needs the key of every deleted row, whatever its
+    // subscriptions fire on: `check_state_key` says so once for the object.
+    for subscription in config.subscriptions.iter().filter(|s| {
+        s.active
+            && &s.object.config.table == table
+            && s.fires_on(Operation::Delete)
+            && !s.object.config.keeps_state()
+    }) {
         let object = &subscription.object;
         let (place, key) = match &object.config.key {
             Some(key) if object.unnamed => (
@@ -627,6 +646,241 @@ fn check_delete_keys(config: &Config, table: &TableName, facts: &TableFacts, rep
             ),
         );
     }
+}
+
+/// What keeps the state of `table`, for its REPLICA IDENTITY line: the objects whose header
+/// it is and that keep state, and the documents it is a collection of.
+fn state_kept_by(config: &Config, table: &TableName) -> Vec<String> {
+    let mut kept = Vec::new();
+    for (name, object) in &config.objects {
+        if object.keeps_state() && &object.table == table {
+            kept.push(format!("objects.{name} keeps its state"));
+        }
+        for (i, child) in object.children.iter().enumerate() {
+            if &child.table == table {
+                kept.push(format!(
+                    "objects.{name}.children[{i}] ({}) is a collection of a document, which \
+                     keeps its state",
+                    child.name
+                ));
+            }
+        }
+    }
+    kept
+}
+
+/// Each column of `table` with its type as `format_type` writes it (`numeric(12,2)`).
+async fn column_types(sql: &Sql<'_>, table: &TableName) -> Vec<(String, String)> {
+    sql.rows(&format!(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    ))
+    .await
+    .into_iter()
+    .filter_map(|row| Some((row[0].clone()?, row[1].clone()?)))
+    .collect()
+}
+
+/// Documents and `keep_state` objects (SPEC §3a): each collection's columns against its
+/// table and its header's key, and every state key against what the WAL names a deleted
+/// row by. A missing table is reported by `check_tables` and skipped here.
+async fn check_documents(sql: &Sql<'_>, config: &Config, report: &mut Report) {
+    for (name, object) in config.objects.iter().filter(|(_, o)| o.keeps_state()) {
+        let Some(header) = table_facts(sql, &object.table).await else {
+            continue;
+        };
+        let header_key: &[String] = object.key.as_deref().unwrap_or(&header.primary_key);
+        let header_types = column_types(sql, &object.table).await;
+        check_state_key(
+            &format!("objects.{name}"),
+            &key_place(&format!("objects.{name}"), object.key.is_some()),
+            &object.table,
+            header_key,
+            &header,
+            report,
+        );
+        for (i, child) in object.children.iter().enumerate() {
+            let place = format!("objects.{name}.children[{i}]");
+            let Some(facts) = table_facts(sql, &child.table).await else {
+                continue;
+            };
+            let problems = report.problems();
+            let table = &child.table;
+            for (what, list) in [
+                ("parent_key", Some(&child.parent_key)),
+                ("key", child.key.as_ref()),
+                ("fields", child.fields.as_ref()),
+                ("order_by", child.order_by.as_ref()),
+            ] {
+                for column in list.into_iter().flatten() {
+                    if !facts.columns.contains(column) {
+                        report.problem(
+                            format!(
+                                "{place}.{what}: table {table} has no column {column:?}{}",
+                                did_you_mean(column, facts.columns.iter().map(String::as_str))
+                            ),
+                            format!("correct {place}.{what} in the config"),
+                        );
+                    }
+                }
+            }
+            if !header_key.is_empty() {
+                check_parent_key(
+                    &place,
+                    child,
+                    (&object.table, header_key, &header_types),
+                    &column_types(sql, table).await,
+                    report,
+                );
+            }
+            let key: &[String] = match &child.key {
+                Some(key) => key,
+                None if facts.primary_key.is_empty() => {
+                    report.problem(
+                        format!(
+                            "{place}: table {table} has no primary key to use as the key of \
+                             collection {:?}",
+                            child.name
+                        ),
+                        format!(
+                            "set {place}.key = [\"…\"] to the columns that identify a row of \
+                             {table}"
+                        ),
+                    );
+                    continue;
+                }
+                None => &facts.primary_key,
+            };
+            check_state_key(
+                &format!("{place} ({})", child.name),
+                &key_place(&place, child.key.is_some()),
+                table,
+                key,
+                &facts,
+                report,
+            );
+            if report.problems() == problems {
+                report.ok(format!(
+                    "{place} ({}): rows of {table} join objects.{name} by {} = {}, keyed by {}",
+                    child.name,
+                    child.parent_key.join(", "),
+                    header_key.join(", "),
+                    key.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+/// Where a key comes from, for messages: `objects.X.key` when configured, else the table's.
+fn key_place(place: &str, configured: bool) -> String {
+    if configured {
+        format!("{place}.key")
+    } else {
+        "the primary key".to_owned()
+    }
+}
+
+/// A collection's `parent_key` against the header key: as many columns, each of the same
+/// type as the header key column it matches (values of other types never compare equal in
+/// the state, so lines would be held forever).
+fn check_parent_key(
+    place: &str,
+    child: &crate::config::ChildConfig,
+    (header_table, header_key, header_types): (&TableName, &[String], &[(String, String)]),
+    child_types: &[(String, String)],
+    report: &mut Report,
+) {
+    let at = format!("{place}.parent_key");
+    if child.parent_key.len() != header_key.len() {
+        report.problem(
+            format!(
+                "{at} has {} column(s) ({}), but the key of {header_table} has {} ({})",
+                child.parent_key.len(),
+                child.parent_key.join(", "),
+                header_key.len(),
+                header_key.join(", ")
+            ),
+            format!(
+                "list in {at} one column of {} for each key column of {header_table}, in key \
+                 order",
+                child.table
+            ),
+        );
+        return;
+    }
+    let type_of = |types: &[(String, String)], column: &str| {
+        types
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, kind)| kind.clone())
+    };
+    for (column, key_column) in child.parent_key.iter().zip(header_key) {
+        let (Some(child_type), Some(key_type)) = (
+            type_of(child_types, column),
+            type_of(header_types, key_column),
+        ) else {
+            // A missing column is reported with its suggestion elsewhere.
+            continue;
+        };
+        if child_type != key_type {
+            report.problem(
+                format!(
+                    "{at}: {}.{column} is {child_type}, but the header key column \
+                     {header_table}.{key_column} is {key_type}; a line must hold the header's \
+                     key exactly",
+                    child.table
+                ),
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE {key_type}; (or name in {at} a column \
+                     of type {key_type})",
+                    quote_table(&child.table),
+                    quote_ident(column)
+                ),
+            );
+        }
+    }
+}
+
+/// An object that keeps state finds a deleted row's state by its key, so the key must be
+/// what the WAL names a deleted row by: the replica identity's columns, or every column
+/// under REPLICA IDENTITY FULL.
+fn check_state_key(
+    what: &str,
+    place: &str,
+    table: &TableName,
+    key: &[String],
+    facts: &TableFacts,
+    report: &mut Report,
+) {
+    let identity = facts.identity_columns();
+    // FULL carries every column; NOTHING, or DEFAULT without a primary key, is reported by
+    // check_tables already.
+    if identity.is_empty() || key.is_empty() || key.iter().all(|c| identity.contains(c)) {
+        return;
+    }
+    let identity_name = if facts.identity == 'i' {
+        "USING INDEX"
+    } else {
+        "DEFAULT"
+    };
+    report.problem(
+        format!(
+            "table {table}: {what} keeps state by its key ({place}: {}), but REPLICA IDENTITY \
+             {identity_name} logs only {} of a deleted row, so walhook could not say which row \
+             was deleted",
+            key.join(", "),
+            identity.join(", ")
+        ),
+        format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL; (or make the key the replica identity)",
+            quote_table(table)
+        ),
+    );
 }
 
 /// Backfills read a table in key order, in chunks after the last key sent: a key that is

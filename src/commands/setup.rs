@@ -3,14 +3,14 @@
 //!
 //! Both print one line per thing done or found in place. Neither touches a business table,
 //! except `setup --replica-identity`, which sets REPLICA IDENTITY FULL on exactly the tables
-//! whose subscriptions need old values (SPEC §6).
+//! whose subscriptions need old values (SPEC §6); objects that keep state never do (§3a).
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::capture::matcher::needs_old_values;
 
-use crate::config::{Config, TableName};
+use crate::config::{table_list, Config, TableName};
 use crate::daemon::slot::ensure_slot;
 use crate::outbox::checkpoint::{self, claim_checkpoint};
 use crate::outbox::migrate::{migrate, MigrateError};
@@ -162,15 +162,27 @@ async fn recreate_slot(db: &Databases, config: &Config) -> Result<(), SetupError
     Ok(())
 }
 
-/// Subscriptions whose `watch` or `when` needs old values of non-key columns, as (table,
-/// subscription, why). The same rule as `check`.
 /// How long `ALTER TABLE` may wait for its lock: it needs a brief exclusive lock on a
 /// business table, and while it waits every other query on that table queues behind it.
 const ALTER_LOCK_TIMEOUT: &str = "5s";
 
-/// For each table whose subscriptions need old values: report it FULL already, or (with
-/// `--replica-identity`) make it so, or say how.
+/// For each table whose subscriptions need old values (the same rule as `check` and `run`):
+/// report it FULL already, or (with `--replica-identity`) make it so, or say how. Objects
+/// that keep state need none, and with the flag setup says so.
 async fn replica_identity(source: &Client, config: &Config, alter: bool) -> Result<(), SetupError> {
+    if alter {
+        for (name, object) in config.objects.iter().filter(|(_, o)| o.keeps_state()) {
+            let tables: Vec<TableName> = std::iter::once(&object.table)
+                .chain(object.children.iter().map(|c| &c.table))
+                .cloned()
+                .collect();
+            println!(
+                "replica identity: objects.{name} keeps its state; REPLICA IDENTITY FULL is \
+                 not needed on {}",
+                table_list(&tables)
+            );
+        }
+    }
     let needs = needs_old_values(config);
     let mut tables: Vec<&TableName> = Vec::new();
     for (table, _, _) in &needs {

@@ -36,7 +36,7 @@ pub use model::{
     is_json_media_type, is_xml_media_type, table_list, Auth, BatchConfig, ChildConfig, Config,
     DeliveryConfig, HttpConfig, Method, Methods, ObjectConfig, Operation, Ordering, OutboxConfig,
     RateLimit, ResolvedObject, SourceConfig, SubscriptionConfig, TableName, Target, TemplateOrigin,
-    TemplateText, DEFAULT_RETRY_SCHEDULE,
+    TemplateText, DEFAULT_MAX_EVENT_BYTES, DEFAULT_RETRY_SCHEDULE, MIN_MAX_EVENT_BYTES,
 };
 pub use net::{check_webhook_url, url_template_example, AllowedNetwork, Cidr};
 pub use secret::{redact_postgres_url, redact_webhook_url, Secret, SigningSecret, WebhookUrl};

@@ -62,12 +62,16 @@ pub struct OutboxConfig {
     pub schema: String,
     /// Delivered/dead rows older than this are removed; default 30 days.
     pub retention: Duration,
-    /// A document event bigger than this is recorded dead instead of sent; default 1 MiB.
+    /// A document event whose body is bigger than this many bytes is recorded dead for its
+    /// subscriptions; default 1 MiB, at least 1 KiB.
     pub max_event_bytes: u64,
 }
 
-/// The default `outbox.max_event_bytes`: 1 MiB, more than most receivers accept in one body.
+/// `outbox.max_event_bytes` when it is left out: 1 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
+
+/// The smallest `outbox.max_event_bytes` accepted: 1 KiB.
+pub const MIN_MAX_EVENT_BYTES: u64 = 1 << 10;
 
 /// `[http]`.
 #[derive(Debug, Clone)]

@@ -41,6 +41,7 @@ pub(crate) struct RawOutbox {
     pub(crate) url: Option<String>,
     pub(crate) schema: Option<String>,
     pub(crate) retention: Option<RawDuration>,
+    pub(crate) max_event_bytes: Option<RawSize>,
 }
 
 /// `[http]`.
@@ -70,6 +71,20 @@ pub(crate) struct RawObject {
     pub(crate) table: Option<String>,
     pub(crate) key: Option<Vec<String>>,
     pub(crate) fields: Option<Vec<String>>,
+    pub(crate) keep_state: Option<bool>,
+    pub(crate) children: Option<Vec<RawChild>>,
+}
+
+/// One `[[objects.NAME.children]]` entry of a document.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawChild {
+    pub(crate) name: Option<String>,
+    pub(crate) table: Option<String>,
+    pub(crate) parent_key: Option<Vec<String>>,
+    pub(crate) key: Option<Vec<String>>,
+    pub(crate) fields: Option<Vec<String>>,
+    pub(crate) order_by: Option<Vec<String>>,
 }
 
 /// One `[[subscriptions]]` entry.

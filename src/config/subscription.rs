@@ -61,12 +61,25 @@ pub(crate) fn check_subscription(
         "leave it out to fire on any change",
     );
     if let (Some(watch), Some(fields)) = (&watch, &object.config.fields) {
+        // A document's watch may name its collections too (SPEC §3a).
+        let collections: Vec<&str> = object
+            .config
+            .children
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let names = || fields.iter().map(String::as_str).chain(collections.clone());
+        let what = if collections.is_empty() {
+            "fields"
+        } else {
+            "fields or collections"
+        };
         for (i, column) in watch.iter().enumerate() {
-            if !fields.contains(column) {
-                let hint = closest(column, fields.iter().map(String::as_str))
+            if !names().any(|n| n == column) {
+                let hint = closest(column, names())
                     .map_or_else(String::new, |s| format!("; did you mean {s:?}?"));
                 let message = format!(
-                    "{column:?} is not in the fields of object {:?}{hint}",
+                    "{column:?} is not in the {what} of object {:?}{hint}",
                     object.name
                 );
                 checker.error(&child_index(&at("watch"), i), message);

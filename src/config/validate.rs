@@ -9,14 +9,14 @@ use indexmap::IndexMap;
 
 use super::document::{child_index, child_key, Document};
 use super::error::Finding;
-use super::model::DEFAULT_MAX_EVENT_BYTES;
 use super::model::{
-    Config, DeliveryConfig, HttpConfig, ObjectConfig, OutboxConfig, SourceConfig, TableName,
-    DEFAULT_RETRY_SCHEDULE,
+    ChildConfig, Config, DeliveryConfig, HttpConfig, ObjectConfig, OutboxConfig, SourceConfig,
+    TableName, DEFAULT_MAX_EVENT_BYTES, DEFAULT_RETRY_SCHEDULE, MIN_MAX_EVENT_BYTES,
 };
 use super::net::parse_allowed_network;
 use super::raw::{
-    RawConfig, RawDelivery, RawDuration, RawHttp, RawObject, RawOutbox, RawSize, RawSource,
+    RawChild, RawConfig, RawDelivery, RawDuration, RawHttp, RawObject, RawOutbox, RawSize,
+    RawSource,
 };
 use super::secret::{redact_postgres_url, Secret};
 use super::subscription::check_subscription;
@@ -266,12 +266,32 @@ impl Checker<'_, '_> {
             "outbox.retention",
             Duration::from_secs(30 * 86_400),
         );
+        let max_event_bytes = match &raw.max_event_bytes {
+            None => DEFAULT_MAX_EVENT_BYTES,
+            Some(size) => {
+                let path = "outbox.max_event_bytes";
+                match self.checked_size(size, path) {
+                    Some(bytes) if bytes < MIN_MAX_EVENT_BYTES => {
+                        self.error(
+                            path,
+                            format!(
+                                "must be at least 1KiB ({MIN_MAX_EVENT_BYTES} bytes), found \
+                                 {bytes} bytes; leave it out for 1MiB"
+                            ),
+                        );
+                        DEFAULT_MAX_EVENT_BYTES
+                    }
+                    Some(bytes) => bytes,
+                    None => DEFAULT_MAX_EVENT_BYTES,
+                }
+            }
+        };
         OutboxConfig {
             url: raw.url.map(Secret::new),
             conninfo,
             schema,
             retention,
-            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_event_bytes,
         }
     }
 
@@ -353,22 +373,213 @@ impl Checker<'_, '_> {
                 );
             }
         }
+        let key = self.columns(
+            raw.key,
+            &child_key(&path, "key"),
+            "leave it out to use the primary key",
+        );
+        let fields = self.columns(
+            raw.fields,
+            &child_key(&path, "fields"),
+            "leave it out to include every column",
+        );
+        let header = Header {
+            path: &path,
+            table: &table,
+            key: key.as_deref(),
+            fields: fields.as_deref(),
+        };
+        let children = match raw.children {
+            None => Vec::new(),
+            Some(list) => {
+                let at = child_key(&path, "children");
+                if list.is_empty() {
+                    self.error(
+                        &at,
+                        "must not be empty; leave it out for an object without collections",
+                    );
+                }
+                self.children(&header, list)
+            }
+        };
+        if raw.keep_state == Some(false) && !children.is_empty() {
+            self.error(
+                &child_key(&path, "keep_state"),
+                "documents always keep state (an object with children needs its rows' last \
+                 values to build every event); leave keep_state out",
+            );
+        }
         ObjectConfig {
             name: raw.name,
             table,
+            key,
+            fields,
+            keep_state: raw.keep_state.unwrap_or(false),
+            children,
+        }
+    }
+
+    /// A document's `[[objects.NAME.children]]`, checked against the header and each other.
+    fn children(&mut self, header: &Header<'_>, list: Vec<RawChild>) -> Vec<ChildConfig> {
+        let at = child_key(header.path, "children");
+        let mut children: Vec<ChildConfig> = Vec::with_capacity(list.len());
+        // Where each accepted collection name and child table was first written.
+        let mut names: Vec<(String, String)> = Vec::new();
+        let mut tables: Vec<(TableName, String)> = Vec::new();
+        for (i, raw) in list.into_iter().enumerate() {
+            let path = child_index(&at, i);
+            let child = self.child(header, &path, raw);
+            if !child.name.is_empty() {
+                let name_at = child_key(&path, "name");
+                match names.iter().find(|(n, _)| *n == child.name) {
+                    Some((_, first)) => {
+                        let message = format!(
+                            "duplicate collection name {:?}{}",
+                            child.name,
+                            self.first_at(first)
+                        );
+                        self.error(&name_at, message);
+                    }
+                    None => names.push((child.name.clone(), name_at)),
+                }
+            }
+            if child.table != placeholder_table() && child.table != *header.table {
+                let table_at = child_key(&path, "table");
+                match tables.iter().find(|(t, _)| *t == child.table) {
+                    Some((_, first)) => {
+                        let message = format!(
+                            "table {} is already the table of another collection of this \
+                             object{}; a row of it would belong to both",
+                            child.table,
+                            self.first_at(first)
+                        );
+                        self.error(&table_at, message);
+                    }
+                    None => tables.push((child.table.clone(), table_at)),
+                }
+            }
+            children.push(child);
+        }
+        children
+    }
+
+    /// One child collection at `path`.
+    fn child(&mut self, header: &Header<'_>, path: &str, raw: RawChild) -> ChildConfig {
+        let name = match raw.name {
+            None => {
+                self.error(path, "missing key \"name\" (the property in values)");
+                String::new()
+            }
+            Some(name) => {
+                let name_at = child_key(path, "name");
+                let mut chars = name.chars();
+                let valid = chars
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                    && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    self.error(
+                        &name_at,
+                        format!(
+                            "invalid collection name {name:?}; use lower-case letters, digits \
+                             and _, not starting with a digit"
+                        ),
+                    );
+                } else if header.fields.is_some_and(|f| f.contains(&name)) {
+                    self.error(
+                        &name_at,
+                        format!(
+                            "{name:?} is also a field of the header ({}.fields): both would be \
+                             values.{name}; give the collection another name",
+                            header.path
+                        ),
+                    );
+                }
+                name
+            }
+        };
+        let table_at = child_key(path, "table");
+        let table = match raw.table {
+            None => {
+                self.error(path, "missing key \"table\"");
+                placeholder_table()
+            }
+            Some(text) => {
+                let table = self.table(&text, &table_at);
+                if table != placeholder_table() && table == *header.table {
+                    self.error(
+                        &table_at,
+                        format!(
+                            "{table} is the header's own table; a collection holds rows of \
+                             another table that point at the header"
+                        ),
+                    );
+                }
+                table
+            }
+        };
+        let parent_key_at = child_key(path, "parent_key");
+        let parent_key = match raw.parent_key {
+            None => {
+                self.error(
+                    path,
+                    "missing key \"parent_key\"; list the child columns that hold the \
+                     header's key, in key order",
+                );
+                Vec::new()
+            }
+            Some(list) => {
+                let list = self
+                    .columns(
+                        Some(list),
+                        &parent_key_at,
+                        "list the child columns that hold the header's key, in key order",
+                    )
+                    .unwrap_or_default();
+                if let Some(key) = header.key.filter(|k| !k.is_empty()) {
+                    if !list.is_empty() && list.len() != key.len() {
+                        self.error(
+                            &parent_key_at,
+                            format!(
+                                "has {} column(s) but {}.key has {}; list one child column for \
+                                 each header key column, in the same order",
+                                list.len(),
+                                header.path,
+                                key.len()
+                            ),
+                        );
+                    }
+                }
+                list
+            }
+        };
+        ChildConfig {
+            name,
+            table,
+            parent_key,
             key: self.columns(
                 raw.key,
-                &child_key(&path, "key"),
-                "leave it out to use the primary key",
+                &child_key(path, "key"),
+                "leave it out to use the child table's primary key",
             ),
             fields: self.columns(
                 raw.fields,
-                &child_key(&path, "fields"),
+                &child_key(path, "fields"),
                 "leave it out to include every column",
             ),
-            keep_state: false,
-            children: Vec::new(),
+            order_by: self.columns(
+                raw.order_by,
+                &child_key(path, "order_by"),
+                "leave it out to order by the child key",
+            ),
         }
+    }
+
+    /// ` (first used at line N)` for the key at `path`, or nothing outside a file.
+    fn first_at(&self, path: &str) -> String {
+        self.doc
+            .line_of(path)
+            .map_or_else(String::new, |line| format!(" (first used at line {line})"))
     }
 
     /// A table name; on error records it and returns a placeholder.
@@ -380,6 +591,11 @@ impl Checker<'_, '_> {
     }
 
     fn size(&mut self, raw: &RawSize, path: &str) -> u64 {
+        self.checked_size(raw, path).unwrap_or(0)
+    }
+
+    /// A size in bytes, or `None` after recording why it is not one.
+    fn checked_size(&mut self, raw: &RawSize, path: &str) -> Option<u64> {
         let (shown, parsed) = match raw {
             RawSize::Text(text) => (format!("{text:?}"), parse_size(text)),
             RawSize::Bytes(n) => (
@@ -387,10 +603,9 @@ impl Checker<'_, '_> {
                 u64::try_from(*n).map_err(|_| "must not be negative".to_owned()),
             ),
         };
-        parsed.unwrap_or_else(|reason| {
-            self.error(path, format!("invalid size {shown}: {reason}"));
-            0
-        })
+        parsed
+            .map_err(|reason| self.error(path, format!("invalid size {shown}: {reason}")))
+            .ok()
     }
 
     /// How a URL at `path` may be shown: as written (variables unexpanded), password hidden.
@@ -430,6 +645,15 @@ impl Checker<'_, '_> {
             );
         }
     }
+}
+
+/// What a document's children are checked against: its header object.
+struct Header<'h> {
+    /// `objects.NAME`.
+    path: &'h str,
+    table: &'h TableName,
+    key: Option<&'h [String]>,
+    fields: Option<&'h [String]>,
 }
 
 /// Stands in for an invalid table name so checking can go on; never returned to callers.

@@ -668,3 +668,255 @@ fn a_two_column_key_needs_a_unique_index_of_exactly_its_columns_in_any_order() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(!out.stdout.contains("is not unique"), "{}", out.stdout);
 }
+
+// ---------------------------------------------------------------------------------------
+// Documents and objects that keep state (SPEC §3a)
+
+/// An invoice header and its lines, both under REPLICA IDENTITY DEFAULT.
+const INVOICES: &str = "
+CREATE TABLE invoice (id int PRIMARY KEY, number text, partner_id int, state text);
+CREATE TABLE invoice_line (id int PRIMARY KEY, invoice_id int NOT NULL, sequence int,
+                           product text, quantity numeric, price numeric(12,2));
+";
+
+/// The invoice document's collection of lines as TOML, with `extra` lines added.
+fn lines_collection(extra: &str) -> String {
+    format!(
+        "\n[[objects.invoice.children]]\nname = \"invoice_lines\"\n\
+         table = \"public.invoice_line\"\nparent_key = [\"invoice_id\"]\n\
+         fields = [\"product\", \"quantity\", \"price\"]\norder_by = [\"sequence\", \"id\"]\n{extra}"
+    )
+}
+
+/// A config with the invoice document (`collection` is its children's TOML) and a
+/// subscription to it with `extra` lines.
+fn document(url: &str, collection: &str, extra: &str) -> String {
+    Toml::at(url)
+        .without_delivery()
+        .object(
+            Object::new("invoice", "public.invoice")
+                .fields(&["number", "partner_id", "state"])
+                .with(collection),
+        )
+        .subscription(
+            Sub::new(
+                "invoices",
+                "invoice",
+                "https://erp.example.com/hooks/invoice",
+            )
+            .with(extra),
+        )
+        .text()
+}
+
+#[test]
+fn a_document_under_replica_identity_default_passes_and_says_it_keeps_its_state() {
+    // Watching a header field and the lines needs no REPLICA IDENTITY FULL: walhook keeps
+    // the document's state itself.
+    let db = TestDb::new(INVOICES);
+    let out = check(&document(
+        &db.url,
+        &lines_collection(""),
+        r#"watch = ["state", "invoice_lines"]"#,
+    ));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for line in [
+        "ok      objects.invoice.children[0] (invoice_lines): rows of public.invoice_line join \
+         objects.invoice by invoice_id = id, keyed by id",
+        "ok      table public.invoice: replica identity DEFAULT is enough: objects.invoice keeps \
+         its state (old values come from walhook's state)",
+        "ok      table public.invoice_line: replica identity DEFAULT is enough: \
+         objects.invoice.children[0] (invoice_lines) is a collection of a document, which \
+         keeps its state (old values come from walhook's state)",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{}",
+            out.stdout
+        );
+    }
+    // The lines' table is published with the header's.
+    assert!(
+        out.stdout
+            .contains("will be created for public.invoice, public.invoice_line"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn an_object_with_keep_state_watches_under_replica_identity_default() {
+    let db = TestDb::new(ERP);
+    let watching = |keep_state: &str| {
+        config(&db.url, r#"watch = ["partner_id"]"#).replacen(
+            "fields = [",
+            &format!("{keep_state}fields = ["),
+            1,
+        )
+    };
+    assert_problem(
+        &check(&watching("")),
+        &["subscriptions.partner-sync (watch) need old values"],
+    );
+    let out = check(&watching("keep_state = true\n"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "table public.account_invoice: replica identity DEFAULT is enough: \
+             objects.invoice keeps its state"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_misspelled_child_table_gets_a_suggestion() {
+    let db = TestDb::new(INVOICES);
+    let text = document(
+        &db.url,
+        &lines_collection("").replace("public.invoice_line", "public.invoice_lines"),
+        "",
+    );
+    assert_problem(
+        &check(&text),
+        &[
+            "table public.invoice_lines does not exist",
+            "did you mean \"public.invoice_line\"?",
+        ],
+    );
+}
+
+#[test]
+fn misspelled_child_columns_get_suggestions_naming_the_config_key() {
+    let db = TestDb::new(INVOICES);
+    let collection = lines_collection("key = [\"line_id\"]\n")
+        .replace("[\"invoice_id\"]", "[\"invoice\"]")
+        .replace("\"quantity\"", "\"qty\"")
+        .replace("[\"sequence\"", "[\"seq\"");
+    let out = check(&document(&db.url, &collection, ""));
+    for (place, column, suggestion) in [
+        ("parent_key", "invoice", "invoice_id"),
+        ("key", "line_id", ""),
+        ("fields", "qty", ""),
+        ("order_by", "seq", "sequence"),
+    ] {
+        let mut parts = vec![
+            format!(
+                "objects.invoice.children[0].{place}: table public.invoice_line has no column \
+                 \"{column}\""
+            ),
+            format!("fix: correct objects.invoice.children[0].{place} in the config"),
+        ];
+        // "qty" is too far from "quantity" to guess; "line_id" has no near column.
+        if !suggestion.is_empty() {
+            parts.push(format!("did you mean \"{suggestion}\"?"));
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        assert_problem(&out, &parts);
+    }
+}
+
+#[test]
+fn a_parent_key_of_another_type_than_the_header_key_is_a_problem_naming_both() {
+    // The header key is an int, the lines hold it as a bigint: 7 and 7 would not be the
+    // same key to walhook's state.
+    let db =
+        TestDb::new(&INVOICES.replace("invoice_id int NOT NULL", "invoice_id bigint NOT NULL"));
+    let text = document(&db.url, &lines_collection(""), "");
+    assert_problem(
+        &check(&text),
+        &[
+            "objects.invoice.children[0].parent_key: public.invoice_line.invoice_id is bigint, \
+             but the header key column public.invoice.id is integer",
+            "fix: ALTER TABLE public.invoice_line ALTER COLUMN invoice_id TYPE integer;",
+        ],
+    );
+    db.sql("ALTER TABLE invoice_line ALTER COLUMN invoice_id TYPE integer");
+    let out = check(&text);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_parent_key_has_as_many_columns_as_the_headers_primary_key() {
+    let db = TestDb::new(
+        "CREATE TABLE invoice (company_id int, id int, number text, partner_id int, state text,
+                               PRIMARY KEY (company_id, id));
+         CREATE TABLE invoice_line (id int PRIMARY KEY, invoice_id int, sequence int,
+                                    product text, quantity numeric, price numeric(12,2));",
+    );
+    assert_problem(
+        &check(&document(&db.url, &lines_collection(""), "")),
+        &[
+            "objects.invoice.children[0].parent_key has 1 column(s) (invoice_id), but the key \
+             of public.invoice has 2 (company_id, id)",
+            "fix: list in objects.invoice.children[0].parent_key one column of \
+             public.invoice_line for each key column of public.invoice, in key order",
+        ],
+    );
+}
+
+#[test]
+fn a_child_table_without_primary_key_needs_a_key() {
+    let db = TestDb::new(&INVOICES.replace("id int PRIMARY KEY, invoice_id", "id int, invoice_id"));
+    let out = check(&document(&db.url, &lines_collection(""), ""));
+    assert_problem(
+        &out,
+        &[
+            "objects.invoice.children[0]: table public.invoice_line has no primary key to use \
+             as the key of collection \"invoice_lines\"",
+            "fix: set objects.invoice.children[0].key = [\"…\"] to the columns that identify a \
+             row of public.invoice_line",
+        ],
+    );
+    // Under DEFAULT a table without primary key cannot be published for updates at all.
+    assert_problem(
+        &out,
+        &["table public.invoice_line has no primary key and REPLICA IDENTITY DEFAULT"],
+    );
+
+    // A key, and a REPLICA IDENTITY that logs it, are the fix.
+    db.sql("ALTER TABLE invoice_line REPLICA IDENTITY FULL");
+    let out = check(&document(
+        &db.url,
+        &lines_collection("key = [\"id\"]\n"),
+        "",
+    ));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_state_key_the_wal_does_not_log_for_deleted_rows_is_a_problem_with_the_fix() {
+    // Lines keyed on (invoice_id, sequence), but a deleted line carries only its id under
+    // REPLICA IDENTITY DEFAULT: walhook could not tell which line left the document.
+    let db = TestDb::new(INVOICES);
+    let keyed = lines_collection("key = [\"invoice_id\", \"sequence\"]\n");
+    let text = document(&db.url, &keyed, "");
+    assert_problem(
+        &check(&text),
+        &[
+            "table public.invoice_line: objects.invoice.children[0] (invoice_lines) keeps state \
+             by its key (objects.invoice.children[0].key: invoice_id, sequence), but REPLICA \
+             IDENTITY DEFAULT logs only id of a deleted row",
+            "fix: ALTER TABLE public.invoice_line REPLICA IDENTITY FULL;",
+        ],
+    );
+    db.sql("ALTER TABLE invoice_line REPLICA IDENTITY FULL");
+    let out = check(&text);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+
+    // The same rule for the header's key, also when no subscription fires on delete.
+    let text = document(&db.url, &lines_collection(""), r#"operations = ["create"]"#).replacen(
+        "fields = [\"number\"",
+        "key = [\"number\"]\nfields = [\"number\"",
+        1,
+    );
+    assert_problem(
+        &check(&text),
+        &[
+            "table public.invoice: objects.invoice keeps state by its key (objects.invoice.key: \
+             number), but REPLICA IDENTITY DEFAULT logs only id of a deleted row",
+            "fix: ALTER TABLE public.invoice REPLICA IDENTITY FULL;",
+        ],
+    );
+}

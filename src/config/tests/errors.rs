@@ -86,7 +86,7 @@ fn unknown_nested_key() {
     );
     assert_eq!(
         error("[objects.invoice]\ntable = \"x\"\ncolumns = [\"a\"]\n"),
-        "walhook.toml:3: objects.invoice.columns: unknown key; expected one of: name, table, key, fields"
+        "walhook.toml:3: objects.invoice.columns: unknown key; expected one of: name, table, key, fields, keep_state, children"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Loading stories: the SPEC example, defaults, overrides, helpers, secrets.
 //! Every error message a user can see is pinned in `errors.rs`.
 
+mod documents;
 mod errors;
 
 use std::time::Duration;
