@@ -637,6 +637,7 @@ async fn validate(
     running: &Matcher,
     catalog: &tokio_postgres::Client,
 ) -> Result<Matcher, ReloadError> {
+    super::refuse_documents(config).map_err(|e| ReloadError::Documents(e.to_string()))?;
     let mut matcher = Matcher::new(config)?;
     startup::check_replica_identity(config, catalog).await?;
     startup::check_when_columns(config, catalog).await?;
@@ -671,4 +672,6 @@ enum ReloadError {
     Matcher(#[from] MatcherError),
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error("{0}")]
+    Documents(String),
 }

@@ -591,8 +591,7 @@ impl DocumentState {
     /// holds: deletes first, so a row that moved to another document is written last.
     async fn write(&mut self, client: &Client) -> Result<(), OutboxError> {
         let mut deletes: (Vec<String>, Vec<i16>, Vec<String>) = Default::default();
-        let mut upserts: (Vec<String>, Vec<i16>, Vec<String>, Vec<String>, Vec<String>) =
-            Default::default();
+        let mut upserts: Upserts = Default::default();
         for ((object, doc_key), entry) in &self.entries {
             let id = self.documents.object(*object).id.to_string();
             let base = entry.stored.as_ref().unwrap_or(&entry.before);
@@ -661,6 +660,9 @@ impl DocumentState {
         }
     }
 }
+
+/// Rows to write, column by column: object, part, row key, doc key, row.
+type Upserts = (Vec<String>, Vec<i16>, Vec<String>, Vec<String>, Vec<String>);
 
 /// A document of at most one row.
 fn single(row: Option<((u16, String), StateRow)>) -> Doc {

@@ -24,6 +24,7 @@ mod delivery_network;
 mod delivery_routing;
 mod delivery_status;
 mod demo;
+mod documents;
 mod ephemeral_cluster;
 mod examples;
 mod failover;

@@ -183,6 +183,7 @@ pub struct Object {
     table: String,
     fields: Option<Vec<String>>,
     lines: Vec<String>,
+    children: Vec<Child>,
 }
 
 impl Object {
@@ -193,7 +194,15 @@ impl Object {
             table: table.to_owned(),
             fields: None,
             lines: Vec::new(),
+            children: Vec::new(),
         }
+    }
+
+    /// A collection of child rows (`[[objects.NAME.children]]`): the object becomes a
+    /// document.
+    pub fn child(mut self, child: Child) -> Object {
+        self.children.push(child);
+        self
     }
 
     /// Only these columns.
@@ -216,8 +225,65 @@ impl Object {
             out.push_str(&format!("fields = [{}]\n", quoted.join(", ")));
         }
         push_lines(&mut out, &self.lines);
+        for child in &self.children {
+            out.push_str(&format!(
+                "\n[[objects.{}.children]]\nname = \"{}\"\ntable = \"{}\"\n",
+                self.name, child.name, child.table
+            ));
+            out.push_str(&format!("parent_key = {}\n", list(&child.parent_key)));
+            push_lines(&mut out, &child.lines);
+        }
         out
     }
+}
+
+/// One `[[objects.NAME.children]]` entry: a collection of a document.
+#[derive(Debug, Clone)]
+pub struct Child {
+    name: String,
+    table: String,
+    parent_key: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl Child {
+    /// Collection `name` of the rows of `table` whose `parent_key` columns hold the
+    /// header's key; every other key left at its default.
+    pub fn new(name: &str, table: &str, parent_key: &[&str]) -> Child {
+        Child {
+            name: name.to_owned(),
+            table: table.to_owned(),
+            parent_key: parent_key.iter().map(|c| (*c).to_owned()).collect(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Only these columns in each element.
+    pub fn fields(self, fields: &[&str]) -> Child {
+        let line = format!("fields = {}", list(fields));
+        self.with(&line)
+    }
+
+    /// The order of the array.
+    pub fn order_by(self, columns: &[&str]) -> Child {
+        let line = format!("order_by = {}", list(columns));
+        self.with(&line)
+    }
+
+    /// TOML lines added to the entry (`key = [...]`, …).
+    pub fn with(mut self, lines: &str) -> Child {
+        self.lines.push(lines.to_owned());
+        self
+    }
+}
+
+/// A TOML array of strings.
+fn list<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|item| format!("\"{}\"", item.as_ref()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A `[[subscriptions]]` entry.

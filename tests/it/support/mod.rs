@@ -7,7 +7,7 @@ pub mod rows;
 pub mod subscriber;
 pub mod wal;
 
-pub use config::{Object, Sub, Toml};
+pub use config::{Child, Object, Sub, Toml};
 pub use subscriber::{verify, Reply, Seen, Subscriber};
 
 use std::sync::atomic::{AtomicU32, Ordering};
