@@ -164,6 +164,17 @@ impl Doc {
     }
 }
 
+/// What a document became for its subscriptions.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// Its events (a dead one among them for each subscription it could not go to).
+    pub events: Vec<RoutedEvent>,
+    /// Subscriptions that could not be evaluated, or whose event was too big.
+    pub problems: Vec<RouteProblem>,
+    /// Events too big to send (`outbox.max_event_bytes`), recorded dead.
+    pub oversized: u64,
+}
+
 /// A document's state change that could not be made into events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("object {object}: change of {table}: {message}")]
@@ -496,17 +507,11 @@ impl DocumentObject {
     /// What a transaction made of one document: its events for the subscriptions that
     /// fire (none when it has no header before or after, or nothing configured changed),
     /// and any subscription that could not be evaluated.
-    pub fn route(
-        &self,
-        before: &Doc,
-        after: &Doc,
-        id: String,
-        commit: Commit,
-    ) -> (Vec<RoutedEvent>, Vec<RouteProblem>) {
+    pub fn route(&self, before: &Doc, after: &Doc, id: String, commit: Commit) -> Route {
         let old = self.values(before);
         let new = self.values(after);
         let (operation, key) = match (&old, &new) {
-            (None, None) => return (Vec::new(), Vec::new()),
+            (None, None) => return Route::default(),
             (None, Some(_)) => (Operation::Create, after.header()),
             (Some(_), None) => (Operation::Delete, before.header()),
             (Some(_), Some(_)) => (Operation::Update, after.header()),
@@ -521,7 +526,7 @@ impl DocumentObject {
                     .map(|(name, _)| name.clone())
                     .collect();
                 if changed.is_empty() {
-                    return (Vec::new(), Vec::new());
+                    return Route::default();
                 }
                 let previous: Map<String, Value> = changed
                     .iter()
@@ -537,6 +542,7 @@ impl DocumentObject {
         let table = self.parts[0].table.to_string();
         let mut events: Vec<RoutedEvent> = Vec::new();
         let mut problems = Vec::new();
+        let mut oversized = 0;
         let mut scope: Option<minijinja::Value> = None;
         for sub in &self.subscriptions {
             if !sub.operations[op] {
@@ -600,6 +606,7 @@ impl DocumentObject {
                 body = self.oversized(&id, event_type, operation, &key, &table, commit, &body);
                 target = None;
                 dead = Some(error);
+                oversized += 1;
             }
             if let Some(message) = &dead {
                 problems.push(RouteProblem {
@@ -627,7 +634,11 @@ impl DocumentObject {
             }
             events.push(event);
         }
-        (events, problems)
+        Route {
+            events,
+            problems,
+            oversized,
+        }
     }
 
     /// What is stored in place of an event too big to send: the envelope without its

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::writer::OutboxError;
 use super::StoreError;
-use crate::capture::document::{Doc, DocumentObject, Documents, StateRow, Touch};
+use crate::capture::document::{Doc, DocumentObject, Documents, Route, StateRow, Touch};
 use crate::capture::envelope::{document_event_id, event_id};
 use crate::capture::matcher::{RouteProblem, RoutedEvent};
 use crate::capture::Commit;
@@ -61,18 +61,12 @@ pub struct Made {
 }
 
 impl Made {
-    fn take(&mut self, (events, problems): (Vec<RoutedEvent>, Vec<RouteProblem>)) {
-        for event in &events {
-            if event
-                .dead
-                .iter()
-                .any(|(_, e)| e.contains("max_event_bytes"))
-            {
-                *self.oversized.entry(event.object.clone()).or_default() += 1;
-            }
+    fn take(&mut self, object: &DocumentObject, route: Route) {
+        if route.oversized > 0 {
+            *self.oversized.entry(object.name.clone()).or_default() += route.oversized;
         }
-        self.events.extend(events);
-        self.problems.extend(problems);
+        self.events.extend(route.events);
+        self.problems.extend(route.problems);
     }
 }
 
@@ -345,7 +339,10 @@ impl DocumentState {
             let object = self.documents.object(t.object);
             let before = single(removed.map(|r| ((0, row_key.clone()), r)));
             let after = single(new_row.map(|r| ((0, t.row_key.clone()), r)));
-            made.take(object.route(&before, &after, event_id(commit.lsn, t.position), commit));
+            made.take(
+                object,
+                object.route(&before, &after, event_id(commit.lsn, t.position), commit),
+            );
         }
     }
 
@@ -368,7 +365,10 @@ impl DocumentState {
                 let object = self.documents.object(entry.object);
                 if let (true, Some(ordinal)) = (object.document, entry.ordinal) {
                     let id = document_event_id(commit.lsn, ordinal);
-                    made.take(object.route(&entry.before, &entry.after, id, commit));
+                    made.take(
+                        object,
+                        object.route(&entry.before, &entry.after, id, commit),
+                    );
                 }
             }
             self.write(client).await?;
@@ -574,7 +574,7 @@ impl DocumentState {
                     .unwrap_or_default();
                 if object.document {
                     let id = document_event_id(commit.lsn, ordinal);
-                    made.take(object.route(&before, &now, id, commit));
+                    made.take(object, object.route(&before, &now, id, commit));
                 }
             }
             self.entries.clear();

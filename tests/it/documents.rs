@@ -218,6 +218,27 @@ fn assert_document_id(event: &Value, position: u32) {
     );
 }
 
+/// Until documents are captured, `walhook run` must say so rather than start and send a
+/// document's subscribers nothing. The stories below are ignored behind this refusal; the
+/// day capture is wired, this test goes and they run.
+#[test]
+fn run_refuses_a_document_it_cannot_capture_yet_naming_the_object() {
+    let db = TestDb::new(ERP);
+    let receiver = Subscriber::start();
+    let config = Toml::new(&db)
+        .object(invoice_document())
+        .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+        .write();
+    let mut daemon = Daemon::start(&config);
+    let code = daemon.wait(Duration::from_secs(30));
+    let log = daemon.log_text();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("objects.invoice: documents") && log.contains("cannot capture them yet"),
+        "{log}"
+    );
+}
+
 #[test]
 #[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn an_invoice_saved_with_three_lines_is_one_created_event_with_the_lines_in_order() {
