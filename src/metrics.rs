@@ -70,6 +70,13 @@ pub struct SourceTableLabels {
     pub table: String,
 }
 
+/// `{object}` of `walhook_oversized_events_total`: an object's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// The object's name (its `name`, else its config key).
+    pub object: String,
+}
+
 /// `{result}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -123,6 +130,8 @@ pub struct Metrics {
     pub renamed_tables: Family<SourceTableLabels, Gauge>,
     /// Rows removed by `outbox.retention`, per table.
     pub retention_deleted: Family<TableLabels, Counter>,
+    /// Document events bigger than `outbox.max_event_bytes`, recorded dead, per object.
+    pub oversized_events: Family<ObjectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +168,7 @@ impl Metrics {
             retention_deleted: Family::default(),
             truncates: Family::default(),
             renamed_tables: Family::default(),
+            oversized_events: Family::default(),
             registry,
         };
         for result in ["applied", "rejected"] {
@@ -228,6 +238,11 @@ impl Metrics {
             "truncates",
             "TRUNCATEs of configured tables read from the WAL",
             self.truncates.clone(),
+        );
+        r.register(
+            "oversized_events",
+            "Events bigger than outbox.max_event_bytes, recorded as dead deliveries, per object",
+            self.oversized_events.clone(),
         );
         r.register(
             "renamed_tables",

@@ -31,6 +31,9 @@ pub struct Documents {
     objects: Vec<DocumentObject>,
     /// Which (object, part) each table is, in config order.
     tables: HashMap<TableName, Vec<(usize, u16)>>,
+    /// The tables by the OID the catalog gave them: a change is matched by OID, so a table
+    /// renamed while walhook runs keeps its documents (as the matcher keeps its events).
+    oids: HashMap<u32, TableName>,
 }
 
 /// One document (or `keep_state` object) and the subscriptions that receive it.
@@ -228,6 +231,11 @@ impl Documents {
             }
             let index = documents.objects.len();
             let parts = parts(object, relations);
+            for part in &parts {
+                if let Some(relation) = relations.get(&part.table) {
+                    documents.oids.insert(relation.oid, part.table.clone());
+                }
+            }
             for (part, p) in parts.iter().enumerate() {
                 documents
                     .tables
@@ -252,9 +260,31 @@ impl Documents {
         }
     }
 
+    /// Whether every object's state fits `seeds` (object id → fingerprint).
+    pub fn seeded_by(&self, seeds: &HashMap<Arc<str>, String>) -> bool {
+        self.objects
+            .iter()
+            .all(|o| seeds.get(&o.id).is_some_and(|f| *f == o.fingerprint))
+    }
+
     /// Whether any document or `keep_state` object has this table.
     pub fn watches(&self, table: &TableName) -> bool {
         self.tables.contains_key(table)
+    }
+
+    /// The configured name of a document table with this OID.
+    pub fn table_of(&self, oid: u32) -> Option<&TableName> {
+        self.oids.get(&oid)
+    }
+
+    /// Every table of a document or `keep_state` object.
+    pub fn tables(&self) -> impl Iterator<Item = &TableName> {
+        self.tables.keys()
+    }
+
+    /// The (object, part) pairs `table` is.
+    pub fn parts_of(&self, table: &TableName) -> &[(usize, u16)] {
+        self.tables.get(table).map_or(&[], Vec::as_slice)
     }
 
     /// Whether there is none.
@@ -272,16 +302,15 @@ impl Documents {
         &self.objects[index]
     }
 
-    /// The touches of one change of `table` (the configured name of its relation): one per
-    /// (object, part) the table is. A change whose key the WAL did not carry is a problem.
-    pub fn touches(
-        &self,
-        table: &TableName,
-        change: &RowChange,
-    ) -> (Vec<Touch>, Vec<TouchProblem>) {
+    /// The touches of one change: one per (object, part) its table is (none for a table
+    /// no document has). A change whose key the WAL did not carry is a problem.
+    pub fn touches(&self, change: &RowChange) -> (Vec<Touch>, Vec<TouchProblem>) {
         let mut touches = Vec::new();
         let mut problems = Vec::new();
-        for &(object, part) in self.tables.get(table).into_iter().flatten() {
+        let Some(table) = self.oids.get(&change.relation.oid) else {
+            return (touches, problems);
+        };
+        for &(object, part) in self.parts_of(table) {
             let spec = &self.objects[object];
             match spec.touch(object, part, change) {
                 Ok(touch) => touches.push(touch),
@@ -394,6 +423,20 @@ fn array_of(cells: &[Cell], columns: &[usize]) -> Option<String> {
 }
 
 impl DocumentObject {
+    /// One row a seed read of this object's `part` (an insert-shaped change): its row key,
+    /// the document it is in, and what is kept of it.
+    pub fn seed_row(
+        &self,
+        part: u16,
+        change: &RowChange,
+    ) -> Result<(String, String, StateRow), String> {
+        let touch = self.touch(0, part, change)?;
+        match (touch.doc_key, touch.row) {
+            (Some(doc_key), Some(row)) => Ok((touch.row_key, doc_key, row)),
+            _ => Err("a seed row has no values".to_owned()),
+        }
+    }
+
     /// The touch of one change of this object's `part`.
     fn touch(&self, object: usize, part: u16, change: &RowChange) -> Result<Touch, String> {
         let spec = &self.parts[usize::from(part)];

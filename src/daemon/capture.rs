@@ -15,16 +15,18 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::seed::{self, SeedFailure, Seeder, Seeds};
 use super::startup::{self, StartupError};
+use crate::capture::document::Documents;
 use crate::capture::envelope::ReadOrigin;
 use crate::capture::matcher::{Matcher, MatcherError, NameChange};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::window::{Ready, ToCapture, Windows};
-use crate::capture::{ChangeReader, Commit, Item};
-use crate::config::Config;
+use crate::capture::{ChangeReader, Commit, Item, RowChange};
+use crate::config::{Config, TableName};
 use crate::delivery::DispatchHandle;
 use crate::health::Health;
-use crate::metrics::{ChangeLabels, Metrics, SourceTableLabels};
+use crate::metrics::{ChangeLabels, Metrics, ObjectLabels, SourceTableLabels};
 use crate::outbox::backfill::Progress;
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
@@ -41,7 +43,10 @@ pub(super) enum Ended {
     /// SIGTERM or SIGINT: the daemon stops.
     Signal,
     /// The server ended the stream (it is shutting down): reconnect.
-    ServerEnded,
+    ServerClosed,
+    /// A config edit added a document or changed what its state holds: the next session
+    /// seeds it before it streams (at once, no backoff).
+    Reseed,
 }
 
 /// Why a session failed.
@@ -59,6 +64,12 @@ pub enum SessionError {
     /// The configured tables' OIDs could not be looked up.
     #[error("looking up the OIDs of the configured tables: {0}")]
     Bind(Box<StartupError>),
+    /// Seeding document state failed.
+    #[error(transparent)]
+    Seed(Box<SeedFailure>),
+    /// A document subscription cannot be evaluated.
+    #[error(transparent)]
+    Documents(MatcherError),
 }
 
 impl SessionError {
@@ -72,6 +83,8 @@ impl SessionError {
             SessionError::Outbox(_) => true,
             SessionError::Connect(_) => true,
             SessionError::Bind(_) => true,
+            SessionError::Seed(e) => e.is_transient(),
+            SessionError::Documents(_) => false,
         }
     }
 }
@@ -85,6 +98,12 @@ impl SessionError {
             SessionError::Capture(e)
                 if matches!(&**e, CaptureError::Replication(r) if r.code() == Some("55006"))
         )
+    }
+}
+
+impl From<SeedFailure> for SessionError {
+    fn from(e: SeedFailure) -> Self {
+        SessionError::Seed(Box::new(e))
     }
 }
 
@@ -114,6 +133,21 @@ pub(super) struct Inbox<'a> {
     pub(super) shutdown: &'a mut watch::Receiver<bool>,
 }
 
+/// A validated config edit waiting for a transaction boundary.
+pub(super) struct Staged {
+    config: Config,
+    matcher: Matcher,
+    documents: Documents,
+}
+
+/// The documents of a session: what their changes are applied to and from where.
+struct DocumentCapture {
+    documents: Arc<Documents>,
+    seeds: Seeds,
+    /// The open source transaction touched a document.
+    touched: bool,
+}
+
 /// The backfill chunks of one session: their windows, and the ones written to the outbox
 /// whose task waits to hear they are committed.
 #[derive(Default)]
@@ -136,7 +170,7 @@ impl Session<'_> {
         self,
         matcher: &mut Matcher,
         config: &mut Config,
-        staged: &mut Option<(Config, Matcher)>,
+        staged: &mut Option<Staged>,
         inbox: Inbox<'_>,
         backoff: &mut Duration,
     ) -> Result<Ended, SessionError> {
@@ -145,6 +179,9 @@ impl Session<'_> {
             chunks,
             shutdown,
         } = inbox;
+        // An edit staged during a transaction the previous session never finished: it
+        // applies before anything of this session is read.
+        apply(staged, matcher, config, self.dispatch);
         // Connecting may hang (a server that accepts but does not answer, and no
         // connect_timeout): a signal must not wait for it. Nothing is open yet to close.
         let opened = tokio::select! {
@@ -157,7 +194,9 @@ impl Session<'_> {
             checkpoint,
             catalog,
             mut reader,
+            documents,
         } = opened;
+        let mut documents = documents;
         startup::bind_tables(matcher, &catalog)
             .await
             .map_err(|e| SessionError::Bind(Box::new(e)))?;
@@ -173,8 +212,6 @@ impl Session<'_> {
         // that only holds backfill chunks.
         let mut last_commit = checkpoint;
         let mut backfills = Backfills::default();
-        // An edit staged during a transaction the previous session never finished.
-        apply(staged, matcher, config, self.dispatch);
         loop {
             // While an outbox commit is in flight, the next group waits for it (below, in the
             // select) and keeps growing: under a steady stream of small transactions one
@@ -193,7 +230,7 @@ impl Session<'_> {
                             self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
                                 .await?;
                             self.drain(&mut writer, &mut reader, &mut backfills).await?;
-                            return Ok(Ended::ServerEnded);
+                            return Ok(Ended::ServerClosed);
                         }
                     },
                     None => {
@@ -207,16 +244,18 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        return self.stop(writer, reader, open, handled, &mut backfills).await;
+                        return self
+                            .stop(writer, reader, open, handled, &mut backfills, Ended::Signal)
+                            .await;
                     }
                     Some(new) = reloads.recv() => {
-                        match validate(&new, matcher, &catalog).await {
-                            Ok(new_matcher) => {
+                        match validate(new, matcher, &catalog).await {
+                            Ok(valid) => {
                                 self.metrics.reload_applied();
-                                for sub in &new.subscriptions {
+                                for sub in &valid.config.subscriptions {
                                     self.metrics.know_subscription(&sub.name);
                                 }
-                                *staged = Some((new, new_matcher));
+                                *staged = Some(valid);
                             }
                             Err(e) => {
                                 self.metrics.reload_rejected();
@@ -224,7 +263,14 @@ impl Session<'_> {
                             }
                         }
                         if open.is_none() {
-                            apply(staged, matcher, config, self.dispatch);
+                            if let Some(new) = apply(staged, matcher, config, self.dispatch) {
+                                if !documents.seeds.covers(&new) {
+                                    return self
+                                        .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
+                                        .await;
+                                }
+                                documents.use_documents(new, &mut writer);
+                            }
                         }
                         continue;
                     }
@@ -240,7 +286,7 @@ impl Session<'_> {
                         Some(item) => item,
                         None => {
                             writer.rollback().await?;
-                            return Ok(Ended::ServerEnded);
+                            return Ok(Ended::ServerClosed);
                         }
                     },
                 }
@@ -259,6 +305,7 @@ impl Session<'_> {
                             operation: change.operation.as_str(),
                         })
                         .inc();
+                    documents.touch(&change, commit, &mut writer);
                     if !matcher.watches(&change.relation) {
                         continue;
                     }
@@ -302,7 +349,8 @@ impl Session<'_> {
                 Item::Truncate(t) => {
                     let commit = open.expect("a truncate arrives inside a transaction");
                     for (index, relation) in t.relations.iter().enumerate() {
-                        if !matcher.watches(relation) {
+                        let kept = documents.truncate(relation.oid, commit, &mut writer);
+                        if !matcher.watches(relation) && !kept {
                             continue;
                         }
                         let table = relation.qualified_name();
@@ -312,6 +360,9 @@ impl Session<'_> {
                                 table: table.clone(),
                             })
                             .inc();
+                        if !matcher.watches(relation) {
+                            continue;
+                        }
                         let route = matcher.route_truncate(&t, index, commit);
                         for subscription in &route.ignored_by {
                             // SPEC §3: never silence. The receiver still holds the rows.
@@ -365,7 +416,15 @@ impl Session<'_> {
                         end_lsn,
                     });
                     group += 1;
-                    apply(staged, matcher, config, self.dispatch);
+                    documents.end_transaction(commit, &mut writer);
+                    if let Some(new) = apply(staged, matcher, config, self.dispatch) {
+                        if !documents.seeds.covers(&new) {
+                            return self
+                                .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
+                                .await;
+                        }
+                        documents.use_documents(new, &mut writer);
+                    }
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
                         self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
                             .await?;
@@ -400,16 +459,27 @@ struct Opened {
     /// For validating config edits.
     catalog: tokio_postgres::Client,
     reader: ChangeReader,
+    documents: DocumentCapture,
 }
 
 impl Session<'_> {
     /// Connects to the outbox and the source and starts streaming after the checkpoint.
     async fn open(&self, config: &Config) -> Result<Opened, SessionError> {
         let outbox_client = pg::connect_sql(self.outbox).await?;
-        let writer =
+        let mut writer =
             OutboxWriter::new(outbox_client, &config.outbox.schema, &config.source.slot).await?;
         let checkpoint = writer.checkpoint().unwrap_or(Lsn::ZERO);
         let catalog = pg::connect_sql(self.source).await?;
+        let documents = Arc::new(describe_documents(config, &catalog).await?);
+        let seeds = Seeder {
+            source: self.source,
+            outbox: self.outbox,
+            schema: &config.outbox.schema,
+            slot: &config.source.slot,
+        }
+        .seed(&documents, checkpoint)
+        .await?;
+        writer.set_documents(documents.clone());
         let options = ReaderOptions {
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),
@@ -421,6 +491,11 @@ impl Session<'_> {
             checkpoint,
             catalog,
             reader,
+            documents: DocumentCapture {
+                documents,
+                seeds,
+                touched: false,
+            },
         })
     }
 }
@@ -569,6 +644,14 @@ impl Session<'_> {
     fn committed(&self, done: Committed, reader: &mut ChangeReader, backfills: &mut Backfills) {
         self.health.outbox_committed();
         let written = done.written;
+        for (object, count) in &written.oversized {
+            self.metrics
+                .oversized_events
+                .get_or_create(&ObjectLabels {
+                    object: object.clone(),
+                })
+                .inc_by(*count);
+        }
         for progress in &written.backfilled {
             self.metrics
                 .backfill_rows(&progress.subscription, progress.rows as u64);
@@ -609,7 +692,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Graceful stop: commit what is complete, abandon a source transaction in progress (the
+    /// Graceful end: commit what is complete, abandon a source transaction in progress (the
     /// slot sends it again), release the slot.
     async fn stop(
         &self,
@@ -618,6 +701,7 @@ impl Session<'_> {
         open: Option<Commit>,
         mut handled: Option<Handled>,
         backfills: &mut Backfills,
+        ended: Ended,
     ) -> Result<Ended, SessionError> {
         if open.is_some() {
             writer.rollback().await?;
@@ -628,41 +712,126 @@ impl Session<'_> {
         // What finished before the stop is acknowledged, so a restart need not skip it.
         self.drain(&mut writer, &mut reader, backfills).await?;
         reader.close().await?;
-        Ok(Ended::Signal)
+        Ok(ended)
     }
 }
 
 async fn validate(
-    config: &Config,
+    config: Config,
     running: &Matcher,
     catalog: &tokio_postgres::Client,
-) -> Result<Matcher, ReloadError> {
-    super::refuse_documents(config).map_err(|e| ReloadError::Documents(e.to_string()))?;
-    let mut matcher = Matcher::new(config)?;
-    startup::check_replica_identity(config, catalog).await?;
-    startup::check_when_columns(config, catalog).await?;
-    startup::sync_publication(config, catalog).await?;
+) -> Result<Staged, ReloadError> {
+    let mut matcher = Matcher::new(&config)?;
+    startup::check_replica_identity(&config, catalog).await?;
+    startup::check_when_columns(&config, catalog).await?;
+    startup::sync_publication(&config, catalog).await?;
     // A table renamed under the running config is no longer found by name: keep its OID.
     matcher.carry_over(running);
     startup::bind_tables(&mut matcher, catalog).await?;
-    Ok(matcher)
+    let documents = describe_documents(&config, catalog).await?;
+    Ok(Staged {
+        config,
+        matcher,
+        documents,
+    })
 }
 
+/// The config's documents, with their tables as the catalog describes them now.
+async fn describe_documents(
+    config: &Config,
+    catalog: &tokio_postgres::Client,
+) -> Result<Documents, SessionError> {
+    let tables: Vec<TableName> = config
+        .objects
+        .values()
+        .filter(|o| o.keeps_state())
+        .flat_map(|o| std::iter::once(&o.table).chain(o.children.iter().map(|c| &c.table)))
+        .cloned()
+        .collect();
+    if tables.is_empty() {
+        return Ok(Documents::default());
+    }
+    let relations = seed::describe(catalog, tables.iter()).await?;
+    Documents::new(config, &relations).map_err(SessionError::Documents)
+}
+
+impl DocumentCapture {
+    /// Hands the changes of a document table to the writer as touches; a change committed
+    /// before its object's seed is in the seeded state already.
+    fn touch(&mut self, change: &RowChange, commit: Commit, writer: &mut OutboxPipeline) {
+        if self.documents.table_of(change.relation.oid).is_none() {
+            return;
+        }
+        let (touches, problems) = self.documents.touches(change);
+        for problem in problems {
+            tracing::error!(object = %problem.object, table = %problem.table, "no document event: {problem}");
+        }
+        for touch in touches {
+            if self.seeds.applies(&touch.object_id, commit.lsn) {
+                self.touched = true;
+                writer.touch(touch, commit);
+            }
+        }
+    }
+
+    /// The source transaction committing at `commit` ended: its documents become events.
+    fn end_transaction(&mut self, commit: Commit, writer: &mut OutboxPipeline) {
+        if std::mem::take(&mut self.touched) {
+            writer.end_transaction(commit);
+        }
+    }
+
+    /// A TRUNCATE of the table with `oid`: the state of each object it belongs to loses
+    /// that table's rows. Returns whether any object keeps state of it.
+    fn truncate(&mut self, oid: u32, commit: Commit, writer: &mut OutboxPipeline) -> bool {
+        let Some(table) = self.documents.table_of(oid) else {
+            return false;
+        };
+        for &(object, part) in self.documents.parts_of(table) {
+            let object = self.documents.object(object);
+            if !self.seeds.applies(&object.id, commit.lsn) {
+                continue;
+            }
+            // SPEC §3: never silence. A document's receiver still holds what the table held.
+            tracing::warn!(
+                object = %object.id,
+                table = %table,
+                "TRUNCATE of {table}: objects.{} no longer keeps its rows; no document event is                  made for it (its next change shows the document without them)",
+                object.id
+            );
+            self.touched = true;
+            writer.truncate_state(object.id.clone(), part, commit);
+        }
+        true
+    }
+
+    /// A config edit's documents, whose state is seeded already.
+    fn use_documents(&mut self, documents: Documents, writer: &mut OutboxPipeline) {
+        self.documents = Arc::new(documents);
+        writer.set_documents(self.documents.clone());
+    }
+}
+
+/// Applies a staged edit; returns its documents.
 fn apply(
-    staged: &mut Option<(Config, Matcher)>,
+    staged: &mut Option<Staged>,
     matcher: &mut Matcher,
     config: &mut Config,
     dispatch: &DispatchHandle,
-) {
-    if let Some((new_config, new_matcher)) = staged.take() {
-        *matcher = new_matcher;
-        *config = new_config;
-        dispatch.reload(config);
-        tracing::info!(
-            subscriptions = config.subscriptions.len(),
-            "config reloaded; applies from the next transaction"
-        );
-    }
+) -> Option<Documents> {
+    let Staged {
+        config: new_config,
+        matcher: new_matcher,
+        documents,
+    } = staged.take()?;
+    *matcher = new_matcher;
+    *config = new_config;
+    dispatch.reload(config);
+    tracing::info!(
+        subscriptions = config.subscriptions.len(),
+        "config reloaded; applies from the next transaction"
+    );
+    Some(documents)
 }
 
 /// Why an edited config was not applied.
@@ -672,6 +841,6 @@ enum ReloadError {
     Matcher(#[from] MatcherError),
     #[error(transparent)]
     Startup(#[from] StartupError),
-    #[error("{0}")]
-    Documents(String),
+    #[error(transparent)]
+    Documents(#[from] SessionError),
 }

@@ -8,6 +8,7 @@ mod backfill;
 mod capture;
 mod reload;
 mod retention;
+mod seed;
 pub mod slot;
 mod startup;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::capture::document::Documents;
 use crate::capture::matcher::{Matcher, MatcherError};
 use std::sync::Arc;
 
@@ -48,16 +50,6 @@ pub enum DaemonError {
     /// The HTTP server could not listen.
     #[error(transparent)]
     Serve(#[from] ServeError),
-    /// The config has documents or keep_state objects, whose capture is not built yet.
-    #[error(
-        "{objects}: documents ([[objects.X.children]]) and keep_state are accepted by the config \
-         and `walhook check`, but `walhook run` cannot capture them yet (issue 16 is in \
-         progress); remove them to run, rather than receive nothing for them"
-    )]
-    DocumentsNotYet {
-        /// `objects.invoice, objects.order`.
-        objects: String,
-    },
     /// The connection holding the active lock ended and another process took the lock.
     #[error(
         "lost the active lock on {what} ({reason}): stopping, so that two walhooks are never \
@@ -75,7 +67,7 @@ impl DaemonError {
     /// Exit code per SPEC §1: 2 for a config the database cannot serve, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Matcher(_) | DaemonError::DocumentsNotYet { .. } => 2,
+            DaemonError::Matcher(_) => 2,
             DaemonError::Startup(e) if e.is_config_problem() => 2,
             _ => 1,
         }
@@ -109,7 +101,9 @@ pub async fn run_until(
     options: RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    refuse_documents(&config).map_err(|e| *e)?;
+    // A document subscription's `when` and templates compile now, as a row one's do (the
+    // column types come from the catalog once capture starts).
+    Documents::new(&config, &Default::default())?;
     crate::os::raise_open_file_limit();
     // SIGHUP would end a standby (its default action) before the reload watch exists.
     let hangup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
@@ -277,7 +271,13 @@ async fn run_active(
         let slot_busy = matches!(&outcome, Err(e) if e.is_slot_busy());
         let wait = match outcome {
             Ok(capture::Ended::Signal) => break,
-            Ok(capture::Ended::ServerEnded) => {
+            Ok(capture::Ended::Reseed) => {
+                tracing::info!(
+                    "a config edit changed what documents keep: seeding, then capturing"
+                );
+                continue;
+            }
+            Ok(capture::Ended::ServerClosed) => {
                 tracing::warn!(
                     "the server ended the replication stream; reconnecting in {backoff:?}"
                 );
@@ -311,23 +311,6 @@ async fn run_active(
     // The dispatcher saw the same signal: it lets requests in flight finish.
     let _ = dispatcher.await;
     Ok(())
-}
-
-/// Refuses a config with documents or keep_state objects until their capture lands: the
-/// matcher leaves their subscriptions out, so running would send them nothing, silently.
-fn refuse_documents(config: &Config) -> Result<(), Box<DaemonError>> {
-    let keeping: Vec<String> = config
-        .objects
-        .iter()
-        .filter(|(_, o)| o.keeps_state())
-        .map(|(name, _)| format!("objects.{name}"))
-        .collect();
-    match keeping.is_empty() {
-        true => Ok(()),
-        false => Err(Box::new(DaemonError::DocumentsNotYet {
-            objects: keeping.join(", "),
-        })),
-    }
 }
 
 /// A channel that turns true on the first SIGTERM or SIGINT.

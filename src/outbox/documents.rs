@@ -392,11 +392,19 @@ impl DocumentState {
         // What is in memory is written first, so the delete takes it too.
         self.apply(client, made).await?;
         self.write(client).await?;
+        let index = self
+            .documents
+            .objects()
+            .iter()
+            .position(|o| &*o.id == object);
         for entry in self.entries.values_mut() {
-            entry.after.rows.retain(|(p, _), _| *p != part);
-            entry.stored = Some(entry.after.clone());
+            if Some(entry.object) == index {
+                entry.after.rows.retain(|(p, _), _| *p != part);
+                entry.stored = Some(entry.after.clone());
+            }
         }
-        self.rows.retain(|(_, p, _), _| *p != part);
+        self.rows
+            .retain(|(o, p, _), _| Some(*o) != index || *p != part);
         client
             .execute(&self.statements.truncate, &[&object, &(part as i16)])
             .await

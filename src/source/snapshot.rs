@@ -126,6 +126,21 @@ impl SeedSlot {
     /// slot's creation fails, the slot is dropped again (best effort), so a failed seed
     /// leaves no slot holding WAL.
     pub async fn create(info: &ConnInfo, slot: &str) -> Result<SeedSlot, SeedError> {
+        SeedSlot::create_with(info, slot, false).await
+    }
+
+    /// Like [`SeedSlot::create`], but the slot is TEMPORARY: it is only there for its
+    /// snapshot and its consistent point (a document seed), and Postgres drops it when the
+    /// seed ends or walhook dies, so it can never be left behind holding WAL.
+    pub async fn create_temporary(info: &ConnInfo, slot: &str) -> Result<SeedSlot, SeedError> {
+        SeedSlot::create_with(info, slot, true).await
+    }
+
+    async fn create_with(
+        info: &ConnInfo,
+        slot: &str,
+        temporary: bool,
+    ) -> Result<SeedSlot, SeedError> {
         let name = slot.to_owned();
         let mut replication = ReplicationConnection::connect(info)
             .await
@@ -134,7 +149,7 @@ impl SeedSlot {
                 source,
             })?;
         let created = replication
-            .create_slot_exporting_snapshot(slot)
+            .create_slot_exporting_snapshot(slot, temporary)
             .await
             .map_err(|source| SeedError::CreateSlot {
                 slot: name.clone(),
@@ -147,6 +162,10 @@ impl SeedSlot {
                 replication,
                 client,
             }),
+            Err(e) if temporary => {
+                let _ = replication.close().await;
+                Err(e)
+            }
             Err(e) => {
                 // Any command ends the export, which is lost already.
                 let drop = format!("DROP_REPLICATION_SLOT \"{}\"", slot.replace('"', "\"\""));

@@ -218,29 +218,7 @@ fn assert_document_id(event: &Value, position: u32) {
     );
 }
 
-/// Until documents are captured, `walhook run` must say so rather than start and send a
-/// document's subscribers nothing. The stories below are ignored behind this refusal; the
-/// day capture is wired, this test goes and they run.
 #[test]
-fn run_refuses_a_document_it_cannot_capture_yet_naming_the_object() {
-    let db = TestDb::new(ERP);
-    let receiver = Subscriber::start();
-    let config = Toml::new(&db)
-        .object(invoice_document())
-        .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
-        .write();
-    let mut daemon = Daemon::start(&config);
-    let code = daemon.wait(Duration::from_secs(30));
-    let log = daemon.log_text();
-    assert_eq!(code, Some(2), "{log}");
-    assert!(
-        log.contains("objects.invoice: documents") && log.contains("cannot capture them yet"),
-        "{log}"
-    );
-}
-
-#[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn an_invoice_saved_with_three_lines_is_one_created_event_with_the_lines_in_order() {
     let mut story = Story::start("", |db, receiver| {
         Toml::new(db)
@@ -293,7 +271,6 @@ fn an_invoice_saved_with_three_lines_is_one_created_event_with_the_lines_in_orde
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn a_changed_line_quantity_is_one_updated_event_with_both_arrays_and_a_partner_watcher_hears_nothing(
 ) {
     let mut story = Story::start("", |db, receiver| {
@@ -347,7 +324,6 @@ fn a_changed_line_quantity_is_one_updated_event_with_both_arrays_and_a_partner_w
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn a_partner_change_under_replica_identity_default_carries_the_old_partner() {
     let mut story = Story::start("", |db, receiver| {
         Toml::new(db)
@@ -387,7 +363,6 @@ fn a_partner_change_under_replica_identity_default_carries_the_old_partner() {
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn one_transaction_touching_two_invoices_is_two_events_and_deleting_an_invoice_with_its_lines_is_one(
 ) {
     let mut story = Story::start("", |db, receiver| {
@@ -449,7 +424,6 @@ fn one_transaction_touching_two_invoices_is_two_events_and_deleting_an_invoice_w
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn a_line_moved_to_another_invoice_updates_both() {
     let mut story = Story::start("", |db, receiver| {
         Toml::new(db)
@@ -498,7 +472,6 @@ fn a_line_moved_to_another_invoice_updates_both() {
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn a_line_saved_before_its_invoice_waits_for_it() {
     let mut story = Story::start("", |db, receiver| {
         Toml::new(db)
@@ -529,7 +502,6 @@ fn a_line_saved_before_its_invoice_waits_for_it() {
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn invoices_that_existed_before_walhook_started_are_whole_in_their_first_event() {
     let before = "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'posted', 35.00), \
                                             (2, 'INV-2', 8, 'posted', 9.00);
@@ -574,7 +546,6 @@ fn invoices_that_existed_before_walhook_started_are_whole_in_their_first_event()
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn keep_state_gives_a_plain_object_previous_changed_and_watch_under_replica_identity_default() {
     let before = "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 10.00);";
     let mut story = Story::start(before, |db, receiver| {
@@ -621,7 +592,6 @@ fn keep_state_gives_a_plain_object_previous_changed_and_watch_under_replica_iden
 }
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn a_document_bigger_than_max_event_bytes_is_dead_with_its_size_and_counted() {
     let mut story = Story::start("", |db, receiver| {
         Toml::new(db)
@@ -742,7 +712,6 @@ SELECT json_build_object('id', i.id, 'values', json_build_object(
 FROM invoice i ORDER BY i.id";
 
 #[test]
-#[ignore = "issue 16: walhook run refuses documents until their capture is wired (see the closing note)"]
 fn twenty_thousand_document_changes_through_five_sigkills_arrive_once_and_end_as_the_database() {
     const CHANGES: usize = 20_000;
     let db = TestDb::new(ERP);

@@ -258,15 +258,19 @@ impl ReplicationConnection {
         })
     }
 
-    /// Creates a permanent logical slot for pgoutput and exports the snapshot it starts
-    /// from (`… LOGICAL pgoutput EXPORT_SNAPSHOT`). The snapshot stays importable (`SET
-    /// TRANSACTION SNAPSHOT`) only while this connection stays open and runs no other
-    /// command; the transaction that imports it sees exactly what the slot does not stream.
+    /// Creates a logical slot for pgoutput (temporary: gone with this connection) and
+    /// exports the snapshot it starts from (`… LOGICAL pgoutput EXPORT_SNAPSHOT`). The
+    /// snapshot stays importable (`SET TRANSACTION SNAPSHOT`) only while this connection
+    /// stays open and runs no other command; the transaction that imports it sees exactly
+    /// what the slot does not stream.
     pub async fn create_slot_exporting_snapshot(
         &mut self,
         slot: &str,
+        temporary: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
-        let row = self.create_slot_row(slot, false, "EXPORT_SNAPSHOT").await?;
+        let row = self
+            .create_slot_row(slot, temporary, "EXPORT_SNAPSHOT")
+            .await?;
         let snapshot = row
             .get(2)
             .cloned()
