@@ -812,3 +812,5 @@ fn op_index(operation: Operation) -> usize {
         Operation::Delete => 2,
     }
 }
+#[cfg(test)]
+mod tests;
