@@ -73,6 +73,8 @@ pub struct Part {
     /// Column types by name, as the catalog described the table when capture started:
     /// `when` compares a `numeric` as a number, as it does for row events.
     pub kinds: HashMap<String, TypeKind>,
+    /// The types of the columns a collection is sorted by (`order_by`, else the key).
+    pub sort_kinds: Vec<Option<TypeKind>>,
 }
 
 #[derive(Debug)]
@@ -327,7 +329,7 @@ impl Documents {
 
 /// The parts of an object: its header, then its collections.
 fn parts(object: &ObjectConfig, relations: &HashMap<TableName, Relation>) -> Vec<Part> {
-    let kinds = |table: &TableName| {
+    let kinds = |table: &TableName| -> HashMap<String, TypeKind> {
         relations
             .get(table)
             .map(|r| {
@@ -346,15 +348,31 @@ fn parts(object: &ObjectConfig, relations: &HashMap<TableName, Relation>) -> Vec
         parent_key: Vec::new(),
         order_by: None,
         kinds: kinds(&object.table),
+        sort_kinds: Vec::new(),
     }];
-    parts.extend(object.children.iter().map(|child| Part {
-        table: child.table.clone(),
-        collection: Some(child.name.clone()),
-        key: child.key.clone(),
-        fields: child.fields.clone(),
-        parent_key: child.parent_key.clone(),
-        order_by: child.order_by.clone(),
-        kinds: kinds(&child.table),
+    parts.extend(object.children.iter().map(|child| {
+        let kinds = kinds(&child.table);
+        let primary_key = || -> Vec<String> {
+            relations
+                .get(&child.table)
+                .map(|r| r.key.iter().map(|&i| r.columns[i].name.clone()).collect())
+                .unwrap_or_default()
+        };
+        let sorted_by = child
+            .order_by
+            .clone()
+            .or_else(|| child.key.clone())
+            .unwrap_or_else(primary_key);
+        Part {
+            table: child.table.clone(),
+            collection: Some(child.name.clone()),
+            key: child.key.clone(),
+            fields: child.fields.clone(),
+            parent_key: child.parent_key.clone(),
+            order_by: child.order_by.clone(),
+            sort_kinds: sorted_by.iter().map(|c| kinds.get(c).cloned()).collect(),
+            kinds,
+        }
     }));
     parts
 }
@@ -536,7 +554,10 @@ impl DocumentObject {
                 .range((part_index, String::new())..(part_index + 1, String::new()))
                 .map(|((_, key), row)| (key, row))
                 .collect();
-            rows.sort_by(|a, b| compare_sort(&a.1.sort, &b.1.sort).then_with(|| a.0.cmp(b.0)));
+            rows.sort_by(|a, b| {
+                compare_sort(&a.1.sort, &b.1.sort, &part.sort_kinds)
+                    .then_with(|| compare_keys(a.0, b.0))
+            });
             let name = part.collection.clone().unwrap_or_default();
             let array = rows
                 .into_iter()
@@ -608,10 +629,12 @@ impl DocumentObject {
             }
             let event_type = &sub.event_types[op];
             if sub.rendering.is_none() && dead.is_none() {
-                if let Some(event) = events
-                    .iter_mut()
-                    .find(|e| e.target.is_none() && !e.unrendered && e.event_type == *event_type)
-                {
+                if let Some(event) = events.iter_mut().find(|e| {
+                    e.target.is_none()
+                        && e.dead.is_empty()
+                        && !e.unrendered
+                        && e.event_type == *event_type
+                }) {
                     event.subscriptions.push(sub.name.clone());
                     continue;
                 }
@@ -768,12 +791,14 @@ impl DocumentObject {
     }
 }
 
-/// The order of two rows' `order_by` values, as Postgres sorts them ascending: NULLs last,
-/// numbers (and `numeric`, which events carry as text) by value, text by its bytes (the C
-/// collation: walhook cannot know the column's).
-pub fn compare_sort(a: &[Value], b: &[Value]) -> CmpOrdering {
-    for (x, y) in a.iter().zip(b) {
-        let order = compare_value(x, y);
+/// The order of two rows' `order_by` values, as Postgres sorts them ascending: NULLs last;
+/// a column typed as a number (`kinds`, by position; `numeric` and float specials arrive as
+/// text) by value with `-Infinity` first and `NaN` last; other text by its bytes (the C
+/// collation: walhook cannot know the column's). Without a kind, a JSON number compares by
+/// value and a string by its bytes, so the order is always total.
+pub fn compare_sort(a: &[Value], b: &[Value], kinds: &[Option<TypeKind>]) -> CmpOrdering {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let order = compare_value(x, y, kinds.get(i).and_then(Option::as_ref));
         if order != CmpOrdering::Equal {
             return order;
         }
@@ -781,27 +806,51 @@ pub fn compare_sort(a: &[Value], b: &[Value]) -> CmpOrdering {
     a.len().cmp(&b.len())
 }
 
-fn compare_value(a: &Value, b: &Value) -> CmpOrdering {
-    fn number(v: &Value) -> Option<f64> {
-        match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.parse::<f64>().ok().filter(|f| f.is_finite()),
-            _ => None,
-        }
-    }
+fn compare_value(a: &Value, b: &Value, kind: Option<&TypeKind>) -> CmpOrdering {
+    let numeric = matches!(
+        kind,
+        Some(TypeKind::Integer | TypeKind::Float | TypeKind::Numeric)
+    );
     match (a, b) {
         (Value::Null, Value::Null) => CmpOrdering::Equal,
         (Value::Null, _) => CmpOrdering::Greater,
         (_, Value::Null) => CmpOrdering::Less,
-        _ => match (number(a), number(b)) {
-            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(CmpOrdering::Equal),
-            _ => match (a, b) {
+        _ => match (sort_number(a, numeric), sort_number(b, numeric)) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)),
+            // Numbers before anything else: only a value of another type than its column's
+            // (a column retyped) can meet one, and the order must stay total.
+            (Some(_), None) => CmpOrdering::Less,
+            (None, Some(_)) => CmpOrdering::Greater,
+            (None, None) => match (a, b) {
                 (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
                 (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
                 _ => a.to_string().cmp(&b.to_string()),
             },
         },
     }
+}
+
+/// A value's place among numbers: (class, value), class 0 for `-Infinity`, 1 for a finite
+/// number, 2 for `Infinity`, 3 for `NaN` (Postgres sorts NaN above every number). Text is
+/// read as a number only in a numeric column.
+fn sort_number(value: &Value, numeric: bool) -> Option<(u8, f64)> {
+    match value {
+        Value::Number(n) => n.as_f64().map(|f| (1, f)),
+        Value::String(s) if numeric => match s.as_str() {
+            "-Infinity" => Some((0, 0.0)),
+            "Infinity" => Some((2, 0.0)),
+            "NaN" => Some((3, 0.0)),
+            text => text.parse::<f64>().ok().map(|f| (1, f)),
+        },
+        _ => None,
+    }
+}
+
+/// Two row keys (JSON arrays) in key order, numbers by value: rows with equal `order_by`
+/// values keep the order of their keys (id 9 before id 10).
+fn compare_keys(a: &str, b: &str) -> CmpOrdering {
+    let parse = |k: &str| serde_json::from_str::<Vec<Value>>(k).unwrap_or_default();
+    compare_sort(&parse(a), &parse(b), &[]).then_with(|| a.cmp(b))
 }
 
 /// The index of a listed operation (a document has no reads).
