@@ -9,11 +9,13 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::support::http::{metric, Http};
+use crate::support::outbox::{ledger_event, write_events};
 use crate::support::rows::deliveries;
 use crate::support::{
     cluster, start_daemon, wait_until, Child, ConfigFile, Daemon, Object, Sub, Subscriber, TestDb,
     Toml,
 };
+use walhook::capture::matcher::RoutedEvent;
 
 /// Generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -57,7 +59,10 @@ struct Story {
     db: TestDb<'static>,
     receiver: Subscriber,
     daemon: Daemon,
-    _config: ConfigFile,
+    config: ConfigFile,
+    /// The config's slot and publication, for an edit of the running config.
+    slot: String,
+    publication: String,
     marks: i64,
 }
 
@@ -70,13 +75,20 @@ impl Story {
             db.sql(before);
         }
         let receiver = Subscriber::start();
-        let config = toml(&db, &receiver).write();
+        let toml = toml(&db, &receiver);
+        let (slot, publication) = (
+            toml.slot_name().to_owned(),
+            toml.publication_name().to_owned(),
+        );
+        let config = toml.write();
         let daemon = start_daemon(&config);
         Story {
             db,
             receiver,
             daemon,
-            _config: config,
+            config,
+            slot,
+            publication,
             marks: MARKS,
         }
     }
@@ -817,4 +829,128 @@ fn twenty_thousand_document_changes_through_five_sigkills_arrive_once_and_end_as
         compared += 1;
     }
     assert_eq!(compared, 200);
+}
+
+#[test]
+fn a_document_added_to_a_running_walhook_is_seeded_and_its_next_change_is_whole() {
+    let before = "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 25.00);
+                  INSERT INTO invoice_line VALUES (10, 1, 10, 'pen', 2, 5.00),
+                                                  (11, 1, 20, 'paper', 1, 15.00);";
+    let mut story = Story::start(before, |db, receiver| {
+        Toml::new(db)
+            .table("invoice", "public.invoice")
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+    });
+    story.settle();
+    // The integrator turns the invoice into a document, with walhook running.
+    let text = Toml::new(&story.db)
+        .slot(&story.slot)
+        .publication(&story.publication)
+        .object(invoice_document())
+        .subscription(Sub::new("all", "invoice", &story.receiver.url("/all")))
+        .text();
+    std::fs::write(
+        &story.config.path,
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    wait_until(PATIENCE, "the invoice document is seeded", || {
+        story
+            .db
+            .sql("SELECT rows FROM walhook.document_seed WHERE object = 'invoice'")
+            == "4"
+    });
+    story.commit("UPDATE invoice_line SET quantity = 3 WHERE id = 10;");
+    story.settle();
+
+    let events = story.events("all");
+    let last = events.last().expect("an event of the line change");
+    assert_eq!(last["type"], "invoice.updated", "{events:#?}");
+    assert_eq!(last["changed"], json!(["invoice_lines"]));
+    assert_eq!(
+        last["values"]["invoice_lines"],
+        lines(&[("pen", "3", "5.00"), ("paper", "1", "15.00")]),
+        "the lines that existed before the edit are in its first event"
+    );
+    assert_eq!(
+        last["previous"]["invoice_lines"],
+        lines(&[("pen", "2", "5.00"), ("paper", "1", "15.00")])
+    );
+}
+
+#[test]
+fn truncating_the_lines_empties_the_invoices_and_says_so() {
+    let mut story = Story::start("", |db, receiver| {
+        Toml::new(db)
+            .object(invoice_document())
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+    });
+    story.commit(
+        "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 10.00);
+         INSERT INTO invoice_line VALUES (10, 1, 10, 'pen', 2, 5.00);",
+    );
+    story.settle();
+    story.commit("TRUNCATE invoice_line;");
+    story.commit("UPDATE invoice SET state = 'posted' WHERE id = 1;");
+    story.settle();
+
+    let events = story.events("all");
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[1]["changed"], json!(["state"]));
+    assert_eq!(events[1]["values"]["invoice_lines"], json!([]));
+    let log = story.daemon.log_text();
+    assert!(
+        log.contains("TRUNCATE of public.invoice_line: objects.invoice no longer keeps its rows"),
+        "the truncate is in the log, never silent:\n{}",
+        tail(&log)
+    );
+}
+
+#[test]
+fn an_outbox_from_before_documents_keeps_its_pending_delivery_and_seeds_the_invoices() {
+    let db = TestDb::new(ERP);
+    db.sql(
+        "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 10.00);
+         INSERT INTO invoice_line VALUES (10, 1, 10, 'pen', 2, 5.00);",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(write_events(
+        &db,
+        vec![RoutedEvent {
+            event_id: "evt_before".into(),
+            body: br#"{"id":"evt_before"}"#.to_vec(),
+            subscriptions: vec!["all".into()],
+            ..ledger_event(1)
+        }],
+    ));
+    // The outbox as walhook made it at version 6.
+    db.sql(
+        "DROP TABLE walhook.document_row, walhook.document_seed, walhook.document_pending; \
+         DELETE FROM walhook.schema_version WHERE version = 7;",
+    );
+    let receiver = Subscriber::start();
+    let config = Toml::new(&db)
+        .object(invoice_document())
+        .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+        .write();
+    let daemon = start_daemon(&config);
+    wait_until(PATIENCE, "the pending delivery is delivered", || {
+        db.sql("SELECT status FROM walhook.deliveries WHERE event_id = 'evt_before'") == "delivered"
+    });
+    wait_until(PATIENCE, "the invoices are seeded", || {
+        db.sql("SELECT rows FROM walhook.document_seed WHERE object = 'invoice'") == "2"
+    });
+    db.sql("UPDATE invoice SET state = 'posted' WHERE id = 1");
+    wait_until(PATIENCE, "the invoice's update arrives whole", || {
+        received_at(&receiver, "/all").iter().any(|event| {
+            event["type"] == "invoice.updated"
+                && event["values"]["invoice_lines"] == lines(&[("pen", "2", "5.00")])
+        })
+    });
+    assert_eq!(
+        db.sql("SELECT max(version) FROM walhook.schema_version"),
+        walhook::outbox::migrate::latest_version().to_string(),
+        "log:\n{}",
+        tail(&daemon.log_text())
+    );
 }
