@@ -13,6 +13,10 @@ SELECT id, product, quantity, price_unit FROM invoice,
 -- step: the accountant corrects the invoice's partner
 UPDATE account_invoice SET partner_id = 2 WHERE id = 1;
 
+-- step: the salesperson adds a third line
+INSERT INTO account_invoice_line (invoice_id, product, quantity, price_unit)
+VALUES (1, 'Varnish, 1 l', 2, 18.50);
+
 -- step: the invoice is posted and gets its number
 UPDATE account_invoice SET state = 'posted', number = 'INV/2026/0001' WHERE id = 1;
 

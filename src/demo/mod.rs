@@ -150,13 +150,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         .map_err(|source| io("read the receiver's address", source))?;
     let admin_port = free_port()?;
     let mut hooks = HashMap::new();
-    for name in [
-        "invoice-created",
-        "partner-sync",
-        "invoice-posted",
-        "stock-feed",
-        "workshop",
-    ] {
+    for name in SUBSCRIPTIONS {
         let bearer = (name == "workshop").then_some(WORKSHOP_TOKEN);
         let secret = SigningSecret::parse(&generate_secret()).map_err(DemoError::Config)?;
         hooks.insert(format!("/hooks/{name}"), Hook { secret, bearer });
@@ -186,8 +180,8 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
          signing secret"
     ));
     say(
-        "▸ subscriptions: invoice-created; partner-sync (watch partner_id, old → new); \
-         invoice-posted (when state = 'posted'); stock-feed (batches); workshop (bearer auth)",
+        "▸ subscriptions: invoice-created (the invoice with its lines); invoice-lines (watch \
+         invoice_lines); partner-sync (watch partner_id, old → new); invoice-posted (when state = 'posted'); stock-feed (batches); workshop (bearer auth)",
     );
     let run_options = RunOptions {
         config_path: config_path.clone(),
@@ -332,7 +326,17 @@ fn interrupted(keep: bool) -> Result<(), DemoError> {
     }
 }
 
-/// The demo's config: three ways to subscribe to invoices, stock moves in batches, work
+/// The demo's subscriptions, as its config names them.
+const SUBSCRIPTIONS: [&str; 6] = [
+    "invoice-created",
+    "invoice-lines",
+    "partner-sync",
+    "invoice-posted",
+    "stock-feed",
+    "workshop",
+];
+
+/// The demo's config: four ways to subscribe to invoices, stock moves in batches, work
 /// orders with bearer auth.
 fn config_text(
     source_url: &str,
@@ -362,9 +366,17 @@ retry_schedule = ["1s", "5s", "30s"]
 allow_networks = ["127.0.0.0/8"]
 shutdown_timeout = "5s"
 
+# An invoice is a document: one event per invoice and transaction, its lines nested.
 [objects.invoice]
 table = "public.account_invoice"
 fields = ["number", "partner_id", "state", "amount_total"]
+
+[[objects.invoice.children]]
+name = "invoice_lines"
+table = "public.account_invoice_line"
+parent_key = ["invoice_id"]
+fields = ["product", "quantity", "price_unit"]
+order_by = ["id"]
 
 [objects.stock_move]
 table = "public.stock_move"
@@ -381,7 +393,17 @@ operations = ["create"]
 url = "{u1}"
 secret = "{s1}"
 
-# Only when the partner changes: old and new value (REPLICA IDENTITY FULL).
+# When a line is added, changed or removed: the whole invoice, the old lines in previous.
+[[subscriptions]]
+name = "invoice-lines"
+object = "invoice"
+operations = ["update"]
+watch = ["invoice_lines"]
+url = "{u6}"
+secret = "{s6}"
+
+# Only when the partner changes: old and new value (walhook keeps the invoice's state, so
+# the table needs no REPLICA IDENTITY FULL).
 [[subscriptions]]
 name = "partner-sync"
 object = "invoice"
@@ -434,6 +456,8 @@ secret = "{s5}"
         s4 = secret("stock-feed"),
         u5 = url("workshop"),
         s5 = secret("workshop"),
+        u6 = url("invoice-lines"),
+        s6 = secret("invoice-lines"),
     )
 }
 
@@ -571,11 +595,13 @@ pub fn describe(event: &Value) -> String {
                 .iter()
                 .filter_map(Value::as_str)
                 .map(|field| {
-                    format!(
-                        "{field}: {} → {}",
-                        compact(&event["previous"][field]),
-                        compact(&event["values"][field])
-                    )
+                    let (old, new) = (&event["previous"][field], &event["values"][field]);
+                    match (old.as_array(), new.as_array()) {
+                        (Some(old), Some(new)) => {
+                            format!("{field}: {} → {}", old.len(), lines(new.len()))
+                        }
+                        _ => format!("{field}: {} → {}", compact(old), compact(new)),
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -586,13 +612,24 @@ pub fn describe(event: &Value) -> String {
             Some(values) => values
                 .iter()
                 .filter(|(field, _)| event["key"].get(field.as_str()).is_none())
-                .map(|(field, value)| format!("{field}: {}", compact(value)))
+                .map(|(field, value)| match value.as_array() {
+                    Some(rows) => format!("{field}: {}", lines(rows.len())),
+                    None => format!("{field}: {}", compact(value)),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             None => String::new(),
         },
     };
     format!("✓ {kind:<26} {object} {key}  {what}")
+}
+
+/// A collection's size, as a person says it.
+fn lines(n: usize) -> String {
+    match n {
+        1 => "1 line".to_owned(),
+        n => format!("{n} lines"),
+    }
 }
 
 fn compact(value: &Value) -> String {
@@ -670,6 +707,20 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_collection_shows_how_many_lines() {
+        let event = serde_json::json!({
+            "type": "invoice.updated", "object": "invoice", "operation": "update",
+            "key": {"id": 1}, "values": {"state": "draft", "invoice_lines": [{}, {}, {}]},
+            "previous": {"invoice_lines": [{}, {}]}, "changed": ["invoice_lines"]
+        });
+        let line = describe(&event);
+        assert!(
+            line.ends_with("invoice {\"id\":1}  invoice_lines: 2 → 3 lines"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn a_create_shows_its_values() {
         let event = serde_json::json!({
             "type": "stock_move.created", "object": "stock_move", "operation": "create",
@@ -696,25 +747,19 @@ mod tests {
 
     #[test]
     fn the_generated_config_loads() {
-        let hooks: HashMap<String, Hook> = [
-            "invoice-created",
-            "partner-sync",
-            "invoice-posted",
-            "stock-feed",
-            "workshop",
-        ]
-        .iter()
-        .map(|name| {
-            let secret = SigningSecret::parse(&generate_secret()).unwrap();
-            (
-                format!("/hooks/{name}"),
-                Hook {
-                    secret,
-                    bearer: None,
-                },
-            )
-        })
-        .collect();
+        let hooks: HashMap<String, Hook> = SUBSCRIPTIONS
+            .iter()
+            .map(|name| {
+                let secret = SigningSecret::parse(&generate_secret()).unwrap();
+                (
+                    format!("/hooks/{name}"),
+                    Hook {
+                        secret,
+                        bearer: None,
+                    },
+                )
+            })
+            .collect();
         let admin = Admin {
             port: 9187,
             token: generate_admin_token(),
@@ -729,6 +774,6 @@ mod tests {
         let path = dir.path().join("walhook.toml");
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.subscriptions.len(), 5);
+        assert_eq!(config.subscriptions.len(), SUBSCRIPTIONS.len());
     }
 }

@@ -33,6 +33,7 @@ pub fn steps() -> Vec<Step> {
 pub const EXPECTED: &[&[&str]] = &[
     &["invoice.created"],
     &["invoice.partner-changed"],
+    &["invoice.updated"],
     &["invoice.posted"],
     &[
         "stock_move.created",
@@ -47,9 +48,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_story_has_its_five_steps() {
+    fn the_story_has_its_six_steps() {
         let steps = steps();
-        assert_eq!(steps.len(), 5, "{steps:#?}");
+        assert_eq!(steps.len(), 6, "{steps:#?}");
         assert_eq!(steps.len(), EXPECTED.len());
         assert!(steps
             .iter()

@@ -60,6 +60,9 @@ fn the_story_arrives_signed_and_everything_is_cleaned_up() {
         "✓ invoice.created",
         "✓ invoice.partner-changed",
         "partner_id: 1 → 2",
+        "invoice_lines: 2 lines",
+        "✓ invoice.updated",
+        "invoice {\"id\":1}  invoice_lines: 2 → 3 lines",
         "✓ invoice.posted",
         "state: \"draft\" → \"posted\"",
         "✓ work_order.status-changed",
@@ -73,7 +76,7 @@ fn the_story_arrives_signed_and_everything_is_cleaned_up() {
         3,
         "{stdout}"
     );
-    assert_eq!(stdout.matches("signature verified").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches("signature verified").count(), 8, "{stdout}");
     assert!(!stdout.contains('✗'), "{stdout}");
     assert!(
         !stderr.contains("WARN") && !stderr.contains("ERROR"),
