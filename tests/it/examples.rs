@@ -201,13 +201,15 @@ fn event(seen: &Seen) -> Value {
 }
 
 #[test]
-fn accounting_callbacks_send_old_and_new_partner() {
+fn accounting_callbacks_send_old_and_new_values_with_the_lines_nested() {
     let receiver = Subscriber::start();
     let url = receiver.url("/callbacks");
     let example = Example::new(
         "accounting-callbacks",
         "INSERT INTO account_invoice (number, partner_id, state, amount_total) \
-         VALUES ('INV/2026/0001', 1, 'posted', 120.00);",
+         VALUES ('INV/2026/0001', 1, 'posted', 120.00); \
+         INSERT INTO account_invoice_line (invoice_id, product, quantity, price_unit) \
+         VALUES (1, 'Oak board 2 m', 5, 24.00);",
         &[
             ("ACCOUNTING_WEBHOOK_URL", &url),
             ("ACCOUNTING_WEBHOOK_SECRET", SECRET),
@@ -230,8 +232,34 @@ fn accounting_callbacks_send_old_and_new_partner() {
     assert_eq!(body["values"]["partner_id"], 2, "{body}");
     assert_eq!(body["previous"]["partner_id"], 1, "{body}");
     assert_eq!(body["changed"], serde_json::json!(["partner_id"]), "{body}");
+    assert_eq!(
+        body["values"]["invoice_lines"],
+        serde_json::json!([{"product": "Oak board 2 m", "quantity": "5.000", "price_unit": "24.00"}]),
+        "an invoice that existed before walhook started has its lines: {body}"
+    );
+
+    // A line is added: one callback naming the lines, the old ones in `previous`.
+    example.db.sql(
+        "INSERT INTO account_invoice_line (invoice_id, product, quantity, price_unit) \
+         VALUES (1, 'Wood screws, box', 1, 6.00)",
+    );
+    let seen = receiver.wait_for(2, WAIT);
+    let body = event(&seen[1]);
+    assert_eq!(
+        body["changed"],
+        serde_json::json!(["invoice_lines"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["values"]["invoice_lines"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        body["previous"]["invoice_lines"].as_array().map(Vec::len),
+        Some(1)
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(receiver.count(), 1, "log:\n{}", daemon.log_text());
+    assert_eq!(receiver.count(), 2, "log:\n{}", daemon.log_text());
 }
 
 #[test]
