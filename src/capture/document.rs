@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::change::{Cell, Operation, RowChange};
-use super::envelope::{document_fields, serialise, Commit, DocumentEnvelope};
+use super::envelope::{
+    document_fields, read_event_id, serialise, Commit, DocumentEnvelope, ReadOrigin,
+};
 use super::matcher::{compile_rendering, compile_when, MatcherError, RouteProblem, RoutedEvent};
 use super::relation::Relation;
 use super::render::Rendering;
@@ -87,6 +89,8 @@ struct DocumentSubscription {
     rendering: Option<Rendering>,
     /// Indexed by [`op_index`].
     event_types: [String; 3],
+    /// The type of its backfill's read events.
+    read_type: String,
 }
 
 /// One row change as it bears on a document: which row of which part, in which document
@@ -169,6 +173,43 @@ impl Doc {
     }
 }
 
+/// What happened to a document, for the events of its subscriptions.
+struct Happened {
+    id: String,
+    operation: Operation,
+    key: Map<String, Value>,
+    values: Option<Map<String, Value>>,
+    previous: Option<Map<String, Value>>,
+    changed: Option<Vec<String>>,
+    commit: Commit,
+    /// The backfill of a read.
+    backfill: Option<i64>,
+}
+
+impl Happened {
+    fn envelope<'a>(
+        &self,
+        event_type: &'a str,
+        object: &'a str,
+        table: &str,
+        values: Option<Map<String, Value>>,
+    ) -> DocumentEnvelope<'a> {
+        DocumentEnvelope {
+            id: self.id.clone(),
+            event_type,
+            object,
+            operation: self.operation,
+            key: self.key.clone(),
+            values,
+            previous: self.previous.clone(),
+            changed: self.changed.clone(),
+            table: table.to_owned(),
+            commit: self.commit,
+            backfill: self.backfill,
+        }
+    }
+}
+
 /// What a document became for its subscriptions.
 #[derive(Debug, Default)]
 pub struct Route {
@@ -229,6 +270,7 @@ impl Documents {
                     when,
                     rendering,
                     event_types: Operation::ALL.map(|op| sub.event_type_for(op)),
+                    read_type: sub.event_type_for(Operation::Read),
                 });
             }
             let index = documents.objects.len();
@@ -297,6 +339,14 @@ impl Documents {
     /// The objects, in config order.
     pub fn objects(&self) -> &[DocumentObject] {
         &self.objects
+    }
+
+    /// The object whose subscription `subscription` is (a backfill's reads are made from
+    /// its state).
+    pub fn reading(&self, subscription: &str) -> Option<usize> {
+        self.objects
+            .iter()
+            .position(|o| o.subscriptions.iter().any(|s| &*s.name == subscription))
     }
 
     /// The object at `index`.
@@ -601,35 +651,34 @@ impl DocumentObject {
             Operation::Delete => (old.clone(), None),
             _ => (None, None),
         };
+        let happened = Happened {
+            id,
+            operation,
+            key,
+            values: new,
+            previous,
+            changed,
+            commit,
+            backfill: None,
+        };
         let op = op_index(operation);
-        let key_text = Value::Object(key.clone()).to_string();
-        let table = self.parts[0].table.to_string();
-        let mut events: Vec<RoutedEvent> = Vec::new();
-        let mut problems = Vec::new();
-        let mut oversized = 0;
+        let mut route = Route::default();
         let mut scope: Option<minijinja::Value> = None;
         for sub in &self.subscriptions {
             if !sub.operations[op] {
                 continue;
             }
-            if let (Some(watch), Some(changed)) = (&sub.watch, &changed) {
+            if let (Some(watch), Some(changed)) = (&sub.watch, &happened.changed) {
                 if !watch.iter().any(|w| changed.contains(w)) {
                     continue;
                 }
             }
-            let mut dead = None;
-            if let Some(when) = &sub.when {
-                let scope = scope
-                    .get_or_insert_with(|| self.scope(new.as_ref(), previous.as_ref(), operation));
-                match when.eval(scope) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => dead = Some(format!("when: {error}")),
-                }
-            }
             let event_type = &sub.event_types[op];
+            let Some(dead) = self.when(sub, &happened, &mut scope) else {
+                continue;
+            };
             if sub.rendering.is_none() && dead.is_none() {
-                if let Some(event) = events.iter_mut().find(|e| {
+                if let Some(event) = route.events.iter_mut().find(|e| {
                     e.target.is_none()
                         && e.dead.is_empty()
                         && !e.unrendered
@@ -639,104 +688,150 @@ impl DocumentObject {
                     continue;
                 }
             }
-            let fields = document_fields(DocumentEnvelope {
-                id: id.clone(),
-                event_type,
-                object: &self.name,
-                operation,
-                key: key.clone(),
-                values: new.clone(),
-                previous: previous.clone(),
-                changed: changed.clone(),
-                table: table.clone(),
-                commit,
-            });
-            let (mut body, mut target) = (None, None);
-            if let (Some(rendering), None) = (&sub.rendering, &dead) {
-                match rendering.render(&fields, operation) {
-                    Ok(rendered) => {
-                        body = rendered.body;
-                        target = rendered.target;
-                    }
-                    Err(error) => dead = Some(error),
-                }
-            }
-            let mut body = body.unwrap_or_else(|| serialise(fields));
-            if body.len() > self.max_event_bytes {
-                let error = format!(
-                    "the event is {} bytes, more than outbox.max_event_bytes ({} bytes); \
-                     raise it, or list fewer fields",
-                    body.len(),
-                    self.max_event_bytes
-                );
-                body = self.oversized(&id, event_type, operation, &key, &table, commit, &body);
-                target = None;
-                dead = Some(error);
-                oversized += 1;
-            }
-            if let Some(message) = &dead {
-                problems.push(RouteProblem {
-                    subscription: sub.name.clone(),
-                    table: table.clone(),
-                    key: key_text.clone(),
-                    message: message.clone(),
-                });
-            }
-            let unrendered = dead.is_some() && sub.rendering.is_some();
-            let mut event = RoutedEvent {
-                event_id: id.clone(),
-                event_type: event_type.clone(),
-                object: self.name.clone(),
-                key: key_text.clone(),
-                body,
-                subscriptions: Vec::new(),
-                dead: Vec::new(),
-                target,
-                unrendered,
-            };
-            match dead {
-                None => event.subscriptions.push(sub.name.clone()),
-                Some(error) => event.dead.push((sub.name.clone(), error)),
-            }
-            events.push(event);
+            let event = self.event(sub, event_type, &happened, dead, &mut route);
+            route.events.push(event);
         }
-        Route {
-            events,
-            problems,
-            oversized,
+        route
+    }
+
+    /// A backfill's read of one document for `subscription` (whatever its `operations`,
+    /// filtered by its `when`): the document as the state holds it at the chunk's high
+    /// watermark. `position` is the header's place in its chunk, for the read's id.
+    pub fn route_read(
+        &self,
+        doc: &Doc,
+        subscription: &str,
+        position: u32,
+        origin: ReadOrigin,
+    ) -> Route {
+        let mut route = Route::default();
+        let (Some(values), Some(header), Some(sub)) = (
+            self.values(doc),
+            doc.header(),
+            self.subscriptions.iter().find(|s| &*s.name == subscription),
+        ) else {
+            return route;
+        };
+        let happened = Happened {
+            id: read_event_id(origin.backfill, origin.chunk, position),
+            operation: Operation::Read,
+            key: header.key.clone(),
+            values: Some(values),
+            previous: None,
+            changed: None,
+            commit: Commit {
+                lsn: origin.lsn,
+                time: origin.time,
+                xid: 0,
+            },
+            backfill: Some(origin.backfill),
+        };
+        if let Some(dead) = self.when(sub, &happened, &mut None) {
+            let event = self.event(sub, &sub.read_type, &happened, dead, &mut route);
+            route.events.push(event);
+        }
+        route
+    }
+
+    /// Whether `sub`'s `when` lets the event through: `None` when it does not, else the
+    /// error that makes its delivery dead, if any.
+    fn when(
+        &self,
+        sub: &DocumentSubscription,
+        happened: &Happened,
+        scope: &mut Option<minijinja::Value>,
+    ) -> Option<Option<String>> {
+        let Some(when) = &sub.when else {
+            return Some(None);
+        };
+        let scope = scope.get_or_insert_with(|| {
+            self.scope(
+                happened.values.as_ref(),
+                happened.previous.as_ref(),
+                happened.operation,
+            )
+        });
+        match when.eval(scope) {
+            Ok(true) => Some(None),
+            Ok(false) => None,
+            Err(error) => Some(Some(format!("when: {error}"))),
         }
     }
 
-    /// What is stored in place of an event too big to send: the envelope without its
-    /// values, saying how big it was (the delivery is dead, with the reason).
-    #[allow(clippy::too_many_arguments)]
-    fn oversized(
+    /// One subscription's event of what happened: rendered by its templates, recorded dead
+    /// (with the problem noted in `route`) when it cannot be sent.
+    fn event(
         &self,
-        id: &str,
+        sub: &DocumentSubscription,
         event_type: &str,
-        operation: Operation,
-        key: &Map<String, Value>,
-        table: &str,
-        commit: Commit,
-        body: &[u8],
-    ) -> Vec<u8> {
-        let mut fields = document_fields(DocumentEnvelope {
-            id: id.to_owned(),
+        happened: &Happened,
+        mut dead: Option<String>,
+        route: &mut Route,
+    ) -> RoutedEvent {
+        let table = self.parts[0].table.to_string();
+        let key_text = Value::Object(happened.key.clone()).to_string();
+        let fields = document_fields(happened.envelope(
             event_type,
-            object: &self.name,
-            operation,
-            key: key.clone(),
-            values: None,
-            previous: None,
-            changed: None,
-            table: table.to_owned(),
-            commit,
-        });
-        let mut too_large = Map::new();
-        too_large.insert("bytes".into(), body.len().into());
-        too_large.insert("max_event_bytes".into(), self.max_event_bytes.into());
-        fields.insert("too_large".into(), too_large.into());
-        serialise(fields)
+            &self.name,
+            &table,
+            happened.values.clone(),
+        ));
+        let (mut body, mut target) = (None, None);
+        if let (Some(rendering), None) = (&sub.rendering, &dead) {
+            match rendering.render(&fields, happened.operation) {
+                Ok(rendered) => {
+                    body = rendered.body;
+                    target = rendered.target;
+                }
+                Err(error) => dead = Some(error),
+            }
+        }
+        let mut body = body.unwrap_or_else(|| serialise(fields));
+        if body.len() > self.max_event_bytes {
+            let error = format!(
+                "the event is {} bytes, more than outbox.max_event_bytes ({} bytes); \
+                 raise it, or list fewer fields",
+                body.len(),
+                self.max_event_bytes
+            );
+            // What is stored instead: the envelope without its values, saying how big it
+            // was (the delivery is dead, with the reason).
+            let mut stand_in =
+                document_fields(happened.envelope(event_type, &self.name, &table, None));
+            let mut too_large = Map::new();
+            too_large.insert("bytes".into(), body.len().into());
+            too_large.insert("max_event_bytes".into(), self.max_event_bytes.into());
+            stand_in.insert("too_large".into(), too_large.into());
+            body = serialise(stand_in);
+            target = None;
+            dead = Some(error);
+            route.oversized += 1;
+        }
+        if let Some(message) = &dead {
+            route.problems.push(RouteProblem {
+                subscription: sub.name.clone(),
+                table,
+                key: key_text.clone(),
+                message: message.clone(),
+            });
+        }
+        let unrendered = dead.is_some() && sub.rendering.is_some();
+        let mut event = RoutedEvent {
+            event_id: happened.id.clone(),
+            event_type: event_type.to_owned(),
+            object: self.name.clone(),
+            key: key_text,
+            body,
+            subscriptions: Vec::new(),
+            dead: Vec::new(),
+            target,
+            unrendered,
+        };
+        match dead {
+            None => event.subscriptions.push(sub.name.clone()),
+            Some(error) => event.dead.push((sub.name.clone(), error)),
+        }
+        event
     }
 
     /// What a `when` sees of a document event: values, previous and operation, each value

@@ -351,8 +351,10 @@ pub struct DocumentEnvelope<'a> {
     pub changed: Option<Vec<String>>,
     /// The header's table, `schema.table`.
     pub table: String,
-    /// The source commit.
+    /// The source commit (a read's: its high watermark and chunk time).
     pub commit: Commit,
+    /// The backfill of a read event, which `source` names instead of a transaction.
+    pub backfill: Option<i64>,
 }
 
 /// The SPEC §3a envelope's fields in their order, for the bytes and the templates.
@@ -375,7 +377,15 @@ pub fn document_fields(document: DocumentEnvelope<'_>) -> Map<String, Value> {
     if let Some(changed) = document.changed {
         body.insert("changed".into(), changed.into());
     }
-    with_source_table(body, document.table, document.commit)
+    let mut body = with_source_table(body, document.table, document.commit);
+    if let (Some(backfill), Some(Value::Object(source))) =
+        (document.backfill, body.get_mut("source"))
+    {
+        // As a row read says where it came from (`read_fields`).
+        source.remove("txid");
+        source.insert("backfill".into(), backfill.into());
+    }
+    body
 }
 
 /// The envelope's bytes: minified JSON, fields in order.

@@ -28,6 +28,7 @@ use crate::delivery::DispatchHandle;
 use crate::health::Health;
 use crate::metrics::{ChangeLabels, Metrics, ObjectLabels, SourceTableLabels};
 use crate::outbox::backfill::Progress;
+use crate::outbox::documents::DocumentRead;
 use crate::outbox::pipeline::{Committed, OutboxPipeline, MAX_COMMITS_IN_FLIGHT};
 use crate::outbox::writer::{OutboxError, OutboxWriter, SPILL_ROWS};
 use crate::pg::conninfo::ConnInfo;
@@ -397,8 +398,9 @@ impl Session<'_> {
                         Mark::Low => backfills.windows.low(&watermark.token),
                         Mark::High => {
                             if let Some(ready) = backfills.windows.high(&watermark.token) {
-                                let done =
-                                    self.read_events(ready, lsn, matcher, &mut writer).await?;
+                                let done = self
+                                    .read_events(ready, lsn, matcher, &documents, &mut writer)
+                                    .await?;
                                 backfills.committing.insert(watermark.token, done);
                                 handled.get_or_insert(Handled {
                                     commit_lsn: last_commit,
@@ -509,6 +511,7 @@ impl Session<'_> {
         ready: Ready,
         high: Lsn,
         matcher: &mut Matcher,
+        documents: &DocumentCapture,
         writer: &mut OutboxPipeline,
     ) -> Result<oneshot::Sender<()>, SessionError> {
         let Ready { chunk, keep } = ready;
@@ -522,6 +525,13 @@ impl Session<'_> {
             lsn: high,
             time: chunk.time,
             xid: 0,
+        };
+        let keep = match documents.read(&chunk.subscription, &chunk.rows, origin) {
+            Some(read) => {
+                writer.read_documents(read, commit);
+                Vec::new()
+            }
+            None => keep,
         };
         for index in keep {
             let (event, problem) =
@@ -803,6 +813,38 @@ impl DocumentCapture {
             writer.truncate_state(object.id.clone(), part, commit);
         }
         true
+    }
+
+    /// A backfill chunk of a document subscription, as reads from the state: all its
+    /// headers, whatever changed in its window, since the state at the high watermark is
+    /// each document exactly as of that position. `None` for a row subscription's chunk.
+    fn read(
+        &self,
+        subscription: &Arc<str>,
+        rows: &[RowChange],
+        origin: ReadOrigin,
+    ) -> Option<DocumentRead> {
+        let index = self.documents.reading(subscription)?;
+        let object = self.documents.object(index);
+        let mut keys = Vec::with_capacity(rows.len());
+        for (position, row) in rows.iter().enumerate() {
+            match object.seed_row(0, row) {
+                Ok((_, doc_key, _)) => keys.push((position as u32, doc_key)),
+                Err(message) => tracing::error!(
+                    subscription = %subscription,
+                    object = %object.id,
+                    backfill = origin.backfill,
+                    "backfill read of objects.{}: no event: {message}",
+                    object.id
+                ),
+            }
+        }
+        Some(DocumentRead {
+            object: index,
+            subscription: subscription.clone(),
+            keys,
+            origin,
+        })
     }
 
     /// A config edit's documents, whose state is seeded already.

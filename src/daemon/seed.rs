@@ -119,10 +119,12 @@ impl Seeds {
         self.lsn.get(object).is_none_or(|seed| commit_lsn >= *seed)
     }
 
-    /// Whether every object of `documents` has state that fits its settings: a config
-    /// edit whose documents it does not cover needs a seed first.
+    /// Whether the state fits `documents` exactly: every object seeded with its settings,
+    /// and none kept that it no longer has (whose state would go stale). A config edit that
+    /// it does not fit needs a new session, which seeds and forgets first.
     pub fn covers(&self, documents: &Documents) -> bool {
         documents.seeded_by(&self.fingerprint)
+            && self.fingerprint.len() == documents.objects().len()
     }
 }
 
@@ -147,9 +149,30 @@ impl Seeder<'_> {
         let stored = state::seeds(&outbox, self.schema)
             .await
             .map_err(SeedFailure::Seeds)?;
+        for object in stored.keys() {
+            if !documents.objects().iter().any(|o| *o.id == **object) {
+                // It left the config: its state would be stale if it came back.
+                let tx = outbox
+                    .transaction()
+                    .await
+                    .map_err(StoreError::at("beginning to forget a document's state"))
+                    .map_err(SeedFailure::Seeds)?;
+                state::forget(&tx, self.schema, object)
+                    .await
+                    .map_err(SeedFailure::Seeds)?;
+                tx.commit()
+                    .await
+                    .map_err(StoreError::at("forgetting a document's state"))
+                    .map_err(SeedFailure::Seeds)?;
+                tracing::info!(object = %object, "objects.{object} is no longer configured: its kept state is gone");
+            }
+        }
         let unseeded = state::unseeded(documents, &stored);
         let mut seeds = Seeds::default();
-        for (object, (fingerprint, lsn)) in &stored {
+        for (object, (fingerprint, lsn)) in stored
+            .iter()
+            .filter(|(object, _)| documents.objects().iter().any(|o| *o.id == ***object))
+        {
             let object: Arc<str> = Arc::from(object.as_str());
             seeds.lsn.insert(object.clone(), *lsn);
             seeds.fingerprint.insert(object, fingerprint.clone());
@@ -210,9 +233,7 @@ impl Seeder<'_> {
             .await
             .map_err(StoreError::at("beginning a seed"))
             .map_err(store)?;
-        state::seed_begin(&tx, self.schema, &id)
-            .await
-            .map_err(store)?;
+        state::forget(&tx, self.schema, &id).await.map_err(store)?;
         let source = slot.client();
         let mut total = 0i64;
         for (part, spec) in object.parts.iter().enumerate() {

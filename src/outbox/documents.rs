@@ -17,7 +17,7 @@ use tokio_postgres::{Client, GenericClient, Statement};
 use super::writer::OutboxError;
 use super::StoreError;
 use crate::capture::document::{Doc, DocumentObject, Documents, Route, StateRow, Touch};
-use crate::capture::envelope::{document_event_id, event_id};
+use crate::capture::envelope::{document_event_id, event_id, ReadOrigin};
 use crate::capture::matcher::{RouteProblem, RoutedEvent};
 use crate::capture::Commit;
 use crate::pg::{quote_ident, Lsn};
@@ -47,6 +47,21 @@ struct Entry {
     ordinal: Option<u32>,
     /// It is in `document_pending` already.
     pending: bool,
+}
+
+/// A backfill chunk of documents (or `keep_state` rows) for one subscription: their read
+/// events are made from the state, which at the chunk's high watermark holds each of them
+/// exactly as of that position in the stream.
+#[derive(Debug, Clone)]
+pub struct DocumentRead {
+    /// Index of the object in the [`Documents`].
+    pub object: usize,
+    /// The subscription that asked for the backfill.
+    pub subscription: Arc<str>,
+    /// Each header's place in its chunk (for the read's id) and its document key.
+    pub keys: Vec<(u32, String)>,
+    /// The backfill, the chunk and its high watermark.
+    pub origin: ReadOrigin,
 }
 
 /// What applying touches and ending a transaction made: events to write, problems to log.
@@ -378,6 +393,39 @@ impl DocumentState {
         self.next_ordinal = 0;
         self.spilled = false;
         self.commit = None;
+        Ok(())
+    }
+
+    /// The read events of a backfill chunk of documents, from the state as it is now
+    /// (between source transactions: everything before is applied).
+    pub async fn read(
+        &self,
+        client: &Client,
+        read: &DocumentRead,
+        made: &mut Made,
+    ) -> Result<(), OutboxError> {
+        let object = self.documents.object(read.object);
+        let keys: Vec<&str> = read.keys.iter().map(|(_, k)| k.as_str()).collect();
+        let rows = client
+            .query(&self.statements.load, &[&&*object.id, &keys])
+            .await
+            .map_err(|source| self.error("reading document state for a backfill", source))?;
+        let mut docs: HashMap<String, Doc> = HashMap::new();
+        for row in rows {
+            let part: i16 = row.get(1);
+            let state = self.parse(row.get(3), &object.id)?;
+            docs.entry(row.get(0))
+                .or_default()
+                .rows
+                .insert((part as u16, row.get(2)), state);
+        }
+        for (position, key) in &read.keys {
+            // A document deleted since its header was read has no state and no read.
+            if let Some(doc) = docs.get(key) {
+                let route = object.route_read(doc, &read.subscription, *position, read.origin);
+                made.take(object, route);
+            }
+        }
         Ok(())
     }
 
@@ -752,8 +800,9 @@ impl SeedRows {
     }
 }
 
-/// Starts seeding `object` in the caller's transaction: what was kept of it goes.
-pub async fn seed_begin(
+/// Forgets what was kept of `object` and its seed, in the caller's transaction: before it is
+/// seeded again, or when it left the config (a stale state must never come back with it).
+pub async fn forget(
     client: &impl GenericClient,
     schema: &str,
     object: &str,

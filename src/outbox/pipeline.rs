@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::backfill::Progress;
+use super::documents::DocumentRead;
 use super::writer::{OutboxError, OutboxWriter, Written};
 use crate::capture::document::{Documents, Touch};
 use crate::capture::matcher::RoutedEvent;
@@ -52,6 +53,8 @@ enum Entry {
     },
     /// The documents touches refer to from here on.
     Documents(Arc<Documents>),
+    /// A backfill chunk of documents, read from the state.
+    Read(DocumentRead, Commit),
 }
 
 enum Command {
@@ -101,6 +104,9 @@ impl OutboxPipeline {
                                 }
                                 Entry::Touch(touch, commit) => writer.touch(touch, commit).await,
                                 Entry::End(commit) => writer.end_transaction(commit).await,
+                                Entry::Read(read, commit) => {
+                                    writer.read_documents(&read, commit).await
+                                }
                                 Entry::Truncate {
                                     object,
                                     part,
@@ -196,6 +202,11 @@ impl OutboxPipeline {
             part,
             commit,
         });
+    }
+
+    /// A backfill chunk of documents, read from the state at this point of the stream.
+    pub fn read_documents(&mut self, read: DocumentRead, commit: Commit) {
+        self.buffer.push(Entry::Read(read, commit));
     }
 
     /// The documents later touches refer to.

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::backfill::{progress_sql, Progress};
-use super::documents::{DocumentState, Made};
+use super::documents::{DocumentRead, DocumentState, Made};
 use crate::capture::document::{Documents, Touch};
 use crate::capture::matcher::RoutedEvent;
 use crate::capture::Commit;
@@ -386,6 +386,18 @@ impl OutboxWriter {
         self.begin().await?;
         let mut made = Made::default();
         self.documents.end(&self.client, commit, &mut made).await?;
+        self.take(made, commit).await
+    }
+
+    /// A backfill chunk of documents: their read events, from the state.
+    pub async fn read_documents(
+        &mut self,
+        read: &DocumentRead,
+        commit: Commit,
+    ) -> Result<(), OutboxError> {
+        self.begin().await?;
+        let mut made = Made::default();
+        self.documents.read(&self.client, read, &mut made).await?;
         self.take(made, commit).await
     }
 

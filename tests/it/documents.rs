@@ -98,6 +98,19 @@ impl Story {
         self.db.sql(&format!("BEGIN; {sql} COMMIT;"));
     }
 
+    /// Edits the running walhook's config: `toml` gets one on the same slot and publication.
+    fn reconfigure(&self, toml: impl FnOnce(Toml, &Subscriber) -> Toml) {
+        let base = Toml::new(&self.db)
+            .slot(&self.slot)
+            .publication(&self.publication);
+        let text = toml(base, &self.receiver).text();
+        std::fs::write(
+            &self.config.path,
+            format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        )
+        .unwrap();
+    }
+
     /// Waits until walhook has handled every transaction committed so far: a marker invoice
     /// committed now reaches the outbox only after all of them.
     fn settle(&mut self) {
@@ -843,17 +856,13 @@ fn a_document_added_to_a_running_walhook_is_seeded_and_its_next_change_is_whole(
     });
     story.settle();
     // The integrator turns the invoice into a document, with walhook running.
-    let text = Toml::new(&story.db)
-        .slot(&story.slot)
-        .publication(&story.publication)
-        .object(invoice_document())
-        .subscription(Sub::new("all", "invoice", &story.receiver.url("/all")))
-        .text();
-    std::fs::write(
-        &story.config.path,
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    story.reconfigure(|toml, receiver| {
+        toml.object(invoice_document()).subscription(Sub::new(
+            "all",
+            "invoice",
+            &receiver.url("/all"),
+        ))
+    });
     wait_until(PATIENCE, "the invoice document is seeded", || {
         story
             .db
@@ -952,5 +961,96 @@ fn an_outbox_from_before_documents_keeps_its_pending_delivery_and_seeds_the_invo
         walhook::outbox::migrate::latest_version().to_string(),
         "log:\n{}",
         tail(&daemon.log_text())
+    );
+}
+
+#[test]
+fn a_backfill_of_the_invoice_document_sends_each_invoice_whole_as_a_read() {
+    let before = "INSERT INTO invoice SELECT g, 'INV-' || g, 7, 'posted', 10.00
+                  FROM generate_series(1, 30) g;
+                  INSERT INTO invoice_line SELECT 100 * i + l, i, l, 'item ' || l, l, 5.00
+                  FROM generate_series(1, 30) i, generate_series(1, 2) l;";
+    let mut story = Story::start(before, |db, receiver| {
+        Toml::new(db)
+            .object(invoice_document())
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")).with("backfill = true"))
+    });
+    wait_until(PATIENCE, "the backfill is done", || {
+        story
+            .db
+            .sql("SELECT state || ' ' || rows FROM walhook.backfill WHERE subscription = 'all'")
+            == "done 30"
+    });
+    story.commit("UPDATE invoice_line SET quantity = 9 WHERE id = 101;");
+    story.settle();
+
+    let events = story.events("all");
+    let reads: Vec<&Value> = events.iter().filter(|e| e["operation"] == "read").collect();
+    assert_eq!(reads.len(), 30, "every invoice once: {events:#?}");
+    for read in &reads {
+        assert_eq!(read["type"], "invoice.read");
+        assert!(read["id"].as_str().unwrap().starts_with("evt_r"), "{read}");
+        assert!(read["source"]["backfill"].is_number(), "{read}");
+        assert_eq!(
+            read["values"]["invoice_lines"].as_array().map(Vec::len),
+            Some(2),
+            "the invoice with its lines: {read}"
+        );
+    }
+    let first = reads.iter().find(|e| e["key"] == json!({"id": 1})).unwrap();
+    assert_eq!(
+        first["values"]["invoice_lines"],
+        lines(&[("item 1", "1", "5.00"), ("item 2", "2", "5.00")])
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["operation"], "update",
+        "the change after the backfill: {last}"
+    );
+    assert_eq!(last["changed"], json!(["invoice_lines"]));
+}
+
+#[test]
+fn a_document_taken_out_of_the_config_and_put_back_is_seeded_again_not_stale() {
+    let document = |toml: Toml, receiver: &Subscriber| {
+        toml.object(invoice_document()).subscription(Sub::new(
+            "all",
+            "invoice",
+            &receiver.url("/all"),
+        ))
+    };
+    let mut story = Story::start("", |db, receiver| document(Toml::new(db), receiver));
+    story.commit(
+        "INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 10.00);
+         INSERT INTO invoice_line VALUES (10, 1, 10, 'pen', 2, 5.00);",
+    );
+    story.settle();
+    // Out of the config: a plain invoice object for a while, and a line changes meanwhile.
+    story.reconfigure(|toml, receiver| {
+        toml.table("invoice", "public.invoice")
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+    });
+    wait_until(PATIENCE, "the document's state is forgotten", || {
+        story.db.sql("SELECT count(*) FROM walhook.document_seed") == "0"
+    });
+    story.commit("UPDATE invoice_line SET quantity = 4 WHERE id = 10;");
+    story.reconfigure(document);
+    wait_until(PATIENCE, "the document is seeded again", || {
+        story.db.sql("SELECT count(*) FROM walhook.document_seed") == "1"
+    });
+    story.commit("UPDATE invoice SET state = 'posted' WHERE id = 1;");
+    story.settle();
+
+    let events = story.events("all");
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["key"] == json!({"id": 1}))
+        .unwrap();
+    assert_eq!(last["changed"], json!(["state"]), "{events:#?}");
+    assert_eq!(
+        last["values"]["invoice_lines"],
+        lines(&[("pen", "4", "5.00")]),
+        "the line as it is now, not as it was kept before: {last}"
     );
 }
