@@ -1054,3 +1054,73 @@ fn a_document_taken_out_of_the_config_and_put_back_is_seeded_again_not_stale() {
         "the line as it is now, not as it was kept before: {last}"
     );
 }
+
+#[test]
+fn one_transaction_touching_three_thousand_invoices_is_three_thousand_whole_events() {
+    // More documents than walhook holds in memory (1,000): the rest wait in the open
+    // outbox transaction, and every event is still whole and in first-touched order.
+    let mut story = Story::start("", |db, receiver| {
+        Toml::new(db)
+            .object(invoice_document())
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+    });
+    story.commit(
+        "INSERT INTO invoice SELECT g, 'INV-' || g, 7, 'draft', 10.00
+         FROM generate_series(1, 3000) g;
+         INSERT INTO invoice_line SELECT 10 * i + l, i, l, 'item ' || l, l, 5.00
+         FROM generate_series(1, 3000) i, generate_series(1, 2) l;",
+    );
+    story.settle();
+    // Touched again in one transaction: lines first, so the line of invoice 3000 is the
+    // first document touched.
+    story.commit(
+        "UPDATE invoice_line SET quantity = quantity + 1 WHERE invoice_id > 1500;
+         UPDATE invoice SET state = 'posted';",
+    );
+    story.settle();
+
+    let events = story.outbox("all");
+    assert_eq!(
+        events.len(),
+        6000,
+        "two transactions of 3,000 invoices each"
+    );
+    let created = &events[..3000];
+    assert!(created.iter().all(|e| e["type"] == "invoice.created"
+        && e["values"]["invoice_lines"].as_array().map(Vec::len) == Some(2)));
+    let updated = &events[3000..];
+    let mut seen = HashSet::new();
+    for (n, event) in updated.iter().enumerate() {
+        let id = event["key"]["id"].as_i64().unwrap();
+        assert!(seen.insert(id), "invoice {id} once");
+        assert_document_id(event, n as u32);
+        let expected: Value = if id > 1500 {
+            json!(["state", "invoice_lines"])
+        } else {
+            json!(["state"])
+        };
+        assert_eq!(event["changed"], expected, "{event}");
+        let quantities: Vec<&Value> = event["values"]["invoice_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["quantity"])
+            .collect();
+        let bump = i64::from(id > 1500);
+        assert_eq!(
+            quantities,
+            vec![
+                &json!((1 + bump).to_string()),
+                &json!((2 + bump).to_string())
+            ],
+            "{event}"
+        );
+    }
+    assert_eq!(
+        story
+            .db
+            .sql("SELECT count(*) FROM walhook.document_pending"),
+        "0",
+        "nothing is left aside after the commit"
+    );
+}
