@@ -552,6 +552,15 @@ fn watched(tables: &[TableName], relation: &Relation) -> bool {
 fn only_subscription(config: &Config, name: &str) -> Result<Config, TailError> {
     let sub = crate::delivery::test_event::find(config, name)
         .map_err(|e| TailError::Usage(e.to_string()))?;
+    if sub.object.config.keeps_state() {
+        return Err(TailError::Usage(format!(
+            "subscription {name}: objects.{} keeps its state (a document or keep_state), and \
+             its events are made from the state `walhook run` keeps, which tail does not \
+             have; see them with `walhook run` (or `walhook deliveries`), or run tail \
+             without --subscription for the row changes of its tables",
+            sub.object.config_key
+        )));
+    }
     let mut sub = sub.clone();
     sub.active = true;
     let mut only = config.clone();

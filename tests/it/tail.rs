@@ -427,3 +427,30 @@ table = "public.account_invoice"
     );
     assert_eq!(tail.terminate(), 0);
 }
+
+#[test]
+fn tail_of_a_document_subscription_says_it_needs_run_and_how_to_see_the_rows() {
+    let db = TestDb::new(
+        "CREATE TABLE invoice (id int PRIMARY KEY, state text);
+         CREATE TABLE invoice_line (id int PRIMARY KEY, invoice_id int, product text);",
+    );
+    let config = Toml::new(&db)
+        .object(
+            Object::new("invoice", "public.invoice").child(support::Child::new(
+                "invoice_lines",
+                "public.invoice_line",
+                &["invoice_id"],
+            )),
+        )
+        .subscription(support::Sub::new("all", "invoice", "http://127.0.0.1:9/x"))
+        .write();
+    let out = support::run_walhook(&config, &["tail", "--subscription", "all"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("subscription all: objects.invoice keeps its state")
+            && out.stderr.contains("without --subscription"),
+        "{}",
+        out.stderr
+    );
+}
