@@ -85,6 +85,22 @@ pub struct RouteProblem {
     pub message: String,
 }
 
+/// What a logged route problem says became of the change.
+pub const RECORDED_DEAD: &str = "recorded as a dead delivery, replay it once the config is fixed";
+
+impl RouteProblem {
+    /// Logs the problem as an error, saying first what became of the change (`outcome`).
+    pub fn log(&self, outcome: &str) {
+        tracing::error!(
+            subscription = %self.subscription,
+            table = %self.table,
+            key = %self.key,
+            "{outcome}: {}",
+            self.message
+        );
+    }
+}
+
 impl fmt::Display for RouteProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

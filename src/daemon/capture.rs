@@ -19,7 +19,7 @@ use super::seed::{self, SeedFailure, Seeder, Seeds};
 use super::startup::{self, StartupError};
 use crate::capture::document::Documents;
 use crate::capture::envelope::ReadOrigin;
-use crate::capture::matcher::{Matcher, MatcherError, NameChange};
+use crate::capture::matcher::{Matcher, MatcherError, NameChange, RECORDED_DEAD};
 use crate::capture::reader::{CaptureError, ReaderOptions};
 use crate::capture::window::{Ready, ToCapture, Windows};
 use crate::capture::{ChangeReader, Commit, Item, RowChange};
@@ -264,13 +264,11 @@ impl Session<'_> {
                             }
                         }
                         if open.is_none() {
-                            if let Some(new) = apply(staged, matcher, config, self.dispatch) {
-                                if !documents.seeds.covers(&new) {
-                                    return self
-                                        .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
-                                        .await;
-                                }
-                                documents.use_documents(new, &mut writer);
+                            let edit = apply(staged, matcher, config, self.dispatch);
+                            if !documents.take_edit(edit, &mut writer) {
+                                return self
+                                    .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
+                                    .await;
                             }
                         }
                         continue;
@@ -321,18 +319,7 @@ impl Session<'_> {
                                 .iter()
                                 .any(|(sub, _)| *sub == problem.subscription)
                         });
-                        let outcome = if recorded {
-                            "recorded as a dead delivery, replay it once the config is fixed"
-                        } else {
-                            "no event"
-                        };
-                        tracing::error!(
-                            subscription = %problem.subscription,
-                            table = %problem.table,
-                            key = %problem.key,
-                            "{outcome}: {}",
-                            problem.message
-                        );
+                        problem.log(if recorded { RECORDED_DEAD } else { "no event" });
                     }
                     if backfills.windows.tracking() {
                         let sent = events.iter().flat_map(|e| {
@@ -419,13 +406,11 @@ impl Session<'_> {
                     });
                     group += 1;
                     documents.end_transaction(commit, &mut writer);
-                    if let Some(new) = apply(staged, matcher, config, self.dispatch) {
-                        if !documents.seeds.covers(&new) {
-                            return self
-                                .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
-                                .await;
-                        }
-                        documents.use_documents(new, &mut writer);
+                    let edit = apply(staged, matcher, config, self.dispatch);
+                    if !documents.take_edit(edit, &mut writer) {
+                        return self
+                            .stop(writer, reader, None, handled, &mut backfills, Ended::Reseed)
+                            .await;
                     }
                     if group >= GROUP_TRANSACTIONS || writer.buffered() >= SPILL_ROWS {
                         self.flush(&mut writer, &mut reader, &mut handled, &mut backfills)
@@ -847,10 +832,19 @@ impl DocumentCapture {
         })
     }
 
-    /// A config edit's documents, whose state is seeded already.
-    fn use_documents(&mut self, documents: Documents, writer: &mut OutboxPipeline) {
+    /// Takes an applied config edit's documents; false when the state does not fit them
+    /// (a document added, changed or removed), so the session must end and the next one
+    /// seed first.
+    fn take_edit(&mut self, edit: Option<Documents>, writer: &mut OutboxPipeline) -> bool {
+        let Some(documents) = edit else {
+            return true;
+        };
+        if !self.seeds.covers(&documents) {
+            return false;
+        }
         self.documents = Arc::new(documents);
         writer.set_documents(self.documents.clone());
+        true
     }
 }
 

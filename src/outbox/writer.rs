@@ -17,7 +17,7 @@ use tokio_postgres::Statement;
 use super::backfill::{progress_sql, Progress};
 use super::documents::{DocumentRead, DocumentState, Made};
 use crate::capture::document::{Documents, Touch};
-use crate::capture::matcher::RoutedEvent;
+use crate::capture::matcher::{RoutedEvent, RECORDED_DEAD};
 use crate::capture::Commit;
 use crate::pg::Lsn;
 use crate::pg::{quote_ident, quote_literal};
@@ -419,13 +419,7 @@ impl OutboxWriter {
     /// Buffers the events documents made, saying what could not be evaluated.
     async fn take(&mut self, made: Made, commit: Commit) -> Result<(), OutboxError> {
         for problem in &made.problems {
-            tracing::error!(
-                subscription = %problem.subscription,
-                table = %problem.table,
-                key = %problem.key,
-                "recorded as a dead delivery, replay it once the config is fixed: {}",
-                problem.message
-            );
+            problem.log(RECORDED_DEAD);
         }
         for (object, count) in made.oversized {
             *self.written.oversized.entry(object).or_default() += count;
