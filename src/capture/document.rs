@@ -311,19 +311,9 @@ impl Documents {
             .all(|o| seeds.get(&o.id).is_some_and(|f| *f == o.fingerprint))
     }
 
-    /// Whether any document or `keep_state` object has this table.
-    pub fn watches(&self, table: &TableName) -> bool {
-        self.tables.contains_key(table)
-    }
-
     /// The configured name of a document table with this OID.
     pub fn table_of(&self, oid: u32) -> Option<&TableName> {
         self.oids.get(&oid)
-    }
-
-    /// Every table of a document or `keep_state` object.
-    pub fn tables(&self) -> impl Iterator<Item = &TableName> {
-        self.tables.keys()
     }
 
     /// The (object, part) pairs `table` is.
