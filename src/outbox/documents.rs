@@ -9,7 +9,7 @@
 //! as it goes, with what they were before in `document_pending`, and makes their events from
 //! there at the commit: memory stays flat however many documents it touches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_postgres::{Client, GenericClient, Statement};
@@ -20,6 +20,7 @@ use crate::capture::document::{Doc, DocumentObject, Documents, Route, StateRow, 
 use crate::capture::envelope::{document_event_id, event_id, ReadOrigin};
 use crate::capture::matcher::{RouteProblem, RoutedEvent};
 use crate::capture::Commit;
+use crate::capture::Operation;
 use crate::pg::{quote_ident, Lsn};
 
 /// Documents a source transaction may hold in memory before they go to `document_pending`.
@@ -257,45 +258,50 @@ impl DocumentState {
         let commit = self.commit.expect("touches come with their commit");
         // Where each touched row was before: the WAL says for a header (its key) and for a
         // child under REPLICA IDENTITY FULL; otherwise the state does.
-        let mut old_docs: Vec<Option<String>> = Vec::with_capacity(touches.len());
+        let old_key = |t: &Touch| t.old_row_key.clone().unwrap_or_else(|| t.row_key.clone());
+        let mut old_docs: Vec<Option<String>> = touches
+            .iter()
+            .map(|t| {
+                if t.part == 0 {
+                    Some(old_key(t))
+                } else if t.old_doc_key.is_some() {
+                    t.old_doc_key.clone()
+                } else {
+                    self.rows.get(&(t.object, t.part, old_key(t))).cloned()
+                }
+            })
+            .collect();
+        // The documents the rows are in now, first: a line that stayed in its invoice (the
+        // usual update) is found there, and needs no lookup of where it was.
+        let now = touches
+            .iter()
+            .filter_map(|t| Some((t.object, t.doc_key.clone()?)));
+        self.load_missing(client, now.chain(old_docs_of(&touches, &old_docs)))
+            .await?;
         let mut unknown: HashMap<usize, Vec<(u16, String)>> = HashMap::new();
-        for t in &touches {
-            let row_key = t.old_row_key.as_ref().unwrap_or(&t.row_key);
-            let old = if t.part == 0 {
-                Some(row_key.clone())
-            } else if t.old_doc_key.is_some() {
-                t.old_doc_key.clone()
-            } else {
-                self.rows.get(&(t.object, t.part, row_key.clone())).cloned()
-            };
-            if old.is_none() && t.part != 0 {
+        for (t, old) in touches.iter().zip(old_docs.iter_mut()) {
+            // An inserted row was nowhere before.
+            if old.is_some() || t.operation == Operation::Create {
+                continue;
+            }
+            *old = self.rows.get(&(t.object, t.part, old_key(t))).cloned();
+            if old.is_none() {
                 unknown
                     .entry(t.object)
                     .or_default()
-                    .push((t.part, row_key.clone()));
-            }
-            old_docs.push(old);
-        }
-        let found = self.lookup(client, &unknown).await?;
-        for (t, old) in touches.iter().zip(old_docs.iter_mut()) {
-            if old.is_none() && t.part != 0 {
-                let row_key = t.old_row_key.as_ref().unwrap_or(&t.row_key);
-                *old = found.get(&(t.object, t.part, row_key.clone())).cloned();
+                    .push((t.part, old_key(t)));
             }
         }
-        // Load every document named and not in memory, one query per object.
-        let mut wanted: HashMap<usize, Vec<String>> = HashMap::new();
-        for (t, old) in touches.iter().zip(&old_docs) {
-            for key in [old.as_ref(), t.doc_key.as_ref()].into_iter().flatten() {
-                if !self.entries.contains_key(&(t.object, key.clone())) {
-                    let keys = wanted.entry(t.object).or_default();
-                    if !keys.contains(key) {
-                        keys.push(key.clone());
-                    }
+        if !unknown.is_empty() {
+            let found = self.lookup(client, &unknown).await?;
+            for (t, old) in touches.iter().zip(old_docs.iter_mut()) {
+                if old.is_none() && t.operation != Operation::Create {
+                    *old = found.get(&(t.object, t.part, old_key(t))).cloned();
                 }
             }
+            self.load_missing(client, old_docs_of(&touches, &old_docs))
+                .await?;
         }
-        self.load(client, wanted).await?;
         for (t, old) in touches.into_iter().zip(old_docs) {
             self.apply_one(t, old, commit, made);
         }
@@ -303,6 +309,27 @@ impl DocumentState {
             self.spill(client).await?;
         }
         Ok(())
+    }
+
+    /// Loads the named documents that are not in memory yet, one query per object.
+    async fn load_missing(
+        &mut self,
+        client: &Client,
+        docs: impl Iterator<Item = (usize, String)>,
+    ) -> Result<(), OutboxError> {
+        let mut seen = HashSet::new();
+        let mut wanted: HashMap<usize, Vec<String>> = HashMap::new();
+        for (object, key) in docs {
+            if !self.entries.contains_key(&(object, key.clone()))
+                && seen.insert((object, key.clone()))
+            {
+                wanted.entry(object).or_default().push(key);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.load(client, wanted).await
     }
 
     /// Applies one touch to the documents in memory.
@@ -715,6 +742,17 @@ impl DocumentState {
             source,
         }
     }
+}
+
+/// The documents touched rows were in before, where known.
+fn old_docs_of<'a>(
+    touches: &'a [Touch],
+    old_docs: &'a [Option<String>],
+) -> impl Iterator<Item = (usize, String)> + 'a {
+    touches
+        .iter()
+        .zip(old_docs)
+        .filter_map(|(t, old)| Some((t.object, old.clone()?)))
 }
 
 /// Rows to write, column by column: object, part, row key, doc key, row.
