@@ -304,13 +304,6 @@ impl Documents {
         }
     }
 
-    /// Whether every object's state fits `seeds` (object id → fingerprint).
-    pub fn seeded_by(&self, seeds: &HashMap<Arc<str>, String>) -> bool {
-        self.objects
-            .iter()
-            .all(|o| seeds.get(&o.id).is_some_and(|f| *f == o.fingerprint))
-    }
-
     /// The configured name of a document table with this OID.
     pub fn table_of(&self, oid: u32) -> Option<&TableName> {
         self.oids.get(&oid)

@@ -172,10 +172,7 @@ const ALTER_LOCK_TIMEOUT: &str = "5s";
 async fn replica_identity(source: &Client, config: &Config, alter: bool) -> Result<(), SetupError> {
     if alter {
         for (name, object) in config.objects.iter().filter(|(_, o)| o.keeps_state()) {
-            let tables: Vec<TableName> = std::iter::once(&object.table)
-                .chain(object.children.iter().map(|c| &c.table))
-                .cloned()
-                .collect();
+            let tables: Vec<TableName> = object.tables().cloned().collect();
             println!(
                 "replica identity: objects.{name} keeps its state; REPLICA IDENTITY FULL is \
                  not needed on {}",

@@ -94,7 +94,7 @@ impl Config {
         let referenced = self
             .objects
             .values()
-            .flat_map(|o| std::iter::once(&o.table).chain(o.children.iter().map(|c| &c.table)))
+            .flat_map(ObjectConfig::tables)
             .chain(self.subscriptions.iter().map(|s| &s.object.config.table));
         for table in referenced {
             if !tables.contains(table) {

@@ -140,6 +140,11 @@ impl ObjectConfig {
     pub fn keeps_state(&self) -> bool {
         self.keep_state || self.is_document()
     }
+
+    /// Its tables: the header's, then each collection's.
+    pub fn tables(&self) -> impl Iterator<Item = &TableName> {
+        std::iter::once(&self.table).chain(self.children.iter().map(|c| &c.table))
+    }
 }
 
 /// One collection of a document: `[[objects.NAME.children]]` (SPEC §3a).

@@ -195,9 +195,8 @@ impl Session<'_> {
             checkpoint,
             catalog,
             mut reader,
-            documents,
+            mut documents,
         } = opened;
-        let mut documents = documents;
         startup::bind_tables(matcher, &catalog)
             .await
             .map_err(|e| SessionError::Bind(Box::new(e)))?;
@@ -338,7 +337,8 @@ impl Session<'_> {
                     let commit = open.expect("a truncate arrives inside a transaction");
                     for (index, relation) in t.relations.iter().enumerate() {
                         let kept = documents.truncate(relation.oid, commit, &mut writer);
-                        if !matcher.watches(relation) && !kept {
+                        let watched = matcher.watches(relation);
+                        if !watched && !kept {
                             continue;
                         }
                         let table = relation.qualified_name();
@@ -348,7 +348,7 @@ impl Session<'_> {
                                 table: table.clone(),
                             })
                             .inc();
-                        if !matcher.watches(relation) {
+                        if !watched {
                             continue;
                         }
                         let route = matcher.route_truncate(&t, index, commit);
@@ -736,17 +736,18 @@ async fn describe_documents(
     config: &Config,
     catalog: &tokio_postgres::Client,
 ) -> Result<Documents, SessionError> {
-    let tables: Vec<TableName> = config
-        .objects
-        .values()
-        .filter(|o| o.keeps_state())
-        .flat_map(|o| std::iter::once(&o.table).chain(o.children.iter().map(|c| &c.table)))
-        .cloned()
-        .collect();
+    let mut tables: Vec<&TableName> = Vec::new();
+    for object in config.objects.values().filter(|o| o.keeps_state()) {
+        for table in object.tables() {
+            if !tables.contains(&table) {
+                tables.push(table);
+            }
+        }
+    }
     if tables.is_empty() {
         return Ok(Documents::default());
     }
-    let relations = seed::describe(catalog, tables.iter()).await?;
+    let relations = seed::describe(catalog, tables.into_iter()).await?;
     Documents::new(config, &relations).map_err(SessionError::Documents)
 }
 

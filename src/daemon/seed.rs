@@ -17,7 +17,6 @@
 //! subscriptions yet; a reseed after an edit of its settings is logged with that span).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use tokio_postgres::Client;
 
@@ -108,23 +107,25 @@ impl SeedFailure {
 /// Where each object's state starts: object id → the LSN of its seed.
 #[derive(Debug, Default, Clone)]
 pub struct Seeds {
-    lsn: HashMap<Arc<str>, Lsn>,
-    fingerprint: HashMap<Arc<str>, String>,
+    /// Object id → (fingerprint, seed LSN), as `document_seed` holds them.
+    seeded: HashMap<String, (String, Lsn)>,
 }
 
 impl Seeds {
     /// Whether a change of `object` committed at `commit_lsn` is applied to its state: one
     /// committed before the seed's consistent point is in the seed already.
     pub fn applies(&self, object: &str, commit_lsn: Lsn) -> bool {
-        self.lsn.get(object).is_none_or(|seed| commit_lsn >= *seed)
+        self.seeded
+            .get(object)
+            .is_none_or(|(_, seed)| commit_lsn >= *seed)
     }
 
     /// Whether the state fits `documents` exactly: every object seeded with its settings,
     /// and none kept that it no longer has (whose state would go stale). A config edit that
     /// it does not fit needs a new session, which seeds and forgets first.
     pub fn covers(&self, documents: &Documents) -> bool {
-        documents.seeded_by(&self.fingerprint)
-            && self.fingerprint.len() == documents.objects().len()
+        self.seeded.len() == documents.objects().len()
+            && state::unseeded(documents, &self.seeded).is_empty()
     }
 }
 
@@ -149,33 +150,30 @@ impl Seeder<'_> {
         let stored = state::seeds(&outbox, self.schema)
             .await
             .map_err(SeedFailure::Seeds)?;
-        for object in stored.keys() {
-            if !documents.objects().iter().any(|o| *o.id == **object) {
-                // It left the config: its state would be stale if it came back.
-                let tx = outbox
-                    .transaction()
-                    .await
-                    .map_err(StoreError::at("beginning to forget a document's state"))
-                    .map_err(SeedFailure::Seeds)?;
-                state::forget(&tx, self.schema, object)
-                    .await
-                    .map_err(SeedFailure::Seeds)?;
-                tx.commit()
-                    .await
-                    .map_err(StoreError::at("forgetting a document's state"))
-                    .map_err(SeedFailure::Seeds)?;
-                tracing::info!(object = %object, "objects.{object} is no longer configured: its kept state is gone");
-            }
-        }
         let unseeded = state::unseeded(documents, &stored);
         let mut seeds = Seeds::default();
-        for (object, (fingerprint, lsn)) in stored
-            .iter()
-            .filter(|(object, _)| documents.objects().iter().any(|o| *o.id == ***object))
-        {
-            let object: Arc<str> = Arc::from(object.as_str());
-            seeds.lsn.insert(object.clone(), *lsn);
-            seeds.fingerprint.insert(object, fingerprint.clone());
+        for (object, seed) in &stored {
+            if documents.objects().iter().any(|o| *o.id == **object) {
+                seeds.seeded.insert(object.clone(), seed.clone());
+                continue;
+            }
+            // It left the config: its state would be stale if it came back.
+            let tx = outbox
+                .transaction()
+                .await
+                .map_err(StoreError::at("beginning to forget a document's state"))
+                .map_err(SeedFailure::Seeds)?;
+            state::forget(&tx, self.schema, object)
+                .await
+                .map_err(SeedFailure::Seeds)?;
+            tx.commit()
+                .await
+                .map_err(StoreError::at("forgetting a document's state"))
+                .map_err(SeedFailure::Seeds)?;
+            tracing::info!(
+                object = %object,
+                "objects.{object} is no longer configured: its kept state is gone"
+            );
         }
         if unseeded.is_empty() {
             return Ok(seeds);
@@ -201,10 +199,9 @@ impl Seeder<'_> {
                     object.id
                 );
             }
-            seeds.lsn.insert(object.id.clone(), at);
             seeds
-                .fingerprint
-                .insert(object.id.clone(), object.fingerprint.clone());
+                .seeded
+                .insert(object.id.to_string(), (object.fingerprint.clone(), at));
         }
         slot.finish().await?;
         Ok(seeds)

@@ -432,20 +432,8 @@ impl DocumentState {
         made: &mut Made,
     ) -> Result<(), OutboxError> {
         let object = self.documents.object(read.object);
-        let keys: Vec<&str> = read.keys.iter().map(|(_, k)| k.as_str()).collect();
-        let rows = client
-            .query(&self.statements.load, &[&&*object.id, &keys])
-            .await
-            .map_err(|source| self.error("reading document state for a backfill", source))?;
-        let mut docs: HashMap<String, Doc> = HashMap::new();
-        for row in rows {
-            let part: i16 = row.get(1);
-            let state = self.parse(row.get(3), &object.id)?;
-            docs.entry(row.get(0))
-                .or_default()
-                .rows
-                .insert((part as u16, row.get(2)), state);
-        }
+        let keys: Vec<String> = read.keys.iter().map(|(_, k)| k.clone()).collect();
+        let docs = self.stored(client, &object.id, &keys).await?;
         for (position, key) in &read.keys {
             // A document deleted since its header was read has no state and no read.
             if let Some(doc) = docs.get(key) {
@@ -510,6 +498,30 @@ impl DocumentState {
         Ok(found)
     }
 
+    /// The named documents of `object` as `document_row` holds them (a document it has no
+    /// row of is left out).
+    async fn stored(
+        &self,
+        client: &Client,
+        object: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Doc>, OutboxError> {
+        let rows = client
+            .query(&self.statements.load, &[&object, &keys])
+            .await
+            .map_err(|source| self.error("reading document state", source))?;
+        let mut docs: HashMap<String, Doc> = HashMap::new();
+        for row in rows {
+            let part: i16 = row.get(1);
+            let state = self.parse(row.get(3), object)?;
+            docs.entry(row.get(0))
+                .or_default()
+                .rows
+                .insert((part as u16, row.get(2)), state);
+        }
+        Ok(docs)
+    }
+
     /// Reads the named documents into memory (with what they were before the transaction,
     /// for those in `document_pending`).
     async fn load(
@@ -519,23 +531,15 @@ impl DocumentState {
     ) -> Result<(), OutboxError> {
         for (object, keys) in wanted {
             let id = self.documents.object(object).id.clone();
-            let rows = client
-                .query(&self.statements.load, &[&&*id, &keys])
-                .await
-                .map_err(|source| self.error("reading document state", source))?;
-            let mut docs: HashMap<String, Doc> =
-                keys.iter().map(|k| (k.clone(), Doc::default())).collect();
-            for row in rows {
-                let doc_key: String = row.get(0);
-                let part: i16 = row.get(1);
-                let row_key: String = row.get(2);
-                let state = self.parse(row.get(3), &id)?;
-                self.rows
-                    .insert((object, part as u16, row_key.clone()), doc_key.clone());
-                docs.entry(doc_key)
-                    .or_default()
-                    .rows
-                    .insert((part as u16, row_key), state);
+            let mut docs = self.stored(client, &id, &keys).await?;
+            for (doc_key, doc) in &docs {
+                for (part, row_key) in doc.rows.keys() {
+                    self.rows
+                        .insert((object, *part, row_key.clone()), doc_key.clone());
+                }
+            }
+            for key in &keys {
+                docs.entry(key.clone()).or_default();
             }
             let mut pending: HashMap<String, (u32, Doc)> = HashMap::new();
             if self.spilled {
