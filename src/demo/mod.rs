@@ -223,20 +223,30 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Polls until the daemon's replication slot is being read; fails when the daemon ends.
+/// Polls until the daemon's replication slot is being read and the invoice document is
+/// seeded (a document's events begin at its seed: a step committed before it would be in
+/// the seeded state, not an event); fails when the daemon ends. The slot is active only
+/// once the migrations ran, so the second query always finds its table.
 async fn wait_until_streaming(
     cluster: &Arc<EphemeralPostgres>,
     daemon: &mut tokio::task::JoinHandle<Result<(), DaemonError>>,
 ) -> Result<(), DemoError> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let query =
-        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active");
+    let queries = [
+        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"),
+        "SELECT count(*) FROM walhook.document_seed".to_owned(),
+    ];
+    let mut waiting = queries.iter().peekable();
     loop {
-        let pg = cluster.clone();
-        let q = query.clone();
-        let active = blocking(move || pg.psql(DATABASE, &q)).await?;
-        if active.trim() == "1" {
+        let Some(query) = waiting.peek() else {
             return Ok(());
+        };
+        let pg = cluster.clone();
+        let q = (*query).clone();
+        let found = blocking(move || pg.psql(DATABASE, &q)).await?;
+        if found.trim() == "1" {
+            waiting.next();
+            continue;
         }
         if daemon.is_finished() {
             return match daemon.await {
