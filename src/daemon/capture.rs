@@ -466,7 +466,7 @@ impl Session<'_> {
         }
         .seed(&documents, checkpoint)
         .await?;
-        writer.set_documents(documents.clone());
+        writer.set_documents(documents.clone()).await?;
         let options = ReaderOptions {
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),

@@ -4,7 +4,9 @@
 //! connection and inside its open transaction, so the state commits with the events it
 //! made and with the checkpoint. Per transaction the touched documents are held in memory
 //! as they were before it and as they are now; at its commit each becomes its events
-//! ([`DocumentObject::route`]) and its changed rows are written back. A transaction that
+//! ([`DocumentObject::route`]). They stay in memory for the next source transactions of the
+//! same outbox transaction, and their changed rows are written once, before it commits
+//! ([`DocumentState::flush`]). A transaction that
 //! touches more than [`DOCUMENTS_IN_MEMORY`] documents writes them into the open transaction
 //! as it goes, with what they were before in `document_pending`, and makes their events from
 //! there at the commit: memory stays flat however many documents it touches.
@@ -27,6 +29,14 @@ use crate::pg::{quote_ident, Lsn};
 /// An invoice with 10 lines is about 3 KiB here (before and after): 1,000 are 3 MiB.
 pub const DOCUMENTS_IN_MEMORY: usize = 1_000;
 
+/// Documents kept in memory between source transactions of one outbox transaction. Their
+/// changed rows are written once, when the outbox transaction commits (or when more than
+/// this are held), instead of after each source transaction: measured on the documents
+/// bench figure, the per-transaction upsert was the hottest statement (3,001 calls for
+/// 30,000 document changes). An invoice touched again soon after, as ERPs do, is then
+/// neither read back nor written twice.
+const DOCUMENTS_KEPT: usize = DOCUMENTS_IN_MEMORY / 2;
+
 /// Touches gathered before the documents they name are loaded with one query.
 pub const TOUCHES_PER_LOAD: usize = 500;
 
@@ -38,13 +48,15 @@ const PENDING_PAGE: i64 = 500;
 struct Entry {
     /// Index of the object in the [`Documents`].
     object: usize,
-    /// As it was before the transaction.
+    /// As it was before the open source transaction.
     before: Doc,
     /// As it is now.
     after: Doc,
-    /// As `document_row` holds it, when that is not `before` (it was spilled and read back).
+    /// As `document_row` holds it, when that is not `before` (it was spilled and read
+    /// back, or changed by an earlier source transaction and not written yet).
     stored: Option<Doc>,
-    /// The order in which the transaction first touched it: its event id.
+    /// The order in which the open transaction first touched it: its event id. `None`
+    /// for a document kept from an earlier transaction and not touched by this one.
     ordinal: Option<u32>,
     /// It is in `document_pending` already.
     pending: bool,
@@ -111,6 +123,8 @@ pub struct DocumentState {
     /// Which in-memory document each of their rows is in: (object, part, row key) → doc key.
     rows: HashMap<(usize, u16, String), String>,
     next_ordinal: u32,
+    /// A source transaction has touched documents and not ended.
+    open: bool,
     /// Some documents of the open transaction are in `document_pending`.
     spilled: bool,
 }
@@ -215,27 +229,41 @@ impl DocumentState {
             entries: HashMap::new(),
             rows: HashMap::new(),
             next_ordinal: 0,
+            open: false,
             spilled: false,
         })
     }
 
     /// The documents touches refer to from now on (a config edit applies between
-    /// transactions).
-    pub fn set_documents(&mut self, documents: Arc<Documents>) {
+    /// transactions). The documents kept are written first: their objects are named by
+    /// their index in the old ones.
+    pub async fn set_documents(
+        &mut self,
+        client: &Client,
+        documents: Arc<Documents>,
+    ) -> Result<(), OutboxError> {
+        self.flush(client).await?;
         self.documents = documents;
+        Ok(())
     }
 
     /// Takes one touch of the transaction committing at `commit`; returns true when enough
     /// are gathered to apply them ([`DocumentState::apply`]).
     pub fn touch(&mut self, touch: Touch, commit: Commit) -> bool {
         self.commit = Some(commit);
+        self.open = true;
         self.touches.push(touch);
         self.touches.len() >= TOUCHES_PER_LOAD
     }
 
     /// Whether a source transaction's documents are open (touched and not yet ended).
     pub fn in_transaction(&self) -> bool {
-        !self.touches.is_empty() || !self.entries.is_empty() || self.spilled
+        self.open || self.spilled
+    }
+
+    /// Whether documents changed by ended transactions are not written yet.
+    pub fn unwritten(&self) -> bool {
+        !self.entries.is_empty()
     }
 
     /// Forgets the open transaction (its outbox transaction is rolled back).
@@ -244,8 +272,25 @@ impl DocumentState {
         self.entries.clear();
         self.rows.clear();
         self.next_ordinal = 0;
+        self.open = false;
         self.spilled = false;
         self.commit = None;
+    }
+
+    /// Writes the documents kept from ended transactions and forgets them: before the
+    /// outbox commits, and before anything reads the state from `document_row`.
+    pub async fn flush(&mut self, client: &Client) -> Result<(), OutboxError> {
+        debug_assert!(
+            !self.in_transaction(),
+            "flushed between source transactions"
+        );
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        self.write(client).await?;
+        self.entries.clear();
+        self.rows.clear();
+        Ok(())
     }
 
     /// Applies the gathered touches to their documents, loading those not in memory.
@@ -401,7 +446,11 @@ impl DocumentState {
             self.spill(client).await?;
             self.events_from_pending(client, commit, made).await?;
         } else {
-            let mut entries: Vec<&Entry> = self.entries.values().collect();
+            let mut entries: Vec<&mut Entry> = self
+                .entries
+                .values_mut()
+                .filter(|e| e.ordinal.is_some())
+                .collect();
             entries.sort_by_key(|e| e.ordinal);
             for entry in entries {
                 let object = self.documents.object(entry.object);
@@ -412,14 +461,21 @@ impl DocumentState {
                         object.route(&entry.before, &entry.after, id, commit),
                     );
                 }
+                // Kept for the next transaction: what it is now is its `before`, and what
+                // `document_row` holds stays the base of the write.
+                let now = entry.after.clone();
+                let before = std::mem::replace(&mut entry.before, now);
+                entry.stored.get_or_insert(before);
+                entry.ordinal = None;
             }
-            self.write(client).await?;
         }
-        self.entries.clear();
-        self.rows.clear();
         self.next_ordinal = 0;
+        self.open = false;
         self.spilled = false;
         self.commit = None;
+        if self.entries.len() > DOCUMENTS_KEPT {
+            self.flush(client).await?;
+        }
         Ok(())
     }
 
@@ -452,9 +508,11 @@ impl DocumentState {
         part: u16,
         made: &mut Made,
     ) -> Result<(), OutboxError> {
-        // What is in memory is written first, so the delete takes it too.
+        // What is in memory is written first, so the delete takes it too; documents kept
+        // from earlier transactions are forgotten (their `before` would still hold the rows).
         self.apply(client, made).await?;
         self.write(client).await?;
+        self.forget_kept();
         let index = self
             .documents
             .objects()
@@ -473,6 +531,26 @@ impl DocumentState {
             .await
             .map_err(|source| self.error("clearing the state of a truncated table", source))?;
         Ok(())
+    }
+
+    /// Forgets the documents kept from ended transactions (written already).
+    fn forget_kept(&mut self) {
+        let kept: Vec<(usize, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ordinal.is_none() && !e.pending)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in kept {
+            if let Some(entry) = self.entries.remove(&key) {
+                for (part, row_key) in entry.after.rows.keys() {
+                    let row = (key.0, *part, row_key.clone());
+                    if self.rows.get(&row) == Some(&key.1) {
+                        self.rows.remove(&row);
+                    }
+                }
+            }
+        }
     }
 
     /// Which document each of `rows` is in, per object, by the state.

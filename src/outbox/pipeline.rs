@@ -113,8 +113,7 @@ impl OutboxPipeline {
                                     commit,
                                 } => writer.truncate_state(&object, part, commit).await,
                                 Entry::Documents(documents) => {
-                                    writer.set_documents(documents);
-                                    Ok(())
+                                    writer.set_documents(documents).await
                                 }
                             };
                             if result.is_err() {

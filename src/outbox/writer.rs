@@ -358,11 +358,12 @@ impl OutboxWriter {
             || self.buffer.len() > 0
             || !self.progress.is_empty()
             || self.documents.in_transaction()
+            || self.documents.unwritten()
     }
 
     /// The documents the next touches refer to (after a config edit).
-    pub fn set_documents(&mut self, documents: Arc<Documents>) {
-        self.documents.set_documents(documents);
+    pub async fn set_documents(&mut self, documents: Arc<Documents>) -> Result<(), OutboxError> {
+        self.documents.set_documents(&self.client, documents).await
     }
 
     /// Takes one change of a document's (or keep_state object's) row, of the source
@@ -396,6 +397,7 @@ impl OutboxWriter {
         commit: Commit,
     ) -> Result<(), OutboxError> {
         self.begin().await?;
+        self.documents.flush(&self.client).await?;
         let mut made = Made::default();
         self.documents.read(&self.client, read, &mut made).await?;
         self.take(made, commit).await
@@ -551,6 +553,7 @@ impl OutboxWriter {
     pub async fn commit(&mut self, through: Lsn) -> Result<Written, OutboxError> {
         self.spill().await?;
         self.begin().await?;
+        self.documents.flush(&self.client).await?;
         for progress in std::mem::take(&mut self.progress) {
             let recorded = self
                 .client

@@ -501,6 +501,98 @@ fn a_line_moved_to_another_invoice_updates_both() {
     );
 }
 
+/// Several saves committed back to back usually share one outbox transaction, in which
+/// walhook keeps the invoices in memory between them and writes their state once: each save
+/// must still be its own event as of its own commit, and what is written must be the end.
+#[test]
+fn invoices_saved_again_and_again_in_quick_succession_send_each_save_as_of_its_commit() {
+    let mut story = Story::start("", |db, receiver| {
+        Toml::new(db)
+            .object(invoice_document())
+            .subscription(Sub::new("all", "invoice", &receiver.url("/all")))
+    });
+    // One session committing five times in a row: the WAL holds them back to back.
+    story.db.sql(
+        "DO $$ BEGIN
+           INSERT INTO invoice VALUES (1, 'INV-1', 7, 'draft', 15.00), (2, 'INV-2', 7, 'draft', 4.00);
+           INSERT INTO invoice_line VALUES (10, 1, 1, 'pen', 2, 5.00), (11, 1, 2, 'paper', 1, 5.00),
+                                           (20, 2, 5, 'ink', 1, 4.00);
+           COMMIT;
+           UPDATE invoice_line SET invoice_id = 2, sequence = 1 WHERE id = 11;
+           COMMIT;
+           UPDATE invoice_line SET quantity = 3 WHERE id = 11;
+           COMMIT;
+           DELETE FROM invoice_line WHERE id = 10;
+           UPDATE invoice SET state = 'posted' WHERE id = 1;
+           COMMIT;
+           INSERT INTO invoice_line VALUES (10, 1, 3, 'stamp', 9, 1.00);
+           COMMIT;
+         END $$;",
+    );
+    story.settle();
+
+    let events = story.events("all");
+    let summary: Vec<(i64, String, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["key"]["id"].as_i64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["values"]["invoice_lines"].clone(),
+            )
+        })
+        .collect();
+    let pen = ("pen", "2", "5.00");
+    let paper = ("paper", "1", "5.00");
+    let ink = ("ink", "1", "4.00");
+    let mut by_save = summary.clone();
+    // Within one save the two invoices may come either way round.
+    by_save[..2].sort_by_key(|(id, ..)| *id);
+    by_save[2..4].sort_by_key(|(id, ..)| *id);
+    assert_eq!(
+        by_save,
+        vec![
+            (1, "invoice.created".into(), lines(&[pen, paper])),
+            (2, "invoice.created".into(), lines(&[ink])),
+            (1, "invoice.updated".into(), lines(&[pen])),
+            (2, "invoice.updated".into(), lines(&[paper, ink])),
+            (
+                2,
+                "invoice.updated".into(),
+                lines(&[("paper", "3", "5.00"), ink])
+            ),
+            (1, "invoice.updated".into(), lines(&[])),
+            (
+                1,
+                "invoice.updated".into(),
+                lines(&[("stamp", "9", "1.00")])
+            ),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[5]["changed"], json!(["state", "invoice_lines"]));
+    assert_eq!(events[5]["previous"]["invoice_lines"], lines(&[pen]));
+    assert_eq!(events[6]["previous"]["invoice_lines"], lines(&[]));
+
+    // What was written is the end state: a walhook started afresh reads it back.
+    story.daemon.signal("KILL");
+    story.daemon.wait(Duration::from_secs(10));
+    story.daemon = start_daemon(&story.config);
+    story.commit("UPDATE invoice SET partner_id = 8 WHERE id IN (1, 2);");
+    story.settle();
+    let events = story.events("all");
+    let last: BTreeMap<i64, &Value> = events[7..]
+        .iter()
+        .map(|e| (e["key"]["id"].as_i64().unwrap(), &e["values"]))
+        .collect();
+    assert_eq!(last.len(), 2, "{events:#?}");
+    assert_eq!(last[&1]["invoice_lines"], lines(&[("stamp", "9", "1.00")]));
+    assert_eq!(
+        last[&2]["invoice_lines"],
+        lines(&[("paper", "3", "5.00"), ink])
+    );
+}
+
 #[test]
 fn a_line_saved_before_its_invoice_waits_for_it() {
     let mut story = Story::start("", |db, receiver| {
